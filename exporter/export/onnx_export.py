@@ -1,0 +1,99 @@
+"""torch → ONNX with the dynamo exporter: static token shapes, optionally a dynamic batch axis.
+
+Weights go to `<name>.data` beside the graph (what trtexec and Polygraphy expect). Exporting the
+same module twice gives byte-identical files.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import onnx
+import torch
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BATCH_DIM = "batch"
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    path: Path | str,
+    img_size: int | Sequence[int],
+    batch: tuple[int, int, int] = (1, 1, 1),
+    opset: int = 18,
+    output_names: Optional[Sequence[str]] = None,
+    in_chans: int = 3,
+) -> Path:
+    """Export `module` to `path` (+ `path.data`); returns `path`.
+
+    `batch` is (min, opt, max). When min == max the batch is a fixed dimension; otherwise it is
+    the symbolic dimension `batch`, and every other dimension stays static.
+    """
+    path = Path(path)
+    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    lo, opt, hi = batch
+    dynamic = lo != hi
+    # A batch of 1 would let torch.export specialise the axis away; trace with >= 2 when dynamic.
+    trace_batch = max(2, opt) if dynamic else lo
+    dummy = torch.zeros(trace_batch, in_chans, h, w)
+    dynamic_shapes = None
+    if dynamic:
+        dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM, min=lo, max=hi)},)
+    names = list(output_names) if output_names else [OUTPUT_NAME]
+    module = module.eval()
+    with torch.no_grad(), _quiet():
+        program = torch.onnx.export(
+            module,
+            (dummy,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    if dynamic:
+        _rename_batch_dim(program.model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    program.save(str(path), external_data=True)
+    return path
+
+
+def _rename_batch_dim(model) -> None:
+    """torch.export names the symbol after its own counter (s0, s77...); call it `batch`."""
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        if value.shape is not None and value.shape.rank() and not isinstance(value.shape[0], int):
+            value.shape = onnx_ir_shape(value.shape)
+
+
+def onnx_ir_shape(shape):
+    import onnx_ir as ir
+
+    dims = list(shape)
+    dims[0] = ir.SymbolicDim(BATCH_DIM)
+    return ir.Shape(dims)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress lines and warnings of its own; our progress display replaces them."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        level = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.getLogger("torch.onnx").setLevel(level)
+
+
+def load(path: Path | str, with_data: bool = True) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=with_data)

@@ -1,0 +1,278 @@
+"""What every token-reduction method shares: its registry entry, parameter checking, and the
+forward pass of a reduced timm VisionTransformer.
+
+A method never edits the caller's model. `ReducedViT` holds the timm model and re-implements
+only the block loop; patch embedding, final norm and head are the timm modules themselves, so
+weights are shared and LayerScale, q/k-norm and the like keep working.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ExporterError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One method parameter: its Python name, how to parse it from the command line, its default."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: `apply(model, **params)` returns the reduced `nn.Module`."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    apply: Callable[..., nn.Module]
+    paper: str = ""
+
+    def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in, unknown names rejected with the list of valid ones."""
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            valid = ", ".join(p.flag for p in self.params) or "no parameters"
+            raise ExporterError(
+                f"{', '.join('--' + u.replace('_', '-') for u in unknown)} is not a parameter of method '{self.name}'.",
+                f"'{self.name}' takes {valid} (see `python -m exporter methods`).",
+            )
+        return {name: params.get(name, p.default) for name, p in known.items()}
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, summary: str, params: Sequence[Param] = (), paper: str = ""):
+    """Decorator for a method's `apply(model, **params)` function."""
+
+    def wrap(fn):
+        REGISTRY[name] = Method(name, summary, tuple(params), fn, paper)
+        return fn
+
+    return wrap
+
+
+# ---- parsers shared by the methods' command-line parameters ---------------------------------
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'3,6,9' -> (3, 6, 9); also accepts a JSON-style '[3, 6, 9]'."""
+    text = text.strip().strip("[]()")
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ExporterError(f"'{text}' is not a comma-separated list of integers.", "Write it as e.g. 3,6,9.") from None
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ExporterError(f"'{text}' is not a boolean.", "Use true or false.")
+
+
+# ---- the model shape every method needs -----------------------------------------------------
+
+def check_vit(model: nn.Module) -> None:
+    """Fail with a clear message unless `model` is a timm VisionTransformer with one class token."""
+    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.layers import Attention
+
+    if not isinstance(model, VisionTransformer):
+        raise ExporterError(
+            f"Token reduction needs a timm VisionTransformer, got {type(model).__name__}.",
+            "Use a ViT/DeiT model such as deit_small_patch16_224 (timm.list_models('deit*') lists them).",
+        )
+    if model.cls_token is None or model.num_prefix_tokens != 1:
+        raise ExporterError(
+            f"Token reduction scores tokens by their class-token attention; this model has "
+            f"{'no class token' if model.cls_token is None else f'{model.num_prefix_tokens} prefix tokens'}.",
+            "Use a ViT with exactly one class token and no distillation/register tokens (e.g. deit_small_patch16_224).",
+        )
+    if model.attn_pool is not None or model.global_pool not in ("token", "avg"):
+        raise ExporterError(
+            f"Pooling '{model.global_pool}' is not supported by token reduction.",
+            "Use a model that pools by the class token ('token') or by averaging ('avg').",
+        )
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not Block or type(blk.attn) is not Attention:
+            raise ExporterError(
+                f"Block {i} is a {type(blk).__name__} with {type(getattr(blk, 'attn', None)).__name__}; "
+                "token reduction patches only timm's standard Block/Attention.",
+                "Use a plain ViT/DeiT model.",
+            )
+
+
+def to_fraction(value: float, name: str) -> float:
+    if not (0.0 < float(value) <= 1.0):
+        raise ExporterError(f"{name} must be in (0, 1], got {value}.", f"Pass --{name.replace('_', '-')} between 0 and 1, e.g. 0.7.")
+    return float(value)
+
+
+def check_blocks(values: Sequence[int], depth: int, name: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in values)
+    bad = [v for v in values if not 0 <= v < depth]
+    if bad:
+        raise ExporterError(
+            f"{name} {bad} lie outside the model's blocks 0..{depth - 1}.",
+            f"Pass --{name.replace('_', '-')} with block indices below {depth}.",
+        )
+    return values
+
+
+# ---- shared forward pieces ------------------------------------------------------------------
+
+@dataclass
+class Attended:
+    """What a block's attention produced: the output, keys (for ToMe) and the fp32 CLS row."""
+
+    out: torch.Tensor
+    k: torch.Tensor
+    cls_row: Optional[torch.Tensor]  # [B, heads, N] fp32 softmax row of the class token, or None
+
+
+def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None, cls_row: bool = False) -> Attended:
+    """timm `Attention.forward`, with an optional additive per-key bias and the class-token row.
+
+    The main attention stays `scaled_dot_product_attention` (exported as scale-Q/K, MatMul,
+    Softmax, MatMul, which TensorRT fuses); the class-token row is recomputed on its own in fp32
+    (exact: softmax is row-wise), so an fp16 graph keeps the same tokens as the fp32 one.
+    `bias` is [B, N], e.g. log(token size) for proportional attention.
+    """
+    B, N, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    mask = None if bias is None else bias[:, None, None, :].to(q.dtype)
+    out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
+    if attn.gate is not None:
+        out = out * attn.gate(x).sigmoid()
+    out = attn.proj_drop(attn.proj(out))
+    row = None
+    if cls_row:
+        logits = (q[:, :, :1].float() * attn.scale) @ k.float().transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias.float()[:, None, None, :]
+        row = logits.softmax(dim=-1)[:, :, 0]
+    return Attended(out, k, row)
+
+
+def attn_residual(block: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """The increment a timm Block adds after attention (LayerScale and drop-path included)."""
+    return block.drop_path1(block.ls1(out))
+
+
+def mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The increment a timm Block adds through its MLP."""
+    return block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[b, idx[b, j]] for x [B, N, C] (or [B, N]) and idx [B, K]: one GatherElements."""
+    if x.dim() == 2:
+        return torch.gather(x, 1, idx)
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores per row, best first: TopK with a constant K, sorted=1."""
+    return torch.topk(scores, int(k), dim=-1, largest=True, sorted=True).indices
+
+
+def one_hot(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, S] indices -> [B, S, n] one-hot: Equal + Cast, so scatter-adds become MatMuls
+    (exact, supported by every TensorRT version, unlike ScatterElements with a reduction)."""
+    return (idx.unsqueeze(-1) == torch.arange(n, device=idx.device)).to(dtype)
+
+
+def scatter_add_tokens(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """dst[b, idx[b, s]] += src[b, s] for dst [B, M, C], idx [B, S], src [B, S, C], as a MatMul."""
+    return dst + one_hot(idx, dst.shape[1], src.dtype).transpose(1, 2) @ src
+
+
+class ReducedViT(nn.Module):
+    """A timm VisionTransformer whose block loop reduces tokens.
+
+    Subclasses implement `forward_blocks(x) -> (x, size)`, where `size` is the [B, N, 1] number
+    of original patches each token stands for (None when tokens are only dropped). `schedule`
+    lists the tokens (class token included) leaving every block; it is fixed at construction,
+    which is what makes the exported graph static.
+
+    Setting `trace` to a list makes every reduction append the indices it chose, so tests and
+    debug exports can compare the kept-token sets of two runtimes (a tie versus a bug).
+    """
+
+    method: str = ""
+
+    def __init__(self, vit: nn.Module, schedule: Sequence[int], params: dict[str, Any]):
+        super().__init__()
+        check_vit(vit)
+        self.vit = vit.eval()
+        self.schedule = [int(n) for n in schedule]
+        self.params = dict(params)
+        self.trace: Optional[list[torch.Tensor]] = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering the first block (patches + class token) at the model's image size."""
+        return self.vit.patch_embed.num_patches + self.vit.num_prefix_tokens
+
+    def record(self, idx: torch.Tensor) -> None:
+        if self.trace is not None:
+            self.trace.append(idx)
+
+    def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+    def pool(self, x: torch.Tensor, size: Optional[torch.Tensor]) -> torch.Tensor:
+        """Class token, or the mean of patch tokens weighted by how many patches each stands for."""
+        if self.vit.global_pool == "token":
+            return x[:, 0]
+        if size is None:
+            return x[:, 1:].mean(dim=1)
+        w = size[:, 1:].to(x.dtype)
+        return (x[:, 1:] * w).sum(dim=1) / w.sum(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        x, size = self.forward_blocks(x)
+        x = vit.norm(x)
+        return vit.head(vit.head_drop(vit.fc_norm(self.pool(x, size))))
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, params={self.params}, tokens={self.num_tokens}->{self.schedule}"
+
+
+class Traced(nn.Module):
+    """Wraps a ReducedViT so its forward returns (logits, *kept indices per reduction): the
+    debug export that lets onnxruntime's token choices be compared with PyTorch's."""
+
+    def __init__(self, reduced: ReducedViT):
+        super().__init__()
+        self.reduced = reduced
+
+    def forward(self, x: torch.Tensor):
+        self.reduced.trace = []
+        try:
+            logits = self.reduced(x)
+            return (logits, *self.reduced.trace)
+        finally:
+            self.reduced.trace = None
+
