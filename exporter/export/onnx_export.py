@@ -28,6 +28,7 @@ def export_onnx(
     opset: int = 18,
     output_names: Optional[Sequence[str]] = None,
     in_chans: int = 3,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Export `module` to `path` (+ `path.data`); returns `path`.
 
@@ -40,7 +41,7 @@ def export_onnx(
     dynamic = lo != hi
     # A batch of 1 would let torch.export specialise the axis away; trace with >= 2 when dynamic.
     trace_batch = max(2, opt) if dynamic else lo
-    dummy = torch.zeros(trace_batch, in_chans, h, w)
+    dummy = torch.zeros(trace_batch, in_chans, h, w, dtype=dtype)
     dynamic_shapes = None
     if dynamic:
         dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM, min=lo, max=hi)},)

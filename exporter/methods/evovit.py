@@ -1,1 +1,146 @@
-"""placeholder: being written"""
+"""Evo-ViT: slow-fast token evolution. Informative tokens go through the blocks; the others wait as
+placeholders and move with the increments of one representative token.
+
+Paper: Xu et al., "Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer", AAAI 2022
+(https://arxiv.org/abs/2108.01390). Code: github.com/YifanXu74/Evo-ViT.
+
+What this module computes (the paper's description, made precise):
+
+- Global class attention g over the patch tokens. `a` is the class token's attention row over the
+  patch tokens, mean over heads, fp32. Each block before the first stage sets g = a. Inside a stage,
+  the informative tokens fold theirs in: g <- alpha * g + (1 - alpha) * a. Placeholders keep their
+  last g, and the representative token's own attention is not tracked.
+- At each stage start (`stages`, default blocks 4 and 8) all patch tokens are ranked by g. At the
+  second and later stages that means all of them again, since placeholders are carried along.
+  The top `round(keep_rate * patch tokens)` become informative (98 of 196 at keep_rate 0.5) and the
+  rest become placeholders.
+- Inside a stage every block runs on [class, informative..., rep], where rep = Σ_j (g_j / Σ g) x_j
+  over the placeholders (the slow path). Every placeholder receives the increments that rep
+  receives from the attention residual and from the MLP residual (the fast path). rep is built
+  once per stage and then carried as a token. Because the weights sum to one and every placeholder
+  gets rep's increments, that is the same token as rebuilding it from the updated placeholders at
+  every block. The placeholders receive the increments summed over the stage, at its end.
+- The full token set (class, informative, placeholders) leaves each stage and the model, and the
+  model's own pooling and head are used (the class token for DeiT).
+- `schedule` lists the tokens that go through each block's attention: patches + 1 before the
+  first stage, keep + 2 (class, informative, rep) inside the stages.
+- keep_rate 1 leaves the model dense.
+
+The authors' DeiT code differs from the paper (issue #3 there): it has no representative token,
+leaves placeholders unchanged, sums the heads instead of averaging them (which ranks the same),
+rounds the keep count down (int) and classifies the mean of the patch tokens. Their LeViT code
+does have the representative token and the increment broadcast.
+
+Export: ranking is one TopK with constant K = all patch tokens (the static form of the authors'
+sort), tokens are reordered with GatherElements, and everything else is slices and cat, with no
+in-place slice writes (ScatterND).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ExporterError
+from .base import (
+    Param,
+    ReducedViT,
+    attend,
+    attn_residual,
+    check_blocks,
+    check_vit,
+    gather_tokens,
+    int_list,
+    mlp_residual,
+    register,
+    to_fraction,
+    top_indices,
+)
+
+
+class EvoViT(ReducedViT):
+    method = "evovit"
+
+    def __init__(self, vit, keep_rate: float, stages: tuple[int, ...], alpha: float, keep: int):
+        patches, depth = vit.patch_embed.num_patches, len(vit.blocks)
+        params = dict(keep_rate=keep_rate, stages=stages, alpha=alpha)
+        stages = stages if keep < patches else ()  # nothing to leave out: dense
+        first = stages[0] if stages else depth
+        super().__init__(vit, [patches + 1] * first + [keep + 2] * (depth - first), params)
+        self.stages, self.alpha, self.keep = stages, alpha, keep
+
+    def forward_blocks(self, x: torch.Tensor):
+        blocks = self.vit.blocks
+        if not self.stages:
+            return blocks(x), None
+        first = self.stages[0]
+        for blk in blocks[: first - 1]:
+            x = blk(x)
+        x, _, g = run_block(blocks[first - 1], x, score=True)
+        bounds = [*self.stages, len(blocks)]
+        for start, end in zip(bounds, bounds[1:]):
+            x, g = self.stage(blocks[start:end], x, g, score=end < len(blocks))
+        return x, None
+
+    def stage(self, blocks, x: torch.Tensor, g: torch.Tensor, score: bool):
+        """Rank the patch tokens by g, run `blocks` on [class, informative, rep], carry all tokens.
+
+        `score`: track g through the stage (not needed after the last stage start).
+        """
+        order = top_indices(g, g.shape[1])  # every patch token, best first
+        self.record(order[:, : self.keep])
+        patches, g = gather_tokens(x[:, 1:], order), gather_tokens(g, order)
+        informative, placeholders = patches[:, : self.keep], patches[:, self.keep :]
+        g_inf, g_ph = g[:, : self.keep], g[:, self.keep :]
+        weights = (g_ph / g_ph.sum(dim=1, keepdim=True)).unsqueeze(1).to(x.dtype)  # [B, 1, placeholders]
+        y = torch.cat([x[:, :1], informative, weights @ placeholders], dim=1)
+        moved = 0  # the sum of rep's increments so far
+        for blk in blocks:
+            y, step, a = run_block(blk, y, score)
+            moved = moved + step
+            if score:
+                g_inf = self.alpha * g_inf + (1 - self.alpha) * a[:, : self.keep]
+        x = torch.cat([y[:, :-1], placeholders + moved], dim=1)
+        return x, torch.cat([g_inf, g_ph], dim=1)
+
+
+def run_block(blk, x: torch.Tensor, score: bool):
+    """One timm Block. Returns its output, the last token's increment (attention + MLP residual)
+    and, when `score`, the class token's fp32 attention over the other tokens, mean over heads."""
+    att = attend(blk.attn, blk.norm1(x), cls_row=score)
+    step = attn_residual(blk, att.out)
+    x = x + step
+    step2 = mlp_residual(blk, x)
+    a = att.cls_row[:, :, 1:].mean(dim=1) if score else None
+    return x + step2, step[:, -1:] + step2[:, -1:], a
+
+
+@register(
+    "evovit",
+    "slow-fast token evolution: top global-class-attention tokens go through each stage, the rest follow a representative",
+    params=[
+        Param("keep_rate", float, 0.5, "fraction of patch tokens that are informative in each stage (rounded), in (0, 1]"),
+        Param("stages", int_list, (4, 8), "blocks that start a stage, strictly increasing, first >= 1"),
+        Param("alpha", float, 0.5, "weight of the previous global class attention in its update, in [0, 1]"),
+    ],
+    paper="https://arxiv.org/abs/2108.01390",
+)
+def apply(model, keep_rate: float = 0.5, stages=(4, 8), alpha: float = 0.5) -> EvoViT:
+    check_vit(model)
+    keep_rate = to_fraction(keep_rate, "keep_rate")
+    depth = len(model.blocks)
+    stages = check_blocks(stages, depth, "stages")
+    if not stages or list(stages) != sorted(set(stages)) or stages[0] < 1:
+        raise ExporterError(
+            f"stages must be a non-empty, strictly increasing list of blocks starting at 1 or later "
+            f"(the ranking needs a block's attention before it), got {list(stages)}.",
+            "Pass --stages like 4,8 (or use --method none for the dense model).",
+        )
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ExporterError(f"alpha must be in [0, 1], got {alpha}.", "Pass --alpha between 0 and 1, e.g. 0.5.")
+    patches = model.patch_embed.num_patches
+    keep = round(keep_rate * patches)
+    if keep < 1:
+        raise ExporterError(
+            f"keep_rate {keep_rate} keeps no informative token of {patches} patch tokens.",
+            f"Pass --keep-rate of at least 1/{patches} = {1 / patches:.4g}.",
+        )
+    return EvoViT(model, keep_rate, stages, float(alpha), keep)

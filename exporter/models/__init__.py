@@ -1,0 +1,125 @@
+"""Model creation and weight loading: timm ViTs plus the project's LITv2, with errors a user can act on."""
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import ExporterError
+
+SUPPORTED = "timm VisionTransformer models (deit_*, vit_*) and litv2_small/medium/base"
+
+
+def is_supported(model: nn.Module) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer) or getattr(model, "exporter_family", None) == "litv2"
+
+
+def create_model(name: str, weights: str = "pretrained", seed: int = 0, img_size: Optional[int] = None) -> nn.Module:
+    """Build `name` in eval mode with `weights`: 'pretrained' (timm hub), 'random' (seeded), or a checkpoint path."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        raise ExporterError(
+            f"Unknown model '{name}'.",
+            (f"Did you mean {', '.join(close)}? " if close else "")
+            + "Use a timm model name (python -c \"import timm; print(timm.list_models('deit*'))\") or litv2_small/medium/base.",
+        )
+    kwargs = {} if img_size is None else {"img_size": img_size}
+    torch.manual_seed(seed)
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except (AssertionError, ValueError, RuntimeError, TypeError) as e:
+        raise ExporterError(
+            f"Could not build {name} at image size {img_size}: {e}",
+            "Pass an --img-size the model supports (a multiple of its patch size), or omit it for the default.",
+        ) from e
+    if not is_supported(model):
+        raise ExporterError(
+            f"{name} is a {type(model).__name__}, not a Vision Transformer; exporter handles {SUPPORTED}.",
+            "Pick a ViT, e.g. --model deit_small_patch16_224.",
+        )
+    check_img_size(model, name)
+    if weights == "pretrained":
+        model = _pretrained(name, model, kwargs)
+    elif weights != "random":
+        _load_checkpoint(model, Path(weights))
+    return model.eval()
+
+
+def check_img_size(model: nn.Module, name: str) -> None:
+    """Each patch (or LITv2's total stride) must tile the image exactly; say which sizes work."""
+    stride = getattr(model, "total_stride", None)
+    if stride is None:
+        stride = model.patch_embed.patch_size[0]
+    h, w = input_size(model)
+    if h % stride or w % stride:
+        raise ExporterError(
+            f"Image size {h}x{w} is not divisible by {name}'s stride {stride}.",
+            f"Use --img-size a multiple of {stride}, e.g. {max(stride, round(h / stride) * stride)}.",
+        )
+
+
+def input_size(model: nn.Module) -> tuple[int, int]:
+    """(H, W) the model was built for."""
+    if hasattr(model, "patch_embed") and getattr(model.patch_embed, "img_size", None) is not None:
+        return tuple(model.patch_embed.img_size)
+    return tuple(model.pretrained_cfg["input_size"][1:])
+
+
+def _pretrained(name: str, model: nn.Module, kwargs: dict) -> nn.Module:
+    """timm hub weights, failing in seconds (not after minutes of retries) when the hub is unreachable."""
+    hint = "Use --weights PATH for a local checkpoint (.pth/.pt/.safetensors) or --weights random to build without weights."
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and not _reachable("huggingface.co"):
+        raise ExporterError(f"Pretrained weights for {name} need huggingface.co, which is unreachable from here.", hint)
+    try:
+        pretrained = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:  # the hub raises many types (LocalEntryNotFoundError, OSError, HTTPError...)
+        why = "HF_HUB_OFFLINE is set and they are not in the local cache" if offline else f"{type(e).__name__}: {e}"
+        raise ExporterError(f"Could not load pretrained weights for {name}: {why}.", hint) from e
+    return pretrained
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_checkpoint(model: nn.Module, path: Path) -> None:
+    """A timm-layout checkpoint (.pth/.pt/.safetensors; 'model'/'state_dict' wrappers unwrapped)."""
+    if not path.is_file():
+        raise ExporterError(
+            f"--weights '{path}' is neither 'pretrained', 'random' nor an existing checkpoint file.",
+            "Pass a path to a .pth/.pt/.safetensors file, or --weights random.",
+        )
+    from timm.models import load_checkpoint
+
+    filter_fn = getattr(model, "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+        filter_fn = checkpoint_filter_fn if isinstance(model, VisionTransformer) else None
+    try:
+        load_checkpoint(model, str(path), strict=True, filter_fn=filter_fn)
+    except RuntimeError as e:
+        raise ExporterError(
+            f"Checkpoint {path} does not fit {type(model).__name__}: {_summarise_mismatch(str(e))}",
+            "Check that the checkpoint was trained for this --model (same size and patch), in timm's key layout.",
+        ) from e
+    except Exception as e:
+        raise ExporterError(f"Could not read checkpoint {path}: {type(e).__name__}: {e}", "Pass a torch or safetensors checkpoint file.") from e
+
+
+def _summarise_mismatch(message: str, limit: int = 400) -> str:
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,1 @@
+"""Runners: PyTorch, onnxruntime, and (lazily imported) TensorRT, behind one call shape."""

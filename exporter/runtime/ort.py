@@ -1,0 +1,25 @@
+"""onnxruntime sessions with explicit, reproducible thread settings (benchmarks compare like with like)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+def session(path: Path | str, threads: Optional[int] = None, providers: Optional[list[str]] = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def run(sess, x: np.ndarray) -> list[np.ndarray]:
+    """All outputs for input `x` (cast to the graph's input dtype, so --io-fp16 graphs take fp32 arrays)."""
+    inp = sess.get_inputs()[0]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    return sess.run(None, {inp.name: x.astype(dtype, copy=False)})

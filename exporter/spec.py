@@ -1,0 +1,95 @@
+"""BuildSpec: everything that determines a bundle, so a build can be named, hashed and repeated."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from .errors import ExporterError
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """Batch sizes an artifact accepts: fixed (min == max) or a dynamic axis with an optimum."""
+
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def parse(cls, text: str | int) -> "BatchRange":
+        parts = str(text).split(":")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+            raise ExporterError(
+                f"--batch '{text}' is not a batch size or a min:opt:max range with 1 <= min <= opt <= max.",
+                "Use e.g. --batch 8 (fixed) or --batch 1:8:32 (dynamic batch axis).",
+            )
+        return cls(*values)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min != self.max
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.min, self.opt, self.max)
+
+    def __str__(self) -> str:
+        return str(self.min) if not self.dynamic else f"{self.min}:{self.opt}:{self.max}"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build. `method_params` holds the method's parameters with defaults filled in."""
+
+    model: str = "deit_small_patch16_224"
+    weights: str = "pretrained"
+    seed: int = 0
+    method: str = "none"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    io_fp16: bool = False
+    batch: BatchRange = BatchRange(1, 8, 32)
+    img_size: Optional[int] = None
+    opset: int = 18
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ExporterError(f"Unknown precision '{self.precision}'.", f"Use one of: {', '.join(PRECISIONS)}.")
+        if self.io_fp16 and self.precision != "fp16":
+            raise ExporterError("--io-fp16 only applies to fp16 builds.", "Add --precision fp16 or drop --io-fp16.")
+        if not 17 <= self.opset <= 20:
+            raise ExporterError(
+                f"Opset {self.opset} is outside the supported 17..20.",
+                "TensorRT 10.3 (JetPack 6) parses up to opset 20; use the default 18 unless you need another.",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["batch"] = str(self.batch)
+        d["method_params"] = json.loads(json.dumps(self.method_params, sort_keys=True))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BuildSpec":
+        d = dict(d)
+        d["batch"] = BatchRange.parse(d["batch"])
+        return cls(**d)
+
+    @property
+    def short_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
+
+    @property
+    def run_name(self) -> str:
+        """Readable and unique: model, method, precision, and a hash of the whole spec."""
+        return f"{self.model}-{self.method}-{self.precision}-{self.short_hash}"

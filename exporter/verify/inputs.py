@@ -1,0 +1,47 @@
+"""Held-out verification inputs: seeded random images and real photos, never the export's dummy input.
+
+Photos come from scikit-image's bundled data (no download) and go through timm's own eval transform
+for the model, so they look like what the deployed model will see.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "camera")
+RANDOM_SEED = 20261122  # differs from any export or init seed on purpose
+
+
+def photos(model: torch.nn.Module) -> torch.Tensor:
+    """[len(PHOTOS), 3, H, W] preprocessed with timm's eval transform for `model`."""
+    import skimage.data
+    from timm.data import create_transform, resolve_data_config
+
+    transform = create_transform(**resolve_data_config({}, model=model))
+    images = []
+    for name in PHOTOS:
+        array = getattr(skimage.data, name)()
+        images.append(transform(Image.fromarray(array).convert("RGB")))
+    return torch.stack(images)
+
+
+def random_images(n: int, size: tuple[int, int], seed: int = RANDOM_SEED) -> torch.Tensor:
+    """Seeded standard-normal images (already 'normalised'), a different distribution from the photos."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, *size, generator=g)
+
+
+def held_out(model: torch.nn.Module, size: tuple[int, int], n_random: int = 8) -> tuple[torch.Tensor, list[str]]:
+    """All verification samples and a label per sample ('photo:astronaut', 'random:3')."""
+    x = torch.cat([photos(model), random_images(n_random, size)])
+    labels = [f"photo:{p}" for p in PHOTOS] + [f"random:{i}" for i in range(n_random)]
+    return x, labels
+
+
+def batches(x: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """Split into batches of exactly `batch` (the last one wraps around), so fixed-batch graphs run too."""
+    n = x.shape[0]
+    count = -(-n // batch)
+    idx = np.arange(count * batch) % n
+    return [x[torch.as_tensor(idx[i * batch:(i + 1) * batch])] for i in range(count)]

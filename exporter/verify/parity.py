@@ -1,0 +1,103 @@
+"""How close an exported graph's logits are to PyTorch's, and whether that is close enough.
+
+Thresholds (fp32 vs PyTorch fp32): max abs logit error <= 1e-4 and 100% top-1 agreement.
+fp16: min cosine >= 0.999 and 100% top-1 agreement on *decisive* samples, those whose fp32
+top-1/top-2 margin exceeds twice the sample's fp16 error (below that, rounding alone can swap the
+two logits; random weights make such near-ties common, so we report how many samples counted).
+
+Token-reduction models choose tokens discretely. A sample whose kept-token sets differ between
+the two runtimes is a *token flip*: its logits may legitimately move a lot when the choice sat on
+a near-tie, so it is excluded from the strict checks and counted. Flips on most samples are not
+ties but a bug, and fail.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+FP32_MAX_ABS = 1e-4
+FP16_MIN_COSINE = 0.999
+MAX_FLIP_FRACTION = 0.5
+
+
+@dataclass
+class Comparison:
+    graph: str  # e.g. "model.onnx"
+    precision: str
+    batch: int
+    samples: int
+    max_abs: float
+    max_rel: float  # max abs error / max |reference logit|, per sample, worst sample
+    min_cosine: float
+    top1_agreement: float
+    decisive: int
+    decisive_top1_agreement: float
+    token_flips: Optional[int] = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def compare(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    graph: str,
+    precision: str,
+    batch: int,
+    flipped: Optional[np.ndarray] = None,
+) -> Comparison:
+    """Compare [samples, classes] logits; `flipped` marks samples whose kept-token sets differ."""
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    n = ref.shape[0]
+    flips = np.zeros(n, dtype=bool) if flipped is None else flipped.astype(bool)
+    strict = ~flips
+    err = np.abs(cand - ref).max(axis=1)
+    scale = np.maximum(np.abs(ref).max(axis=1), 1e-12)
+    cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
+    agree = ref.argmax(1) == cand.argmax(1)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = strict & (top2[:, 1] - top2[:, 0] > 2 * err)
+
+    def worst(values, mask, fn, empty):
+        return float(fn(values[mask])) if mask.any() else empty
+
+    result = Comparison(
+        graph=graph,
+        precision=precision,
+        batch=batch,
+        samples=n,
+        max_abs=worst(err, strict, np.max, 0.0),
+        max_rel=worst(err / scale, strict, np.max, 0.0),
+        min_cosine=worst(cos, strict, np.min, 1.0),
+        top1_agreement=worst(agree, strict, np.mean, 1.0),
+        decisive=int(decisive.sum()),
+        decisive_top1_agreement=worst(agree, decisive, np.mean, 1.0),
+        token_flips=None if flipped is None else int(flips.sum()),
+    )
+    if not np.isfinite(cand).all():
+        result.failures.append("output contains NaN or Inf")
+    if flips.mean() > MAX_FLIP_FRACTION:
+        result.failures.append(
+            f"kept-token sets differ from PyTorch on {flips.sum()}/{n} samples: too many to be near-ties"
+        )
+    if precision == "fp32":
+        if result.max_abs > FP32_MAX_ABS:
+            result.failures.append(f"max abs error {result.max_abs:.3g} > {FP32_MAX_ABS:g}")
+        if result.top1_agreement < 1.0:
+            result.failures.append(f"top-1 agreement {result.top1_agreement:.1%} < 100%")
+    else:
+        if result.min_cosine < FP16_MIN_COSINE:
+            result.failures.append(f"min cosine similarity {result.min_cosine:.5f} < {FP16_MIN_COSINE}")
+        if result.decisive_top1_agreement < 1.0:
+            result.failures.append(
+                f"top-1 agreement on decisive samples {result.decisive_top1_agreement:.1%} < 100%"
+            )
+    return result
