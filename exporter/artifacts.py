@@ -54,6 +54,14 @@ def staging(out: Path, name: str) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+def keep_failed(tmp: Path, out: Path, name: str) -> Path:
+    """Move a failed build to `out/name.failed` for inspection: clearly not a bundle."""
+    failed = out / f"{name}.failed"
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(tmp, failed)
+    return failed
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomic, stable JSON (sorted keys), so re-running a stage never leaves half a file."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

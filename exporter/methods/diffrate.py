@@ -1,1 +1,294 @@
-"""placeholder: being written"""
+"""DiffRate: prune by class attention, then merge by similarity, in every block.
+
+Chen et al., "DiffRate: Differentiable Compression Rate for Efficient Vision Transformers", ICCV 2023
+(arXiv 2305.17997); official code https://github.com/OpenGVLab/DiffRate (inference path of
+`DiffRate/patch/deit.py`, `DiffRate/merge.py` and, for average pooling, `DiffRate/patch/mae.py`).
+
+In every block, after the attention residual and before the MLP:
+1. prune: rank the patch tokens by the class token's attention row (mean over heads; the row includes the
+   +log(size) proportional-attention bias) and keep the class token plus the best `prune_kept[l] - 1`;
+2. merge: every token beyond the first `merge_kept[l]` goes to its most cosine-similar head token (hidden
+   states; never the class token) as the unweighted mean of the destination and its sources; the source's
+   size, scaled by that similarity, is added to the destination's size, which enters attention as +log(size).
+Tokens leaving block l: N_l = min(N_{l-1}, prune_kept[l], merge_kept[l]). The counts are the published,
+searched ones (`exporter/data/diffrate_compression_rates.json`, selected by model family and `flops`) or
+explicit per-block lists.
+
+Where this differs from the authors' code, and why no result they compute changes:
+- A TopK with constant K replaces their full sort, and blocks that reduce nothing skip it. Attention and MLP
+  are permutation-equivariant and every reducing block re-ranks all tokens by its own class attention, so
+  the skipped reordering can only change how exact ties are broken (and the last-ulp rounding of sums).
+- Their `scatter_reduce('mean', include_self=True)` is written as (dst + sum of sources) / (1 + count) with
+  a one-hot MatMul: ONNX has no mean reduction and the dynamo exporter silently writes it as a plain scatter.
+- log(size) is taken of max(size, smallest normal float32). Their sizes can become <= 0 when a token's best
+  cosine similarity is negative, and their log then gives -inf or NaN; here such a token gets a bias of
+  about -87 (practically no attention, the limit of theirs as size -> 0+). Positive sizes are unchanged, and
+  the raw sizes still accumulate and weight average pooling as theirs do.
+- Merging is computed in fp32 (also in an fp16 graph) and LayerScale (ls1/ls2) is honoured; their block
+  override ignores it. Their `forward(x, return_flop=True)` returning (logits, flops) does not arise: the
+  timm modules are wrapped, not patched.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ExporterError
+from .base import (
+    Param,
+    ReducedViT,
+    attend,
+    attn_residual,
+    check_vit,
+    gather_tokens,
+    int_list,
+    mlp_residual,
+    register,
+    scatter_add_tokens,
+    top_indices,
+)
+
+SCHEDULES = "diffrate_compression_rates.json"
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@dataclass(frozen=True)
+class Family:
+    """The models one set of published schedules was searched on (a key of the JSON)."""
+
+    name: str
+    depth: int
+    embed_dim: int
+    tokens: int  # class token + patches at the searched resolution
+    pool: str  # timm `global_pool` of the searched models
+    recipe: str  # "deit" or "mae": the weights the search ran with
+
+
+# CAFormer-S36 schedules are published too, but CAFormer is no timm VisionTransformer.
+FAMILIES = (
+    Family("ViT-T-DeiT", 12, 192, 197, "token", "deit"),
+    Family("ViT-S-DeiT", 12, 384, 197, "token", "deit"),
+    Family("ViT-B-DeiT", 12, 768, 197, "token", "deit"),
+    Family("ViT-B-MAE", 12, 768, 197, "avg", "mae"),
+    Family("ViT-L-MAE", 24, 1024, 197, "avg", "mae"),
+    Family("ViT-H-MAE", 32, 1280, 257, "avg", "mae"),
+)
+
+
+@lru_cache(maxsize=1)
+def published() -> dict[str, dict[str, tuple[Optional[tuple[int, ...]], tuple[int, ...]]]]:
+    """{family: {flops: (prune_kept or None, merge_kept)}} from the authors' compression_rate.json."""
+    text = resources.files("exporter").joinpath("data", SCHEDULES).read_text()
+
+    def counts(value: str) -> Optional[tuple[int, ...]]:
+        return None if value == "None" else tuple(json.loads(value))
+
+    return {
+        family: {flops: (counts(s["prune_kept_num"]), counts(s["merge_kept_num"])) for flops, s in table.items()}
+        for family, table in json.loads(text).items()
+    }
+
+
+def _describe(depth: int, dim: int, tokens: int, pool: str) -> str:
+    return f"{depth} blocks, width {dim}, {tokens} tokens, {'class-token' if pool == 'token' else 'average'} pooling"
+
+
+def family_of(vit: nn.Module) -> Family:
+    """The published family for `vit`, decided by its architecture rather than its name.
+
+    Depth, width and token count must match. A class-token model may use any matching family (the class token
+    is always kept, so schedules searched with average pooling stay valid); an average-pooling model only an
+    average-pooling family (the DeiT schedules end at 3 tokens, which is no average). Among the candidates,
+    the one searched with the same weights recipe wins (timm's `.mae` tag), then the one with the same pooling:
+    deit_small* -> ViT-S-DeiT, vit_base_patch16_224.mae -> ViT-B-MAE, an avg-pool ViT-B -> ViT-B-MAE,
+    vit_large_patch16_224 -> ViT-L-MAE.
+    """
+    depth, dim, pool = len(vit.blocks), vit.embed_dim, vit.global_pool
+    tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+    recipe = "mae" if "mae" in str((getattr(vit, "pretrained_cfg", None) or {}).get("tag") or "") else "deit"
+    matches = [
+        f
+        for f in FAMILIES
+        if (f.depth, f.embed_dim, f.tokens) == (depth, dim, tokens) and (f.pool == pool or pool == "token")
+    ]
+    if not matches:
+        known = "; ".join(f"{f.name} ({_describe(f.depth, f.embed_dim, f.tokens, f.pool)})" for f in FAMILIES)
+        raise ExporterError(
+            f"DiffRate published no schedule for this model ({_describe(depth, dim, tokens, pool)}); "
+            f"published families: {known}.",
+            "Pass --prune-kept and --merge-kept with one token count per block (class token included).",
+        )
+    return min(matches, key=lambda f: (f.recipe != recipe, f.pool != pool))
+
+
+def published_schedule(vit: nn.Module, flops: Optional[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(prune_kept, merge_kept) published for `vit`'s family at `flops` GFLOPs."""
+    family = family_of(vit)
+    table = published()[family.name]
+    available = ", ".join(table)
+    if flops is None:
+        raise ExporterError(
+            "DiffRate needs a schedule: a published FLOPs budget or explicit per-block token counts.",
+            f"Pass --flops (published for {family.name}: {available}) or --prune-kept and --merge-kept.",
+        )
+    for key, (prune, merge) in table.items():
+        if abs(float(key) - float(flops)) < 1e-6:
+            n = family.tokens
+            return prune if prune is not None else (n,) * family.depth, merge
+    raise ExporterError(
+        f"DiffRate published no {family.name} schedule at {flops} GFLOPs.",
+        f"Choose --flops from: {available}.",
+    )
+
+
+def _counts(values: Sequence[int], depth: int, tokens: int, name: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in values)
+    flag = "--" + name.replace("_", "-")
+    if len(values) != depth:
+        raise ExporterError(
+            f"{flag} has {len(values)} entries but the model has {depth} blocks.",
+            f"Give one token count per block ({depth} numbers, class token included).",
+        )
+    bad = [v for v in values if not 1 <= v <= tokens]
+    if bad:
+        raise ExporterError(
+            f"{flag} counts {bad} lie outside 1..{tokens} (the model has {tokens} tokens, class token included).",
+            f"Use counts between 1 and {tokens}.",
+        )
+    return values
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one reducing block does: keep `keep` tokens by class attention, then merge down to `merge`."""
+
+    keep: int
+    merge: Optional[int]  # None: no merging in this block
+
+
+def plan(tokens: int, prune_kept: Sequence[int], merge_kept: Sequence[int]) -> tuple[list[Optional[Step]], list[int]]:
+    """Per block: the Step (None where nothing is reduced) and the tokens leaving it."""
+    steps, schedule, n = [], [], tokens
+    for prune, merge in zip(prune_kept, merge_kept):
+        keep = min(n, prune)
+        out = min(keep, merge)
+        if merge < keep and merge < 2:
+            raise ExporterError(
+                f"merge_kept {merge} leaves no token to merge into (the class token is never a destination).",
+                "Keep at least 2 tokens (class token included) in every block that merges.",
+            )
+        steps.append(None if out == n else Step(keep, merge if merge < keep else None))
+        schedule.append(out)
+        n = out
+    return steps, schedule
+
+
+class DiffRateViT(ReducedViT):
+    """DiffRate's inference path on a timm VisionTransformer (see the module docstring).
+
+    `steps[l]` says what block l does. Each reduction records the kept patch positions (TopK over the class
+    attention, best first, positions in the block's token sequence) and, when it merges, the head position
+    each tail token went to.
+    """
+
+    method = "diffrate"
+
+    def __init__(self, vit: nn.Module, prune_kept: Sequence[int], merge_kept: Sequence[int], params: dict):
+        steps, schedule = plan(vit.patch_embed.num_patches + vit.num_prefix_tokens, prune_kept, merge_kept)
+        super().__init__(vit, schedule, params)
+        self.steps = steps
+
+    def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        size = None  # [B, N, 1] fp32, patches per token (similarity-weighted); None while all are 1
+        for block, step in zip(self.vit.blocks, self.steps):
+            bias = None if size is None else size[..., 0].clamp_min(_TINY).log()
+            attended = attend(block.attn, block.norm1(x), bias=bias, cls_row=step is not None)
+            x = x + attn_residual(block, attended.out)
+            if step is not None:
+                x, size = self._prune(x, size, attended.cls_row, step.keep)
+                if step.merge is not None:
+                    x, size = self._merge(x, size, step.merge)
+            x = x + mlp_residual(block, x)
+        return x, size
+
+    def _prune(self, x: torch.Tensor, size: Optional[torch.Tensor], cls_row: torch.Tensor, keep: int):
+        """Class token first, then the `keep - 1` patches it attends to most, best first."""
+        if keep == 1:
+            return x[:, :1], None if size is None else size[:, :1]
+        idx = top_indices(cls_row[:, :, 1:].mean(dim=1), keep - 1) + 1
+        self.record(idx)
+        order = torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
+        return gather_tokens(x, order), None if size is None else gather_tokens(size, order)
+
+    def _merge(self, x: torch.Tensor, size: Optional[torch.Tensor], kept: int):
+        """Tokens [kept:] into their most similar token among [1:kept]: (dst + sources) / (1 + count)."""
+        metric = x.float()
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        # Column 0 (the class token) is left out instead of set to -inf: same argmax, no in-place write.
+        similarity, dst = (metric[:, kept:] @ metric[:, 1:kept].transpose(1, 2)).max(dim=-1)
+        dst = dst + 1
+        self.record(dst)
+        if size is None:
+            size = torch.ones_like(metric[..., :1])
+        head, tail = size[:, :kept], size[:, kept:] * similarity[..., None]
+        ones = torch.ones_like
+        # [B, kept, 2]: 1 + the number of sources merged in, and the new size
+        count_size = scatter_add_tokens(torch.cat([ones(head), head], -1), dst, torch.cat([ones(tail), tail], -1))
+        merged = scatter_add_tokens(x[:, :kept].float(), dst, x[:, kept:].float()) / count_size[..., :1]
+        return merged.to(x.dtype), count_size[..., 1:]
+
+
+def _flops(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ExporterError(
+            f"--flops '{text}' is not a number.", "Pass the GFLOPs of a published schedule, e.g. 2.9."
+        ) from None
+
+
+@register(
+    "diffrate",
+    "prune by class attention, then merge by similarity, in every block (published per-layer counts)",
+    params=[
+        Param("flops", _flops, None, "GFLOPs of a published schedule for the model's family (e.g. 2.9 for DeiT-S)"),
+        Param("prune_kept", int_list, None, "tokens kept by pruning after each block, class token included"),
+        Param("merge_kept", int_list, None, "tokens kept by merging after each block, class token included"),
+    ],
+    paper="Chen et al., DiffRate: Differentiable Compression Rate for Efficient Vision Transformers, ICCV 2023",
+)
+def apply(
+    model: nn.Module,
+    flops: Optional[float] = None,
+    prune_kept: Optional[Sequence[int]] = None,
+    merge_kept: Optional[Sequence[int]] = None,
+) -> DiffRateViT:
+    """DiffRate with a published schedule (`flops`) or explicit counts (a missing list keeps every token)."""
+    check_vit(model)
+    depth, tokens = len(model.blocks), model.patch_embed.num_patches + model.num_prefix_tokens
+    explicit = prune_kept is not None or merge_kept is not None
+    if explicit and flops is not None:
+        raise ExporterError(
+            "DiffRate got both --flops and explicit --prune-kept/--merge-kept counts.",
+            "Pass either --flops (a published schedule) or the per-block counts, not both.",
+        )
+    if explicit:
+        prune_kept = _counts(prune_kept if prune_kept is not None else (tokens,) * depth, depth, tokens, "prune_kept")
+        merge_kept = _counts(merge_kept if merge_kept is not None else (tokens,) * depth, depth, tokens, "merge_kept")
+    else:
+        prune_kept, merge_kept = published_schedule(model, flops)
+    params = {"flops": flops, "prune_kept": prune_kept, "merge_kept": merge_kept}
+    reduced = DiffRateViT(model, prune_kept, merge_kept, params)
+    if model.global_pool == "avg" and min(reduced.schedule) < 2:
+        raise ExporterError(
+            f"The schedule leaves only the class token after block {reduced.schedule.index(1)}, "
+            "but this model averages the patch tokens.",
+            "Keep at least 2 tokens (class token included) in every block.",
+        )
+    return reduced

@@ -20,8 +20,9 @@ What this module computes (the paper's description, made precise):
   once per stage and then carried as a token. Because the weights sum to one and every placeholder
   gets rep's increments, that is the same token as rebuilding it from the updated placeholders at
   every block. The placeholders receive the increments summed over the stage, at its end.
-- The full token set (class, informative, placeholders) leaves each stage and the model, and the
-  model's own pooling and head are used (the class token for DeiT).
+- The full token set leaves each stage and the model, every patch token in its original place
+  (so the indices a stage records are patch positions, comparable across stages and runtimes).
+  The model's own pooling and head are used (the class token for DeiT).
 - `schedule` lists the tokens that go through each block's attention: patches + 1 before the
   first stage, keep + 2 (class, informative, rep) inside the stages.
 - keep_rate 1 leaves the model dense.
@@ -31,9 +32,10 @@ leaves placeholders unchanged, sums the heads instead of averaging them (which r
 rounds the keep count down (int) and classifies the mean of the patch tokens. Their LeViT code
 does have the representative token and the increment broadcast.
 
-Export: ranking is one TopK with constant K = all patch tokens (the static form of the authors'
-sort), tokens are reordered with GatherElements, and everything else is slices and cat, with no
-in-place slice writes (ScatterND).
+Export: the authors' sort becomes a TopK with constant K = keep. The informative tokens are gathered
+(GatherElements). rep is a mask-weighted sum, with the mask built from the one-hot of the kept
+indices. The informative outputs go back to their places through the one-hot MatMul
+(`scatter_add_tokens`), not through in-place slice writes (ScatterND). Everything else is slices and cat.
 """
 from __future__ import annotations
 
@@ -50,7 +52,9 @@ from .base import (
     gather_tokens,
     int_list,
     mlp_residual,
+    one_hot,
     register,
+    scatter_add_tokens,
     to_fraction,
     top_indices,
 )
@@ -81,25 +85,30 @@ class EvoViT(ReducedViT):
         return x, None
 
     def stage(self, blocks, x: torch.Tensor, g: torch.Tensor, score: bool):
-        """Rank the patch tokens by g, run `blocks` on [class, informative, rep], carry all tokens.
-
-        `score`: track g through the stage (not needed after the last stage start).
-        """
-        order = top_indices(g, g.shape[1])  # every patch token, best first
-        self.record(order[:, : self.keep])
-        patches, g = gather_tokens(x[:, 1:], order), gather_tokens(g, order)
-        informative, placeholders = patches[:, : self.keep], patches[:, self.keep :]
-        g_inf, g_ph = g[:, : self.keep], g[:, self.keep :]
-        weights = (g_ph / g_ph.sum(dim=1, keepdim=True)).unsqueeze(1).to(x.dtype)  # [B, 1, placeholders]
-        y = torch.cat([x[:, :1], informative, weights @ placeholders], dim=1)
+        """Run `blocks` on [class, top-`keep` tokens by g, rep]; return all tokens (in their original
+        places) and, when `score`, g updated through the stage."""
+        k = self.keep
+        idx = top_indices(g, k)  # informative tokens, best first
+        self.record(idx)
+        patches = x[:, 1:]
+        waiting = 1.0 - one_hot(idx, g.shape[1], g.dtype).sum(dim=1)  # [B, patches]: 1 for placeholders
+        weights = waiting * g
+        # clamp: all-zero placeholder attention (fp32 underflow) gives rep = 0 instead of NaN
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+        rep = weights.unsqueeze(1).to(x.dtype) @ patches
+        y = torch.cat([x[:, :1], gather_tokens(patches, idx), rep], dim=1)
+        g_inf = gather_tokens(g, idx)
         moved = 0  # the sum of rep's increments so far
         for blk in blocks:
             y, step, a = run_block(blk, y, score)
             moved = moved + step
             if score:
-                g_inf = self.alpha * g_inf + (1 - self.alpha) * a[:, : self.keep]
-        x = torch.cat([y[:, :-1], placeholders + moved], dim=1)
-        return x, torch.cat([g_inf, g_ph], dim=1)
+                g_inf = self.alpha * g_inf + (1 - self.alpha) * a[:, :k]
+        # placeholders move with rep; informative tokens go back to their places (exact selections)
+        patches = scatter_add_tokens(waiting.unsqueeze(-1).to(x.dtype) * (patches + moved), idx, y[:, 1:-1])
+        if score:
+            g = scatter_add_tokens((waiting * g).unsqueeze(-1), idx, g_inf.unsqueeze(-1)).squeeze(-1)
+        return torch.cat([y[:, :1], patches], dim=1), g
 
 
 def run_block(blk, x: torch.Tensor, score: bool):

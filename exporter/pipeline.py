@@ -1,0 +1,234 @@
+"""The build: model → method → ONNX (fp32, fp16) → graph checks → verification → bundle.
+
+Every stage is timed and shown as it runs; the bundle is assembled in a temp dir and only renamed
+into place once everything passed (see artifacts.staging).
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator, Optional
+
+import onnx
+import torch
+from rich.console import Console
+
+from . import __version__, artifacts
+from .errors import ExporterError
+from .export import lint
+from .export.fp16 import export_fp16
+from .export.onnx_export import export_onnx
+from .methods import apply_method, get_method
+from .methods.base import ReducedViT
+from .methods.flops import count_gmacs
+from .models import create_model, input_size
+from .runtime.rtx import rtx_check
+from .spec import BuildSpec
+from .verify import parity
+from .verify.compare import Graph, compare_graphs
+from .verify.report import render
+
+TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "polygraphy", "tensorrt-rtx-cu13")
+
+
+class BuildFailed(Exception):
+    """Verification or a graph check failed; the message is the summary to print."""
+
+
+@dataclass
+class Stages:
+    """Prints each stage as it runs and keeps its duration for the manifest."""
+
+    console: Console
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with self.console.status(f"{name} ..."):
+            try:
+                yield
+            except BaseException:
+                self.console.print(f"[red]✗[/red] {name}  ({time.perf_counter() - start:.1f}s)")
+                raise
+        self.durations[name] = round(time.perf_counter() - start, 3)
+        self.console.print(f"[green]✓[/green] {name}  ({self.durations[name]:.1f}s)")
+
+
+def prepare(spec: BuildSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(dense model, reduced model) for a spec; the same call rebuilds the reference for `verify`."""
+    dense = create_model(spec.model, spec.weights, spec.seed, spec.img_size)
+    return dense, apply_method(dense, spec.method, **spec.method_params)
+
+
+def resolve(spec: BuildSpec) -> BuildSpec:
+    """The spec with the method's defaults filled in, so the manifest and the hash say everything."""
+    from dataclasses import replace
+
+    return replace(spec, method_params=get_method(spec.method).resolve(spec.method_params))
+
+
+def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] = None) -> Path:
+    console = console or Console(stderr=True)
+    spec = resolve(spec)
+    stage = Stages(console)
+    artifacts.check_writable(out)
+    with artifacts.staging(out, spec.run_name) as tmp:
+        with stage(f"load {spec.model} and apply method {spec.method}"):
+            dense, model = prepare(spec)
+            size = input_size(dense)
+        kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
+        graphs = [Graph(artifacts.ONNX_FP32, "fp32")]
+        with stage("export fp32 ONNX"):
+            export_onnx(model, tmp / artifacts.ONNX_FP32, **kwargs)
+        fp16_facts = None
+        if spec.precision == "fp16":
+            with stage("export fp16 ONNX"):
+                fp16_facts = export_fp16(model, tmp / artifacts.ONNX_FP16, io_fp16=spec.io_fp16, **kwargs)
+            graphs.append(Graph(artifacts.ONNX_FP16, "fp16", spec.io_fp16))
+        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
+        if not report["passed"]:
+            kept = artifacts.keep_failed(tmp, out, spec.run_name)
+            raise BuildFailed(_failure_summary(report) + f"\nreport: {kept / artifacts.REPORT_MD}")
+        manifest = {
+            "exporter_version": __version__,
+            "run_name": spec.run_name,
+            "command": command,
+            "spec": spec.to_dict(),
+            "git_commit": _git_commit(),
+            "tools": _tool_versions(),
+            "opset": spec.opset,
+            "stages_seconds": stage.durations,
+            "schedule": report["schedule"],
+            "flops": report["flops"],
+            "fp16": fp16_facts,
+            "io": {g.file: _io(tmp / g.file) for g in graphs},
+            "files": artifacts.file_hashes(tmp),
+        }
+        artifacts.write_json(tmp / artifacts.MANIFEST, manifest)
+    return out / spec.run_name
+
+
+def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None) -> dict:
+    """Graph checks, parity against PyTorch and the TensorRT-RTX build; writes report.json/.md."""
+    size = input_size(dense)
+    with stage("check graphs (static shapes, TensorRT 10.3 ops)"):
+        problems = {g.file: _check(bundle / g.file) for g in graphs}
+        if fp16_facts and fp16_facts["unguarded_selectors"]:
+            problems[artifacts.ONNX_FP16].append(
+                f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
+            )
+    with stage("verify against PyTorch"):
+        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size, spec.opset)
+    with stage("TensorRT-RTX parse + build"):
+        rtx = {
+            g.file: asdict(rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size)))
+            for g in graphs
+        }
+    passed = (
+        all(c.passed for c in comparisons)
+        and not any(problems.values())
+        and all(r["status"] != "failed" for r in rtx.values())
+    )
+    report = {
+        "run_name": spec.run_name,
+        "spec": spec.to_dict(),
+        "passed": passed,
+        "schedule": model.schedule if isinstance(model, ReducedViT) else None,
+        "flops": _flops(dense, model, size),
+        "thresholds": (
+            f"fp32: max abs <= {parity.FP32_MAX_ABS:g}, top-1 agreement 100%; fp16: min cosine >= "
+            f"{parity.FP16_MIN_COSINE}, top-1 agreement 100% on decisive samples (top-1/top-2 margin > 2x error); "
+            f"samples with token flips excluded, at most {parity.MAX_FLIP_FRACTION:.0%} allowed"
+        ),
+        "comparisons": [c.to_dict() for c in comparisons],
+        "lint": problems,
+        "tensorrt_rtx": rtx,
+    }
+    artifacts.write_json(bundle / artifacts.REPORT_JSON, report)
+    artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))
+    return report
+
+
+def verify(bundle: Path, console: Optional[Console] = None) -> dict:
+    """Re-run the checks of an existing bundle (e.g. after copying it): hashes, graphs, parity."""
+    console = console or Console(stderr=True)
+    manifest = artifacts.open_bundle(bundle)
+    stage = Stages(console)
+    with stage("check file hashes"):
+        actual = artifacts.file_hashes(bundle)
+        changed = sorted(f for f, h in manifest["files"].items() if actual.get(f) != h)
+        if changed:
+            raise BuildFailed(f"files differ from the manifest (modified or missing): {', '.join(changed)}")
+    spec = BuildSpec.from_dict(manifest["spec"])
+    with stage(f"load {spec.model} and apply method {spec.method}"):
+        dense, model = prepare(spec)
+    graphs = [Graph(f, "fp16" if f == artifacts.ONNX_FP16 else "fp32", spec.io_fp16 and f == artifacts.ONNX_FP16) for f in manifest["io"]]
+    report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
+    if not report["passed"]:
+        raise BuildFailed(_failure_summary(report) + f"\nreport: {bundle / artifacts.REPORT_MD}")
+    return report
+
+
+def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
+    dense_gmacs = count_gmacs(dense, size)
+    gmacs = dense_gmacs if model is dense else count_gmacs(model, size)
+    return {"dense_gmacs": round(dense_gmacs, 4), "gmacs": round(gmacs, 4), "ratio": round(dense_gmacs / gmacs, 4)}
+
+
+def _check(path: Path) -> list[str]:
+    return lint.lint(onnx.load(str(path), load_external_data=False))
+
+
+def _io(path: Path) -> dict:
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        ]
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def _failure_summary(report: dict) -> str:
+    lines = []
+    for c in report["comparisons"]:
+        for f in c["failures"]:
+            lines.append(f"{c['graph']} at batch {c['batch']}: {f}")
+    for graph, problems in report["lint"].items():
+        lines += [f"{graph}: {p}" for p in problems]
+    for graph, r in report["tensorrt_rtx"].items():
+        if r["status"] == "failed":
+            lines.append(f"{graph}: TensorRT-RTX {r['reason']}")
+    return "\n".join(lines)
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "exporter": __version__}
+    for name in TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -1,0 +1,219 @@
+"""Plain re-implementations of EViT and Evo-ViT inference, written the way the authors' code does
+it (materialised attention maps, sort, scatter-based complement index, in-place writes), for
+checking the export-friendly modules. Also: small timm ViTs whose class attention is decisive.
+
+Each reference returns (logits, kept indices per reduction, margins per reduction). Kept indices
+are what the module records: EViT's index the tokens of that moment, Evo-ViT's are patch positions. A margin is
+the smallest relative gap, over the batch, between the last kept score and the first dropped one.
+Two implementations may only be required to agree on the kept set when that margin is clearly
+larger than their numerical difference; tests assert it before comparing.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+def decisive_vit(seed: int = 0, qk_gain: float = 2.0, **config) -> VisionTransformer:
+    """A random timm VisionTransformer whose class-token attention is far from uniform.
+
+    timm's init (std 0.02) makes every attention row nearly uniform, so the top-k cutoff falls
+    between near-equal scores. Scaling the query and key weights spreads the attention logits; a
+    larger gain spreads them more but also raises the fp16 error of the scores (measured: gain 2
+    gives about 0.7% relative fp16 error against a median 3.5% gap between neighbouring scores).
+    """
+    cfg = dict(img_size=64, patch_size=8, embed_dim=48, depth=6, num_heads=3, num_classes=10)
+    cfg.update(config)
+    torch.manual_seed(seed)
+    vit = VisionTransformer(**cfg).eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.normal_(0.0, 0.3)  # random LayerNorm affines, biases, embeddings too
+        for blk in vit.blocks:
+            dim = blk.attn.qkv.in_features
+            blk.attn.qkv.weight.normal_(0.0, dim**-0.5)
+            blk.attn.qkv.weight[: 2 * dim] *= qk_gain**0.5
+            for lin in (blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
+                lin.weight.normal_(0.0, lin.in_features**-0.5)
+            if hasattr(blk.ls1, "gamma"):
+                blk.ls1.gamma.uniform_(0.05, 0.2)
+                blk.ls2.gamma.uniform_(0.05, 0.2)
+        for norm in [m for m in vit.modules() if isinstance(m, torch.nn.LayerNorm)]:
+            norm.weight.uniform_(0.5, 1.5)
+        vit.head.weight.normal_(0.0, 0.3 * vit.head.in_features**-0.5)  # logits of order 1
+    return vit
+
+
+def images(vit: VisionTransformer, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    h, w = vit.patch_embed.img_size
+    return torch.randn(batch, 3, h, w, generator=g)
+
+
+def decisive_images(vit, reference, params: dict, batch: int, min_margin: float, seed: int = 0) -> torch.Tensor:
+    """`batch` images (drawn from seeds `seed`, `seed` + 1, ...) whose every top-k cut has a relative
+    score gap above `min_margin` under `reference`: inputs on which two correct implementations
+    whose scores differ by less than that must keep the same tokens."""
+    chosen = []
+    for s in range(seed, seed + 200):
+        img = images(vit, 1, s)
+        if min(reference(vit, img, **params)[2], default=1.0) > min_margin:
+            chosen.append(img)
+            if len(chosen) == batch:
+                return torch.cat(chosen)
+    raise AssertionError(f"no {batch} decisive inputs (margin > {min_margin}) among 200 seeds")
+
+
+# ---- shared pieces ---------------------------------------------------------------------------
+
+def embed(vit, img):
+    return vit.norm_pre(vit._pos_embed(vit.patch_embed(img)))
+
+
+def head(vit, x):
+    """timm's own pooling and head on the final tokens."""
+    return vit.forward_head(vit.norm(x))
+
+
+def attention(blk, x):
+    """(attention residual increment, softmax attention map [B, H, N, N]) with the map materialised."""
+    a = blk.attn
+    B, N, _ = x.shape
+    qkv = a.qkv(blk.norm1(x)).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = a.q_norm(qkv[0]), a.k_norm(qkv[1]), qkv[2]
+    attn = ((q @ k.transpose(-2, -1)) * a.scale).softmax(dim=-1)
+    out = a.proj((attn @ v).transpose(1, 2).reshape(B, N, -1))
+    return blk.ls1(out), attn
+
+
+def mlp(blk, x):
+    return blk.ls2(blk.mlp(blk.norm2(x)))
+
+
+def margin(sorted_scores: torch.Tensor, k: int) -> float:
+    gap = (sorted_scores[:, k - 1] - sorted_scores[:, k]) / sorted_scores[:, k - 1].abs()
+    return gap.min().item()
+
+
+def flat_gather(x, idx):
+    """The authors' `easy_gather`: rows of the flattened [B*N, C] tensor with batch offsets."""
+    B, N, C = x.shape
+    offset = torch.arange(B).view(B, 1) * N
+    return x.reshape(B * N, C)[(idx + offset).view(-1)].reshape(B, idx.shape[1], C)
+
+
+# ---- EViT ------------------------------------------------------------------------------------
+
+def evit_identities(kept, n, fuse):
+    """Kept indices (positions in the token list of that moment) -> which tokens they are: patch
+    positions 0..n-1, or -1-j for the token fused at reduction j. Sets of identities can be
+    compared even where two runs order their kept tokens differently (near-equal scores)."""
+    ids = torch.arange(n).repeat(kept[0].shape[0], 1) if kept else None
+    out = []
+    for j, idx in enumerate(kept):
+        chosen = torch.gather(ids, 1, idx)
+        out.append(chosen)
+        ids = torch.cat([chosen, torch.full_like(chosen[:, :1], -1 - j)], dim=1) if fuse else chosen
+    return out
+
+
+def complement_idx(idx, n):
+    """set(range(n)) - set(idx) per row, ascending: scatter zeros at the kept places, sort, drop
+    the first k entries (the authors' construction)."""
+    a = torch.arange(n).expand(idx.shape[0], n)
+    masked = torch.scatter(a, 1, idx, 0)
+    compl, _ = torch.sort(masked, dim=1)
+    return compl[:, idx.shape[1]:]
+
+
+@torch.no_grad()
+def evit(vit, img, keep_rate, locations, fuse):
+    x = embed(vit, img)
+    kept, margins = [], []
+    for i, blk in enumerate(vit.blocks):
+        B, N, C = x.shape
+        step, attn = attention(blk, x)
+        x = x + step
+        left = math.ceil(keep_rate * (N - 1))
+        if i in locations and keep_rate < 1 and left < N - 1:
+            cls_attn = attn[:, :, 0, 1:].mean(dim=1)
+            _, idx = torch.topk(cls_attn, left, dim=1, largest=True, sorted=True)
+            margins.append(margin(cls_attn.sort(dim=1, descending=True).values, left))
+            kept.append(idx)
+            others = x[:, 1:]
+            tokens = [x[:, :1], torch.gather(others, 1, idx.unsqueeze(-1).expand(-1, -1, C))]
+            if fuse:
+                compl = complement_idx(idx, N - 1)
+                dropped = torch.gather(others, 1, compl.unsqueeze(-1).expand(-1, -1, C))
+                weight = torch.gather(cls_attn, 1, compl)
+                tokens.append((dropped * weight.unsqueeze(-1)).sum(dim=1, keepdim=True))
+            x = torch.cat(tokens, dim=1)
+        x = x + mlp(blk, x)
+    return head(vit, x), kept, margins
+
+
+# ---- Evo-ViT (the paper's slow-fast update, as specified in exporter/methods/evovit.py) -------
+
+@torch.no_grad()
+def evovit(vit, img, keep_rate, stages, alpha):
+    x = embed(vit, img).clone()
+    n = x.shape[1] - 1
+    k = round(keep_rate * n)
+    if k == n:
+        stages = ()
+    kept, margins = [], []
+    g = None
+    position = torch.arange(n).repeat(x.shape[0], 1)  # original patch position of each carried token
+    for i, blk in enumerate(vit.blocks):
+        if i in stages:
+            g, order = torch.sort(g, dim=1, descending=True)
+            margins.append(margin(g, k))
+            position = torch.gather(position, 1, order)
+            kept.append(position[:, :k])
+            x[:, 1:] = flat_gather(x[:, 1:], order)
+        if not stages or i < stages[0]:
+            step, attn = attention(blk, x)
+            x = x + step
+            x = x + mlp(blk, x)
+            g = attn[:, :, 0, 1:].mean(dim=1)
+            continue
+        # slow path: class, informative tokens and the representative of the placeholders
+        weight = g[:, k:] / g[:, k:].sum(dim=1, keepdim=True)
+        rep = (weight.unsqueeze(-1) * x[:, k + 1:]).sum(dim=1, keepdim=True)
+        y = torch.cat([x[:, : k + 1], rep], dim=1)
+        step, attn = attention(blk, y)
+        y = y + step
+        x[:, k + 1:] += step[:, -1:]  # fast path
+        step = mlp(blk, y)
+        y = y + step
+        x[:, k + 1:] += step[:, -1:]
+        x[:, : k + 1] = y[:, :-1]
+        g[:, :k] = alpha * g[:, :k] + (1 - alpha) * attn[:, :, 0, 1: k + 1].mean(dim=1)
+    return head(vit, x), kept, margins
+
+
+# ---- exported graphs -------------------------------------------------------------------------
+
+def static_topk_ks(model) -> list[int]:
+    """The K of every TopK in an ONNX graph, after checking the graph is one TensorRT imports as is:
+    no Scatter*, NonZero or control flow, and every K a constant (an initializer or Constant)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    bad = sorted({n.op_type for n in graph.node if n.op_type.startswith("Scatter") or n.op_type in ("NonZero", "If", "Loop")})
+    assert not bad, f"export contains {bad}"
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            constants[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    ks = []
+    for n in graph.node:
+        if n.op_type == "TopK":
+            assert n.input[1] in constants, f"TopK {n.name} has a computed K ({n.input[1]})"
+            assert all(a.i == 1 for a in n.attribute if a.name in ("sorted", "largest")), f"TopK {n.name} attributes"
+            ks.append(int(constants[n.input[1]].reshape(-1)[0]))
+    return ks
