@@ -1,4 +1,4 @@
-"""`python -m exporter <command>`: build, verify, methods.
+"""`python -m exporter <command>`: build, verify, methods, bench.
 
 Errors a user can fix print as a short paragraph (problem + fix) with a non-zero exit; pass
 --debug for the traceback.
@@ -179,6 +179,41 @@ def _methods(args, console: Console) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="onnxruntime throughput of each method vs the dense model (and vs PyTorch)",
+        description="Export every method (at its default parameters) with a static batch, run them in onnxruntime "
+        "and PyTorch on the CPU with the same thread settings, interleaved, and print measured speedups next to "
+        "FLOPs ratios and the share of time spent in the token-reduction machinery.",
+    )
+    p.add_argument("--model", default="deit_small_patch16_224")
+    p.add_argument("--weights", default="random", help="timing does not depend on the weights (default %(default)s)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all, dense first)")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--batch", type=int, default=8, help="default %(default)s")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for onnxruntime and PyTorch (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=5, help="batches per method per round (default %(default)s)")
+    p.set_defaults(run=_bench)
+
+
+def _bench(args, console: Console) -> int:
+    from .bench import throughput
+    from .methods import get_method, list_methods
+    from .models import create_model, input_size
+
+    methods = list_methods() if args.methods is None else ["none"] + [m for m in args.methods.split(",") if m != "none"]
+    for m in methods:
+        get_method(m)
+    dense = create_model(args.model, args.weights, 0, args.img_size)
+    size = input_size(dense)
+    results = throughput.run(dense, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)
+    print(f"{args.model}, batch {args.batch}, {args.threads} threads, onnxruntime CPU, medians of {args.rounds} rounds x {args.iterations} batches\n")
+    print(throughput.table(results, args.batch))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m exporter",
@@ -189,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_verify(sub)
     _add_methods(sub)
+    _add_bench(sub)
     return p
 
 

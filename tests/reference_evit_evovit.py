@@ -68,6 +68,25 @@ def decisive_images(vit, reference, params: dict, batch: int, min_margin: float,
     raise AssertionError(f"no {batch} decisive inputs (margin > {min_margin}) among 200 seeds")
 
 
+def run(reduced, img):
+    """(fp32 logits, recorded indices) of a reduced module, in the module's own precision."""
+    reduced.trace = []
+    try:
+        with torch.no_grad():
+            logits = reduced(img.to(next(reduced.parameters()).dtype)).float()
+        return logits, reduced.trace
+    finally:
+        reduced.trace = None
+
+
+def assert_same_tokens(got, want):
+    """Per reduction, the same set of tokens in every batch row (order inside a set is free)."""
+    assert len(got) == len(want), "number of reductions"
+    for layer, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape, f"reduction {layer}: kept {a.shape[1]} tokens, expected {b.shape[1]}"
+        assert torch.equal(a.sort(dim=1).values, b.sort(dim=1).values), f"reduction {layer}: different kept tokens"
+
+
 # ---- shared pieces ---------------------------------------------------------------------------
 
 def embed(vit, img):
@@ -159,7 +178,9 @@ def evit(vit, img, keep_rate, locations, fuse):
 # ---- Evo-ViT (the paper's slow-fast update, as specified in exporter/methods/evovit.py) -------
 
 @torch.no_grad()
-def evovit(vit, img, keep_rate, stages, alpha):
+def evovit(vit, img, keep_rate, stages, alpha, update_placeholders=True):
+    """`update_placeholders=False` leaves out the fast path (the authors' DeiT code), for showing
+    that the comparison notices it."""
     x = embed(vit, img).clone()
     n = x.shape[1] - 1
     k = round(keep_rate * n)
@@ -187,10 +208,12 @@ def evovit(vit, img, keep_rate, stages, alpha):
         y = torch.cat([x[:, : k + 1], rep], dim=1)
         step, attn = attention(blk, y)
         y = y + step
-        x[:, k + 1:] += step[:, -1:]  # fast path
+        if update_placeholders:
+            x[:, k + 1:] += step[:, -1:]  # fast path
         step = mlp(blk, y)
         y = y + step
-        x[:, k + 1:] += step[:, -1:]
+        if update_placeholders:
+            x[:, k + 1:] += step[:, -1:]
         x[:, : k + 1] = y[:, :-1]
         g[:, :k] = alpha * g[:, :k] + (1 - alpha) * attn[:, :, 0, 1: k + 1].mean(dim=1)
     return head(vit, x), kept, margins
@@ -206,14 +229,12 @@ def static_topk_ks(model) -> list[int]:
     graph = model.graph
     bad = sorted({n.op_type for n in graph.node if n.op_type.startswith("Scatter") or n.op_type in ("NonZero", "If", "Loop")})
     assert not bad, f"export contains {bad}"
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant":
-            constants[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"})
     ks = []
     for n in graph.node:
         if n.op_type == "TopK":
             assert n.input[1] in constants, f"TopK {n.name} has a computed K ({n.input[1]})"
             assert all(a.i == 1 for a in n.attribute if a.name in ("sorted", "largest")), f"TopK {n.name} attributes"
-            ks.append(int(constants[n.input[1]].reshape(-1)[0]))
+            ks.append(int(numpy_helper.to_array(constants[n.input[1]]).reshape(-1)[0]))
     return ks

@@ -152,38 +152,34 @@ def check_static(model: ModelLike, batch_dim: str = "batch") -> list[str]:
 def _check_static(model: onnx.ModelProto, base_dir: Optional[Path], batch_dim: str) -> list[str]:
     skeleton = _weightless_copy(model, base_dir)
     shapes, error = _infer_shapes(skeleton)
-    graph = skeleton.graph
-    problems = []
-    for value in graph.input:
+    roots: dict[str, list] = {}  # tensor where a problem starts -> [message, number of tensors inheriting it]
+    inherited: dict[str, set[str]] = {}  # problem tensor -> the roots it inherits from
+    bad_symbols: dict[str, set[str]] = {}  # problem tensor -> its symbols other than batch_dim
+    for value in skeleton.graph.input:
         dims = _dims(value)
         if _shape_problem(dims, batch_dim):
-            problems.append(f"graph input '{value.name}' has shape {_render(dims)}: only dim 0 may be dynamic, "
-                            f"and only as '{batch_dim}'")
-    # tensor -> set of root tensors it inherits a problem from; roots map to their message and a counter
-    inherited: dict[str, set[str]] = {}
-    bad_symbols: dict[str, set[str]] = {}
-    roots: dict[str, list] = {}
-    for node in graph.node:
-        in_roots = set().union(*(inherited.get(i, set()) for i in node.input))
-        in_symbols = set().union(*(bad_symbols.get(i, set()) for i in node.input))
+            roots[value.name] = [f"graph input '{value.name}' has shape {_render(dims)}: only '{batch_dim}' "
+                                 f"may be dynamic", 0]
+            inherited[value.name] = {value.name}
+            bad_symbols[value.name] = _foreign_symbols(dims, batch_dim)
+    for node in skeleton.graph.node:
+        in_roots = set().union(*(inherited.get(i, ()) for i in node.input))
+        in_symbols = set().union(*(bad_symbols.get(i, ()) for i in node.input))
         for out in filter(None, node.output):
             dims = _dims(shapes.get(out))
             issue = _shape_problem(dims, batch_dim)
             if issue is None:
                 continue
-            symbols = _foreign_symbols(dims, batch_dim)
-            bad_symbols[out] = symbols
-            if (symbols - in_symbols) or not in_roots:
+            bad_symbols[out] = _foreign_symbols(dims, batch_dim)
+            if (bad_symbols[out] - in_symbols) or not in_roots:
                 roots[out] = [_describe(out, node, dims, issue, batch_dim), 0]
                 inherited[out] = {out}
             else:
                 inherited[out] = in_roots
                 for root in in_roots:
                     roots[root][1] += 1
-    for message, downstream in roots.values():
-        if downstream:
-            message += f"; {downstream} tensor(s) downstream inherit it"
-        problems.append(message)
+    problems = [message + (f"; {count} tensor(s) downstream inherit it" if count else "")
+                for message, count in roots.values()]
     if error is not None:
         problems.append(f"shape inference stopped with an error ({error}); the shapes after that point are unknown")
     return problems
@@ -217,8 +213,8 @@ def _describe(tensor: str, node: onnx.NodeProto, dims: Optional[list], issue: st
     if issue == "unknown rank":
         return f"{where}: shape could not be inferred (unknown rank)"
     bad = [i for i, d in enumerate(dims) if d is None or (isinstance(d, str) and _foreign_symbols([d], batch_dim))]
-    which = ", ".join(str(i) for i in bad)
-    return (f"{where} has shape {_render(dims)}: dim {which} is neither fixed nor '{batch_dim}' "
+    which = f"dim {bad[0]} is" if len(bad) == 1 else f"dims {', '.join(str(i) for i in bad)} are"
+    return (f"{where} has shape {_render(dims)}: {which} neither fixed nor '{batch_dim}' "
             f"(a data-dependent or uninferable size)")
 
 

@@ -164,13 +164,15 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None
     if attn.gate is not None:
         out = out * attn.gate(x).sigmoid()
     out = attn.proj_drop(attn.proj(out))
-    row = None
-    if cls_row:
-        logits = (q[:, :, :1].float() * attn.scale) @ k.float().transpose(-2, -1)
-        if bias is not None:
-            logits = logits + bias.float()[:, None, None, :]
-        row = logits.softmax(dim=-1)[:, :, 0]
-    return Attended(out, k, row)
+    return Attended(out, k, cls_attention(q, k, attn.scale, bias) if cls_row else None)
+
+
+def cls_attention(q: torch.Tensor, k: torch.Tensor, scale: float, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(q_cls·Kᵀ·scale + bias) in fp32: [B, heads, N], the class token's attention row."""
+    logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias.float()[:, None, None, :]
+    return logits.softmax(dim=-1)[:, :, 0]
 
 
 def attn_residual(block: nn.Module, out: torch.Tensor) -> torch.Tensor:

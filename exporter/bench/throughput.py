@@ -1,0 +1,161 @@
+"""Side-by-side throughput: every method against the dense model, onnxruntime against PyTorch.
+
+All candidates run in one process with the same thread settings, interleaved round by round (so
+a slow minute of the machine hits every method alike); each ratio comes from medians of the same
+rounds. The reduction machinery's share (scores, top-k, gathers, merging) is measured with
+onnxruntime's per-node profiler on an unfused session: a node belongs to the machinery when the
+source line that produced it is method code rather than the timm modules or the attention/MLP
+calls (see `machinery_nodes`). It is an upper bound: the methods' residual adds count as machinery.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+import torch
+
+from ..export.onnx_export import export_onnx
+from ..methods import apply_method, get_method
+from ..methods.base import ReducedViT
+from ..methods.flops import count_gmacs
+from ..runtime import ort as ort_runtime
+
+# Functions in exporter/methods whose nodes are the model's own compute, not token selection.
+COMPUTE_FUNCTIONS = ("attend", "attn_residual", "mlp_residual", "forward", "pool")
+
+
+@dataclass
+class Candidate:
+    label: str
+    method: str
+    params: dict
+    model: torch.nn.Module
+    gmacs: float
+    schedule: Optional[list[int]]
+    onnx_path: Optional[Path] = None
+    ort_ms: list[float] = field(default_factory=list)
+    torch_ms: list[float] = field(default_factory=list)
+    machinery_share: Optional[float] = None
+
+
+def machinery_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of nodes emitted by token-selection code (innermost source frame in exporter/methods,
+    outside the functions that compute attention, MLP and head)."""
+    names = set()
+    for node in model.graph.node:
+        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), "")
+        frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
+        if not frames:
+            continue
+        innermost = frames[-1]
+        if "/exporter/methods/" in innermost and not any(innermost.endswith(f"in {fn}") for fn in COMPUTE_FUNCTIONS):
+            names.add(node.name)
+    return names
+
+
+def profile_machinery(path: Path, x: np.ndarray, threads: int, runs: int = 5) -> float:
+    """Fraction of node time spent in machinery nodes, from onnxruntime's profiler (no fusions,
+    so node names survive)."""
+    import onnxruntime as ort
+
+    machinery = machinery_nodes(onnx.load(str(path), load_external_data=False))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            ort_runtime.run(session, x)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total = chosen = 0.0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            total += e["dur"]
+            if e["name"][: -len("_kernel_time")] in machinery:
+                chosen += e["dur"]
+    return chosen / total if total else 0.0
+
+
+def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, int]) -> list[Candidate]:
+    out = []
+    for name in methods:
+        params = get_method(name).resolve({})
+        model = apply_method(dense, name, **params)
+        schedule = model.schedule if isinstance(model, ReducedViT) else None
+        label = name + ("" if not params else " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")")
+        out.append(Candidate(label, name, params, model, count_gmacs(model, img_size), schedule))
+    return out
+
+
+def run(
+    dense: torch.nn.Module,
+    methods: list[str],
+    img_size: tuple[int, int],
+    batch: int,
+    threads: int,
+    rounds: int,
+    iterations: int,
+    opset: int = 18,
+    log: Callable[[str], None] = print,
+) -> list[Candidate]:
+    torch.set_num_threads(threads)
+    cands = candidates(dense, methods, img_size)
+    x = torch.randn(batch, 3, *img_size, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
+        sessions = {}
+        for c in cands:
+            log(f"exporting {c.label}")
+            c.onnx_path = export_onnx(c.model, Path(tmp) / f"{c.method}.onnx", img_size, (batch, batch, batch), opset)
+            sessions[c.method] = ort_runtime.session(c.onnx_path, threads)
+            ort_runtime.run(sessions[c.method], x.numpy())  # warm-up
+            with torch.no_grad():
+                c.model(x)
+        for r in range(rounds):
+            log(f"round {r + 1}/{rounds}")
+            for c in cands:
+                c.ort_ms.append(_time(lambda: ort_runtime.run(sessions[c.method], x.numpy()), iterations))
+                with torch.no_grad():
+                    c.torch_ms.append(_time(lambda: c.model(x), iterations))
+        for c in cands:
+            if c.schedule is not None:
+                log(f"profiling {c.label}")
+                c.machinery_share = profile_machinery(c.onnx_path, x.numpy(), threads)
+    return cands
+
+
+def _time(fn, iterations: int) -> float:
+    """Mean milliseconds per call over `iterations` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(iterations):
+        fn()
+    return (time.perf_counter() - start) * 1000 / iterations
+
+
+def table(cands: list[Candidate], batch: int) -> str:
+    """Markdown: per method, FLOPs ratio next to the measured speedups (medians over rounds)."""
+    dense = next(c for c in cands if c.method == "none")
+    d_ort = statistics.median(dense.ort_ms)
+    lines = [
+        "| method | GMACs | FLOPs ratio | ORT ms/batch | ORT img/s | measured speedup | speedup / FLOPs ratio | machinery share | PyTorch ms/batch | ORT vs PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cands:
+        ort_ms, torch_ms = statistics.median(c.ort_ms), statistics.median(c.torch_ms)
+        flops_ratio = dense.gmacs / c.gmacs
+        speedup = d_ort / ort_ms
+        share = "—" if c.machinery_share is None else f"{c.machinery_share:.1%}"
+        lines.append(
+            f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ort_ms:.1f} | {batch * 1000 / ort_ms:.1f} | "
+            f"{speedup:.2f}x | {speedup / flops_ratio:.2f} | {share} | {torch_ms:.1f} | {torch_ms / ort_ms:.2f}x |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""TensorRT-RTX parse-and-build check: small graphs, DeiT-Tiny fp32 and fp16, a broken graph, a missing package."""
+import sys
+import warnings
+
+import onnx
+import pytest
+import timm
+from onnx import TensorProto, helper
+from onnxconverter_common import float16
+from timm.models.vision_transformer import VisionTransformer
+
+from exporter.export.onnx_export import export_onnx
+from exporter.runtime import rtx
+
+
+def test_missing_package_is_skipped(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # makes `import tensorrt_rtx` raise ImportError
+    result = rtx.rtx_check(tmp_path / "absent.onnx")
+    assert result.status == "skipped"
+    assert result.reason == "tensorrt_rtx is not installed (pip install 'exporter[rtx]' / tensorrt-rtx-cu13)"
+
+
+trt = pytest.importorskip("tensorrt_rtx")
+
+
+def small_vit():
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
+
+
+@pytest.fixture(scope="module")
+def small_graph(tmp_path_factory):
+    """A small ViT with a dynamic batch, and its fp16 twin (fp32 inputs and outputs)."""
+    folder = tmp_path_factory.mktemp("small")
+    fp32 = export_onnx(small_vit(), folder / "model.onnx", 32, batch=(1, 2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the float32 number ... will be truncated": random weights near zero
+        half = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    fp16 = folder / "model_fp16.onnx"
+    onnx.save(half, str(fp16))
+    return fp32, fp16
+
+
+def test_small_exported_graph_builds(small_graph):
+    result = rtx.rtx_check(small_graph[0], batch=(1, 2, 4), input_shape_tail=(3, 32, 32))
+    assert result.status == "passed", result
+    assert result.parse_errors == [] and result.reason == ""
+    assert result.num_layers > 0 and result.engine_bytes > 0 and result.build_seconds > 0
+    assert result.version == trt.__version__
+    assert "HALF" not in result.layer_dtypes
+
+
+def test_fp16_graph_builds_as_fp16(small_graph):
+    fp32 = rtx.rtx_check(small_graph[0], batch=(1, 2, 4), input_shape_tail=(3, 32, 32))
+    fp16 = rtx.rtx_check(small_graph[1], batch=(1, 2, 4), input_shape_tail=(3, 32, 32))
+    assert fp16.status == "passed", fp16
+    # Strongly typed: the float layers of the fp16 graph are half, apart from the casts at the fp32 ends.
+    assert fp16.layer_dtypes["HALF"] >= fp32.layer_dtypes["FLOAT"] - 2
+    assert fp16.layer_dtypes.get("FLOAT", 0) <= 2
+    assert fp16.engine_bytes < fp32.engine_bytes
+
+
+@pytest.fixture(scope="module")
+def deit_tiny(tmp_path_factory):
+    net = timm.create_model("deit_tiny_patch16_224", pretrained=False, exportable=True)
+    return export_onnx(net, tmp_path_factory.mktemp("deit") / "deit.onnx", 224, batch=(2, 2, 2))
+
+
+def test_deit_tiny_fp32_builds(deit_tiny):
+    result = rtx.rtx_check(deit_tiny, batch=(2, 2, 2))
+    assert result.status == "passed", result
+    assert result.engine_bytes > 5_700_000 * 4  # at least the fp32 weights (5.7M parameters)
+    assert sorted(deit_tiny.parent.iterdir()) == [deit_tiny, deit_tiny.with_name("deit.onnx.data")]  # no engine file
+
+
+def test_unknown_op_fails_with_node_names(tmp_path):
+    nodes = [helper.make_node("Relu", ["input"], ["a"], name="act"),
+             helper.make_node("NoSuchPlugin", ["a"], ["out"], name="mystery", domain="nowhere")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("nowhere", 1)]),
+              str(path))
+    result = rtx.rtx_check(path, batch=(1, 1, 1), input_shape_tail=(4,))
+    assert result.status == "failed"
+    assert "parser rejected" in result.reason
+    assert result.parse_errors and all("node 'mystery' (NoSuchPlugin)" in e for e in result.parse_errors)
+
+
+def test_wrong_input_name(small_graph):
+    result = rtx.rtx_check(small_graph[0], input_name="pixels", batch=(1, 2, 4), input_shape_tail=(3, 32, 32))
+    assert result.status == "failed"
+    assert result.reason == "the graph has no input 'pixels' (inputs: input)"
+
+
+def test_batch_range_on_a_fixed_batch_graph(deit_tiny):
+    result = rtx.rtx_check(deit_tiny, batch=(1, 2, 4))
+    assert result.status == "failed" and "fixed at [2, 3, 224, 224]" in result.reason
