@@ -6,14 +6,25 @@ overrides ignore but our modules honour). Besides logits they log, per reduction
 original token ids for DiffRate, in the authors' A/B index frames for ToMe) and the margins by which it was
 chosen, so tests can insist on decisive inputs before comparing discrete choices.
 
-Also: `make_vit`, small timm ViTs with weights random enough that attention is not uniform.
+Also: `make_vit`, small timm ViTs with weights random enough that attention is not uniform; the
+`single_thread` fixture; `assert_tensorrt_friendly` for exported graphs.
 """
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These models are tiny: one thread is faster, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_vit(seed: int = 0, **kwargs) -> VisionTransformer:

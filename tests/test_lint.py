@@ -167,6 +167,18 @@ def test_subgraphs_are_checked():
     only(lint.check_tensorrt(graph), "in If 'branch'.then_branch", "TopK node 'inner'", "sorted=0")
 
 
+def test_local_functions_are_checked_and_inlined():
+    body = [helper.make_node("Constant", [], ["k"], value=ints("kv", [2])),
+            helper.make_node("TopK", ["x", "k"], ["v", "i"], name="inner", sorted=0)]
+    function = helper.make_function("local", "Select", ["x"], ["v"], body, [helper.make_opsetid("", 18)])
+    graph = model([helper.make_node("Select", ["x"], ["y"], name="select", domain="local")],
+                  [vi("x", ["batch", 8])], [vi("y", None)], extra_opsets=["local"])
+    graph.functions.append(function)
+    only(lint.check_tensorrt(graph), "in function 'Select'", "TopK node 'inner'", "sorted=0")
+    assert lint.plugin_nodes(graph) == []
+    assert lint.check_static(graph) == []
+
+
 def test_plugins_are_allowed_and_listed():
     plugin = helper.make_node("FuseTokens", ["x"], ["y"], name="fuse", domain="tokred", plugin_version="2",
                               plugin_namespace="tokred")
@@ -205,6 +217,16 @@ def reshape_model(shape_from_data=False):
 
 def test_reshape_with_minus_one_keeps_the_batch():
     assert lint.check_static(reshape_model()) == []
+
+
+def test_external_shape_tensors_are_read_from_beside_the_graph(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(reshape_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    assert lint.check_static(path) == []
+    # Without the folder the target shape is unknown, and the lint says so rather than guessing.
+    unloaded = onnx.load(str(path), load_external_data=False)
+    only(lint.check_static(unloaded), "Reshape node 'flatten'")
 
 
 def test_reshape_fed_by_data_is_flagged():

@@ -9,13 +9,22 @@ from onnx import TensorProto, helper
 from onnxconverter_common import float16
 from timm.models.vision_transformer import VisionTransformer
 
+from exporter.errors import ExporterError
 from exporter.export.onnx_export import export_onnx
 from exporter.runtime import rtx
 
 
+def relu_graph(path):
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["out"], name="act")], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
 def test_missing_package_is_skipped(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # makes `import tensorrt_rtx` raise ImportError
-    result = rtx.rtx_check(tmp_path / "absent.onnx")
+    result = rtx.rtx_check(relu_graph(tmp_path / "relu.onnx"), input_shape_tail=(4,))
     assert result.status == "skipped"
     assert result.reason == "tensorrt_rtx is not installed (pip install 'exporter[rtx]' / tensorrt-rtx-cu13)"
 
@@ -95,3 +104,10 @@ def test_wrong_input_name(small_graph):
 def test_batch_range_on_a_fixed_batch_graph(deit_tiny):
     result = rtx.rtx_check(deit_tiny, batch=(1, 2, 4))
     assert result.status == "failed" and "fixed at [2, 3, 224, 224]" in result.reason
+
+
+def test_usage_mistakes_raise(tmp_path):
+    with pytest.raises(ExporterError, match="does not exist"):
+        rtx.rtx_check(tmp_path / "absent.onnx")
+    with pytest.raises(ExporterError, match="min <= opt <= max"):
+        rtx.rtx_check(relu_graph(tmp_path / "relu.onnx"), batch=(8, 2, 1), input_shape_tail=(4,))

@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper, inliner, numpy_helper
 
 from exporter.errors import ExporterError
 
@@ -273,7 +273,7 @@ def _weightless_copy(model: onnx.ModelProto, base_dir: Optional[Path]) -> onnx.M
     out = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     out.functions.extend(model.functions)
     if out.functions:
-        out = onnx.inliner.inline_local_functions(out)
+        out = inliner.inline_local_functions(out)
     return out
 
 

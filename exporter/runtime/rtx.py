@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from exporter.errors import ExporterError
+
 MISSING = "tensorrt_rtx is not installed (pip install 'exporter[rtx]' / tensorrt-rtx-cu13)"
 
 
@@ -42,6 +44,11 @@ def rtx_check(
     input_shape_tail: Sequence[int] = (3, 224, 224),
 ) -> RtxCheck:
     """Parse `onnx_path` (weights beside it) with TensorRT-RTX and build an engine for `batch` = (min, opt, max)."""
+    if not Path(onnx_path).is_file():
+        raise ExporterError(f"ONNX graph '{onnx_path}' does not exist", "pass the path of an exported .onnx file")
+    if not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise ExporterError(f"batch {tuple(batch)} is not (min, opt, max) with 1 <= min <= opt <= max",
+                            "pass e.g. --batch 1,8,32")
     try:
         trt = importlib.import_module("tensorrt_rtx")
     except ImportError:

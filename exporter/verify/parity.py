@@ -6,9 +6,12 @@ top-1/top-2 margin exceeds twice the sample's fp16 error (below that, rounding a
 two logits; random weights make such near-ties common, so we report how many samples counted).
 
 Token-reduction models choose tokens discretely. A sample whose kept-token sets differ between
-the two runtimes is a *token flip*: its logits may legitimately move a lot when the choice sat on
-a near-tie, so it is excluded from the strict checks and counted. Flips on most samples are not
-ties but a bug, and fail.
+the two runtimes is a *token flip*. In fp32 the two runtimes differ by ~1e-6, so a flip means an
+exact tie or a bug: flipped samples are excluded from the strict checks and counted, and flips on
+most samples fail (not ties: a bug). In fp16, rounding of the hidden states legitimately swaps
+near-tied tokens (common with random weights, whose class attention is nearly uniform), so flips
+are only reported and the fp16 thresholds apply to every sample, flipped or not: a swap between
+truly tied tokens must not move the logits beyond fp16 tolerance.
 """
 from __future__ import annotations
 
@@ -58,7 +61,7 @@ def compare(
     cand = candidate.astype(np.float64)
     n = ref.shape[0]
     flips = np.zeros(n, dtype=bool) if flipped is None else flipped.astype(bool)
-    strict = ~flips
+    strict = ~flips if precision == "fp32" else np.ones(n, dtype=bool)
     err = np.abs(cand - ref).max(axis=1)
     scale = np.maximum(np.abs(ref).max(axis=1), 1e-12)
     cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
@@ -84,7 +87,7 @@ def compare(
     )
     if not np.isfinite(cand).all():
         result.failures.append("output contains NaN or Inf")
-    if flips.mean() > MAX_FLIP_FRACTION:
+    if precision == "fp32" and flips.mean() > MAX_FLIP_FRACTION:
         result.failures.append(
             f"kept-token sets differ from PyTorch on {flips.sum()}/{n} samples: too many to be near-ties"
         )

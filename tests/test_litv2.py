@@ -1,0 +1,196 @@
+"""LITv2 models: timm registry, official checkpoint layout, FLOPs, bad input, and a static ONNX export that runs in
+onnxruntime and builds with TensorRT-RTX."""
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import exporter.models.litv2  # noqa: F401  (registers the models)
+from exporter.errors import ExporterError
+from exporter.export.onnx_export import export_onnx
+from exporter.models.litv2 import LITv2, litv2_flops
+
+# Read from ziplab/LITv2 classification/models/*.py (module attribute names) and checked against the official
+# model class instantiated with a stubbed DCN extension: LITv2-S has 219 state_dict entries, M and B 459.
+OFFICIAL_KEYS = {
+    "patch_embed.proj.weight": (96, 3, 4, 4),
+    "patch_embed.norm.bias": (96,),
+    "layers.0.blocks.0.norm2.weight": (96,),
+    "layers.0.blocks.1.mlp.fc1.weight": (384, 96),
+    "layers.0.blocks.1.mlp.dwconv.dwconv.weight": (384, 1, 3, 3),
+    "layers.1.blocks.1.mlp.fc2.bias": (192,),
+    "layers.0.downsample.dconv.weight": (192, 96, 2, 2),
+    "layers.0.downsample.dconv.bias": (192,),
+    "layers.0.downsample.dconv.conv_offset.weight": (8, 96, 2, 2),
+    "layers.1.downsample.dconv.conv_offset.bias": (8,),
+    "layers.2.downsample.norm_layer.running_var": (768,),
+    "layers.2.downsample.norm_layer.num_batches_tracked": (),
+    "layers.2.blocks.0.norm1.weight": (384,),
+    "layers.2.blocks.0.attn.l_q.weight": (320, 384),
+    "layers.2.blocks.5.attn.l_kv.bias": (640,),
+    "layers.2.blocks.3.attn.l_proj.weight": (320, 320),
+    "layers.2.blocks.0.attn.h_qkv.weight": (192, 384),
+    "layers.2.blocks.5.attn.h_proj.bias": (64,),
+    "layers.3.blocks.1.attn.l_q.bias": (768,),
+    "layers.3.blocks.1.attn.l_kv.weight": (1536, 768),
+    "layers.3.blocks.0.attn.l_proj.weight": (768, 768),
+    "norm.weight": (768,),
+    "head.weight": (1000, 768),
+}
+ABSENT_KEYS = [
+    "layers.0.blocks.0.norm1.weight",        # stages 1-2 have no attention, hence no norm1
+    "layers.3.blocks.0.attn.h_qkv.weight",   # stage 4 uses s = 1: all heads Lo-Fi
+    "layers.3.downsample.dconv.weight",      # no merging after the last stage
+]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return timm.create_model("litv2_small", pretrained=False).eval()
+
+
+def test_registered_with_pretrained_cfg(small):
+    assert {"litv2_small", "litv2_medium", "litv2_base"} <= set(timm.list_models("litv2_*"))
+    cfg = small.pretrained_cfg
+    assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000
+    assert cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.875
+    assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
+    assert cfg["url"] == "https://github.com/ziplab/LITv2/releases/download/v1.0/litv2_s.pth"
+    assert small.default_cfg == cfg
+    assert small.num_classes == 1000 and small.total_stride == 32
+    assert small(torch.randn(1, 3, 64, 96)).shape == (1, 1000)
+
+
+def test_official_key_names(small):
+    sd = small.state_dict()
+    assert len(sd) == 219
+    for key, shape in OFFICIAL_KEYS.items():
+        assert tuple(sd[key].shape) == shape, key
+    for key in ABSENT_KEYS:
+        assert key not in sd
+
+
+def test_checkpoint_round_trip(small, tmp_path):
+    """Save like the authors ({'model': state_dict}), load strictly into a fresh model: same outputs."""
+    small = copy.deepcopy(small)
+    with torch.no_grad():  # nonzero offsets and BN statistics, so every saved tensor matters
+        for mod in small.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+        for name, p in small.named_parameters():
+            if "conv_offset" in name:
+                p.normal_(0, 0.05)
+    path = tmp_path / "litv2_s.pth"
+    torch.save({"model": small.state_dict(), "epoch": 300}, path)
+    fresh = timm.create_model("litv2_small", pretrained=False).eval()
+    fresh.load_state_dict(torch.load(path, map_location="cpu")["model"], strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), small(x))
+    assert exporter.models.litv2.checkpoint_filter_fn(torch.load(path)["model"], fresh).keys() == small.state_dict().keys()
+    assert exporter.models.litv2.checkpoint_filter_fn(torch.load(path), fresh).keys() == small.state_dict().keys()
+
+
+@pytest.mark.parametrize("name,published", [("litv2_small", 3.7), ("litv2_medium", 7.5), ("litv2_base", 13.2)])
+def test_flops_match_published(name, published):
+    gflops = litv2_flops(name, 224) / 1e9
+    assert abs(gflops - published) / published < 0.03, gflops
+
+
+@pytest.mark.parametrize("alpha,published", [(0.0, 3.97), (0.5, 3.77), (1.0, 3.70)])
+def test_flops_alpha_ablation(alpha, published):
+    """README α table for LITv2-S (alpha_*.pth rows)."""
+    model = LITv2(depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=alpha)
+    assert abs(litv2_flops(model) / 1e9 - published) / published < 0.03
+
+
+def test_flops_cover_every_matmul_and_conv(small):
+    """The analytic count equals torch's FLOP counter (2 FLOPs per MAC), deformable conv included."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        small(torch.randn(1, 3, 224, 224))
+    assert litv2_flops(small, 224) == counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("size", [200, (224, 240)])
+def test_image_size_not_divisible_by_stride(small, size):
+    with pytest.raises(ExporterError, match="not divisible by the model's total stride 32") as err:
+        small.check_img_size(size)
+    assert "224" in err.value.fix
+    h, w = (size, size) if isinstance(size, int) else size
+    with pytest.raises(ExporterError, match="total stride 32"):
+        small(torch.randn(1, 3, h, w))
+    with pytest.raises(ExporterError, match="total stride 32"):
+        timm.create_model("litv2_small", img_size=size)
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ExporterError, match="alpha 1.2 is outside"):
+        timm.create_model("litv2_small", alpha=1.2)
+    with pytest.raises(ExporterError, match="window size 16 in stage 3 does not fit its 14×14 feature map"):
+        timm.create_model("litv2_small", local_ws=(0, 0, 16, 1))
+    with pytest.raises(ExporterError, match="one value per stage"):
+        timm.create_model("litv2_small", local_ws=(0, 2, 1))
+
+
+# ---- ONNX export (one export for the module) ----
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model("litv2_small", pretrained=False).eval()
+    with torch.no_grad():  # offsets of about a pixel, so the deformable sampling (and its borders) is exercised
+        for name, p in model.named_parameters():
+            if "conv_offset" in name:
+                p.normal_(0, 0.05)
+    path = export_onnx(model, tmp_path_factory.mktemp("litv2") / "litv2_small.onnx", 224, batch=(1, 2, 4))
+    return model, path
+
+
+def test_onnx_parity(exported):
+    ort = pytest.importorskip("onnxruntime")
+    model, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = session.run(None, {"input": x.numpy()})[0]
+        assert out.shape == (batch, 1000)
+        assert np.abs(out - ref).max() <= 1e-4
+
+
+def test_onnx_static_shapes(exported):
+    """Every value has a fully known shape; the only symbol is the batch; ranks stay within TensorRT's 8."""
+    _, path = exported
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
+    graph = model.graph
+    ops = {node.op_type for node in graph.node}
+    assert "GridSample" in ops and "DeformConv" not in ops
+    values = [*graph.input, *graph.value_info, *graph.output]
+    assert len(values) > len(graph.node)  # shape inference annotated the intermediate values
+    for value in values:
+        dims = value.type.tensor_type.shape.dim
+        assert len(dims) <= 8, value.name
+        for d in dims:
+            assert d.HasField("dim_value") or d.dim_param == "batch", (value.name, d)
+    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, 224, 224]
+
+
+def test_tensorrt_rtx_builds(exported):
+    trt = pytest.importorskip("tensorrt_rtx")
+    _, path = exported
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse_from_file(str(path)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", (1, 3, 224, 224), (2, 3, 224, 224), (4, 3, 224, 224))
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None
