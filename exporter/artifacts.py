@@ -19,8 +19,6 @@ from .errors import ExporterError
 MANIFEST = "manifest.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-ONNX_FP32 = "model.onnx"
-ONNX_FP16 = "model.fp16.onnx"
 
 
 def check_writable(out: Path) -> None:
@@ -52,6 +50,7 @@ def staging(out: Path, name: str) -> Iterator[Path]:
         os.replace(final, old / name)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
+    shutil.rmtree(out / f"{name}.failed", ignore_errors=True)  # an earlier failure of this spec is now stale
 
 
 def keep_failed(tmp: Path, out: Path, name: str) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -21,8 +22,7 @@ from rich.console import Console
 from . import __version__, artifacts
 from .errors import ExporterError
 from .export import lint
-from .export.fp16 import export_fp16
-from .export.onnx_export import export_onnx
+from .export.graphs import FP16, Graph, export_graph, planned
 from .methods import apply_method, get_method
 from .methods.base import ReducedViT
 from .methods.flops import count_gmacs
@@ -30,7 +30,7 @@ from .models import create_model, input_size
 from .runtime.rtx import rtx_check
 from .spec import BuildSpec
 from .verify import parity
-from .verify.compare import Graph, compare_graphs
+from .verify.compare import compare_graphs
 from .verify.report import render
 
 TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "polygraphy", "tensorrt-rtx-cu13")
@@ -78,19 +78,16 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
     spec = resolve(spec)
     stage = Stages(console)
     artifacts.check_writable(out)
-    with artifacts.staging(out, spec.run_name) as tmp:
+    with artifacts.staging(out, spec.run_name) as tmp, tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
         with stage(f"load {spec.model} and apply method {spec.method}"):
             dense, model = prepare(spec)
             size = input_size(dense)
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
-        graphs = [Graph(artifacts.ONNX_FP32, "fp32")]
-        with stage("export fp32 ONNX"):
-            export_onnx(model, tmp / artifacts.ONNX_FP32, **kwargs)
+        graphs = planned(spec.precision, spec.io_fp16)
         fp16_facts = None
-        if spec.precision == "fp16":
-            with stage("export fp16 ONNX"):
-                fp16_facts = export_fp16(model, tmp / artifacts.ONNX_FP16, io_fp16=spec.io_fp16, **kwargs)
-            graphs.append(Graph(artifacts.ONNX_FP16, "fp16", spec.io_fp16))
+        for g in graphs:
+            with stage(f"export {g.precision} ONNX"):
+                fp16_facts = export_graph(model, g, tmp, Path(debug), **kwargs) or fp16_facts
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         if not report["passed"]:
             kept = artifacts.keep_failed(tmp, out, spec.run_name)
@@ -120,11 +117,11 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     with stage("check graphs (static shapes, TensorRT 10.3 ops)"):
         problems = {g.file: _check(bundle / g.file) for g in graphs}
         if fp16_facts and fp16_facts["unguarded_selectors"]:
-            problems[artifacts.ONNX_FP16].append(
+            problems[FP16].append(
                 f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
             )
     with stage("verify against PyTorch"):
-        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size, spec.opset)
+        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
     with stage("TensorRT-RTX parse + build"):
         rtx = {
             g.file: asdict(rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size)))
@@ -168,8 +165,13 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
     spec = BuildSpec.from_dict(manifest["spec"])
     with stage(f"load {spec.model} and apply method {spec.method}"):
         dense, model = prepare(spec)
-    graphs = [Graph(f, "fp16" if f == artifacts.ONNX_FP16 else "fp32", spec.io_fp16 and f == artifacts.ONNX_FP16) for f in manifest["io"]]
-    report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
+    graphs = planned(spec.precision, spec.io_fp16)
+    with tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
+        if isinstance(model, ReducedViT):
+            with stage("export debug graphs (kept-token indices as outputs)"):
+                for g in graphs:
+                    export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
+        report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report) + f"\nreport: {bundle / artifacts.REPORT_MD}")
     return report

@@ -178,9 +178,7 @@ def evit(vit, img, keep_rate, locations, fuse):
 # ---- Evo-ViT (the paper's slow-fast update, as specified in exporter/methods/evovit.py) -------
 
 @torch.no_grad()
-def evovit(vit, img, keep_rate, stages, alpha, update_placeholders=True):
-    """`update_placeholders=False` leaves out the fast path (the authors' DeiT code), for showing
-    that the comparison notices it."""
+def evovit(vit, img, keep_rate, stages, alpha):
     x = embed(vit, img).clone()
     n = x.shape[1] - 1
     k = round(keep_rate * n)
@@ -208,12 +206,10 @@ def evovit(vit, img, keep_rate, stages, alpha, update_placeholders=True):
         y = torch.cat([x[:, : k + 1], rep], dim=1)
         step, attn = attention(blk, y)
         y = y + step
-        if update_placeholders:
-            x[:, k + 1:] += step[:, -1:]  # fast path
+        x[:, k + 1:] += step[:, -1:]  # fast path
         step = mlp(blk, y)
         y = y + step
-        if update_placeholders:
-            x[:, k + 1:] += step[:, -1:]
+        x[:, k + 1:] += step[:, -1:]
         x[:, : k + 1] = y[:, :-1]
         g[:, :k] = alpha * g[:, :k] + (1 - alpha) * attn[:, :, 0, 1: k + 1].mean(dim=1)
     return head(vit, x), kept, margins

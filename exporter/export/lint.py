@@ -430,7 +430,7 @@ def _node_problems(node: onnx.NodeProto, constants: dict) -> list[str]:
     if op == "ScatterND" and "reduction" in attrs:
         if attrs["reduction"] == "none":
             problems.append(f"{name}: TensorRT 10.x rejects any 'reduction' attribute on ScatterND, even 'none' "
-                            f"(onnx/onnx-tensorrt#1013, fixed after 10.7); drop the attribute, 'none' is the default")
+                            f"(reported against 10.7 in microsoft/onnxruntime#23618, lifted by onnx/onnx-tensorrt#1013); drop the attribute, 'none' is the default")
         else:
             problems.append(f"{name}: reduction='{attrs['reduction']}' is not supported by TensorRT")
     if op == "Transpose" and any(p < 0 for p in attrs.get("perm", ())):
@@ -445,7 +445,8 @@ def _node_problems(node: onnx.NodeProto, constants: dict) -> list[str]:
 def _topk_problems(name: str, node: onnx.NodeProto, attrs: dict, constants: dict) -> list[str]:
     problems = []
     if attrs.get("sorted", 1) == 0:
-        problems.append(f"{name}: sorted=0 is not supported; TensorRT requires sorted=1")
+        problems.append(f"{name}: sorted=0 is outside TensorRT's documented support (sorted must be 1); "
+                        f"call topk with sorted=True")
     k_name = node.input[1] if len(node.input) > 1 else ""
     if k_name not in constants:
         problems.append(f"{name}: K comes from tensor '{k_name}', not a constant, so the output shape depends on a "

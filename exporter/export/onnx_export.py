@@ -62,8 +62,7 @@ def export_onnx(
     if dynamic:
         _rename_batch_dim(program.model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
     program.save(str(path), external_data=True)
     return path
 
@@ -98,3 +97,25 @@ def _quiet():
 
 def load(path: Path | str, with_data: bool = True) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=with_data)
+
+
+def keep_outputs(src: Path, dst: Path, names: Sequence[str]) -> Path:
+    """Copy graph `src` to `dst` with only the outputs `names` (and the nodes they need).
+
+    The deliverable graph of a token-reduction model is cut from its debug export (which also
+    outputs the kept-token indices), so both come from one trace and compute identical logits.
+    """
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(onnx.load(str(src)))
+    graph.outputs = [t for t in graph.outputs if t.name in names]
+    graph.cleanup()
+    save(gs.export_onnx(graph), dst)
+    return dst
+
+
+def save(model: onnx.ModelProto, dst: Path) -> None:
+    """Save with every weight in `<dst>.data`, as torch.onnx does."""
+    data = dst.with_name(dst.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)

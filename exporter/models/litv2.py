@@ -186,8 +186,12 @@ class LITv2(nn.Module):
         self.num_classes = num_classes
         self.num_features = embed_dim * 2 ** (stages - 1)
         self.total_stride = patch_size * 2 ** (stages - 1)
+        # (stage, stride, window) of every stage with HiLo: what check_img_size needs, known before building.
+        self.hilo_windows = [(i + 1, patch_size * 2 ** i, local_ws[i]) for i in range(stages) if has_msa[i] == 1]
+        self.check_img_size(img_size)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n = sum(depths)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear decay rule (torch.linspace)
         self.layers = nn.ModuleList(
             LITLayer(
                 embed_dim * 2 ** i, depths[i], mlp_ratio, dpr[sum(depths[:i]):], downsample=i < stages - 1,
@@ -197,7 +201,6 @@ class LITv2(nn.Module):
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
-        self.check_img_size(img_size)
 
     def check_img_size(self, img_size: int | Sequence[int]) -> None:
         """Raise ExporterError unless both sides are multiples of the total stride and every HiLo window fits."""
@@ -207,13 +210,11 @@ class LITv2(nn.Module):
             raise ExporterError(
                 f"Image size {shown} is not divisible by the model's total stride {self.total_stride}.",
                 f"Use a multiple of {self.total_stride}, e.g. 224.")
-        for i, layer in enumerate(self.layers):
-            side = min(h, w) // (self.total_stride // 2 ** (len(self.layers) - 1 - i))
-            attn = getattr(layer.blocks[0], "attn", None) if len(layer.blocks) else None
-            if attn is not None and attn.ws > side:
+        for stage, stride, ws in self.hilo_windows:
+            if ws > min(h, w) // stride:
                 raise ExporterError(
-                    f"HiLo window size {attn.ws} in stage {i + 1} does not fit its {side}×{side} feature map "
-                    f"at image size {h}×{w}.", f"Use a window size of at most {side} in that stage, or a larger image.")
+                    f"HiLo window size {ws} in stage {stage} does not fit its {h // stride}×{w // stride} feature map "
+                    f"at image size {h}×{w}.", f"Use a window size of at most {min(h, w) // stride} in that stage.")
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -261,7 +262,8 @@ def litv2_flops(model: LITv2 | str, img_size: int | Sequence[int] = 224) -> int:
     """
     if isinstance(model, str):
         import timm
-        model = timm.create_model(model, pretrained=False)
+        with torch.device("meta"):  # only the architecture is needed: skip allocating and initialising weights
+            model = timm.create_model(model, pretrained=False)
     model.check_img_size(img_size)
     h, w = _pair(img_size)
     stem = model.patch_embed.proj

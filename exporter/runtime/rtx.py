@@ -1,9 +1,10 @@
 """TensorRT-RTX parse-and-build check: CI's stand-in for TensorRT.
 
 TensorRT itself cannot be installed without NVIDIA's package index, but the `tensorrt_rtx` wheel's
-ONNX parser and builder run on a machine without a GPU. A graph that TensorRT-RTX parses and builds
-has no unsupported node, shape or type problem left for TensorRT's own parser to find (TensorRT-RTX
-tracks TensorRT 11, so this does not replace `lint.check_tensorrt` for the 10.3 target).
+ONNX parser and builder run on a machine without a GPU, and catch what a static lint cannot: shape,
+type and layer-validation errors of a real parse and build. Its parser is newer than TensorRT 10.3's
+(1.7 accepts a ScatterND with reduction='none', which 10.3 rejects), so it complements
+`lint.check_tensorrt` rather than replacing it.
 
 Networks are strongly typed (TensorRT-RTX's only mode, requested explicitly anyway): an fp16 graph
 builds as fp16, with no precision flags. The engine is built to prove it can be; its bytes are dropped,

@@ -1,0 +1,58 @@
+"""The graphs a build writes: fp32 always, fp16 on request.
+
+A token-reduction model is exported once per precision *with its kept-token indices as extra
+outputs* (the debug graph, which verification uses to tell near-tie flips from bugs); the
+deliverable is that graph with only the logits output kept. One trace, so both compute the same.
+Debug graphs never enter the bundle.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..methods.base import ReducedViT, Traced
+from .fp16 import export_fp16
+from .onnx_export import OUTPUT_NAME, export_onnx, keep_outputs
+
+FP32 = "model.onnx"
+FP16 = "model.fp16.onnx"
+
+
+@dataclass
+class Graph:
+    file: str  # name inside the bundle
+    precision: str
+    io_fp16: bool = False
+    debug: Optional[Path] = None  # the same graph with kept indices as outputs (reduced models)
+
+
+def planned(precision: str, io_fp16: bool) -> list[Graph]:
+    graphs = [Graph(FP32, "fp32")]
+    if precision == "fp16":
+        graphs.append(Graph(FP16, "fp16", io_fp16))
+    return graphs
+
+
+def export_graph(model: torch.nn.Module, graph: Graph, bundle: Path, debug_dir: Path, write_deliverable: bool = True, **kwargs) -> Optional[dict]:
+    """Write `graph` into `bundle` (and its debug twin into `debug_dir`); returns fp16 facts or None."""
+    fp16 = graph.precision == "fp16"
+
+    def export(module, path, **extra):
+        if fp16:
+            return export_fp16(module, path, io_fp16=graph.io_fp16, **kwargs, **extra)
+        export_onnx(module, path, **kwargs, **extra)
+        return None
+
+    if not isinstance(model, ReducedViT):
+        return export(model, bundle / graph.file) if write_deliverable else None
+    traced = Traced(model)
+    with torch.no_grad():
+        count = len(traced(torch.zeros(1, 3, *kwargs["img_size"]))) - 1
+    graph.debug = debug_dir / graph.file
+    facts = export(traced, graph.debug, output_names=[OUTPUT_NAME] + [f"kept{i}" for i in range(count)])
+    if write_deliverable:
+        keep_outputs(graph.debug, bundle / graph.file, [OUTPUT_NAME])
+    return facts
