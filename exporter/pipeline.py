@@ -184,7 +184,7 @@ def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
 
 
 def _check(path: Path) -> list[str]:
-    return lint.lint(onnx.load(str(path), load_external_data=False))
+    return lint.lint(path)
 
 
 def _io(path: Path) -> dict:

@@ -15,6 +15,13 @@ import math
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+PATCHES = 64  # decisive_vit()'s default: 8x8 patches, depth 6
+FP32_MARGIN = 1e-4  # fp32 scores differ by ~1e-6 relative between these implementations and runtimes
+FP16_MARGIN = 3e-2  # fp16 scores differ by up to ~0.7% relative from fp32 ones (see decisive_vit)
+# (model config, batch, seed) for the reference comparisons: DeiT-like, LayerScale, average pooling
+CASES = [({}, 1, 0), ({}, 3, 10), ({"init_values": 0.1}, 3, 20), ({"global_pool": "avg"}, 3, 30)]
+CASE_IDS = ["deit-b1", "deit-b3", "layerscale-b3", "avgpool-b3"]
+
 
 # ---- models ----------------------------------------------------------------------------------
 

@@ -16,14 +16,23 @@ from exporter.export.fp16 import export_fp16
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method, get_method
 from exporter.methods.base import boolean, int_list
-from reference_evit_evovit import assert_same_tokens, decisive_images, decisive_vit, evit_identities, static_topk_ks
+from reference_evit_evovit import (
+    CASE_IDS,
+    CASES,
+    FP16_MARGIN,
+    FP32_MARGIN,
+    PATCHES,
+    assert_same_tokens,
+    decisive_images,
+    decisive_vit,
+    images,
+    evit_identities,
+    static_topk_ks,
+)
 from reference_evit_evovit import evit as reference
 from reference_evit_evovit import run as run_traced
 
-PATCHES = 64  # decisive_vit(): 8x8 patches, depth 6
 PARAMS = dict(keep_rate=0.7, locations=(1, 3, 4), fuse=True)
-FP32_MARGIN = 1e-4  # fp32 scores here differ by ~1e-6 relative between implementations and runtimes
-FP16_MARGIN = 3e-2  # fp16 scores differ by up to ~0.7% relative (see decisive_vit)
 
 
 def run(reduced, img):
@@ -51,9 +60,8 @@ def test_deit_small_schedule(fuse, schedule):
     assert apply_method(vit, "evit", keep_rate=0.7, locations=(3, 6, 9), fuse=fuse).schedule == schedule
 
 
-@pytest.mark.parametrize("config", [{}, {"init_values": 0.1}, {"global_pool": "avg"}], ids=["deit", "layerscale", "avgpool"])
 @pytest.mark.parametrize("fuse", [True, False])
-@pytest.mark.parametrize("batch, seed", [(1, 0), (3, 10)])
+@pytest.mark.parametrize("config, batch, seed", CASES, ids=CASE_IDS)
 def test_matches_reference(config, fuse, batch, seed):
     vit = decisive_vit(seed, **config)
     params = dict(PARAMS, fuse=fuse)
@@ -69,7 +77,7 @@ def test_keep_all_is_the_dense_model(keep_rate):
     vit = decisive_vit(1, init_values=0.1)
     reduced = apply_method(vit, "evit", keep_rate=keep_rate, locations=(0, 2, 5))
     assert reduced.schedule == [PATCHES + 1] * 6
-    img = decisive_images(vit, reference, PARAMS, 2, 0.0)
+    img = images(vit, 2, seed=7)
     logits, ids = run(reduced, img)
     assert ids == []
     with torch.no_grad():

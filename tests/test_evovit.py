@@ -16,13 +16,22 @@ from exporter.export.fp16 import export_fp16
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method, get_method
 from exporter.methods.base import int_list
-from reference_evit_evovit import assert_same_tokens, decisive_images, decisive_vit, run, static_topk_ks
+from reference_evit_evovit import (
+    CASE_IDS,
+    CASES,
+    FP16_MARGIN,
+    FP32_MARGIN,
+    PATCHES,
+    assert_same_tokens,
+    decisive_images,
+    decisive_vit,
+    images,
+    run,
+    static_topk_ks,
+)
 from reference_evit_evovit import evovit as reference
 
-PATCHES = 64  # decisive_vit(): 8x8 patches, depth 6
 PARAMS = dict(keep_rate=0.5, stages=(2, 4), alpha=0.5)
-FP32_MARGIN = 1e-4  # fp32 scores here differ by ~1e-6 relative between implementations and runtimes
-FP16_MARGIN = 3e-2  # fp16 scores differ by up to ~0.7% relative (see decisive_vit)
 
 
 def test_registered_params():
@@ -42,13 +51,12 @@ def test_deit_small_schedule():
     assert reduced.schedule == [197] * 4 + [100] * 8  # class + 98 informative + rep inside the stages
 
 
-@pytest.mark.parametrize("config", [{}, {"init_values": 0.1}, {"global_pool": "avg"}], ids=["deit", "layerscale", "avgpool"])
 @pytest.mark.parametrize("params", [
     PARAMS,
     dict(keep_rate=0.3, stages=(1, 3, 5), alpha=0.0),  # round(19.2) = 19 informative, three stages
     dict(keep_rate=0.7, stages=(3,), alpha=1.0),  # one stage, g frozen at block 2's attention
 ], ids=["default", "three-stages", "one-stage"])
-@pytest.mark.parametrize("batch, seed", [(1, 0), (3, 10)])
+@pytest.mark.parametrize("config, batch, seed", CASES, ids=CASE_IDS)
 def test_matches_reference(config, params, batch, seed):
     vit = decisive_vit(seed, **config)
     img = decisive_images(vit, reference, params, batch, FP32_MARGIN, seed)
@@ -63,7 +71,7 @@ def test_keep_all_is_the_dense_model(keep_rate):
     vit = decisive_vit(1, init_values=0.1)
     reduced = apply_method(vit, "evovit", keep_rate=keep_rate, stages=(2, 4))
     assert reduced.schedule == [PATCHES + 1] * 6
-    img = decisive_images(vit, reference, PARAMS, 2, 0.0)
+    img = images(vit, 2, seed=7)
     logits, ids = run(reduced, img)
     assert ids == []
     with torch.no_grad():

@@ -301,3 +301,15 @@ def test_exported_boolean_mask_is_flagged(tmp_path):
     problems = lint.lint(path)
     assert any(p.startswith("tensor ") and "NonZero node" in p for p in problems), problems
     assert any(p.startswith("NonZero node") and "depends on tensor values" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("op", ["ReduceL2", "ReduceMax", "ReduceSumSquare"])
+def test_opset18_reductions_keep_the_batch_symbol(op):
+    """Opset 18 passes axes as an input to every Reduce*; a key-norm ReduceL2 (ToMe) must not stop inference."""
+    m = model(
+        [helper.make_node(op, ["x", "axes"], ["y"], keepdims=1), helper.make_node("Relu", ["y"], ["z"])],
+        [vi("x", ["batch", 10, 8])],
+        [vi("z", ["batch", 10, 1])],
+        inits=[ints("axes", [-1])],
+    )
+    assert lint.check_static(m) == []

@@ -1,7 +1,5 @@
 """LITv2 models: timm registry, official checkpoint layout, FLOPs, bad input, and a static ONNX export that runs in
 onnxruntime and builds with TensorRT-RTX."""
-import copy
-
 import numpy as np
 import onnx
 import pytest
@@ -12,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import exporter.models.litv2  # noqa: F401  (registers the models)
 from exporter.errors import ExporterError
 from exporter.export.onnx_export import export_onnx
-from exporter.models.litv2 import LITv2, litv2_flops
+from exporter.models.litv2 import litv2_flops
 
 # Read from ziplab/LITv2 classification/models/*.py (module attribute names) and checked against the official
 # model class instantiated with a stubbed DCN extension: LITv2-S has 219 state_dict entries, M and B 459.
@@ -50,7 +48,24 @@ ABSENT_KEYS = [
 
 @pytest.fixture(scope="module")
 def small():
-    return timm.create_model("litv2_small", pretrained=False).eval()
+    """LITv2-S with random weights, plus nonzero offsets (about a pixel) and BN statistics, so that the deformable
+    sampling, its borders and every saved tensor matter."""
+    torch.manual_seed(0)
+    model = timm.create_model("litv2_small", pretrained=False).eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+        for name, p in model.named_parameters():
+            if "conv_offset" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _meta(name: str, **kwargs):
+    with torch.device("meta"):  # architecture only: no weight allocation or init
+        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def test_registered_with_pretrained_cfg(small):
@@ -75,24 +90,14 @@ def test_official_key_names(small):
 
 
 def test_checkpoint_round_trip(small, tmp_path):
-    """Save like the authors ({'model': state_dict}), load strictly into a fresh model: same outputs."""
-    small = copy.deepcopy(small)
-    with torch.no_grad():  # nonzero offsets and BN statistics, so every saved tensor matters
-        for mod in small.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1)
-                mod.running_var.uniform_(0.5, 2.0)
-        for name, p in small.named_parameters():
-            if "conv_offset" in name:
-                p.normal_(0, 0.05)
+    """Save like the authors ({'model': state_dict}), load strictly into a fresh model: every tensor comes back."""
     path = tmp_path / "litv2_s.pth"
     torch.save({"model": small.state_dict(), "epoch": 300}, path)
     checkpoint = torch.load(path, map_location="cpu")
-    fresh = timm.create_model("litv2_small", pretrained=False).eval()
+    fresh = timm.create_model("litv2_small", pretrained=False)
     fresh.load_state_dict(checkpoint["model"], strict=True)
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert torch.equal(fresh(x), small(x))
+    loaded, saved = fresh.state_dict(), small.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     # timm's pretrained path unwraps the 'model' key through the filter function.
     assert exporter.models.litv2.checkpoint_filter_fn(checkpoint, fresh) is checkpoint["model"]
 
@@ -106,15 +111,16 @@ def test_flops_match_published(name, published):
 @pytest.mark.parametrize("alpha,published", [(0.0, 3.97), (0.5, 3.77), (1.0, 3.70)])
 def test_flops_alpha_ablation(alpha, published):
     """README α table for LITv2-S (alpha_*.pth rows)."""
-    model = LITv2(depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=alpha)
-    assert abs(litv2_flops(model) / 1e9 - published) / published < 0.03
+    assert abs(litv2_flops(_meta("litv2_small", alpha=alpha)) / 1e9 - published) / published < 0.03
 
 
-def test_flops_cover_every_matmul_and_conv(small):
+@pytest.mark.parametrize("size", [224, 256])
+def test_flops_cover_every_matmul_and_conv(size):
     """The analytic count equals torch's FLOP counter (2 FLOPs per MAC), deformable conv included."""
+    model = _meta("litv2_small")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        small(torch.randn(1, 3, 224, 224))
-    assert litv2_flops(small, 224) == counter.get_total_flops() // 2
+        model(torch.randn(1, 3, size, size, device="meta"))
+    assert litv2_flops(model, size) == counter.get_total_flops() // 2
 
 
 @pytest.mark.parametrize("size", [200, (224, 240)])
@@ -141,25 +147,17 @@ def test_bad_model_arguments():
 # ---- ONNX export (one export for the module) ----
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    model = timm.create_model("litv2_small", pretrained=False).eval()
-    with torch.no_grad():  # offsets of about a pixel, so the deformable sampling (and its borders) is exercised
-        for name, p in model.named_parameters():
-            if "conv_offset" in name:
-                p.normal_(0, 0.05)
-    path = export_onnx(model, tmp_path_factory.mktemp("litv2") / "litv2_small.onnx", 224, batch=(1, 2, 4))
-    return model, path
+def exported(small, tmp_path_factory):
+    return export_onnx(small, tmp_path_factory.mktemp("litv2") / "litv2_small.onnx", 224, batch=(1, 2, 4))
 
 
-def test_onnx_parity(exported):
+def test_onnx_parity(small, exported):
     ort = pytest.importorskip("onnxruntime")
-    model, path = exported
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = torch.randn(batch, 3, 224, 224)
         with torch.no_grad():
-            ref = model(x).numpy()
+            ref = small(x).numpy()
         out = session.run(None, {"input": x.numpy()})[0]
         assert out.shape == (batch, 1000)
         assert np.abs(out - ref).max() <= 1e-4
@@ -167,8 +165,7 @@ def test_onnx_parity(exported):
 
 def test_onnx_static_shapes(exported):
     """Every value has a fully known shape; the only symbol is the batch; ranks stay within TensorRT's 8."""
-    _, path = exported
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(exported)), data_prop=True)
     graph = model.graph
     ops = {node.op_type for node in graph.node}
     assert "GridSample" in ops and "DeformConv" not in ops
@@ -184,12 +181,11 @@ def test_onnx_static_shapes(exported):
 
 def test_tensorrt_rtx_builds(exported):
     trt = pytest.importorskip("tensorrt_rtx")
-    _, path = exported
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(str(path)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    assert parser.parse_from_file(str(exported)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
     profile.set_shape("input", (1, 3, 224, 224), (2, 3, 224, 224), (4, 3, 224, 224))

@@ -123,6 +123,7 @@ def test_r_schedules_as_the_authors_parse_r():
     assert r_per_block(12, 13) == [13] * 12
     assert r_per_block(12, (16, -1)) == [32, 29, 26, 23, 20, 17, 14, 11, 8, 5, 2, 0]
     assert r_per_block(12, (16, 0.5)) == [8, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24]
+    assert r_per_block(12, (13, -0.3)) == [16, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10]  # int() truncates
     assert r_per_block(4, [5, 4]) == [5, 4, 0, 0]
     assert r_per_block(1, 7) == [7]
 

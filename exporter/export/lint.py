@@ -277,6 +277,13 @@ def _weightless_copy(model: onnx.ModelProto, base_dir: Optional[Path]) -> onnx.M
     return out
 
 
+_AXES_INPUT_REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin", "ReduceSumSquare")
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in _STANDARD_DOMAINS), 0)
+
+
 def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, onnx.ValueInfoProto], Optional[str]]:
     """Run SymbolicShapeInference and return every inferred value_info, plus an error text if it crashed.
 
@@ -287,6 +294,11 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, onnx.ValueInfoProto
 
     engine = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=False, guess_output_rank=False, verbose=0)
     declared = {v.name: v for v in model.graph.value_info}
+    if _opset(model) >= 18:
+        # From opset 18 every Reduce* takes its axes as an input, like ReduceSum; the engine only knows
+        # that form for ReduceSum/Mean/Prod and crashes on ReduceL2 (ToMe's key normalisation).
+        for op in _AXES_INPUT_REDUCTIONS:
+            engine.dispatcher_.setdefault(op, engine._infer_ReduceSum)
     for node in model.graph.node:
         if node.domain not in _STANDARD_DOMAINS and node.op_type not in engine.dispatcher_:
             engine.dispatcher_[node.op_type] = _declared_shapes(engine, declared)
@@ -430,7 +442,8 @@ def _node_problems(node: onnx.NodeProto, constants: dict) -> list[str]:
     if op == "ScatterND" and "reduction" in attrs:
         if attrs["reduction"] == "none":
             problems.append(f"{name}: TensorRT 10.x rejects any 'reduction' attribute on ScatterND, even 'none' "
-                            f"(reported against 10.7 in microsoft/onnxruntime#23618, lifted by onnx/onnx-tensorrt#1013); drop the attribute, 'none' is the default")
+                            f"(still in 10.7: microsoft/onnxruntime#23618; lifted by onnx/onnx-tensorrt#1013); "
+                            f"drop the attribute, 'none' is the default")
         else:
             problems.append(f"{name}: reduction='{attrs['reduction']}' is not supported by TensorRT")
     if op == "Transpose" and any(p < 0 for p in attrs.get("perm", ())):

@@ -180,7 +180,7 @@ class ToMeViT(ReducedViT):
             return cls
         merged = one_hot(src, n_a, torch.float32).sum(dim=1)  # [B, n_a], 1 where merged
         rank = (1.0 - merged) * torch.arange(n_a, 0, -1, device=src.device, dtype=torch.float32)
-        return torch.cat([cls, top_indices(-rank[:, 1:] + 1e3 * (rank[:, 1:] == 0), rest) + 1], dim=1)
+        return torch.cat([cls, top_indices(rank[:, 1:], rest) + 1], dim=1)
 
 
 @register(

@@ -56,8 +56,9 @@ def deform_conv2d(
     _, _, ho, wo = offset.shape
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     # Undeformed tap positions in input pixels, laid out like the sampled map: [Ho·kh, Wo·kw].
-    rows = (torch.arange(ho) * sh - ph)[:, None] + torch.arange(kh)[None, :] * dh
-    cols = (torch.arange(wo) * sw - pw)[:, None] + torch.arange(kw)[None, :] * dw
+    dev = x.device
+    rows = (torch.arange(ho, device=dev) * sh - ph)[:, None] + torch.arange(kh, device=dev)[None, :] * dh
+    cols = (torch.arange(wo, device=dev) * sw - pw)[:, None] + torch.arange(kw, device=dev)[None, :] * dw
     rows = rows.reshape(ho * kh, 1).to(x.dtype)
     cols = cols.reshape(1, wo * kw).to(x.dtype)
     # [B, kh, kw, 2, Ho, Wo] -> per shift [B, Ho, kh, Wo, kw] -> [B, Ho·kh, Wo·kw] (rank ≤ 6 throughout).

@@ -127,10 +127,11 @@ class LITLayer(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch × patch conv, then LayerNorm on the tokens."""
+    """Non-overlapping patch × patch conv, then LayerNorm on the tokens. `img_size` records the size built for."""
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: Size, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
+        self.img_size = img_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
@@ -138,6 +139,11 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         size = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), size
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """The official checkpoints wrap the weights as {'model': state_dict, ...}; keys need no remapping."""
+    return state_dict.get("model", state_dict)
 
 
 class LITv2(nn.Module):
@@ -159,6 +165,9 @@ class LITv2(nn.Module):
         alpha: HiLo's Lo-Fi share of heads.
         local_ws: per-stage HiLo window s (1 = global attention; ignored where has_msa is 0).
     """
+
+    exporter_family = "litv2"  # how exporter.models recognises a supported non-ViT model
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)  # what exporter.models' checkpoint loader applies
 
     def __init__(
             self,
@@ -189,7 +198,7 @@ class LITv2(nn.Module):
         # (stage, stride, window) of every stage with HiLo: what check_img_size needs, known before building.
         self.hilo_windows = [(i + 1, patch_size * 2 ** i, local_ws[i]) for i in range(stages) if has_msa[i] == 1]
         self.check_img_size(img_size)
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(_pair(img_size), patch_size, in_chans, embed_dim)
         n = sum(depths)
         dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear decay rule (torch.linspace)
         self.layers = nn.ModuleList(
@@ -283,11 +292,6 @@ def litv2_flops(model: LITv2 | str, img_size: int | Sequence[int] = 224) -> int:
     if isinstance(model.head, nn.Linear):
         macs += model.head.weight.numel()
     return macs
-
-
-def checkpoint_filter_fn(state_dict: dict, model: LITv2) -> dict:
-    """The official checkpoints wrap the weights as {'model': state_dict, ...}; keys need no remapping."""
-    return state_dict.get("model", state_dict)
 
 
 def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:

@@ -13,12 +13,13 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "h
 RANDOM_SEED = 20261122  # differs from any export or init seed on purpose
 
 
-def photos(model: torch.nn.Module) -> torch.Tensor:
-    """[len(PHOTOS), 3, H, W] preprocessed with timm's eval transform for `model`."""
+def photos(model: torch.nn.Module, size: tuple[int, int]) -> torch.Tensor:
+    """[len(PHOTOS), 3, *size] preprocessed with timm's eval transform for `model` (mean, std,
+    crop, interpolation from its pretrained config) at the resolution the graph was built for."""
     import skimage.data
     from timm.data import create_transform, resolve_data_config
 
-    transform = create_transform(**resolve_data_config({}, model=model))
+    transform = create_transform(**resolve_data_config({"input_size": (3, *size)}, model=model))
     images = []
     for name in PHOTOS:
         array = getattr(skimage.data, name)()
@@ -34,7 +35,7 @@ def random_images(n: int, size: tuple[int, int], seed: int = RANDOM_SEED) -> tor
 
 def held_out(model: torch.nn.Module, size: tuple[int, int], n_random: int = 8) -> tuple[torch.Tensor, list[str]]:
     """All verification samples and a label per sample ('photo:astronaut', 'random:3')."""
-    x = torch.cat([photos(model), random_images(n_random, size)])
+    x = torch.cat([photos(model, size), random_images(n_random, size)])
     labels = [f"photo:{p}" for p in PHOTOS] + [f"random:{i}" for i in range(n_random)]
     return x, labels
 
