@@ -230,7 +230,8 @@ def static_topk_ks(model) -> list[int]:
     from onnx import numpy_helper
 
     graph = model.graph
-    bad = sorted({n.op_type for n in graph.node if n.op_type.startswith("Scatter") or n.op_type in ("NonZero", "If", "Loop")})
+    forbidden = ("NonZero", "If", "Loop")
+    bad = sorted({n.op_type for n in graph.node if n.op_type.startswith("Scatter") or n.op_type in forbidden})
     assert not bad, f"export contains {bad}"
     constants = {t.name: t for t in graph.initializer}
     constants.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"})

@@ -13,6 +13,7 @@ import torch
 import exporter.methods.evovit as evovit_module
 from exporter.errors import ExporterError
 from exporter.export.fp16 import export_fp16
+from exporter.export.lint import lint
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method, get_method
 from exporter.methods.base import int_list
@@ -122,6 +123,7 @@ def test_onnx_parity(tmp_path, precision):
         facts = export_fp16(Traced(reduced), path, img_size=64, batch=(1, 2, 4), output_names=names)
         assert facts["unguarded_selectors"] == [], "a TopK ranks fp16 scores"
         margin, atol = FP16_MARGIN, 2e-2
+    assert lint(path) == []
     assert static_topk_ks(onnx.load(str(path), load_external_data=False)) == [32, 32]
     session = ort.InferenceSession(str(path))
     for batch, seed in [(1, 40), (3, 50)]:

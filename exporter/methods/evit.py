@@ -46,9 +46,9 @@ def plan(num_tokens: int, depth: int, keep_rate: float, locations: tuple[int, ..
     """({block: patch tokens kept}, tokens leaving every block incl. the class token)."""
     keep, schedule, n = {}, [], num_tokens
     for i in range(depth):
-        if i in locations and keep_rate < 1:
+        if i in locations:
             k = math.ceil(keep_rate * (n - 1))  # the authors' rounding
-            if k < n - 1:
+            if k < n - 1:  # keeping all (always so at keep_rate 1): the block stays dense
                 keep[i] = k
                 n = 1 + k + int(fuse)
         schedule.append(n)

@@ -78,9 +78,10 @@ class EvoViT(ReducedViT):
         first = self.stages[0]
         for blk in blocks[: first - 1]:
             x = blk(x)
-        x, _, g = run_block(blocks[first - 1], x, score=True)
+        x, _, g = run_block(blocks[first - 1], x, score=True)  # g = a: only the last block before matters
         bounds = [*self.stages, len(blocks)]
         for start, end in zip(bounds, bounds[1:]):
+            # g after the last stage ranks nothing, so that stage does not track it
             x, g = self.stage(blocks[start:end], x, g, score=end < len(blocks))
         return x, None
 
@@ -97,7 +98,7 @@ class EvoViT(ReducedViT):
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
         rep = weights.unsqueeze(1).to(x.dtype) @ patches
         y = torch.cat([x[:, :1], gather_tokens(patches, idx), rep], dim=1)
-        g_inf = gather_tokens(g, idx)
+        g_inf = gather_tokens(g, idx) if score else None
         moved = 0  # the sum of rep's increments so far
         for blk in blocks:
             y, step, a = run_block(blk, y, score)
@@ -124,9 +125,10 @@ def run_block(blk, x: torch.Tensor, score: bool):
 
 @register(
     "evovit",
-    "slow-fast token evolution: top global-class-attention tokens go through each stage, the rest follow a representative",
+    "slow-fast token evolution: top global-class-attention tokens go through each stage, the rest follow "
+    "a representative token",
     params=[
-        Param("keep_rate", float, 0.5, "fraction of patch tokens that are informative in each stage (rounded), in (0, 1]"),
+        Param("keep_rate", float, 0.5, "fraction of patch tokens informative in each stage (rounded), in (0, 1]"),
         Param("stages", int_list, (4, 8), "blocks that start a stage, strictly increasing, first >= 1"),
         Param("alpha", float, 0.5, "weight of the previous global class attention in its update, in [0, 1]"),
     ],
