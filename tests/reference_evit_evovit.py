@@ -3,10 +3,10 @@ it (materialised attention maps, sort, scatter-based complement index, in-place 
 checking the export-friendly modules. Also: small timm ViTs whose class attention is decisive.
 
 Each reference returns (logits, kept indices per reduction, margins per reduction). Kept indices
-are what the module records: EViT's index the tokens of that moment, Evo-ViT's are patch positions. A margin is
-the smallest relative gap, over the batch, between the last kept score and the first dropped one.
-Two implementations may only be required to agree on the kept set when that margin is clearly
-larger than their numerical difference; tests assert it before comparing.
+are what the module records: EViT's index the tokens of that moment, Evo-ViT's are patch positions.
+A margin is the smallest relative gap, over the batch, between the last kept score and the first
+dropped one. Two implementations may only be required to agree on the kept set when that margin is
+clearly larger than their numerical difference; `decisive_images` picks inputs where it is.
 """
 from __future__ import annotations
 

@@ -65,24 +65,35 @@ class EViT(ReducedViT):
         self.fuse = fuse
 
     def forward_blocks(self, x: torch.Tensor):
+        # When tracing, follow which token each position holds: patch ids 0..P-1, and -1-j for the
+        # token fused at reduction j. Recording identities rather than positions means two runtimes
+        # that order near-equal kept tokens differently still record the same choice.
+        ids = None if self.trace is None else torch.arange(x.shape[1] - 1, device=x.device).expand(x.shape[0], -1)
         for i, blk in enumerate(self.vit.blocks):
-            x = blk(x) if i not in self.keep else self.reduce(blk, x, self.keep[i])
+            if i in self.keep:
+                x, ids = self.reduce(blk, x, self.keep[i], ids)
+            else:
+                x = blk(x)
         return x, None
 
-    def reduce(self, blk, x: torch.Tensor, k: int) -> torch.Tensor:
+    def reduce(self, blk, x: torch.Tensor, k: int, ids):
         """One block that keeps `k` patch tokens (plus the fused one) between attention and MLP."""
         att = attend(blk.attn, blk.norm1(x), cls_row=True)
         x = x + attn_residual(blk, att.out)
         patches = x[:, 1:]
         score = att.cls_row[:, :, 1:].mean(dim=1)  # [B, N-1], fp32
         idx = top_indices(score, k)
-        self.record(idx)
+        if ids is not None:
+            ids = gather_tokens(ids, idx)
+            self.record(ids)
+            if self.fuse:
+                ids = torch.cat([ids, torch.full_like(ids[:, :1], -len(self.trace))], dim=1)
         tokens = [x[:, :1], gather_tokens(patches, idx)]
         if self.fuse:
             dropped = 1.0 - one_hot(idx, patches.shape[1], score.dtype).sum(dim=1)  # [B, N-1]: 1 where dropped
             tokens.append((dropped * score).unsqueeze(1).to(x.dtype) @ patches)
         x = torch.cat(tokens, dim=1)
-        return x + mlp_residual(blk, x)
+        return x + mlp_residual(blk, x), ids
 
 
 @register(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ExporterError
+from . import litv2  # noqa: F401  registers litv2_small/medium/base with timm
 
 SUPPORTED = "timm VisionTransformer models (deit_*, vit_*) and litv2_small/medium/base"
 
