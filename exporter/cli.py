@@ -6,7 +6,6 @@ Errors a user can fix print as a short paragraph (problem + fix) with a non-zero
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time

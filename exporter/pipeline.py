@@ -20,7 +20,6 @@ import torch
 from rich.console import Console
 
 from . import __version__, artifacts
-from .errors import ExporterError
 from .export import lint
 from .export.graphs import FP16, Graph, export_graph, planned
 from .methods import apply_method, get_method
@@ -33,7 +32,7 @@ from .verify import parity
 from .verify.compare import compare_graphs
 from .verify.report import render
 
-TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "polygraphy", "tensorrt-rtx-cu13")
+TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "tensorrt-rtx-cu13")
 
 
 class BuildFailed(Exception):

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import exporter.models.litv2  # noqa: F401  (registers the models)
 from exporter.errors import ExporterError
 from exporter.export.onnx_export import export_onnx
-from exporter.models.litv2 import litv2_flops
+from exporter.models.litv2 import LITv2, litv2_flops
 
 # Read from ziplab/LITv2 classification/models/*.py (module attribute names) and checked against the official
 # model class instantiated with a stubbed DCN extension: LITv2-S has 219 state_dict entries, M and B 459.
@@ -179,15 +179,38 @@ def test_onnx_static_shapes(exported):
     assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, 224, 224]
 
 
-def test_tensorrt_rtx_builds(exported):
-    trt = pytest.importorskip("tensorrt_rtx")
+def _trt_rtx_build(path, trt):
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(str(exported)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    assert parser.parse_from_file(str(path)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
     profile.set_shape("input", (1, 3, 224, 224), (2, 3, 224, 224), (4, 3, 224, 224))
     config.add_optimization_profile(profile)
     assert builder.build_serialized_network(network, config) is not None
+
+
+def test_tensorrt_rtx_builds(exported):
+    _trt_rtx_build(exported, pytest.importorskip("tensorrt_rtx"))
+
+
+def test_padded_hilo_exports(tmp_path):
+    """Windows that do not tile the map (14×14 with s = 3, 7×7 with s = 2): Pad + Slice, still static and exact."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = LITv2(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), local_ws=(0, 0, 3, 2), alpha=0.5,
+                  num_classes=10).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "conv_offset" in name:
+                p.normal_(0, 0.1)
+    path = export_onnx(model, tmp_path / "padded.onnx", 224, batch=(1, 2, 4))
+    assert {"Pad", "Slice"} <= {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() <= 1e-5
+    _trt_rtx_build(path, pytest.importorskip("tensorrt_rtx"))

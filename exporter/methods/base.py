@@ -7,7 +7,7 @@ weights are shared and LayerScale, q/k-norm and the like keep working.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
