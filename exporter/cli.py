@@ -162,7 +162,13 @@ def _methods(args, console: Console) -> int:
         params = {k: parsers[k](v) for k, v in given.items() if k in parsers}
         if args.method is None and len(given) != len(params):
             params = {}  # parameters meant for another method: show this one at its defaults
-        model = apply_method(dense, m.name, **params)
+        try:
+            model = apply_method(dense, m.name, **params)
+        except ExporterError as e:
+            if args.method is not None:
+                raise
+            table.add_row(m.name, "—", f"[yellow]{e.problem}[/yellow]", "—", "—")
+            continue
         gmacs = count_gmacs(model, size)
         schedule = model.schedule if isinstance(model, ReducedViT) else ["dense"]
         resolved = m.resolve(params)

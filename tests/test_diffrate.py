@@ -233,7 +233,6 @@ def test_published_deit_small_runs():
     "model, params, message",
     [
         ("deit_small_patch16_224", dict(flops=2.8), "Choose --flops from: 2.3, 2.5, 2.7, 2.9, 3.1"),
-        ("deit_small_patch16_224", dict(), "published for ViT-S-DeiT: 2.3, 2.5, 2.7, 2.9, 3.1"),
         ("deit_small_patch16_224", dict(flops=2.9, merge_kept=[197] * 12), "not both"),
         ("vit_small_patch16_384", dict(flops=2.9), "577 tokens"),
         ("deit_small_patch16_224", dict(prune_kept=[197] * 11), "11 entries but the model has 12 blocks"),
@@ -246,6 +245,11 @@ def test_bad_input(model, params, message):
     with pytest.raises(ExporterError) as info:
         apply_method(meta_model(model), "diffrate", **params)
     assert message in str(info.value)
+
+
+def test_default_is_the_readme_budget():
+    model = meta_model("deit_small_patch16_224")
+    assert apply_method(model, "diffrate").schedule == apply_method(model, "diffrate", flops=2.9).schedule
 
 
 def test_no_schedule_for_average_pooling_vit_s():

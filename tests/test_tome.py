@@ -114,7 +114,8 @@ def test_onnx_matches_torch(tmp_path):
         assert len(got) == 1 + len(trace)
         np.testing.assert_allclose(got[0], logits.numpy(), atol=1e-4, rtol=1e-4)
         for step in range(0, len(trace), 2):
-            assert pairs(*got[1 + step : 3 + step]) == pairs(*trace[step : step + 2]), f"merge {step // 2}, batch {batch}"
+            mine, theirs = pairs(*trace[step : step + 2]), pairs(*got[1 + step : 3 + step])
+            assert theirs == mine, f"merge {step // 2}, batch {batch}"
 
 
 # ---- r schedules ----------------------------------------------------------------------------

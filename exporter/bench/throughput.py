@@ -3,9 +3,10 @@
 All candidates run in one process with the same thread settings, interleaved round by round (so
 a slow minute of the machine hits every method alike); each ratio comes from medians of the same
 rounds. The reduction machinery's share (scores, top-k, gathers, merging) is measured with
-onnxruntime's per-node profiler on an unfused session: a node belongs to the machinery when the
-source line that produced it is method code rather than the timm modules or the attention/MLP
-calls (see `machinery_nodes`). It is an upper bound: the methods' residual adds count as machinery.
+onnxruntime's per-node profiler on an unfused session, attributing nodes through the module path
+the exporter records (`namespace`): method code runs outside timm's submodules, so a node at the
+top level whose aten op is not the attention itself, a reshape or a residual add/concat is
+machinery (see `machinery_nodes`).
 """
 from __future__ import annotations
 
@@ -27,35 +28,21 @@ from ..methods.base import ReducedViT
 from ..methods.flops import count_gmacs
 from ..runtime import ort as ort_runtime
 
-# Functions in exporter/methods whose nodes are the model's own compute, not token selection.
-COMPUTE_FUNCTIONS = ("attend", "attn_residual", "mlp_residual", "forward", "pool")
-
-
-@dataclass
-class Candidate:
-    label: str
-    method: str
-    params: dict
-    model: torch.nn.Module
-    gmacs: float
-    schedule: Optional[list[int]]
-    onnx_path: Optional[Path] = None
-    ort_ms: list[float] = field(default_factory=list)
-    torch_ms: list[float] = field(default_factory=list)
-    machinery_share: Optional[float] = None
+# Top-level aten ops that are the model's own compute or plumbing, not token selection.
+PLUMBING_OPS = ("scaled_dot_product_attention", "unbind", "view", "permute", "transpose", "add", "cat")
 
 
 def machinery_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of nodes emitted by token-selection code (innermost source frame in exporter/methods,
-    outside the functions that compute attention, MLP and head)."""
+    """Names of nodes emitted by token-selection code: not inside any timm submodule (the exporter's
+    `namespace` is just root/op) and not attention, reshape or residual plumbing."""
     names = set()
     for node in model.graph.node:
-        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), "")
-        frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
-        if not frames:
+        namespace = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+        segments = namespace.split("/")
+        if len(segments) != 2:
             continue
-        innermost = frames[-1]
-        if "/exporter/methods/" in innermost and not any(innermost.endswith(f"in {fn}") for fn in COMPUTE_FUNCTIONS):
+        op = segments[-1].split(":")[0].strip()
+        if not op.rstrip("_0123456789").startswith(PLUMBING_OPS):
             names.add(node.name)
     return names
 

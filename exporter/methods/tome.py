@@ -130,12 +130,9 @@ class ToMeViT(ReducedViT):
     method = "tome"
 
     def __init__(self, vit: nn.Module, r: Sequence[int], prop_attn: bool, params: dict):
-        r = capped(vit.patch_embed.num_patches + vit.num_prefix_tokens, r)
-        schedule, tokens = [], vit.patch_embed.num_patches + vit.num_prefix_tokens
-        for value in r:
-            tokens -= value
-            schedule.append(tokens)
-        super().__init__(vit, schedule, params)
+        tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+        r = capped(tokens, r)
+        super().__init__(vit, [tokens - sum(r[: l + 1]) for l in range(len(r))], params)
         self.r = r
         self.prop_attn = prop_attn
 
@@ -158,7 +155,7 @@ class ToMeViT(ReducedViT):
         # A's class token (row 0) is left out: it is never merged.
         best, partner = (a[:, 1:] @ b.transpose(1, 2)).max(dim=-1)
         src = top_indices(best, r)  # into a[:, 1:], best match first
-        dst = torch.gather(partner, 1, src)
+        dst = gather_tokens(partner, src)
         src = src + 1
         self.record(src)
         self.record(dst)
