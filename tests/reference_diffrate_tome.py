@@ -132,7 +132,7 @@ def tome(vit, img, r_per_block, prop_attn=True):
     """Logits and, per merging block, {'src': src_idx, 'dst': dst_idx (the authors' A/B frames),
     'rank_gap': best-match cosine gap at the r cut, 'match_gaps': top1 - top2 cosine of each merged token}."""
     x = _embed(vit, img)
-    B, T = x.shape[0], x.shape[1] - 1
+    T = x.shape[1] - 1
     size = None
     log = []
     for block, r in zip(vit.blocks, r_per_block):

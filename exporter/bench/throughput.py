@@ -32,6 +32,20 @@ from ..runtime import ort as ort_runtime
 PLUMBING_OPS = ("scaled_dot_product_attention", "unbind", "view", "permute", "transpose", "add", "cat")
 
 
+@dataclass
+class Candidate:
+    label: str
+    method: str
+    params: dict
+    model: torch.nn.Module
+    gmacs: float
+    schedule: Optional[list[int]]
+    onnx_path: Optional[Path] = None
+    ort_ms: list[float] = field(default_factory=list)
+    torch_ms: list[float] = field(default_factory=list)
+    machinery_share: Optional[float] = None
+
+
 def machinery_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of nodes emitted by token-selection code: not inside any timm submodule (the exporter's
     `namespace` is just root/op) and not attention, reshape or residual plumbing."""
