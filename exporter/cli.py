@@ -67,17 +67,22 @@ def _add_build(sub) -> None:
     p.set_defaults(run=_build)
 
 
+def _given(args) -> dict[str, str]:
+    """Method parameters the user passed on the command line, unparsed."""
+    return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+
+
+def _parsed(method, given: dict[str, str]) -> dict:
+    """`given` parsed by `method`'s parsers; names it does not know stay as text for its error."""
+    parsers = {p.name: p.parse for p in method.params}
+    return {k: parsers[k](v) if k in parsers else v for k, v in given.items()}
+
+
 def _spec_from_args(args):
     from .methods import get_method
     from .spec import BatchRange, BuildSpec
 
-    method = get_method(args.method)
-    parsers = {p.name: p.parse for p in method.params}
-    params = {}
-    for key, value in vars(args).items():
-        if key.startswith("param_") and value is not None:
-            name = key[len("param_"):]
-            params[name] = parsers[name](value) if name in parsers else value
+    params = _parsed(get_method(args.method), _given(args))
     return BuildSpec(
         model=args.model,
         weights=args.weights,
@@ -157,10 +162,8 @@ def _methods(args, console: Console) -> int:
     dense_gmacs = count_gmacs(dense, size)
     table = Table("method", "parameters", "tokens leaving each block", "GMACs", "vs dense")
     for m in methods:
-        given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
-        parsers = {p.name: p.parse for p in m.params}
-        params = {k: parsers[k](v) for k, v in given.items() if k in parsers}
-        if args.method is None and len(given) != len(params):
+        params = _parsed(m, _given(args))
+        if args.method is None and not set(params) <= {p.name for p in m.params}:
             params = {}  # parameters meant for another method: show this one at its defaults
         try:
             model = apply_method(dense, m.name, **params)
@@ -171,7 +174,7 @@ def _methods(args, console: Console) -> int:
             continue
         gmacs = count_gmacs(model, size)
         schedule = model.schedule if isinstance(model, ReducedViT) else ["dense"]
-        resolved = m.resolve(params)
+        resolved = model.params if isinstance(model, ReducedViT) else m.resolve(params)
         table.add_row(
             m.name,
             ", ".join(f"{k}={v}" for k, v in resolved.items()) or "—",

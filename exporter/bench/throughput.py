@@ -93,9 +93,15 @@ def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, 
         params = get_method(name).resolve({})
         model = apply_method(dense, name, **params)
         schedule = model.schedule if isinstance(model, ReducedViT) else None
-        label = name + ("" if not params else " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")")
+        shown = model.params if isinstance(model, ReducedViT) else params  # as resolved by the method
+        label = name + "".join(f" {k}={_short(v)}" for k, v in shown.items() if v is not None)
         out.append(Candidate(label, name, params, model, count_gmacs(model, img_size), schedule))
     return out
+
+
+def _short(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) and len(value) <= 4 else (
+        "per-block" if isinstance(value, (tuple, list)) else str(value))
 
 
 def run(

@@ -133,13 +133,11 @@ def family_of(vit: nn.Module) -> Family:
 DEFAULT_FLOPS = {"ViT-T-DeiT": 0.8, "ViT-S-DeiT": 2.9, "ViT-B-DeiT": 11.5, "ViT-B-MAE": 11.5, "ViT-L-MAE": 42.3, "ViT-H-MAE": 103.4}
 
 
-def published_schedule(vit: nn.Module, flops: Optional[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def published_schedule(vit: nn.Module, flops: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(prune_kept, merge_kept) published for `vit`'s family at `flops` GFLOPs."""
     family = family_of(vit)
     table = published()[family.name]
     available = ", ".join(table)
-    if flops is None:
-        flops = DEFAULT_FLOPS[family.name]
     for key, (prune, merge) in table.items():
         if abs(float(key) - float(flops)) < 1e-6:
             n = family.tokens
@@ -285,6 +283,7 @@ def apply(
         prune_kept = _counts(prune_kept if prune_kept is not None else (tokens,) * depth, depth, tokens, "prune_kept")
         merge_kept = _counts(merge_kept if merge_kept is not None else (tokens,) * depth, depth, tokens, "merge_kept")
     else:
+        flops = DEFAULT_FLOPS[family_of(model).name] if flops is None else flops
         prune_kept, merge_kept = published_schedule(model, flops)
     params = {"flops": flops, "prune_kept": prune_kept, "merge_kept": merge_kept}
     reduced = DiffRateViT(model, prune_kept, merge_kept, params)
