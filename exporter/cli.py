@@ -103,7 +103,7 @@ def _build(args, console: Console) -> int:
     spec = _spec_from_args(args)
     command = "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = build(spec, args.out, command, console)
-    console.print(f"[bold green]PASSED[/bold green] | {bundle}")
+    console.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -121,7 +121,7 @@ def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
     verify(args.bundle, console)
-    console.print(f"[bold green]PASSED[/bold green] | {args.bundle}")
+    console.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -241,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     args.argv = argv
     console = Console(stderr=True, highlight=False)
-    start = time.perf_counter()
+    start = args.start = time.perf_counter()
     from .pipeline import BuildFailed
 
     try:
@@ -257,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         console.print(str(e), markup=False)
-        console.print(f"[bold red]FAILED[/bold red] | {time.perf_counter() - start:.1f}s")
+        console.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
         return EXIT_FAILED
 
 

@@ -36,7 +36,12 @@ TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeo
 
 
 class BuildFailed(Exception):
-    """Verification or a graph check failed; the message is the summary to print."""
+    """Verification or a graph check failed; the message is the summary to print, `where` the
+    directory holding the report."""
+
+    def __init__(self, summary: str, where: Path):
+        super().__init__(summary)
+        self.where = where
 
 
 @dataclass
@@ -90,7 +95,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         if not report["passed"]:
             kept = artifacts.keep_failed(tmp, out, spec.run_name)
-            raise BuildFailed(_failure_summary(report) + f"\nreport: {kept / artifacts.REPORT_MD}")
+            raise BuildFailed(_failure_summary(report), kept)
         manifest = {
             "exporter_version": __version__,
             "run_name": spec.run_name,
@@ -113,7 +118,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None) -> dict:
     """Graph checks, parity against PyTorch and the TensorRT-RTX build; writes report.json/.md."""
     size = input_size(dense)
-    with stage("check graphs (static shapes, TensorRT 10.3 ops)"):
+    with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)"):
         problems = {g.file: _check(bundle / g.file) for g in graphs}
         if fp16_facts and fp16_facts["unguarded_selectors"]:
             problems[FP16].append(
@@ -160,7 +165,7 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
         actual = artifacts.file_hashes(bundle)
         changed = sorted(f for f, h in manifest["files"].items() if actual.get(f) != h)
         if changed:
-            raise BuildFailed(f"files differ from the manifest (modified or missing): {', '.join(changed)}")
+            raise BuildFailed(f"files differ from the manifest (modified or missing): {', '.join(changed)}", bundle)
     spec = BuildSpec.from_dict(manifest["spec"])
     with stage(f"load {spec.model} and apply method {spec.method}"):
         dense, model = prepare(spec)
@@ -172,7 +177,7 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
                     export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
         report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
     if not report["passed"]:
-        raise BuildFailed(_failure_summary(report) + f"\nreport: {bundle / artifacts.REPORT_MD}")
+        raise BuildFailed(_failure_summary(report), bundle)
     return report
 
 
@@ -183,6 +188,11 @@ def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
 
 
 def _check(path: Path) -> list[str]:
+    """onnx.checker (full check, weights included) plus the static-shape and TensorRT lint."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        return [f"onnx.checker: {str(e).splitlines()[0]}"]
     return lint.lint(path)
 
 

@@ -97,3 +97,17 @@ def test_debug_shows_traceback(tmp_path):
 
     with pytest.raises(ExporterError):
         main(["--debug", "build", "--out", str(tmp_path), "--model", "resnet18", "--weights", "random"])
+
+
+def test_failed_verification_leaves_no_bundle(tmp_path, capsys, monkeypatch):
+    """A graph that misses the thresholds fails the build (exit 1) and is kept only as <run>.failed."""
+    from exporter.verify import parity
+
+    monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # no real graph matches PyTorch bit for bit
+    out = tmp_path / "out"
+    assert run(out, "--model", "test_vit", "--weights", "random") == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "max abs error" in err and "FAILED" in err
+    (failed,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert failed.name.endswith(".failed") and not (failed / "manifest.json").exists()
+    assert "FAIL" in (failed / "report.md").read_text()
