@@ -10,10 +10,18 @@ clearly larger than their numerical difference; `decisive_images` picks inputs w
 """
 from __future__ import annotations
 
+import copy
 import math
 
+import onnx
+import onnxruntime as ort
 import torch
 from timm.models.vision_transformer import VisionTransformer
+
+from exporter.export.fp16 import export_fp16
+from exporter.export.lint import lint
+from exporter.export.onnx_export import export_onnx
+from exporter.methods import Traced, apply_method
 
 PATCHES = 64  # decisive_vit()'s default: 8x8 patches, depth 6
 FP32_MARGIN = 1e-4  # fp32 scores differ by ~1e-6 relative between these implementations and runtimes
@@ -242,3 +250,48 @@ def static_topk_ks(model) -> list[int]:
             assert all(a.i == 1 for a in n.attribute if a.name in ("sorted", "largest")), f"TopK {n.name} attributes"
             ks.append(int(numpy_helper.to_array(constants[n.input[1]]).reshape(-1)[0]))
     return ks
+
+
+# ---- checks shared by test_evit.py and test_evovit.py ------------------------------------------
+
+def check_fp16_keeps_fp32_tokens(monkeypatch, module, method: str, reference, params: dict, selections: int):
+    """The half-precision module ranks fp32 scores (`selections` TopKs over 2 runs) and keeps the
+    tokens the fp32 module keeps, on decisive inputs."""
+    vit = decisive_vit(3)
+    reduced = apply_method(vit, method, **params)
+    score_dtypes = []
+
+    def top_indices(scores, k):
+        score_dtypes.append(scores.dtype)
+        return torch.topk(scores, k, dim=-1).indices
+
+    monkeypatch.setattr(module, "top_indices", top_indices)
+    img = decisive_images(vit, reference, params, 3, FP16_MARGIN, seed=30)
+    logits32, ids32 = run(reduced, img)
+    logits16, ids16 = run(copy.deepcopy(reduced).half(), img)
+    assert score_dtypes == [torch.float32] * selections, "token scores must be fp32 in the half model too"
+    assert_same_tokens(ids16, ids32)
+    torch.testing.assert_close(logits16, logits32, atol=2e-2, rtol=0)
+
+
+def check_onnx_parity(path, precision: str, method: str, reference, params: dict, topk_ks: list[int]):
+    """The exported graph (dynamic batch) keeps the tokens PyTorch fp32 keeps, at batch 1 and 3."""
+    vit = decisive_vit(4)
+    reduced = apply_method(vit, method, **params)
+    names = ["logits"] + [f"k{i}" for i in range(len(topk_ks))]
+    if precision == "fp32":
+        export_onnx(Traced(reduced), path, 64, batch=(1, 2, 4), output_names=names)
+        margin, atol = FP32_MARGIN, 1e-4
+    else:
+        facts = export_fp16(Traced(reduced), path, img_size=64, batch=(1, 2, 4), output_names=names)
+        assert facts["unguarded_selectors"] == [], "a TopK ranks fp16 scores"
+        margin, atol = FP16_MARGIN, 2e-2
+    assert lint(path) == []
+    assert static_topk_ks(onnx.load(str(path), load_external_data=False)) == topk_ks
+    session = ort.InferenceSession(str(path))
+    for batch, seed in [(1, 40), (3, 50)]:
+        img = decisive_images(vit, reference, params, batch, margin, seed)
+        logits, *kept = session.run(None, {"input": img.numpy()})
+        want, ids = run(reduced, img)
+        assert_same_tokens([torch.from_numpy(k) for k in kept], ids)
+        torch.testing.assert_close(torch.from_numpy(logits), want, atol=atol, rtol=0)

@@ -2,25 +2,20 @@
 flattened gathers and in-place writes), at the extremes, in fp16, through ONNX, and on bad input."""
 from __future__ import annotations
 
-import copy
 
-import onnx
-import onnxruntime as ort
 import pytest
 import timm
 import torch
 
 import exporter.methods.evovit as evovit_module
 from exporter.errors import ExporterError
-from exporter.export.fp16 import export_fp16
-from exporter.export.lint import lint
-from exporter.export.onnx_export import export_onnx
-from exporter.methods import Traced, apply_method, get_method
+from exporter.methods import apply_method, get_method
 from exporter.methods.base import int_list
 from reference_evit_evovit import (
+    check_fp16_keeps_fp32_tokens,
+    check_onnx_parity,
     CASE_IDS,
     CASES,
-    FP16_MARGIN,
     FP32_MARGIN,
     PATCHES,
     assert_same_tokens,
@@ -28,7 +23,6 @@ from reference_evit_evovit import (
     decisive_vit,
     images,
     run,
-    static_topk_ks,
 )
 from reference_evit_evovit import evovit as reference
 
@@ -93,45 +87,12 @@ def test_keeping_one_token():
 
 
 def test_fp16_keeps_the_fp32_tokens(monkeypatch):
-    vit = decisive_vit(3)
-    reduced = apply_method(vit, "evovit", **PARAMS)
-    score_dtypes = []
-
-    def top_indices(scores, k):
-        score_dtypes.append(scores.dtype)
-        return torch.topk(scores, k, dim=-1).indices
-
-    monkeypatch.setattr(evovit_module, "top_indices", top_indices)
-    img = decisive_images(vit, reference, PARAMS, 3, FP16_MARGIN, seed=30)
-    logits32, ids32 = run(reduced, img)
-    logits16, ids16 = run(copy.deepcopy(reduced).half(), img)
-    assert score_dtypes == [torch.float32] * 4, "token scores must be fp32 in the half model too"
-    assert_same_tokens(ids16, ids32)
-    torch.testing.assert_close(logits16, logits32, atol=2e-2, rtol=0)
+    check_fp16_keeps_fp32_tokens(monkeypatch, evovit_module, "evovit", reference, PARAMS, selections=4)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnx_parity(tmp_path, precision):
-    """The exported graph (dynamic batch) keeps the tokens PyTorch fp32 keeps, at batch 1 and 3."""
-    vit = decisive_vit(4)
-    reduced = apply_method(vit, "evovit", **PARAMS)
-    path, names = tmp_path / "evovit.onnx", ["logits", "k0", "k1"]
-    if precision == "fp32":
-        export_onnx(Traced(reduced), path, 64, batch=(1, 2, 4), output_names=names)
-        margin, atol = FP32_MARGIN, 1e-4
-    else:
-        facts = export_fp16(Traced(reduced), path, img_size=64, batch=(1, 2, 4), output_names=names)
-        assert facts["unguarded_selectors"] == [], "a TopK ranks fp16 scores"
-        margin, atol = FP16_MARGIN, 2e-2
-    assert lint(path) == []
-    assert static_topk_ks(onnx.load(str(path), load_external_data=False)) == [32, 32]
-    session = ort.InferenceSession(str(path))
-    for batch, seed in [(1, 40), (3, 50)]:
-        img = decisive_images(vit, reference, PARAMS, batch, margin, seed)
-        logits, *kept = session.run(None, {"input": img.numpy()})
-        want, ids = run(reduced, img)
-        assert_same_tokens([torch.from_numpy(k) for k in kept], ids)
-        torch.testing.assert_close(torch.from_numpy(logits), want, atol=atol, rtol=0)
+    check_onnx_parity(tmp_path / "evovit.onnx", precision, "evovit", reference, PARAMS, topk_ks=[32, 32])
 
 
 @pytest.mark.parametrize("params, message", [
