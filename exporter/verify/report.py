@@ -21,6 +21,8 @@ def render(report: dict) -> str:
     ]
     for c in report["comparisons"]:
         flips = "—" if c["token_flips"] is None else str(c["token_flips"])
+        if c.get("excused_flips"):
+            flips += f" ({c['excused_flips']} also in PyTorch fp16)"
         result = "pass" if c["passed"] else "FAIL: " + "; ".join(c["failures"])
         lines.append(
             f"| {c['graph']} | {c['batch']} | {c['samples']} | {c['max_abs']:.3g} | {c['max_rel']:.3g} | "
