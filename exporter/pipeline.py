@@ -10,7 +10,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Optional
@@ -72,8 +72,6 @@ def prepare(spec: BuildSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def resolve(spec: BuildSpec) -> BuildSpec:
     """The spec with the method's defaults filled in, so the manifest and the hash say everything."""
-    from dataclasses import replace
-
     return replace(spec, method_params=get_method(spec.method).resolve(spec.method_params))
 
 
@@ -81,7 +79,6 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
     console = console or Console(stderr=True)
     spec = resolve(spec)
     stage = Stages(console)
-    artifacts.check_writable(out)
     with artifacts.staging(out, spec.run_name) as tmp, tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
         with stage(f"load {spec.model} and apply method {spec.method}"):
             dense, model = prepare(spec)

@@ -39,38 +39,39 @@ def compare_graphs(
 ) -> list[Comparison]:
     x, _ = held_out(model, img_size)
     n = x.shape[0]
-    # PyTorch once per sample (its result does not depend on the batch it runs in, beyond rounding).
-    with torch.no_grad():
-        outs = [Traced(model)(c) if isinstance(model, ReducedViT) else (model(c),) for c in x.split(8)]
-    ref = torch.cat([o[0] for o in outs]).numpy()
-    ref_idx = [torch.cat([o[i] for o in outs]).numpy() for i in range(1, len(outs[0]))]
+    ref, *ref_idx = _torch_outputs(model, x)
     sensitive = None
     if isinstance(model, ReducedViT) and any(g.precision == "fp16" for g in graphs):
-        sensitive = _fp16_sensitive(model, x, ref_idx)
+        # samples on which PyTorch's own half-precision model keeps other tokens than in fp32
+        _, *half_idx = _torch_outputs(copy.deepcopy(model).half(), x.half())
+        sensitive = _flipped(n, ref_idx, half_idx)
     results = []
     for g in graphs:
         session = ort_runtime.session(bundle / g.file, threads)
         debug = ort_runtime.session(g.debug, threads) if g.debug else None
         for bs in verify_batches(batch):
             chunks = batches(x, bs)
-            out = np.concatenate([ort_runtime.run(session, c.numpy())[0] for c in chunks])[:n]
+            (out,) = _concat([ort_runtime.run(session, c.numpy()) for c in chunks], n)
             flips = None
             if debug is not None:
-                runs = [ort_runtime.run(debug, c.numpy())[1:] for c in chunks]
-                ort_idx = [np.concatenate([r[i] for r in runs])[:n] for i in range(len(ref_idx))]
+                ort_idx = _concat([ort_runtime.run(debug, c.numpy())[1:] for c in chunks], n)
                 flips = _flipped(n, ref_idx, ort_idx)
             excused = sensitive if g.precision == "fp16" else None
             results.append(compare(ref, out.astype(np.float32), g.file, g.precision, bs, flips, excused))
     return results
 
 
-def _fp16_sensitive(model: ReducedViT, x: torch.Tensor, ref_idx: list[np.ndarray]) -> np.ndarray:
-    """Samples on which PyTorch's own half-precision model keeps other tokens than in fp32."""
-    half = copy.deepcopy(model).half()
+def _torch_outputs(model: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    """Logits (then, for reduced models, the kept indices per reduction) of every sample.
+
+    PyTorch runs once per sample set: its result does not depend on the batch, beyond rounding."""
     with torch.no_grad():
-        outs = [Traced(half)(c.half()) for c in x.split(8)]
-    idx = [torch.cat([o[i] for o in outs]).numpy() for i in range(1, len(outs[0]))]
-    return _flipped(x.shape[0], ref_idx, idx)
+        return _concat([Traced(model)(c) if isinstance(model, ReducedViT) else (model(c),) for c in x.split(8)])
+
+
+def _concat(chunks: list, n: Optional[int] = None) -> list[np.ndarray]:
+    """Per output, the chunks' results joined along the batch (the first `n` samples)."""
+    return [np.concatenate([np.asarray(c[i]) for c in chunks])[:n] for i in range(len(chunks[0]))]
 
 
 def _flipped(n: int, torch_idx: list[np.ndarray], ort_idx: list[np.ndarray]) -> np.ndarray:
