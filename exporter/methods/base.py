@@ -186,10 +186,15 @@ def mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x[b, idx[b, j]] for x [B, N, C] (or [B, N]) and idx [B, K]: one GatherElements."""
+    """x[b, idx[b, j]] for x [B, N, C] (or [B, N]) and idx [B, K].
+
+    Rows are fetched whole (GatherND over (batch, token) pairs): a GatherElements would need the
+    indices expanded to [B, K, C] first, an int64 copy bigger than the tokens it gathers, which
+    was the largest cost of the reduction machinery in onnxruntime.
+    """
     if x.dim() == 2:
         return torch.gather(x, 1, idx)
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -211,7 +216,7 @@ def scatter_add_tokens(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) 
 class ReducedViT(nn.Module):
     """A timm VisionTransformer whose block loop reduces tokens.
 
-    Subclasses implement `forward_blocks(x) -> (x, size)`, where `size` is the [B, N, 1] number
+    Subclasses implement `forward_blocks(x) -> (x, size)`, where `size` is the [B, N] number
     of original patches each token stands for (None when tokens are only dropped). `schedule`
     lists the tokens (class token included) leaving every block; it is fixed at construction,
     which is what makes the exported graph static.
@@ -248,7 +253,7 @@ class ReducedViT(nn.Module):
             return x[:, 0]
         if size is None:
             return x[:, 1:].mean(dim=1)
-        w = size[:, 1:].to(x.dtype)
+        w = size[:, 1:, None].to(x.dtype)
         return (x[:, 1:] * w).sum(dim=1) / w.sum(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,8 @@ from .base import (
     gather_tokens,
     int_list,
     mlp_residual,
+    one_hot,
     register,
-    scatter_add_tokens,
     top_indices,
 )
 
@@ -206,43 +206,51 @@ class DiffRateViT(ReducedViT):
         self.steps = steps
 
     def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        size = None  # [B, N, 1] fp32, patches per token (similarity-weighted); None while all are 1
+        size = None  # [B, N] fp32, patches per token (similarity-weighted); None while all are 1
         for block, step in zip(self.vit.blocks, self.steps):
-            bias = None if size is None else size[..., 0].clamp_min(_TINY).log()
+            bias = None if size is None else size.clamp_min(_TINY).log()
             attended = attend(block.attn, block.norm1(x), bias=bias, cls_row=step is not None)
             x = x + attn_residual(block, attended.out)
             if step is not None:
-                x, size = self._prune(x, size, attended.cls_row, step.keep)
-                if step.merge is not None:
-                    x, size = self._merge(x, size, step.merge)
+                x, size = self._reduce(x, size, attended.cls_row, step)
             x = x + mlp_residual(block, x)
         return x, size
 
-    def _prune(self, x: torch.Tensor, size: Optional[torch.Tensor], cls_row: torch.Tensor, keep: int):
-        """Class token first, then the `keep - 1` patches it attends to most, best first."""
-        if keep == 1:
+    def _reduce(self, x: torch.Tensor, size: Optional[torch.Tensor], cls_row: torch.Tensor, step: Step):
+        """Prune to the class token plus the `keep - 1` patches it attends to most (best first), then merge
+        the tokens beyond `merge`. The kept tokens are gathered straight into head and tail, no copy between."""
+        if step.keep == 1:
             return x[:, :1], None if size is None else size[:, :1]
-        idx = top_indices(cls_row[:, :, 1:].mean(dim=1), keep - 1) + 1
+        idx = top_indices(cls_row[:, :, 1:].mean(dim=1), step.keep - 1) + 1
         self.record(idx)
         order = torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
-        return gather_tokens(x, order), None if size is None else gather_tokens(size, order)
+        if step.merge is None:
+            return gather_tokens(x, order), None if size is None else gather_tokens(size, order)
+        if size is None:
+            size = torch.ones_like(x[..., 0], dtype=torch.float32)
+        head, tail = order[:, : step.merge], order[:, step.merge :]
+        return self._merge(
+            gather_tokens(x, head), gather_tokens(x, tail), gather_tokens(size, head), gather_tokens(size, tail)
+        )
 
-    def _merge(self, x: torch.Tensor, size: Optional[torch.Tensor], kept: int):
-        """Tokens [kept:] into their most similar token among [1:kept]: (dst + sources) / (1 + count)."""
-        metric = x.float()
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        # Column 0 (the class token) is left out instead of set to -inf: same argmax, no in-place write.
-        similarity, dst = (metric[:, kept:] @ metric[:, 1:kept].transpose(1, 2)).max(dim=-1)
+    def _merge(self, head: torch.Tensor, tail: torch.Tensor, head_size: torch.Tensor, tail_size: torch.Tensor):
+        """Each tail token into its most similar head token but the class token: (dst + sources) / (1 + count).
+
+        Cosine similarity is the raw dot product scaled by both norms afterwards (same argmax, and only the
+        [tail, head] matrix is divided, not every token).
+        """
+        h, t = head.float(), tail.float()
+        dots = (t @ h.transpose(1, 2))[:, :, 1:] / h.norm(dim=-1)[:, None, 1:]  # column 0, the class token, left out
+        similarity, dst = dots.max(dim=-1)
+        similarity = similarity / t.norm(dim=-1)
         dst = dst + 1
         self.record(dst)
-        if size is None:
-            size = torch.ones_like(metric[..., :1])
-        head, tail = size[:, :kept], size[:, kept:] * similarity[..., None]
-        ones = torch.ones_like
-        # [B, kept, 2]: 1 + the number of sources merged in, and the new size
-        count_size = scatter_add_tokens(torch.cat([ones(head), head], -1), dst, torch.cat([ones(tail), tail], -1))
-        merged = scatter_add_tokens(x[:, :kept].float(), dst, x[:, kept:].float()) / count_size[..., :1]
-        return merged.to(x.dtype), count_size[..., 1:]
+        into = one_hot(dst, h.shape[1], torch.float32).transpose(1, 2)  # [B, head, tail]
+        size = head_size + (into @ (tail_size * similarity)[..., None])[..., 0]
+        count = 1.0 + into.sum(dim=-1)  # [B, head]: each head token and its sources
+        # the mean (x_j + sum_i x_i) / count_j as x_j + sum_i (x_i - x_j) / count_j: only tail-sized ops
+        moved = (t - gather_tokens(h, dst)) / gather_tokens(count, dst)[..., None]
+        return head + (into @ moved).to(head.dtype), size
 
 
 def _flops(text: str) -> float:

@@ -42,7 +42,6 @@ from .base import (
     mlp_residual,
     one_hot,
     register,
-    scatter_add_tokens,
     top_indices,
 )
 
@@ -137,9 +136,9 @@ class ToMeViT(ReducedViT):
         self.prop_attn = prop_attn
 
     def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        size = None  # [B, N, 1] fp32 patches per token; None while all are 1
+        size = None  # [B, N] fp32 patches per token; None while all are 1
         for block, r in zip(self.vit.blocks, self.r):
-            bias = size[..., 0].log() if self.prop_attn and size is not None else None
+            bias = size.log() if self.prop_attn and size is not None else None
             attended = attend(block.attn, block.norm1(x), bias=bias)
             x = x + attn_residual(block, attended.out)
             if r > 0:
@@ -148,25 +147,35 @@ class ToMeViT(ReducedViT):
         return x, size
 
     def _merge(self, x: torch.Tensor, size: Optional[torch.Tensor], metric: torch.Tensor, r: int):
-        """Bipartite soft matching on `metric` [B, N, C], then the size-weighted average of x."""
+        """Bipartite soft matching on `metric` [B, N, C], then the size-weighted average of x.
+
+        Works on token positions of x (A = even, B = odd) rather than on split copies of it. One gather lays
+        out the output (unmerged A tokens, then every B token); a partner j with sources i becomes
+        x_j + sum_i s_i (x_i - x_j) / s'_j (s'_j = s_j + sum_i s_i, the authors' weighted average rewritten),
+        so only the r merged tokens are weighted and a one-hot MatMul adds them: no op scales every token.
+        """
+        n = x.shape[1]
         metric = metric.float()
         metric = metric / metric.norm(dim=-1, keepdim=True)
-        a, b = metric[:, ::2], metric[:, 1::2]
-        # A's class token (row 0) is left out: it is never merged.
-        best, partner = (a[:, 1:] @ b.transpose(1, 2)).max(dim=-1)
-        src = top_indices(best, r)  # into a[:, 1:], best match first
+        # A's class token (position 0) is left out: it is never merged.
+        best, partner = (metric[:, 2::2] @ metric[:, 1::2].transpose(1, 2)).max(dim=-1)
+        src = top_indices(best, r)  # into A without its class token, best match first
         dst = gather_tokens(partner, src)
         src = src + 1
         self.record(src)
         self.record(dst)
-        unmerged = self._unmerged(src, a.shape[1])
+        unmerged = self._unmerged(src, (n + 1) // 2)
+        odd = torch.arange(1, n, 2, device=x.device).expand(x.shape[0], -1)
+        layout = torch.cat([2 * unmerged, odd], dim=1)  # positions in x of the n - r output tokens
+        out_dst = dst + unmerged.shape[1]  # each partner's place in the output
+        into = one_hot(out_dst, n - r, torch.float32).transpose(1, 2)  # [B, n - r, r]
         if size is None:
-            size = torch.ones_like(metric[..., :1])
-        weighted = torch.cat([x.float() * size, size], dim=-1)  # merge sums x*size and size, then divides
-        wa, wb = weighted[:, ::2], weighted[:, 1::2]
-        merged = torch.cat([gather_tokens(wa, unmerged), scatter_add_tokens(wb, dst, gather_tokens(wa, src))], dim=1)
-        size = merged[..., -1:]
-        return (merged[..., :-1] / size).to(x.dtype), size
+            size = torch.ones_like(metric[..., 0])
+        src_size = gather_tokens(size, 2 * src)
+        size = gather_tokens(size, layout) + (into @ src_size[..., None])[..., 0]
+        x_src, x_dst = gather_tokens(x, 2 * src).float(), gather_tokens(x, 2 * dst + 1).float()
+        moved = (src_size / gather_tokens(size, out_dst))[..., None] * (x_src - x_dst)
+        return gather_tokens(x, layout) + (into @ moved).to(x.dtype), size
 
     @staticmethod
     def _unmerged(src: torch.Tensor, n_a: int) -> torch.Tensor:
