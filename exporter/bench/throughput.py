@@ -28,8 +28,11 @@ from ..methods.base import ReducedViT
 from ..methods.flops import count_gmacs
 from ..runtime import ort as ort_runtime
 
-# Top-level aten ops that are the model's own compute or plumbing, not token selection.
-PLUMBING_OPS = ("scaled_dot_product_attention", "unbind", "view", "permute", "transpose", "add", "cat")
+# Top-level aten ops that are the model's own attention and reshapes, not token selection.
+PLUMBING_OPS = ("scaled_dot_product_attention", "unbind", "view", "permute", "transpose")
+# Top-level adds and concats are residuals when an input comes out of a timm submodule (a block's
+# attention or MLP); otherwise they belong to the method (a merge adding its sources, EViT's concat).
+RESIDUAL_OPS = ("add", "cat")
 
 
 @dataclass
@@ -48,25 +51,45 @@ class Candidate:
 
 def machinery_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of nodes emitted by token-selection code: not inside any timm submodule (the exporter's
-    `namespace` is just root/op) and not attention, reshape or residual plumbing."""
+    `namespace` is just root/op), not attention or reshape plumbing, and not a residual add/concat.
+    An upper bound: the class-token concat and position-embedding add count too (once per model)."""
+
+    def segments(node: onnx.NodeProto) -> list[str]:
+        return next((p.value for p in node.metadata_props if p.key == "namespace"), "").split("/")
+
+    in_submodule = {out for node in model.graph.node if len(segments(node)) > 2 for out in node.output}
     names = set()
     for node in model.graph.node:
-        namespace = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
-        segments = namespace.split("/")
-        if len(segments) != 2:
+        path = segments(node)
+        if len(path) != 2:
             continue
-        op = segments[-1].split(":")[0].strip()
-        if not op.rstrip("_0123456789").startswith(PLUMBING_OPS):
-            names.add(node.name)
+        op = path[-1].split(":")[0].strip().rstrip("_0123456789")
+        if op.startswith(PLUMBING_OPS):
+            continue
+        if op in RESIDUAL_OPS and any(i in in_submodule for i in node.input):
+            continue
+        names.add(node.name)
     return names
 
 
-def profile_machinery(path: Path, x: np.ndarray, threads: int, runs: int = 5) -> float:
+def profile_machinery(path: Path, x: np.ndarray, threads: int, sessions: int = 3, runs: int = 10) -> float:
     """Fraction of node time spent in machinery nodes, from onnxruntime's profiler (no fusions,
-    so node names survive)."""
+    so node names survive). Each node counts with its median time over `runs` runs after a
+    warm-up run; the share is the median over `sessions` fresh sessions, since one session's
+    placement in memory can shift it by half a percentage point on a small machine."""
+    machinery = machinery_nodes(onnx.load(str(path), load_external_data=False))
+    shares = []
+    for _ in range(sessions):
+        medians = _node_medians(path, x, threads, runs)
+        total = sum(medians.values())
+        shares.append(sum(t for name, t in medians.items() if name in machinery) / total if total else 0.0)
+    return statistics.median(shares)
+
+
+def _node_medians(path: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, float]:
+    """Median kernel time per node name over `runs` profiled runs of an unoptimised session."""
     import onnxruntime as ort
 
-    machinery = machinery_nodes(onnx.load(str(path), load_external_data=False))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -75,16 +98,15 @@ def profile_machinery(path: Path, x: np.ndarray, threads: int, runs: int = 5) ->
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for _ in range(runs):
+        for _ in range(runs + 1):
             ort_runtime.run(session, x)
         events = json.loads(Path(session.end_profiling()).read_text())
-    total = chosen = 0.0
+    warm = sorted(e["ts"] for e in events if e.get("name") == "model_run")[1]
+    times: dict[str, list[float]] = {}
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            total += e["dur"]
-            if e["name"][: -len("_kernel_time")] in machinery:
-                chosen += e["dur"]
-    return chosen / total if total else 0.0
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= warm:
+            times.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"])
+    return {name: statistics.median(durations) for name, durations in times.items()}
 
 
 def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, int]) -> list[Candidate]:

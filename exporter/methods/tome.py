@@ -12,8 +12,8 @@ capped per block at (tokens - 1) // 2 as the authors do. Token sizes enter atten
 (proportional attention) and weight average pooling.
 
 Where this differs from the authors' code, and why no result they compute changes:
-- TopKs with constant K replace their argsort and sort: the r best matches are a TopK, and the unmerged A
-  tokens come out in position order from a TopK over (not merged) x (reverse position).
+- TopKs with constant K replace their argsort and sort: one ranks every A token by its best match (the
+  first r are merged), a second sorts the unmerged ones into position order, as their `unm_idx.sort()`.
 - Their `scores[..., 0, :] = -inf` (a ScatterND) becomes leaving the class token's row out of the scores:
   with -inf it is always last in their argsort and never merged, since r <= (tokens - 1) // 2.
 - Their `scatter_reduce('sum')` is a one-hot MatMul (exact; TensorRT <= 9 silently ignores the reduction of
@@ -159,12 +159,10 @@ class ToMeViT(ReducedViT):
         metric = metric / metric.norm(dim=-1, keepdim=True)
         # A's class token (position 0) is left out: it is never merged.
         best, partner = (metric[:, 2::2] @ metric[:, 1::2].transpose(1, 2)).max(dim=-1)
-        src = top_indices(best, r)  # into A without its class token, best match first
-        dst = gather_tokens(partner, src)
-        src = src + 1
+        src, unmerged = self._split(best, r)
+        dst = gather_tokens(partner, src - 1)
         self.record(src)
         self.record(dst)
-        unmerged = self._unmerged(src, (n + 1) // 2)
         odd = torch.arange(1, n, 2, device=x.device).expand(x.shape[0], -1)
         layout = torch.cat([2 * unmerged, odd], dim=1)  # positions in x of the n - r output tokens
         out_dst = dst + unmerged.shape[1]  # each partner's place in the output
@@ -178,15 +176,17 @@ class ToMeViT(ReducedViT):
         return gather_tokens(x, layout) + (into @ moved).to(x.dtype), size
 
     @staticmethod
-    def _unmerged(src: torch.Tensor, n_a: int) -> torch.Tensor:
-        """A positions not in `src`, ascending (class token first): a TopK over (not merged) x (n_a - position)."""
-        rest = n_a - 1 - src.shape[1]
-        cls = torch.zeros_like(src[:, :1])
-        if rest == 0:
-            return cls
-        merged = one_hot(src, n_a, torch.float32).sum(dim=1)  # [B, n_a], 1 where merged
-        rank = (1.0 - merged) * torch.arange(n_a, 0, -1, device=src.device, dtype=torch.float32)
-        return torch.cat([cls, top_indices(rank[:, 1:], rest) + 1], dim=1)
+    def _split(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A positions (class token = 0) from the best match of every A token but the class token: the r
+        merged ones, best first, and the unmerged ones with the class token, ascending. One TopK ranks all;
+        a second sorts the rest by position (its values, smallest first)."""
+        ranked = top_indices(best, best.shape[1]) + 1
+        src, rest = ranked[:, :r], ranked[:, r:]
+        unmerged = torch.zeros_like(src[:, :1])
+        if rest.shape[1]:
+            rest = torch.topk(rest.float(), rest.shape[1], dim=-1, largest=False, sorted=True).values.long()
+            unmerged = torch.cat([unmerged, rest], dim=1)
+        return src, unmerged
 
 
 @register(
