@@ -171,9 +171,10 @@ def _time(fn, iterations: int) -> float:
 
 
 def table(cands: list[Candidate], batch: int) -> str:
-    """Markdown: per method, FLOPs ratio next to the measured speedups (medians over rounds)."""
+    """Markdown: per method, FLOPs ratio next to the measured speedups. Times are medians over rounds;
+    each ratio is the median of its per-round ratios, so a drift of the machine's speed between rounds
+    (which hits both sides of a round alike) cancels."""
     dense = next(c for c in cands if c.method == "none")
-    d_ort = statistics.median(dense.ort_ms)
     lines = [
         "| method | GMACs | FLOPs ratio | ORT ms/batch | ORT img/s | measured speedup | speedup / FLOPs ratio | machinery share | PyTorch ms/batch | ORT vs PyTorch |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -181,10 +182,15 @@ def table(cands: list[Candidate], batch: int) -> str:
     for c in cands:
         ort_ms, torch_ms = statistics.median(c.ort_ms), statistics.median(c.torch_ms)
         flops_ratio = dense.gmacs / c.gmacs
-        speedup = d_ort / ort_ms
+        speedup = _ratio(dense.ort_ms, c.ort_ms)
         share = "—" if c.machinery_share is None else f"{c.machinery_share:.1%}"
         lines.append(
             f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ort_ms:.1f} | {batch * 1000 / ort_ms:.1f} | "
-            f"{speedup:.2f}x | {speedup / flops_ratio:.2f} | {share} | {torch_ms:.1f} | {torch_ms / ort_ms:.2f}x |"
+            f"{speedup:.2f}x | {speedup / flops_ratio:.2f} | {share} | {torch_ms:.1f} | {_ratio(c.torch_ms, c.ort_ms):.2f}x |"
         )
     return "\n".join(lines)
+
+
+def _ratio(slower: list[float], faster: list[float]) -> float:
+    """Median over rounds of slower[r] / faster[r]."""
+    return statistics.median(a / b for a, b in zip(slower, faster))
