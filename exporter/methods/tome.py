@@ -156,10 +156,10 @@ class ToMeViT(ReducedViT):
         """
         n = x.shape[1]
         metric = metric.float()
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        # A's class token (position 0) is left out: it is never merged.
-        best, partner = (metric[:, 2::2] @ metric[:, 1::2].transpose(1, 2)).max(dim=-1)
-        src, unmerged = self._split(best, r)
+        a, b = metric[:, 2::2], metric[:, 1::2]  # A's class token (position 0) is left out: never merged
+        # cosine similarity: b normalised before the MatMul, a after the max (one division per row)
+        best, partner = (a @ (b / b.norm(dim=-1, keepdim=True)).transpose(1, 2)).max(dim=-1)
+        src, unmerged = self._split(best / a.norm(dim=-1), r)
         dst = gather_tokens(partner, src - 1)
         self.record(src)
         self.record(dst)
