@@ -103,6 +103,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "opset": spec.opset,
             "stages_seconds": stage.durations,
             "schedule": report["schedule"],
+            "method_params": report["method_params"],
             "flops": report["flops"],
             "fp16": fp16_facts,
             "io": {g.file: _io(tmp / g.file) for g in graphs},
@@ -138,6 +139,8 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         "spec": spec.to_dict(),
         "passed": passed,
         "schedule": model.schedule if isinstance(model, ReducedViT) else None,
+        # what the method ran with, defaults resolved (e.g. DiffRate's flops budget and its counts)
+        "method_params": model.params if isinstance(model, ReducedViT) else spec.method_params,
         "flops": _flops(dense, model, size),
         "thresholds": (
             f"fp32: max abs <= {parity.FP32_MAX_ABS:g}, top-1 agreement 100%; fp16: min cosine >= "

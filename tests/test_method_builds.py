@@ -40,3 +40,8 @@ def test_method_builds(tmp_path, method):
     else:
         assert report["schedule"][-1] < 101 and report["flops"]["ratio"] > 1.1
         assert all(c["token_flips"] is not None for c in report["comparisons"])
+        # the parameters the method ran with, defaults filled in, in the report and the manifest
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["method_params"] == report["method_params"]
+        if method == "tome":
+            assert report["method_params"] == {"r": [8] * 6, "prop_attn": True}

@@ -8,7 +8,7 @@ def render(report: dict) -> str:
         f"# {report['run_name']}",
         "",
         f"**{'PASSED' if report['passed'] else 'FAILED'}** — {spec['model']}, method `{spec['method']}` "
-        f"{_params(spec['method_params'])}, {spec['precision']}, batch {spec['batch']}, opset {spec['opset']}",
+        f"{_params(report.get('method_params', spec['method_params']))}, {spec['precision']}, batch {spec['batch']}, opset {spec['opset']}",
         "",
         f"Token schedule (tokens leaving each block): {report.get('schedule') or 'dense'}  ",
         f"GMACs/image: {report['flops']['gmacs']:.3f} (dense {report['flops']['dense_gmacs']:.3f}, "
