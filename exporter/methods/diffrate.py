@@ -18,13 +18,15 @@ Where this differs from the authors' code, and why no result they compute change
 - A TopK with constant K replaces their full sort, and blocks that reduce nothing skip it. Attention and MLP
   are permutation-equivariant and every reducing block re-ranks all tokens by its own class attention, so
   the skipped reordering can only change how exact ties are broken (and the last-ulp rounding of sums).
-- Their `scatter_reduce('mean', include_self=True)` is written as (dst + sum of sources) / (1 + count) with
-  a one-hot MatMul: ONNX has no mean reduction and the dynamo exporter silently writes it as a plain scatter.
+- Their `scatter_reduce('mean', include_self=True)` is written as x_p + sum_i (x_i - x_p) / (1 + count_p),
+  the same mean, summed by a one-hot MatMul: ONNX has no mean reduction and the dynamo exporter silently
+  writes it as a plain scatter.
 - log(size) is taken of max(size, smallest normal float32). Their sizes can become <= 0 when a token's best
   cosine similarity is negative, and their log then gives -inf or NaN; here such a token gets a bias of
   about -87 (practically no attention, the limit of theirs as size -> 0+). Positive sizes are unchanged, and
   the raw sizes still accumulate and weight average pooling as theirs do.
-- Merging is computed in fp32 (also in an fp16 graph) and LayerScale (ls1/ls2) is honoured; their block
+- Similarities, sizes and the merged differences are fp32 also in an fp16 graph (which adds the differences
+  to x_p in fp16), and LayerScale (ls1/ls2) is honoured; their block
   override ignores it. Their `forward(x, return_flop=True)` returning (logits, flops) does not arise: the
   timm modules are wrapped, not patched.
 """

@@ -16,9 +16,10 @@ Where this differs from the authors' code, and why no result they compute change
   first r are merged), a second sorts the unmerged ones into position order, as their `unm_idx.sort()`.
 - Their `scores[..., 0, :] = -inf` (a ScatterND) becomes leaving the class token's row out of the scores:
   with -inf it is always last in their argsort and never merged, since r <= (tokens - 1) // 2.
-- Their `scatter_reduce('sum')` is a one-hot MatMul (exact; TensorRT <= 9 silently ignores the reduction of
-  ScatterElements), computed in fp32 also in an fp16 graph; LayerScale (ls1/ls2) is honoured, their block
-  override ignores it.
+- Their `scatter_reduce('sum')` and division become x_p + sum_i s_i (x_i - x_p) / s'_p, the same weighted
+  average, summed by a one-hot MatMul (exact; TensorRT <= 9 silently ignores the reduction of
+  ScatterElements). Sizes and the weighted differences are fp32 also in an fp16 graph, which adds them to
+  x_p in fp16. LayerScale (ls1/ls2) is honoured; their block override ignores it.
 - Proportional attention follows the authors' defaults: on for class-token models (`patch/timm.py`), off for
   average-pooling (MAE-style) models (`patch/mae.py`); `prop_attn` overrides it.
 """
