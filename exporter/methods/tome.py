@@ -170,9 +170,10 @@ class ToMeViT(ReducedViT):
         into = one_hot(out_dst, n - r, torch.float32).transpose(1, 2)  # [B, n - r, r]
         if size is None:
             size = torch.ones_like(metric[..., 0])
-        src_size = gather_tokens(size, 2 * src)
+        src_pos, dst_pos = 2 * src, 2 * dst + 1  # positions in x
+        src_size = gather_tokens(size, src_pos)
         size = gather_tokens(size, layout) + (into @ src_size[..., None])[..., 0]
-        x_src, x_dst = gather_tokens(x, 2 * src).float(), gather_tokens(x, 2 * dst + 1).float()
+        x_src, x_dst = gather_tokens(x, src_pos).float(), gather_tokens(x, dst_pos).float()
         moved = (src_size / gather_tokens(size, out_dst))[..., None] * (x_src - x_dst)
         return gather_tokens(x, layout) + (into @ moved).to(x.dtype), size
 
