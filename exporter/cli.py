@@ -193,7 +193,7 @@ def _add_bench(sub) -> None:
         help="onnxruntime throughput of each method vs the dense model (and vs PyTorch)",
         description="Export every method (at its default parameters) with a static batch, run them in onnxruntime "
         "and PyTorch on the CPU with the same thread settings, interleaved, and print measured speedups next to "
-        "FLOPs ratios and the share of time spent in the token-reduction machinery.",
+        "FLOPs ratios and the share of time spent in the token-reduction machinery and size bias.",
     )
     p.add_argument("--model", default="deit_small_patch16_224")
     p.add_argument("--weights", default="random", help="timing does not depend on the weights (default %(default)s)")

@@ -1,11 +1,13 @@
 """The benchmark's machinery attribution: which ONNX nodes count as token-selection code."""
+import ast
+
 import numpy as np
 import onnx
 import pytest
 import timm
 import torch
 
-from exporter.bench.throughput import machinery_nodes, profile_machinery
+from exporter.bench.throughput import _node_medians, _origins, overhead_nodes, profile_overheads
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import apply_method
 
@@ -22,31 +24,55 @@ def tome_graph(tmp_path_factory):
     return path, onnx.load(str(path), load_external_data=False)
 
 
+def _path(node: onnx.NodeProto) -> list:
+    return ast.literal_eval(next(p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"))
+
+
 def test_machinery_is_the_method_code_only(tome_graph):
     _, graph = tome_graph
-    chosen = machinery_nodes(graph)
+    kinds = overhead_nodes(graph)
+    chosen, bias = kinds["machinery"], kinds["size bias"]
     by_name = {n.name: n for n in graph.graph.node}
-    kinds = {by_name[name].op_type for name in chosen}
-    # the selection itself: scores, TopK, gathers, one-hot merge
-    assert {"TopK", "GatherND", "MatMul", "Equal", "ReduceMean"} <= kinds
+    ops = {by_name[name].op_type for name in chosen}
+    # the selection itself: scores, TopK, gathers, one-hot merge, and the method's own layout ops
+    assert {"TopK", "GatherND", "MatMul", "Equal", "ReduceMean", "Transpose"} <= ops
     for node in graph.graph.node:
         ns = _namespace(node)
         if "blocks." in ns or "patch_embed" in ns:  # timm's own modules never count
-            assert node.name not in chosen, ns
-    adds = [n for n in graph.graph.node if n.op_type == "Add" and len(_namespace(n).split("/")) == 2]
-    inside = {out for n in graph.graph.node if len(_namespace(n).split("/")) > 2 for out in n.output}
+            assert node.name not in chosen | bias, ns
+    # the attention the reduced model re-implements (qkv reshape, permute, unbind, scaled dot product,
+    # output transpose) is the model's: 6 blocks, each with its Softmax and output reshape
+    softmax = [n for n in graph.graph.node if n.op_type == "Softmax" and n.name not in chosen]
+    assert len(softmax) == 6 and not {n.name for n in softmax} & bias
+    adds = [n for n in graph.graph.node if n.op_type == "Add" and len(_path(n)) == 2]
+    inside = {out for n in graph.graph.node if len(_path(n)) > 2 for out in n.output}
     residual = [n for n in adds if any(i in inside for i in n.input)]
     # two residual adds per block, never counted
-    assert len(residual) == 2 * 6 and not {n.name for n in residual} & chosen
+    assert len(residual) == 2 * 6 and not {n.name for n in residual} & (chosen | bias)
     # every merging block adds its merged tokens (a top-level one-hot MatMul) onto the kept ones: counted
     producer = {out: n for n in graph.graph.node for out in n.output}
     merge = [n for n in adds if any(i in producer and producer[i].op_type == "MatMul" and producer[i].name in chosen
                                     for i in n.input)]
     assert merge and all(n.name in chosen for n in merge)
+    # proportional attention: each block after the first merge adds +log(size) to its attention logits
+    assert len(bias) == 5 and {by_name[name].op_type for name in bias} == {"Add"}
 
 
-def test_profile_share_is_a_fraction(tome_graph):
+def test_profile_shares_are_fractions(tome_graph):
     path, _ = tome_graph
     x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
-    share = profile_machinery(path, x, threads=1, sessions=1, runs=2)
-    assert 0.0 < share < 0.5
+    shares = profile_overheads(path, x, threads=1, sessions=1, runs=2)
+    assert set(shares) == {"machinery", "size bias"}
+    assert 0.0 < shares["machinery"] < 0.5 and 0.0 < shares["size bias"] < 0.5
+
+
+def test_optimised_nodes_trace_back_to_exported_ones(tome_graph):
+    """onnxruntime fuses (a Transpose into a MatMul) and inserts nodes; every node it ran must be charged to
+    an exported node, or its time would be silently left out of the shares."""
+    path, graph = tome_graph
+    x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
+    medians, optimized = _node_medians(path, x, threads=1, runs=1)
+    origins = _origins(optimized, graph)
+    exported = {n.name for n in graph.graph.node}
+    assert set(medians) <= set(origins) and set(origins.values()) <= exported
+    assert any(n.op_type == "FusedMatMul" for n in optimized.graph.node)  # the fusion really happened

@@ -2,14 +2,16 @@
 
 All candidates run in one process with the same thread settings, interleaved round by round (so
 a slow minute of the machine hits every method alike); each ratio comes from medians of the same
-rounds. The reduction machinery's share (scores, top-k, gathers, merging) is measured with
-onnxruntime's per-node profiler on an unfused session, attributing nodes through the module path
-the exporter records (`namespace`): method code runs outside timm's submodules, so a node at the
-top level whose aten op is not the attention itself, a reshape or a residual add/concat is
-machinery (see `machinery_nodes`).
+rounds. The reduction machinery's share (scores, top-k, gathers, merging) and the share of the
+size bias some methods add to attention are measured with onnxruntime's per-node profiler on the
+optimised session the bench times, attributing nodes through the module path the exporter
+records: method code runs outside timm's submodules, so a top-level node that is not the
+attention between a block's qkv and proj, the stem or a residual add is the method's (see
+`overhead_nodes`).
 """
 from __future__ import annotations
 
+import ast
 import json
 import statistics
 import tempfile
@@ -27,12 +29,8 @@ from ..methods import apply_method, get_method
 from ..methods.base import ReducedViT
 from ..methods.flops import count_gmacs
 from ..runtime import ort as ort_runtime
-
-# Top-level aten ops that are the model's own attention and reshapes, not token selection.
-PLUMBING_OPS = ("scaled_dot_product_attention", "unbind", "view", "permute", "transpose")
-# Top-level adds and concats are residuals when an input comes out of a timm submodule (a block's
-# attention or MLP); otherwise they belong to the method (a merge adding its sources, EViT's concat).
-RESIDUAL_OPS = ("add", "cat")
+# What a method adds to the dense model's time, as the bench reports it (see `overhead_nodes`).
+OVERHEADS = ("machinery", "size bias")
 
 
 @dataclass
@@ -46,67 +44,144 @@ class Candidate:
     onnx_path: Optional[Path] = None
     ort_ms: list[float] = field(default_factory=list)
     torch_ms: list[float] = field(default_factory=list)
-    machinery_share: Optional[float] = None
+    shares: dict[str, float] = field(default_factory=dict)  # OVERHEADS -> fraction of node time
 
 
-def machinery_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of nodes emitted by token-selection code: not inside any timm submodule (the exporter's
-    `namespace` is just root/op), not attention or reshape plumbing, and not a residual add/concat.
-    An upper bound: the class-token concat and position-embedding add count too (once per model)."""
+def overhead_nodes(model: onnx.ModelProto) -> dict[str, set[str]]:
+    """Names of the nodes a method adds to the dense model, per kind (`OVERHEADS`): the token-selection
+    machinery, and the size bias its attention adds.
 
-    def segments(node: onnx.NodeProto) -> list[str]:
-        return next((p.value for p in node.metadata_props if p.key == "namespace"), "").split("/")
+    The method's code runs at the top level of the exported module (outside timm's submodules),
+    and so does the model code that `ReducedViT` re-implements around timm's modules. A top-level
+    node is the model's when it is
+    - attention: on a path from a block's `attn.qkv` to the same block's `attn.proj` (reshapes,
+      permutes, the attention product itself);
+    - stem: not downstream of any `qkv` (class token, position embedding);
+    - a residual: an Add or Concat with an input from a timm submodule (a block's attention or MLP).
+    Everything else the method emitted is machinery, its reshapes and transposes included, except
+    that the class-token slice before the head counts though it is the model's (one per model).
+    An attention node that takes a machinery output is the size bias (ToMe's and DiffRate's
+    +log(size), added to every attention logit).
+    """
+    nodes = list(model.graph.node)
+    modules = {node.name: _module_path(node) for node in nodes}
+    producer = {out: node for node in nodes for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
 
-    in_submodule = {out for node in model.graph.node if len(segments(node)) > 2 for out in node.output}
+    def downstream(starts: list[onnx.NodeProto]) -> set[str]:
+        return _reach(starts, lambda n: [c for out in n.output for c in consumers.get(out, [])])
+
+    def upstream(starts: list[onnx.NodeProto]) -> set[str]:
+        return _reach(starts, lambda n: [producer[i] for i in n.input if i in producer])
+
+    def inside(suffix: str) -> dict[str, list[onnx.NodeProto]]:
+        """Nodes of every module whose path ends with `suffix`, keyed by the attention module's path."""
+        out: dict[str, list[onnx.NodeProto]] = {}
+        for node in nodes:
+            path = modules[node.name]
+            if path.endswith(suffix):
+                out.setdefault(path[: -len(suffix)], []).append(node)
+        return out
+
+    qkv, proj = inside(".qkv"), inside(".proj")
+    attention = set()
+    for attn, starts in qkv.items():
+        attention |= downstream(starts) & upstream(proj.get(attn, []))
+    stem = {n.name for n in nodes} - downstream([n for starts in qkv.values() for n in starts])
+    in_submodule = {out for node in nodes if modules[node.name] for out in node.output}
     names = set()
-    for node in model.graph.node:
-        path = segments(node)
-        if len(path) != 2:
+    for node in nodes:
+        if modules[node.name] or node.name in attention or node.name in stem:
             continue
-        op = path[-1].split(":")[0].strip().rstrip("_0123456789")
-        if op.startswith(PLUMBING_OPS):
-            continue
-        if op in RESIDUAL_OPS and any(i in in_submodule for i in node.input):
+        if node.op_type in ("Add", "Concat") and any(i in in_submodule for i in node.input):
             continue
         names.add(node.name)
-    return names
+    bias = {n.name for n in nodes if n.name in attention and any(i in producer and producer[i].name in names for i in n.input)}
+    return dict(zip(OVERHEADS, (names, bias)))
 
 
-def profile_machinery(path: Path, x: np.ndarray, threads: int, sessions: int = 3, runs: int = 10) -> float:
-    """Fraction of node time spent in machinery nodes, from onnxruntime's profiler (no fusions,
-    so node names survive). Each node counts with its median time over `runs` runs after a
-    warm-up run; the share is the median over `sessions` fresh sessions, since one session's
-    placement in memory can shift it by half a percentage point on a small machine."""
-    machinery = machinery_nodes(onnx.load(str(path), load_external_data=False))
-    shares = []
+def _module_path(node: onnx.NodeProto) -> str:
+    """The innermost module a node was exported from ('' at the top level), from the dynamo
+    exporter's `pkg.torch.onnx.name_scopes` (['', 'vit.blocks.0.attn.qkv', 'linear'])."""
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "['', '']")
+    return ast.literal_eval(scopes)[-2]
+
+
+def _reach(starts: list[onnx.NodeProto], step: Callable[[onnx.NodeProto], list[onnx.NodeProto]]) -> set[str]:
+    """Names of `starts` and every node reachable from them by `step`."""
+    seen, todo = {n.name for n in starts}, list(starts)
+    while todo:
+        for nxt in step(todo.pop()):
+            if nxt.name not in seen:
+                seen.add(nxt.name)
+                todo.append(nxt)
+    return seen
+
+
+def profile_overheads(path: Path, x: np.ndarray, threads: int, sessions: int = 3, runs: int = 10) -> dict[str, float]:
+    """Fraction of node time spent in each kind of `overhead_nodes`, from onnxruntime's profiler on
+    a session like the one the bench times (all graph optimisations on). Each node counts with its
+    median time over `runs` runs after a warm-up run and is charged to the exported node it
+    computes (`_origins`); each share is the median over `sessions` fresh sessions, since one
+    session's placement in memory can shift it by half a percentage point on a small machine."""
+    exported = onnx.load(str(path), load_external_data=False)
+    kinds = overhead_nodes(exported)
+    shares: dict[str, list[float]] = {kind: [] for kind in kinds}
     for _ in range(sessions):
-        medians = _node_medians(path, x, threads, runs)
-        total = sum(medians.values())
-        shares.append(sum(t for name, t in medians.items() if name in machinery) / total if total else 0.0)
-    return statistics.median(shares)
+        medians, optimized = _node_medians(path, x, threads, runs)
+        origin = _origins(optimized, exported)
+        total = sum(medians.values()) or 1.0
+        for kind, names in kinds.items():
+            shares[kind].append(sum(t for name, t in medians.items() if origin.get(name) in names) / total)
+    return {kind: statistics.median(values) for kind, values in shares.items()}
 
 
-def _node_medians(path: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, float]:
-    """Median kernel time per node name over `runs` profiled runs of an unoptimised session."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+def _node_medians(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[dict[str, float], onnx.ModelProto]:
+    """Median kernel time per node name over `runs` profiled runs, and the optimised graph that ran."""
+    options = ort_runtime.session_options(threads)
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
+        session = ort_runtime.session(path, options=options)
         for _ in range(runs + 1):
             ort_runtime.run(session, x)
         events = json.loads(Path(session.end_profiling()).read_text())
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
     warm = sorted(e["ts"] for e in events if e.get("name") == "model_run")[1]
     times: dict[str, list[float]] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= warm:
             times.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"])
-    return {name: statistics.median(durations) for name, durations in times.items()}
+    return {name: statistics.median(durations) for name, durations in times.items()}, optimized
+
+
+def _origins(optimized: onnx.ModelProto, exported: onnx.ModelProto) -> dict[str, str]:
+    """Optimised node name -> the exported node it computes: the producer of the first exported
+    tensor downstream of it. A fused node writes its pattern's last output (a Transpose folded into
+    a MatMul is charged to the MatMul); a reshape or transpose onnxruntime inserts is charged to
+    the node it feeds."""
+    made_by = {out: node.name for node in exported.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in optimized.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    origins = {}
+    for node in optimized.graph.node:
+        todo, seen = [node], {node.name}
+        while todo and node.name not in origins:
+            current = todo.pop(0)
+            found = [made_by[out] for out in current.output if out in made_by]
+            if found:
+                origins[node.name] = found[0]
+            nxt = [c for out in current.output for c in consumers.get(out, []) if c.name not in seen]
+            seen.update(c.name for c in nxt)
+            todo.extend(nxt)
+    return origins
 
 
 def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, int]) -> list[Candidate]:
@@ -158,7 +233,7 @@ def run(
         for c in cands:
             if c.schedule is not None:
                 log(f"profiling {c.label}")
-                c.machinery_share = profile_machinery(c.onnx_path, x.numpy(), threads)
+                c.shares = profile_overheads(c.onnx_path, x.numpy(), threads)
     return cands
 
 
@@ -176,17 +251,17 @@ def table(cands: list[Candidate], batch: int) -> str:
     (which hits both sides of a round alike) cancels."""
     dense = next(c for c in cands if c.method == "none")
     lines = [
-        "| method | GMACs | FLOPs ratio | ORT ms/batch | ORT img/s | measured speedup | speedup / FLOPs ratio | machinery share | PyTorch ms/batch | ORT vs PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | GMACs | FLOPs ratio | ORT ms/batch | ORT img/s | measured speedup | speedup / FLOPs ratio | machinery share | size-bias share | PyTorch ms/batch | ORT vs PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cands:
         ort_ms, torch_ms = statistics.median(c.ort_ms), statistics.median(c.torch_ms)
         flops_ratio = dense.gmacs / c.gmacs
         speedup = _ratio(dense.ort_ms, c.ort_ms)
-        share = "—" if c.machinery_share is None else f"{c.machinery_share:.1%}"
+        shares = " | ".join(f"{c.shares[k]:.1%}" if c.shares.get(k) else "—" for k in OVERHEADS)
         lines.append(
             f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ort_ms:.1f} | {batch * 1000 / ort_ms:.1f} | "
-            f"{speedup:.2f}x | {speedup / flops_ratio:.2f} | {share} | {torch_ms:.1f} | {_ratio(c.torch_ms, c.ort_ms):.2f}x |"
+            f"{speedup:.2f}x | {speedup / flops_ratio:.2f} | {shares} | {torch_ms:.1f} | {_ratio(c.torch_ms, c.ort_ms):.2f}x |"
         )
     return "\n".join(lines)
 

@@ -14,8 +14,8 @@ capped per block at (tokens - 1) // 2 as the authors do. Token sizes enter atten
 Where this differs from the authors' code, and why no result they compute changes:
 - TopKs with constant K replace their argsort and sort: one ranks every A token by its best match (the
   first r are merged), a second sorts the unmerged ones into position order, as their `unm_idx.sort()`.
-- Their `scores[..., 0, :] = -inf` (a ScatterND) becomes leaving the class token's row out of the scores:
-  with -inf it is always last in their argsort and never merged, since r <= (tokens - 1) // 2.
+- Their `scores[..., 0, :] = -inf` (a ScatterND) becomes a Where on the class token's best match: as in
+  theirs, it is last in the ranking and never merged, since r <= (tokens - 1) // 2.
 - Their `scatter_reduce('sum')` and division become x_p + sum_i s_i (x_i - x_p) / s'_p, the same weighted
   average, summed by a one-hot MatMul (exact; TensorRT <= 9 silently ignores the reduction of
   ScatterElements). Sizes and the weighted differences are fp32 also in an fp16 graph, which adds them to
@@ -157,11 +157,12 @@ class ToMeViT(ReducedViT):
         """
         n = x.shape[1]
         metric = metric.float()
-        a, b = metric[:, 2::2], metric[:, 1::2]  # A's class token (position 0) is left out: never merged
+        a, b = metric[:, ::2], metric[:, 1::2]  # A position i is token 2i; the class token is A's first
         # cosine similarity: b normalised before the MatMul, a after the max (one division per row)
         best, partner = (a @ (b / b.norm(dim=-1, keepdim=True)).transpose(1, 2)).max(dim=-1)
-        src, unmerged = self._split(best / a.norm(dim=-1), r)
-        dst = gather_tokens(partner, src - 1)
+        best = (best / a.norm(dim=-1)).masked_fill(torch.arange(a.shape[1], device=x.device) == 0, -torch.inf)
+        src, unmerged = self._split(best, r)
+        dst = gather_tokens(partner, src)
         self.record(src)
         self.record(dst)
         odd = torch.arange(1, n, 2, device=x.device).expand(x.shape[0], -1)
@@ -179,15 +180,12 @@ class ToMeViT(ReducedViT):
 
     @staticmethod
     def _split(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A positions (class token = 0) from the best match of every A token but the class token: the r
-        merged ones, best first, and the unmerged ones with the class token, ascending. One TopK ranks all;
-        a second sorts the rest by position (its values, smallest first)."""
-        ranked = top_indices(best, best.shape[1]) + 1
+        """A positions from every A token's best match (the class token's is -inf): the r merged ones,
+        best first, and the unmerged ones, ascending (class token first). One TopK ranks all; a second
+        sorts the rest by position (its values, smallest first)."""
+        ranked = top_indices(best, best.shape[1])
         src, rest = ranked[:, :r], ranked[:, r:]
-        unmerged = torch.zeros_like(src[:, :1])
-        if rest.shape[1]:
-            rest = torch.topk(rest.float(), rest.shape[1], dim=-1, largest=False, sorted=True).values.long()
-            unmerged = torch.cat([unmerged, rest], dim=1)
+        unmerged = torch.topk(rest.float(), rest.shape[1], dim=-1, largest=False, sorted=True).values.long()
         return src, unmerged
 
 

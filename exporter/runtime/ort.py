@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 
 
-def session(path: Path | str, threads: Optional[int] = None, providers: Optional[list[str]] = None):
+def session_options(threads: Optional[int] = None):
+    """Quiet options with explicit threads (intra-op `threads`, one inter-op), all graph optimisations on."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -15,6 +16,14 @@ def session(path: Path | str, threads: Optional[int] = None, providers: Optional
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    return options
+
+
+def session(path: Path | str, threads: Optional[int] = None, providers: Optional[list[str]] = None, options=None):
+    """A session from `session_options(threads)` unless `options` are given."""
+    import onnxruntime as ort
+
+    options = options or session_options(threads)
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
