@@ -76,3 +76,15 @@ def test_optimised_nodes_trace_back_to_exported_ones(tome_graph):
     exported = {n.name for n in graph.graph.node}
     assert set(medians) <= set(origins) and set(origins.values()) <= exported
     assert any(n.op_type == "FusedMatMul" for n in optimized.graph.node)  # the fusion really happened
+
+
+def test_table_reports_medians_of_per_round_ratios_and_their_range():
+    from exporter.bench.throughput import Candidate, table
+
+    dense = Candidate("none", "none", {}, None, gmacs=4.0, schedule=None, ort_ms=[100.0, 120.0, 90.0], torch_ms=[80.0] * 3)
+    tome = Candidate("tome r=13", "tome", {}, None, gmacs=2.0, schedule=[1], ort_ms=[50.0, 80.0, 60.0],
+                     torch_ms=[60.0] * 3, shares={"machinery": 0.054, "size bias": 0.0})
+    row = table([dense, tome], batch=8).splitlines()[-1].split(" | ")
+    # per-round speedups 2.0, 1.5, 1.5: median 1.5 (not 100/60 from the median times), range 1.50-2.00
+    assert row[5] == "1.50x (1.50–2.00)" and row[6] == "0.75"
+    assert row[7:9] == ["5.4%", "—"]  # no size bias: a dash, not 0.0%

@@ -197,8 +197,12 @@ def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, 
 
 
 def _short(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) and len(value) <= 4 else (
-        "per-block" if isinstance(value, (tuple, list)) else str(value))
+    """A parameter for a table label: short lists in full, a constant per-block list as its value."""
+    if not isinstance(value, (tuple, list)):
+        return str(value)
+    if len(value) <= 4:
+        return ",".join(map(str, value))
+    return f"{value[0]} every block" if len(set(value)) == 1 else "per-block"
 
 
 def run(
@@ -248,7 +252,8 @@ def _time(fn, iterations: int) -> float:
 def table(cands: list[Candidate], batch: int) -> str:
     """Markdown: per method, FLOPs ratio next to the measured speedups. Times are medians over rounds;
     each ratio is the median of its per-round ratios, so a drift of the machine's speed between rounds
-    (which hits both sides of a round alike) cancels."""
+    (which hits both sides of a round alike) cancels. The speedup's range over rounds is shown beside
+    it: how far one round can be trusted."""
     dense = next(c for c in cands if c.method == "none")
     lines = [
         "| method | GMACs | FLOPs ratio | ORT ms/batch | ORT img/s | measured speedup | speedup / FLOPs ratio | machinery share | size-bias share | PyTorch ms/batch | ORT vs PyTorch |",
@@ -257,15 +262,16 @@ def table(cands: list[Candidate], batch: int) -> str:
     for c in cands:
         ort_ms, torch_ms = statistics.median(c.ort_ms), statistics.median(c.torch_ms)
         flops_ratio = dense.gmacs / c.gmacs
-        speedup = _ratio(dense.ort_ms, c.ort_ms)
+        per_round = _ratios(dense.ort_ms, c.ort_ms)
+        speedup = statistics.median(per_round)
         shares = " | ".join(f"{c.shares[k]:.1%}" if c.shares.get(k) else "—" for k in OVERHEADS)
         lines.append(
             f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ort_ms:.1f} | {batch * 1000 / ort_ms:.1f} | "
-            f"{speedup:.2f}x | {speedup / flops_ratio:.2f} | {shares} | {torch_ms:.1f} | {_ratio(c.torch_ms, c.ort_ms):.2f}x |"
+            f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} | {shares} | {torch_ms:.1f} | {statistics.median(_ratios(c.torch_ms, c.ort_ms)):.2f}x |"
         )
     return "\n".join(lines)
 
 
-def _ratio(slower: list[float], faster: list[float]) -> float:
-    """Median over rounds of slower[r] / faster[r]."""
-    return statistics.median(a / b for a, b in zip(slower, faster))
+def _ratios(slower: list[float], faster: list[float]) -> list[float]:
+    """Per round, slower[r] / faster[r]."""
+    return [a / b for a, b in zip(slower, faster)]
