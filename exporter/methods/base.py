@@ -202,15 +202,16 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, int(k), dim=-1, largest=True, sorted=True).indices
 
 
-def one_hot(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, S] indices -> [B, S, n] one-hot: Equal + Cast, so scatter-adds become MatMuls
-    (exact, supported by every TensorRT version, unlike ScatterElements with a reduction)."""
-    return (idx.unsqueeze(-1) == torch.arange(n, device=idx.device)).to(dtype)
+def scatter_matrix(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, S] indices -> [B, n, S] with M[b, j, s] = 1 where idx[b, s] == j (Equal + Cast), so
+    scatter-adds become MatMuls (exact, supported by every TensorRT version, unlike ScatterElements
+    with a reduction). Built in this orientation so no transpose is materialised."""
+    return (torch.arange(n, device=idx.device)[:, None] == idx[:, None, :]).to(dtype)
 
 
 def scatter_add_tokens(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """dst[b, idx[b, s]] += src[b, s] for dst [B, M, C], idx [B, S], src [B, S, C], as a MatMul."""
-    return dst + one_hot(idx, dst.shape[1], src.dtype).transpose(1, 2) @ src
+    return dst + scatter_matrix(idx, dst.shape[1], src.dtype) @ src
 
 
 class ReducedViT(nn.Module):

@@ -51,8 +51,8 @@ from .base import (
     gather_tokens,
     int_list,
     mlp_residual,
-    one_hot,
     register,
+    scatter_matrix,
     top_indices,
 )
 
@@ -247,7 +247,7 @@ class DiffRateViT(ReducedViT):
         similarity = similarity / t.norm(dim=-1)
         dst = dst + 1
         self.record(dst)
-        into = one_hot(dst, h.shape[1], torch.float32).transpose(1, 2)  # [B, head, tail]
+        into = scatter_matrix(dst, h.shape[1], torch.float32)  # [B, head, tail]
         size = head_size + (into @ (tail_size * similarity)[..., None])[..., 0]
         count = 1.0 + into.sum(dim=-1)  # [B, head]: each head token and its sources
         # the mean (x_j + sum_i x_i) / count_j as x_j + sum_i (x_i - x_j) / count_j: only tail-sized ops

@@ -35,8 +35,8 @@ from .base import (
     gather_tokens,
     int_list,
     mlp_residual,
-    one_hot,
     register,
+    scatter_matrix,
     to_fraction,
     top_indices,
 )
@@ -90,7 +90,7 @@ class EViT(ReducedViT):
                 ids = torch.cat([ids, torch.full_like(ids[:, :1], -len(self.trace))], dim=1)
         tokens = [x[:, :1], gather_tokens(patches, idx)]
         if self.fuse:
-            dropped = 1.0 - one_hot(idx, patches.shape[1], score.dtype).sum(dim=1)  # [B, N-1]: 1 where dropped
+            dropped = 1.0 - scatter_matrix(idx, patches.shape[1], score.dtype).sum(dim=-1)  # [B, N-1]: 1 where dropped
             tokens.append((dropped * score).unsqueeze(1).to(x.dtype) @ patches)
         x = torch.cat(tokens, dim=1)
         return x + mlp_residual(blk, x), ids

@@ -52,9 +52,9 @@ from .base import (
     gather_tokens,
     int_list,
     mlp_residual,
-    one_hot,
     register,
     scatter_add_tokens,
+    scatter_matrix,
     to_fraction,
     top_indices,
 )
@@ -92,7 +92,7 @@ class EvoViT(ReducedViT):
         idx = top_indices(g, k)  # informative tokens, best first
         self.record(idx)
         patches = x[:, 1:]
-        waiting = 1.0 - one_hot(idx, g.shape[1], g.dtype).sum(dim=1)  # [B, patches]: 1 for placeholders
+        waiting = 1.0 - scatter_matrix(idx, g.shape[1], g.dtype).sum(dim=-1)  # [B, patches]: 1 for placeholders
         weights = waiting * g
         # clamp: all-zero placeholder attention (fp32 underflow) gives rep = 0 instead of NaN
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)

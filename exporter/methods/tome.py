@@ -41,8 +41,8 @@ from .base import (
     gather_tokens,
     int_list,
     mlp_residual,
-    one_hot,
     register,
+    scatter_matrix,
     top_indices,
 )
 
@@ -168,7 +168,7 @@ class ToMeViT(ReducedViT):
         odd = torch.arange(1, n, 2, device=x.device).expand(x.shape[0], -1)
         layout = torch.cat([2 * unmerged, odd], dim=1)  # positions in x of the n - r output tokens
         out_dst = dst + unmerged.shape[1]  # each partner's place in the output
-        into = one_hot(out_dst, n - r, torch.float32).transpose(1, 2)  # [B, n - r, r]
+        into = scatter_matrix(out_dst, n - r, torch.float32)  # [B, n - r, r]
         if size is None:
             size = torch.ones_like(metric[..., 0])
         src_pos, dst_pos = 2 * src, 2 * dst + 1  # positions in x
