@@ -220,25 +220,35 @@ def run(
     cands = candidates(dense, methods, img_size)
     x = torch.randn(batch, 3, *img_size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
-        sessions = {}
+        calls = {}
         for c in cands:
             log(f"exporting {c.label}")
             c.onnx_path = export_onnx(c.model, Path(tmp) / f"{c.method}.onnx", img_size, (batch, batch, batch), opset)
-            sessions[c.method] = ort_runtime.session(c.onnx_path, threads)
-            ort_runtime.run(sessions[c.method], x.numpy())  # warm-up
-            with torch.no_grad():
-                c.model(x)
-        for r in range(rounds):
-            log(f"round {r + 1}/{rounds}")
-            for c in cands:
-                c.ort_ms.append(_time(lambda: ort_runtime.run(sessions[c.method], x.numpy()), iterations))
-                with torch.no_grad():
-                    c.torch_ms.append(_time(lambda: c.model(x), iterations))
+            session = ort_runtime.session(c.onnx_path, threads)
+            calls[("ort", c.method)] = lambda s=session: ort_runtime.run(s, x.numpy())
+            calls[("torch", c.method)] = lambda m=c.model: m(x)
+        with torch.no_grad():
+            times = interleaved(calls, rounds, iterations, log)
         for c in cands:
+            c.ort_ms, c.torch_ms = times[("ort", c.method)], times[("torch", c.method)]
             if c.schedule is not None:
                 log(f"profiling {c.label}")
                 c.shares = profile_overheads(c.onnx_path, x.numpy(), threads)
     return cands
+
+
+def interleaved(calls: dict, rounds: int, iterations: int, log: Callable[[str], None] = print) -> dict:
+    """Milliseconds per call of every entry of `calls` (key -> no-argument function), one value per
+    round. After one untimed call each, every round times the entries in turn, so a slow minute
+    of the machine hits them alike; compare them with medians of per-round `ratios`."""
+    for fn in calls.values():
+        fn()
+    times: dict = {key: [] for key in calls}
+    for r in range(rounds):
+        log(f"round {r + 1}/{rounds}")
+        for key, fn in calls.items():
+            times[key].append(_time(fn, iterations))
+    return times
 
 
 def _time(fn, iterations: int) -> float:
@@ -262,16 +272,16 @@ def table(cands: list[Candidate], batch: int) -> str:
     for c in cands:
         ort_ms, torch_ms = statistics.median(c.ort_ms), statistics.median(c.torch_ms)
         flops_ratio = dense.gmacs / c.gmacs
-        per_round = _ratios(dense.ort_ms, c.ort_ms)
+        per_round = ratios(dense.ort_ms, c.ort_ms)
         speedup = statistics.median(per_round)
         shares = " | ".join(f"{c.shares[k]:.1%}" if c.shares.get(k) else "—" for k in OVERHEADS)
         lines.append(
             f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ort_ms:.1f} | {batch * 1000 / ort_ms:.1f} | "
-            f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} | {shares} | {torch_ms:.1f} | {statistics.median(_ratios(c.torch_ms, c.ort_ms)):.2f}x |"
+            f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} | {shares} | {torch_ms:.1f} | {statistics.median(ratios(c.torch_ms, c.ort_ms)):.2f}x |"
         )
     return "\n".join(lines)
 
 
-def _ratios(slower: list[float], faster: list[float]) -> list[float]:
+def ratios(slower: list[float], faster: list[float]) -> list[float]:
     """Per round, slower[r] / faster[r]."""
     return [a / b for a, b in zip(slower, faster)]
