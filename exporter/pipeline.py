@@ -30,7 +30,7 @@ from .runtime.rtx import rtx_check
 from .spec import BuildSpec
 from .verify import parity
 from .verify.compare import compare_graphs
-from .verify.report import render
+from .verify.report import render, warnings
 
 TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "tensorrt-rtx-cu13")
 
@@ -154,6 +154,8 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     }
     artifacts.write_json(bundle / artifacts.REPORT_JSON, report)
     artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))
+    for line in warnings(report):
+        stage.console.print(f"[yellow]warning[/yellow] {line}")
     return report
 
 

@@ -61,3 +61,24 @@ def test_fp16_flip_is_excused_only_when_pytorch_half_flips_too():
     assert not fails.passed and fails.excused_flips == 0
     ok = compare(ref, cand, "g", "fp16", 2, flips, excused=np.array([True, True, False, False, False, False]))
     assert ok.passed and ok.token_flips == 1 and ok.excused_flips == 1 and ok.min_cosine > 0.999999
+
+
+def test_fp16_check_that_held_no_sample_warns_and_shows_no_numbers():
+    """Random weights can make every fp16 sample a near-tie that PyTorch's half model flips too: the check
+    passes (nothing contradicts parity) but must say it proved nothing, not print perfect numbers."""
+    from exporter.verify.report import render, warnings
+
+    ref = logits()
+    cand = -ref  # would fail every threshold, were any sample held to them
+    everything = np.ones(6, dtype=bool)
+    c = compare(ref, cand, "model_fp16.onnx", "fp16", 2, everything, excused=everything)
+    assert c.passed and c.checked == 0 and c.excused_flips == 6
+    assert len(c.warnings) == 1 and "no sample checked" in c.warnings[0]
+    report = {"run_name": "r", "passed": True, "schedule": None, "thresholds": "t", "lint": {}, "tensorrt_rtx": {},
+              "spec": {"model": "m", "method": "diffrate", "method_params": {}, "precision": "fp16", "batch": 2,
+                       "opset": 18},
+              "flops": {"gmacs": 1.0, "dense_gmacs": 1.0, "ratio": 1.0}, "comparisons": [c.to_dict()]}
+    md = render(report)
+    assert "| 6 (0) | — | — | — | — |" in md and warnings(report)[0] in md
+    strict = compare(ref, ref.copy(), "g", "fp16", 2, np.zeros(6, dtype=bool))
+    assert strict.checked == 6 and not strict.warnings

@@ -16,7 +16,7 @@ def render(report: dict) -> str:
         "",
         "## Parity against PyTorch fp32 (held-out photos + seeded random images)",
         "",
-        "| graph | batch | samples | max abs | max rel | min cosine | top-1 agree | decisive (top-1 agree) | token flips | result |",
+        "| graph | batch | samples (checked) | max abs | max rel | min cosine | top-1 agree | decisive (top-1 agree) | token flips | result |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report["comparisons"]:
@@ -24,12 +24,16 @@ def render(report: dict) -> str:
         if c.get("excused_flips"):
             flips += f" ({c['excused_flips']} also in PyTorch fp16)"
         result = "pass" if c["passed"] else "FAIL: " + "; ".join(c["failures"])
+        metrics = (
+            f"{c['max_abs']:.3g} | {c['max_rel']:.3g} | {c['min_cosine']:.6f} | {c['top1_agreement']:.1%}"
+            if c["checked"] else "— | — | — | —"  # nothing was measured: no number to show
+        )
         lines.append(
-            f"| {c['graph']} | {c['batch']} | {c['samples']} | {c['max_abs']:.3g} | {c['max_rel']:.3g} | "
-            f"{c['min_cosine']:.6f} | {c['top1_agreement']:.1%} | {c['decisive']} ({c['decisive_top1_agreement']:.1%}) | "
-            f"{flips} | {result} |"
+            f"| {c['graph']} | {c['batch']} | {c['samples']} ({c['checked']}) | {metrics} | "
+            f"{c['decisive']} ({c['decisive_top1_agreement']:.1%}) | {flips} | {result} |"
         )
     lines += ["", "Thresholds: " + report["thresholds"], ""]
+    lines += [f"**Warning:** {w}" + "  " for w in warnings(report)] + ([""] if warnings(report) else [])
     lint = report.get("lint", {})
     lines += ["## Graph checks", ""]
     for graph, problems in lint.items():
@@ -46,6 +50,11 @@ def render(report: dict) -> str:
             )
             lines += [f"  - {e}" for e in r.get("parse_errors") or []]
     return "\n".join(lines) + "\n"
+
+
+def warnings(report: dict) -> list[str]:
+    """Checks that passed without proving much, one line each (graph, batch: why)."""
+    return [f"{c['graph']} at batch {c['batch']}: {w}" for c in report["comparisons"] for w in c.get("warnings", [])]
 
 
 def _params(params: dict) -> str:
