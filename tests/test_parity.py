@@ -79,6 +79,6 @@ def test_fp16_check_that_held_no_sample_warns_and_shows_no_numbers():
                        "opset": 18},
               "flops": {"gmacs": 1.0, "dense_gmacs": 1.0, "ratio": 1.0}, "comparisons": [c.to_dict()]}
     md = render(report)
-    assert "| 6 (0) | — | — | — | — |" in md and warnings(report)[0] in md
+    assert "| 6 (0) | — | — | — | — | 0 (—) |" in md and warnings(report)[0] in md
     strict = compare(ref, ref.copy(), "g", "fp16", 2, np.zeros(6, dtype=bool))
     assert strict.checked == 6 and not strict.warnings

@@ -28,12 +28,14 @@ def render(report: dict) -> str:
             f"{c['max_abs']:.3g} | {c['max_rel']:.3g} | {c['min_cosine']:.6f} | {c['top1_agreement']:.1%}"
             if c["checked"] else "— | — | — | —"  # nothing was measured: no number to show
         )
+        decisive = f"{c['decisive_top1_agreement']:.1%}" if c["decisive"] else "—"
         lines.append(
             f"| {c['graph']} | {c['batch']} | {c['samples']} ({c['checked']}) | {metrics} | "
-            f"{c['decisive']} ({c['decisive_top1_agreement']:.1%}) | {flips} | {result} |"
+            f"{c['decisive']} ({decisive}) | {flips} | {result} |"
         )
     lines += ["", "Thresholds: " + report["thresholds"], ""]
-    lines += [f"**Warning:** {w}" + "  " for w in warnings(report)] + ([""] if warnings(report) else [])
+    if warnings(report):
+        lines += [f"**Warning:** {w}  " for w in warnings(report)] + [""]
     lint = report.get("lint", {})
     lines += ["## Graph checks", ""]
     for graph, problems in lint.items():
