@@ -8,7 +8,7 @@ weights are shared and LayerScale, q/k-norm and the like keep working.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -223,7 +223,10 @@ class ReducedViT(nn.Module):
     which is what makes the exported graph static.
 
     Setting `trace` to a list makes every reduction append the indices it chose, so tests and
-    debug exports can compare the kept-token sets of two runtimes (a tie versus a bug).
+    debug exports can compare the kept-token sets of two runtimes (a tie versus a bug). Setting
+    `replay` to an iterator of another run's traced indices makes every reduction use those
+    instead of its own, so PyTorch computes what that run computed after a near-tie went the
+    other way there (see `record`).
     """
 
     method: str = ""
@@ -235,15 +238,20 @@ class ReducedViT(nn.Module):
         self.schedule = [int(n) for n in schedule]
         self.params = dict(params)
         self.trace: Optional[list[torch.Tensor]] = None
+        self.replay: Optional[Iterator[torch.Tensor]] = None
 
     @property
     def num_tokens(self) -> int:
         """Tokens entering the first block (patches + class token) at the model's image size."""
         return self.vit.patch_embed.num_patches + self.vit.num_prefix_tokens
 
-    def record(self, idx: torch.Tensor) -> None:
+    def record(self, idx: torch.Tensor) -> torch.Tensor:
+        """A reduction's choice: `idx`, or the next replayed one; traced when tracing."""
+        if self.replay is not None:
+            idx = next(self.replay).to(idx)
         if self.trace is not None:
             self.trace.append(idx)
+        return idx
 
     def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError

@@ -223,8 +223,7 @@ class DiffRateViT(ReducedViT):
         the tokens beyond `merge`. The kept tokens are gathered straight into head and tail, no copy between."""
         if step.keep == 1:
             return x[:, :1], None if size is None else size[:, :1]
-        idx = top_indices(cls_row[:, :, 1:].mean(dim=1), step.keep - 1) + 1
-        self.record(idx)
+        idx = self.record(top_indices(cls_row[:, :, 1:].mean(dim=1), step.keep - 1) + 1)
         order = torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
         if step.merge is None:
             return gather_tokens(x, order), None if size is None else gather_tokens(size, order)
@@ -243,10 +242,11 @@ class DiffRateViT(ReducedViT):
         """
         h, t = head.float(), tail.float()
         dots = (t @ h.transpose(1, 2))[:, :, 1:] / h.norm(dim=-1)[:, None, 1:]  # column 0, the class token, left out
-        similarity, dst = dots.max(dim=-1)
+        similarity, best = dots.max(dim=-1)
+        dst = self.record(best + 1)
+        if self.replay is not None:  # partners another run chose: their similarities, not the best ones
+            similarity = dots.gather(-1, (dst - 1).unsqueeze(-1)).squeeze(-1)
         similarity = similarity / t.norm(dim=-1)
-        dst = dst + 1
-        self.record(dst)
         into = scatter_matrix(dst, h.shape[1], torch.float32)  # [B, head, tail]
         size = head_size + (into @ (tail_size * similarity)[..., None])[..., 0]
         count = 1.0 + into.sum(dim=-1)  # [B, head]: each head token and its sources

@@ -84,8 +84,10 @@ class EViT(ReducedViT):
         score = att.cls_row[:, :, 1:].mean(dim=1)  # [B, N-1], fp32
         idx = top_indices(score, k)
         if ids is not None:
-            ids = gather_tokens(ids, idx)
-            self.record(ids)
+            chosen = self.record(gather_tokens(ids, idx))
+            if self.replay is not None:  # the tokens another run kept: where they are here
+                idx = (ids[:, None, :] == chosen[:, :, None]).float().argmax(dim=-1)
+            ids = chosen
             if self.fuse:
                 ids = torch.cat([ids, torch.full_like(ids[:, :1], -len(self.trace))], dim=1)
         tokens = [x[:, :1], gather_tokens(patches, idx)]

@@ -89,8 +89,7 @@ class EvoViT(ReducedViT):
         """Run `blocks` on [class, top-`keep` tokens by g, rep]; return all tokens (in their original
         places) and, when `score`, g updated through the stage."""
         k = self.keep
-        idx = top_indices(g, k)  # informative tokens, best first
-        self.record(idx)
+        idx = self.record(top_indices(g, k))  # informative tokens, best first
         patches = x[:, 1:]
         waiting = 1.0 - scatter_matrix(idx, g.shape[1], g.dtype).sum(dim=-1)  # [B, patches]: 1 for placeholders
         weights = waiting * g

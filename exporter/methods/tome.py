@@ -162,9 +162,10 @@ class ToMeViT(ReducedViT):
         best, partner = (a @ (b / b.norm(dim=-1, keepdim=True)).transpose(1, 2)).max(dim=-1)
         best = (best / a.norm(dim=-1)).masked_fill(torch.arange(a.shape[1], device=x.device) == 0, -torch.inf)
         src, unmerged = self._split(best, r)
-        dst = gather_tokens(partner, src)
-        self.record(src)
-        self.record(dst)
+        src = self.record(src)
+        if self.replay is not None:  # merges another run chose: the A tokens they leave
+            unmerged = self._rest(src, a.shape[1])
+        dst = self.record(gather_tokens(partner, src))
         odd = torch.arange(1, n, 2, device=x.device).expand(x.shape[0], -1)
         layout = torch.cat([2 * unmerged, odd], dim=1)  # positions in x of the n - r output tokens
         out_dst = dst + unmerged.shape[1]  # each partner's place in the output
@@ -187,6 +188,13 @@ class ToMeViT(ReducedViT):
         src, rest = ranked[:, :r], ranked[:, r:]
         unmerged = torch.topk(rest.float(), rest.shape[1], dim=-1, largest=False, sorted=True).values.long()
         return src, unmerged
+
+    @staticmethod
+    def _rest(src: torch.Tensor, count: int) -> torch.Tensor:
+        """The A positions (of `count`) not in `src`, ascending: a TopK of smallest position + count * merged."""
+        merged = scatter_matrix(src, count, torch.float32).sum(dim=-1)
+        key = torch.arange(count, device=src.device) + count * merged
+        return torch.topk(key, count - src.shape[1], dim=-1, largest=False, sorted=True).indices
 
 
 @register(

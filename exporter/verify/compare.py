@@ -2,7 +2,8 @@
 
 For token-reduction models the kept-token indices are compared too, through each graph's debug
 twin (the same export with the chosen indices as extra outputs, see export.graphs), so a sample
-whose logits moved because a near-tie flipped a token is told apart from a broken graph.
+whose logits moved because a near-tie flipped a token is told apart from a broken graph: such a
+sample is compared with PyTorch replaying onnxruntime's choices (see verify.parity).
 """
 from __future__ import annotations
 
@@ -52,21 +53,38 @@ def compare_graphs(
         for bs in verify_batches(batch):
             chunks = batches(x, bs)
             (out,) = _concat([ort_runtime.run(session, c.numpy()) for c in chunks], n)
-            flips = None
+            flips = ties = None
+            reference = ref
             if debug is not None:
                 ort_idx = _concat([ort_runtime.run(debug, c.numpy())[1:] for c in chunks], n)
                 flips = _flipped(n, ref_idx, ort_idx)
-            excused = sensitive if g.precision == "fp16" else None
-            results.append(compare(ref, out.astype(np.float32), g.file, g.precision, bs, flips, excused))
+                ties = flips & sensitive if g.precision == "fp16" else flips
+                if ties.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
+                    replayed, *_ = _torch_outputs(model, x, replay=ort_idx)
+                    reference = np.where(ties[:, None], replayed, ref)
+            results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties))
     return results
 
 
-def _torch_outputs(model: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
-    """Logits (then, for reduced models, the kept indices per reduction) of every sample.
+def _torch_outputs(model: torch.nn.Module, x: torch.Tensor, replay: Optional[list[np.ndarray]] = None) -> list[np.ndarray]:
+    """Logits (then, for reduced models, the kept indices per reduction) of every sample; with
+    `replay` (indices per reduction, as traced), the reductions use those instead of choosing.
 
     PyTorch runs once per sample set: its result does not depend on the batch, beyond rounding."""
+    outputs = []
     with torch.no_grad():
-        return _concat([Traced(model)(c) if isinstance(model, ReducedViT) else (model(c),) for c in x.split(8)])
+        for start in range(0, x.shape[0], 8):
+            chunk = x[start : start + 8]
+            if not isinstance(model, ReducedViT):
+                outputs.append((model(chunk),))
+                continue
+            if replay is not None:
+                model.replay = iter([torch.from_numpy(r[start : start + 8]) for r in replay])
+            try:
+                outputs.append(Traced(model)(chunk))
+            finally:
+                model.replay = None
+    return _concat(outputs)
 
 
 def _concat(chunks: list, n: Optional[int] = None) -> list[np.ndarray]:
