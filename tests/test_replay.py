@@ -15,12 +15,8 @@ METHODS = {
 
 
 def _run(model, x, replay=None):
-    model.replay = None if replay is None else iter([t.clone() for t in replay])
-    try:
-        with torch.no_grad():
-            logits, *chosen = Traced(model)(x)
-    finally:
-        model.replay = None
+    with torch.no_grad():
+        logits, *chosen = Traced(model)(x, replay)
     return logits, chosen
 
 

@@ -66,10 +66,7 @@ def overhead_nodes(model: onnx.ModelProto) -> dict[str, set[str]]:
     nodes = list(model.graph.node)
     modules = {node.name: _module_path(node) for node in nodes}
     producer = {out: node for node in nodes for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(nodes)
 
     def downstream(starts: list[onnx.NodeProto]) -> set[str]:
         return _reach(starts, lambda n: [c for out in n.output for c in consumers.get(out, [])])
@@ -108,6 +105,15 @@ def _module_path(node: onnx.NodeProto) -> str:
     exporter's `pkg.torch.onnx.name_scopes` (['', 'vit.blocks.0.attn.qkv', 'linear'])."""
     scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "['', '']")
     return ast.literal_eval(scopes)[-2]
+
+
+def _consumers(nodes) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
 
 
 def _reach(starts: list[onnx.NodeProto], step: Callable[[onnx.NodeProto], list[onnx.NodeProto]]) -> set[str]:
@@ -166,10 +172,7 @@ def _origins(optimized: onnx.ModelProto, exported: onnx.ModelProto) -> dict[str,
     a MatMul is charged to the MatMul); a reshape or transpose onnxruntime inserts is charged to
     the node it feeds."""
     made_by = {out: node.name for node in exported.graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in optimized.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(optimized.graph.node)
     origins = {}
     for node in optimized.graph.node:
         todo, seen = [node], {node.name}

@@ -226,7 +226,8 @@ class ReducedViT(nn.Module):
     debug exports can compare the kept-token sets of two runtimes (a tie versus a bug). Setting
     `replay` to an iterator of another run's traced indices makes every reduction use those
     instead of its own, so PyTorch computes what that run computed after a near-tie went the
-    other way there (see `record`).
+    other way there (see `record`). Both are set through `Traced`: EViT follows token identities,
+    and so can replay them, only while tracing.
     """
 
     method: str = ""
@@ -278,17 +279,19 @@ class ReducedViT(nn.Module):
 
 class Traced(nn.Module):
     """Wraps a ReducedViT so its forward returns (logits, *kept indices per reduction): the
-    debug export that lets onnxruntime's token choices be compared with PyTorch's."""
+    debug export that lets onnxruntime's token choices be compared with PyTorch's. Given
+    `replay` (indices per reduction, as traced), the reductions use those instead of choosing."""
 
     def __init__(self, reduced: ReducedViT):
         super().__init__()
         self.reduced = reduced
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None):
         self.reduced.trace = []
+        self.reduced.replay = None if replay is None else iter(replay)
         try:
             logits = self.reduced(x)
             return (logits, *self.reduced.trace)
         finally:
-            self.reduced.trace = None
+            self.reduced.trace = self.reduced.replay = None
 

@@ -78,12 +78,8 @@ def _torch_outputs(model: torch.nn.Module, x: torch.Tensor, replay: Optional[lis
             if not isinstance(model, ReducedViT):
                 outputs.append((model(chunk),))
                 continue
-            if replay is not None:
-                model.replay = iter([torch.from_numpy(r[start : start + 8]) for r in replay])
-            try:
-                outputs.append(Traced(model)(chunk))
-            finally:
-                model.replay = None
+            chosen = None if replay is None else [torch.from_numpy(r[start : start + 8]) for r in replay]
+            outputs.append(Traced(model)(chunk, chosen))
     return _concat(outputs)
 
 
