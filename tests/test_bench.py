@@ -1,5 +1,9 @@
-"""The benchmark's machinery attribution: which ONNX nodes count as token-selection code."""
+"""The benchmarks: which ONNX nodes count as token-selection code, the table, and the GPU script without a GPU."""
 import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -88,3 +92,13 @@ def test_table_reports_medians_of_per_round_ratios_and_their_range():
     # per-round speedups 2.0, 1.5, 1.5: median 1.5 (not 100/60 from the median times), range 1.50-2.00
     assert row[5] == "1.50x (1.50–2.00)" and row[6] == "0.75"
     assert row[7:9] == ["5.4%", "—"]  # no size bias: a dash, not 0.0%
+
+
+def test_gpu_bench_without_a_gpu_says_where_to_run_it():
+    """The GPU benchmark on a machine without one: exit 2 and a message naming the fix, not a traceback."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_torch_bench.py"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "No CUDA GPU" in done.stderr and "exporter bench" in done.stderr
+    assert "Traceback" not in done.stderr
