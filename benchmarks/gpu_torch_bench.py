@@ -74,6 +74,7 @@ def main() -> int:
         )
         return 2
 
+    torch.backends.cudnn.benchmark = True  # as timm's benchmark.py: the patch-embedding conv gets a fast algorithm
     methods = list_methods() if args.methods is None else ["none"] + [m for m in args.methods.split(",") if m != "none"]
     dense = create_model(args.model, "random", 0)
     cands = candidates(dense, methods, input_size(dense))  # FLOPs counted on the CPU, before the move
