@@ -24,8 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from exporter.bench.throughput import candidates, interleaved, ratios  # noqa: E402
-from exporter.methods import list_methods  # noqa: E402
+from exporter.bench.throughput import candidates, interleaved, ratios, selected_methods  # noqa: E402
 from exporter.models import create_model, input_size  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -75,16 +74,16 @@ def main() -> int:
         return 2
 
     torch.backends.cudnn.benchmark = True  # as timm's benchmark.py: the patch-embedding conv gets a fast algorithm
-    methods = list_methods() if args.methods is None else ["none"] + [m for m in args.methods.split(",") if m != "none"]
     dense = create_model(args.model, "random", 0)
-    cands = candidates(dense, methods, input_size(dense))  # FLOPs counted on the CPU, before the move
+    size = input_size(dense)
+    cands = candidates(dense, selected_methods(args.methods), size)  # FLOPs counted on the CPU, before the move
     dense.to("cuda", DTYPES[args.precision])  # the reduced models share its modules
     mode = "eager" if args.eager else "CUDA graph"
     print(f"{args.model}, {args.precision}, {mode}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"medians of {args.rounds} rounds x {args.iterations} batches")
     with torch.no_grad():
         for batch in (int(b) for b in args.batch.split(",")):
-            x = torch.randn(batch, 3, *input_size(dense), device="cuda", dtype=DTYPES[args.precision])
+            x = torch.randn(batch, 3, *size, device="cuda", dtype=DTYPES[args.precision])
             calls = {c.label: synced((lambda m=c.model: m(x)) if args.eager else graphed(c.model, x)) for c in cands}
             times = interleaved(calls, args.rounds, args.iterations, log=lambda _: None)
             print(f"\nbatch {batch}\n")

@@ -208,12 +208,9 @@ def _add_bench(sub) -> None:
 
 def _bench(args, console: Console) -> int:
     from .bench import throughput
-    from .methods import get_method, list_methods
     from .models import create_model, input_size
 
-    methods = list_methods() if args.methods is None else ["none"] + [m for m in args.methods.split(",") if m != "none"]
-    for m in methods:
-        get_method(m)
+    methods = throughput.selected_methods(args.methods)
     dense = create_model(args.model, args.weights, 0, args.img_size)
     size = input_size(dense)
     results = throughput.run(dense, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)

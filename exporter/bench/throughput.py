@@ -187,6 +187,16 @@ def _origins(optimized: onnx.ModelProto, exported: onnx.ModelProto) -> dict[str,
     return origins
 
 
+def selected_methods(text: Optional[str]) -> list[str]:
+    """`--methods a,b` as the methods to run, dense first (all when None); an unknown name fails here."""
+    from ..methods import list_methods
+
+    methods = list_methods() if text is None else ["none"] + [m for m in text.split(",") if m != "none"]
+    for name in methods:
+        get_method(name)
+    return methods
+
+
 def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, int]) -> list[Candidate]:
     out = []
     for name in methods:
