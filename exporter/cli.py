@@ -216,6 +216,7 @@ def _bench(args, console: Console) -> int:
     results = throughput.run(dense, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)
     print(f"{args.model}, batch {args.batch}, {args.threads} threads, onnxruntime CPU, medians of {args.rounds} rounds x {args.iterations} batches\n")
     print(throughput.table(results, args.batch))
+    print("\n" + throughput.profile_note(results))
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 
+from exporter.bench import throughput
 from exporter.bench.throughput import _node_medians, _origins, overhead_nodes, profile_overheads
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import apply_method
@@ -39,7 +40,7 @@ def test_machinery_is_the_method_code_only(tome_graph):
     by_name = {n.name: n for n in graph.graph.node}
     ops = {by_name[name].op_type for name in chosen}
     # the selection itself: scores, TopK, gathers, one-hot merge, and the method's own layout ops
-    assert {"TopK", "GatherND", "MatMul", "Equal", "ReduceMean", "Transpose"} <= ops
+    assert {"TopK", "Gather", "MatMul", "Equal", "ReduceMean", "Transpose"} <= ops
     for node in graph.graph.node:
         ns = _namespace(node)
         if "blocks." in ns or "patch_embed" in ns:  # timm's own modules never count
@@ -53,11 +54,15 @@ def test_machinery_is_the_method_code_only(tome_graph):
     residual = [n for n in adds if any(i in inside for i in n.input)]
     # two residual adds per block, never counted
     assert len(residual) == 2 * 6 and not {n.name for n in residual} & (chosen | bias)
-    # every merging block adds its merged tokens (a top-level one-hot MatMul) onto the kept ones: counted
+    # every merging block sums its sources into their partners (a top-level MatMul and Add) and appends the
+    # merged tokens to the block's tokens (a Concat reading a residual add): counted, though the Concat
+    # reads the model's tokens
     producer = {out: n for n in graph.graph.node for out in n.output}
     merge = [n for n in adds if any(i in producer and producer[i].op_type == "MatMul" and producer[i].name in chosen
                                     for i in n.input)]
-    assert merge and all(n.name in chosen for n in merge)
+    residual_out = {out for n in residual for out in n.output}
+    append = [n for n in graph.graph.node if n.op_type == "Concat" and set(n.input) & residual_out]
+    assert len(merge) == len(append) == 6 and {n.name for n in merge + append} <= chosen
     # proportional attention: each block after the first merge adds +log(size) to its attention logits
     assert len(bias) == 5 and {by_name[name].op_type for name in bias} == {"Add"}
 
@@ -65,9 +70,27 @@ def test_machinery_is_the_method_code_only(tome_graph):
 def test_profile_shares_are_fractions(tome_graph):
     path, _ = tome_graph
     x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
-    shares = profile_overheads(path, x, threads=1, sessions=1, runs=2)
-    assert set(shares) == {"machinery", "size bias"}
-    assert 0.0 < shares["machinery"] < 0.5 and 0.0 < shares["size bias"] < 0.5
+    profile = profile_overheads(path, x, threads=1, sessions=1, runs=2)
+    assert set(profile.shares) == {"machinery", "size bias"}
+    assert 0.0 < profile.shares["machinery"] < 0.5 and 0.0 < profile.shares["size bias"] < 0.5
+    assert profile.node_ms > 0 and profile.profiler_us > 0
+
+
+def test_the_profilers_own_cost_is_taken_off_every_node(tome_graph, monkeypatch):
+    """A node's recorded time less the calibrated profiler cost, never below zero: with a cost larger
+    than any node, nothing is left to share out."""
+    path, _ = tome_graph
+    x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
+    monkeypatch.setattr(throughput, "profiler_cost", lambda threads: 1e9)
+    profile = profile_overheads(path, x, threads=1, sessions=1, runs=1)
+    assert profile.node_ms == 0 and profile.profiler_us == 1e9
+    assert profile.shares == {"machinery": 0.0, "size bias": 0.0}
+
+
+def test_profiler_cost_is_what_a_no_op_node_records():
+    """Calibrated on no-op nodes: positive, and far below a real kernel's time (tens of µs at most)."""
+    cost = throughput.profiler_cost(threads=1, nodes=50, runs=5)
+    assert 0.0 < cost < 100.0
 
 
 def test_optimised_nodes_trace_back_to_exported_ones(tome_graph):
@@ -83,15 +106,16 @@ def test_optimised_nodes_trace_back_to_exported_ones(tome_graph):
 
 
 def test_table_reports_medians_of_per_round_ratios_and_their_range():
-    from exporter.bench.throughput import Candidate, table
+    from exporter.bench.throughput import Candidate, Profile, profile_note, table
 
     dense = Candidate("none", "none", {}, None, gmacs=4.0, schedule=None, ort_ms=[100.0, 120.0, 90.0], torch_ms=[80.0] * 3)
-    tome = Candidate("tome r=13", "tome", {}, None, gmacs=2.0, schedule=[1], ort_ms=[50.0, 80.0, 60.0],
-                     torch_ms=[60.0] * 3, shares={"machinery": 0.054, "size bias": 0.0})
+    tome = Candidate("tome r=13", "tome", {}, None, gmacs=2.0, schedule=[1], ort_ms=[50.0, 80.0, 60.0], torch_ms=[60.0] * 3,
+                     profile=Profile({"machinery": 0.054, "size bias": 0.0}, node_ms=57.0, profiler_us=9.0))
     row = table([dense, tome], batch=8).splitlines()[-1].split(" | ")
     # per-round speedups 2.0, 1.5, 1.5: median 1.5 (not 100/60 from the median times), range 1.50-2.00
     assert row[5] == "1.50x (1.50–2.00)" and row[6] == "0.75"
     assert row[7:9] == ["5.4%", "—"]  # no size bias: a dash, not 0.0%
+    assert "9.0–9.0 µs" in profile_note([dense, tome]) and "95%" in profile_note([dense, tome])  # 57 of 60 ms
 
 
 def test_gpu_bench_without_a_gpu_says_where_to_run_it():

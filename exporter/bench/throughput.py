@@ -4,14 +4,15 @@ All candidates run in one process with the same thread settings, interleaved rou
 a slow minute of the machine hits every method alike); each ratio comes from medians of the same
 rounds. The reduction machinery's share (scores, top-k, gathers, merging) and the share of the
 size bias some methods add to attention are measured with onnxruntime's per-node profiler on the
-optimised session the bench times, attributing nodes through the module path the exporter
-records: method code runs outside timm's submodules, so a top-level node that is not the
-attention between a block's qkv and proj, the stem or a residual add is the method's (see
-`overhead_nodes`).
+optimised session the bench times, less the profiler's own cost per node (`profiler_cost`),
+attributing nodes through the module path the exporter records: method code runs outside timm's
+submodules, so a top-level node that is not the attention between a block's qkv and proj, the
+stem or a residual add is the method's (see `overhead_nodes`).
 """
 from __future__ import annotations
 
 import ast
+import bisect
 import json
 import statistics
 import tempfile
@@ -44,7 +45,17 @@ class Candidate:
     onnx_path: Optional[Path] = None
     ort_ms: list[float] = field(default_factory=list)
     torch_ms: list[float] = field(default_factory=list)
-    shares: dict[str, float] = field(default_factory=dict)  # OVERHEADS -> fraction of node time
+    profile: Optional["Profile"] = None  # where onnxruntime's node time goes (reduced models only)
+
+
+@dataclass
+class Profile:
+    """What `profile_overheads` measured: each of `OVERHEADS` as a fraction of node time, the node
+    time of one run (to compare with the timed run) and the profiler's own cost it excludes."""
+
+    shares: dict[str, float]
+    node_ms: float
+    profiler_us: float
 
 
 def overhead_nodes(model: onnx.ModelProto) -> dict[str, set[str]]:
@@ -127,22 +138,74 @@ def _reach(starts: list[onnx.NodeProto], step: Callable[[onnx.NodeProto], list[o
     return seen
 
 
-def profile_overheads(path: Path, x: np.ndarray, threads: int, sessions: int = 3, runs: int = 10) -> dict[str, float]:
+def profile_overheads(path: Path, x: np.ndarray, threads: int, sessions: int = 3, runs: int = 10) -> Profile:
     """Fraction of node time spent in each kind of `overhead_nodes`, from onnxruntime's profiler on
     a session like the one the bench times (all graph optimisations on). Each node counts with its
-    median time over `runs` runs after a warm-up run and is charged to the exported node it
-    computes (`_origins`); each share is the median over `sessions` fresh sessions, since one
-    session's placement in memory can shift it by half a percentage point on a small machine."""
+    median time over `runs` runs after a warm-up run, less the profiler's own cost per node
+    (`profiler_cost`, calibrated just before), and is charged to the exported node it computes (`_origins`); each share is
+    the median over `sessions` fresh sessions, since one session's placement in memory can shift
+    it by half a percentage point on a small machine."""
     exported = onnx.load(str(path), load_external_data=False)
     kinds = overhead_nodes(exported)
     shares: dict[str, list[float]] = {kind: [] for kind in kinds}
+    totals, costs = [], []
     for _ in range(sessions):
+        cost = profiler_cost(threads)  # each time: it follows the machine's speed, as the nodes do
+        costs.append(cost)
         medians, optimized = _node_medians(path, x, threads, runs)
+        medians = {name: max(t - cost, 0.0) for name, t in medians.items()}
         origin = _origins(optimized, exported)
-        total = sum(medians.values()) or 1.0
+        total = sum(medians.values())
+        totals.append(total / 1000)
         for kind, names in kinds.items():
-            shares[kind].append(sum(t for name, t in medians.items() if origin.get(name) in names) / total)
-    return {kind: statistics.median(values) for kind, values in shares.items()}
+            shares[kind].append(sum(t for name, t in medians.items() if origin.get(name) in names) / (total or 1.0))
+    return Profile({kind: statistics.median(v) for kind, v in shares.items()}, statistics.median(totals), statistics.median(costs))
+
+
+def profiler_cost(threads: int, nodes: int = 200, runs: int = 30) -> float:
+    """Microseconds onnxruntime's profiler adds to every node's recorded kernel time.
+
+    It reads a node's start time before, and its end time after, formatting the node's input and
+    output shapes and thread-pool statistics into strings (`KernelScope` in onnxruntime's
+    sequential_executor.cc): about 9 µs on a 2-core VM, most of a small node's recorded time,
+    which the timed, unprofiled run never pays. Calibrated on a chain of `nodes` no-op nodes
+    (Unsqueeze and Squeeze of a [8, 99] tensor, graph optimisations off so they stay): their
+    median recorded time less the unprofiled run's time per node. A node's time less this cost is
+    its kernel plus the executor's per-node work, which the unprofiled run does pay."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    chain = [helper.make_node("Unsqueeze" if i % 2 == 0 else "Squeeze", [f"t{i}", "axes"], [f"t{i + 1}"]) for i in range(nodes)]
+    graph = helper.make_graph(
+        chain, "noop_chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [8, 99])],
+        [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [8, 99])],
+        [numpy_helper.from_array(np.array([2], dtype=np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10).SerializeToString()
+    x = np.zeros((8, 99), dtype=np.float32)
+    per_node = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for profiled in (False, True):
+            options = ort_runtime.session_options(threads)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.enable_profiling = profiled
+            options.profile_file_prefix = str(Path(tmp) / "calibration")
+            session = ort_runtime.session(model, options=options)
+            for _ in range(10):
+                session.run(None, {"t0": x})
+            walls = [_time(lambda: session.run(None, {"t0": x}), 1) * 1000 for _ in range(runs)]
+            per_node[profiled] = statistics.median(walls) / nodes
+            if profiled:
+                events = json.loads(Path(session.end_profiling()).read_text())
+                starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")[-runs:]
+                per_run = [[] for _ in starts]
+                for e in events:
+                    if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[0]:
+                        per_run[bisect.bisect_right(starts, e["ts"]) - 1].append(e["dur"])
+                # whole microseconds each: a run's mean resolves what one value cannot; the median
+                # over runs ignores a run the machine interrupted
+                recorded = statistics.median(statistics.mean(durations) for durations in per_run)
+    return max(recorded - per_node[False], 0.0)
 
 
 def _node_medians(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[dict[str, float], onnx.ModelProto]:
@@ -246,7 +309,7 @@ def run(
             c.ort_ms, c.torch_ms = times[("ort", c.method)], times[("torch", c.method)]
             if c.schedule is not None:
                 log(f"profiling {c.label}")
-                c.shares = profile_overheads(c.onnx_path, x.numpy(), threads)
+                c.profile = profile_overheads(c.onnx_path, x.numpy(), threads)
     return cands
 
 
@@ -287,12 +350,28 @@ def table(cands: list[Candidate], batch: int) -> str:
         flops_ratio = dense.gmacs / c.gmacs
         per_round = ratios(dense.ort_ms, c.ort_ms)
         speedup = statistics.median(per_round)
-        shares = " | ".join(f"{c.shares[k]:.1%}" if c.shares.get(k) else "—" for k in OVERHEADS)
+        measured = c.profile.shares if c.profile else {}
+        shares = " | ".join(f"{measured[k]:.1%}" if measured.get(k) else "—" for k in OVERHEADS)
         lines.append(
             f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ort_ms:.1f} | {batch * 1000 / ort_ms:.1f} | "
             f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} | {shares} | {torch_ms:.1f} | {statistics.median(ratios(c.torch_ms, c.ort_ms)):.2f}x |"
         )
     return "\n".join(lines)
+
+
+def profile_note(cands: list[Candidate]) -> str:
+    """How far the shares can be trusted: the profiler cost they exclude, and how the node time left
+    compares with the timed (unprofiled) runs; near 100% means the profile accounts for the run."""
+    profiled = [c for c in cands if c.profile]
+    if not profiled:
+        return ""
+    costs = [c.profile.profiler_us for c in profiled]
+    covered = [c.profile.node_ms / statistics.median(c.ort_ms) for c in profiled]
+    return (
+        f"Shares exclude the {min(costs):.1f}–{max(costs):.1f} µs that onnxruntime's profiler adds to every node's "
+        f"recorded time (calibrated per session); the node time left is {min(covered):.0%}–{max(covered):.0%} "
+        "of the timed run."
+    )
 
 
 def ratios(slower: list[float], faster: list[float]) -> list[float]:

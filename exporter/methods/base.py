@@ -188,13 +188,15 @@ def mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x[b, idx[b, j]] for x [B, N, C] (or [B, N]) and idx [B, K].
 
-    Rows are fetched whole (GatherND over (batch, token) pairs): a GatherElements would need the
-    indices expanded to [B, K, C] first, an int64 copy bigger than the tokens it gathers, which
-    was the largest cost of the reduction machinery in onnxruntime.
+    Rows are fetched whole, by one Gather on the [B * N, C] view with flat indices b * N + idx: a
+    GatherElements would need the indices expanded to [B, K, C] first (an int64 copy bigger than
+    the tokens it gathers), and onnxruntime's GatherND over (batch, token) pairs takes about
+    nearly twice as long as this Gather for a DeiT-S layer at batch 8.
     """
     if x.dim() == 2:
         return torch.gather(x, 1, idx)
-    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
+    flat = (idx + x.shape[1] * torch.arange(x.shape[0], device=x.device)[:, None]).flatten()
+    return x.flatten(0, 1).index_select(0, flat).unflatten(0, idx.shape)
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ fused token is an ordinary patch token at later locations. As in the authors' co
 whose keep count is every patch token (always the case at keep_rate 1) is left dense, without a
 fused token. DeiT-S, keep_rate 0.7, fused: 197 -> 140 (block 3) -> 100 (6) -> 72 (9) tokens.
 
-Export: K is a Python int (TopK with a constant K), the kept tokens are one GatherND, and the
+Export: K is a Python int (TopK with a constant K), the kept tokens are one Gather of rows, and the
 authors' complement index (scatter + sort with a data-dependent K) becomes a mask-weighted sum
 Σ(1 - m)·a·x, with m the one-hot of the kept indices. That sum is exact and, unlike
 Σall - Σkept, has no fp16 cancellation. Scores are the fp32 class-token row from `attend`.

@@ -33,7 +33,7 @@ rounds the keep count down (int) and classifies the mean of the patch tokens. Th
 does have the representative token and the increment broadcast.
 
 Export: the authors' sort becomes a TopK with constant K = keep. The informative tokens are gathered
-(GatherND). rep is a mask-weighted sum, with the mask built from the one-hot of the kept
+(one Gather of rows). rep is a mask-weighted sum, with the mask built from the one-hot of the kept
 indices. The informative outputs go back to their places through the one-hot MatMul
 (`scatter_add_tokens`), not through in-place slice writes (ScatterND). Everything else is slices and cat.
 """

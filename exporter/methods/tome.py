@@ -17,9 +17,9 @@ Where this differs from the authors' code, and why no result they compute change
 - Their `scores[..., 0, :] = -inf` (a ScatterND) becomes a Where on the class token's best match: as in
   theirs, it is last in the ranking and never merged, since r <= (tokens - 1) // 2.
 - Their `scatter_reduce('sum')` and division become x_p + sum_i s_i (x_i - x_p) / s'_p, the same weighted
-  average, summed by a one-hot MatMul (exact; TensorRT <= 9 silently ignores the reduction of
-  ScatterElements). Sizes and the weighted differences are fp32 also in an fp16 graph, which adds them to
-  x_p in fp16. LayerScale (ls1/ls2) is honoured; their block override ignores it.
+  average, summed over the sources of a partner by a MatMul (exact; TensorRT <= 9 silently ignores the
+  reduction of ScatterElements) and put in place by a gather. Sizes and merged tokens are computed in fp32
+  also in an fp16 graph and rounded once. LayerScale (ls1/ls2) is honoured; their block override ignores it.
 - Proportional attention follows the authors' defaults: on for class-token models (`patch/timm.py`), off for
   average-pooling (MAE-style) models (`patch/mae.py`); `prop_attn` overrides it.
 """
@@ -150,10 +150,12 @@ class ToMeViT(ReducedViT):
     def _merge(self, x: torch.Tensor, size: Optional[torch.Tensor], metric: torch.Tensor, r: int):
         """Bipartite soft matching on `metric` [B, N, C], then the size-weighted average of x.
 
-        Works on token positions of x (A = even, B = odd) rather than on split copies of it. One gather lays
-        out the output (unmerged A tokens, then every B token); a partner j with sources i becomes
-        x_j + sum_i s_i (x_i - x_j) / s'_j (s'_j = s_j + sum_i s_i, the authors' weighted average rewritten),
-        so only the r merged tokens are weighted and a one-hot MatMul adds them: no op scales every token.
+        Works on token positions of x (A = even, B = odd) rather than on split copies of it. Every merged A
+        token computes its partner's merged value x_p + sum_i s_i (x_i - x_p) / s'_p over the sources i of
+        that partner (s'_p = s_p + sum_i s_i, the authors' weighted average rewritten), the sum being an
+        [r, r] MatMul over sources that share a partner. The r merged rows are appended to x and one gather
+        lays out the output: unmerged A tokens, then every B token, a partner read from an appended row.
+        Only that append and gather touch every token.
         """
         n = x.shape[1]
         metric = metric.float()
@@ -166,18 +168,20 @@ class ToMeViT(ReducedViT):
         if self.replay is not None:  # merges another run chose: the A tokens they leave
             unmerged = self._rest(src, a.shape[1])
         dst = self.record(gather_tokens(partner, src))
-        odd = torch.arange(1, n, 2, device=x.device).expand(x.shape[0], -1)
-        layout = torch.cat([2 * unmerged, odd], dim=1)  # positions in x of the n - r output tokens
-        out_dst = dst + unmerged.shape[1]  # each partner's place in the output
-        into = scatter_matrix(out_dst, n - r, torch.float32)  # [B, n - r, r]
         if size is None:
             size = torch.ones_like(metric[..., 0])
+        same = (dst[:, :, None] == dst[:, None, :]).float()  # [B, r, r]: sources sharing a partner
         src_pos, dst_pos = 2 * src, 2 * dst + 1  # positions in x
         src_size = gather_tokens(size, src_pos)
-        size = gather_tokens(size, layout) + (into @ src_size[..., None])[..., 0]
+        merged_size = gather_tokens(size, dst_pos) + (same @ src_size[..., None])[..., 0]  # s'_p, per source
         x_src, x_dst = gather_tokens(x, src_pos).float(), gather_tokens(x, dst_pos).float()
-        moved = (src_size / gather_tokens(size, out_dst))[..., None] * (x_src - x_dst)
-        return gather_tokens(x, layout) + (into @ moved).to(x.dtype), size
+        merged = x_dst + same @ ((src_size / merged_size)[..., None] * (x_src - x_dst))  # [B, r, C]
+        # B token j reads x's row 2j + 1, or, if it is a partner, the appended row of a source merged into it
+        partnered, source = scatter_matrix(dst, b.shape[1], torch.float32).max(dim=-1)  # [B, B tokens]
+        odd = torch.arange(1, n, 2, device=x.device)
+        layout = torch.cat([2 * unmerged, torch.where(partnered > 0, n + source, odd)], dim=1)  # the n - r output tokens
+        x = torch.cat([x, merged.to(x.dtype)], dim=1)
+        return gather_tokens(x, layout), gather_tokens(torch.cat([size, merged_size], dim=1), layout)
 
     @staticmethod
     def _split(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:

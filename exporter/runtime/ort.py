@@ -19,12 +19,13 @@ def session_options(threads: Optional[int] = None):
     return options
 
 
-def session(path: Path | str, threads: Optional[int] = None, providers: Optional[list[str]] = None, options=None):
-    """A session from `session_options(threads)` unless `options` are given."""
+def session(model: Path | str | bytes, threads: Optional[int] = None, providers: Optional[list[str]] = None, options=None):
+    """A session on a model file (or serialized model) from `session_options(threads)` unless `options` are given."""
     import onnxruntime as ort
 
     options = options or session_options(threads)
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    model = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
 
 
 def run(sess, x: np.ndarray) -> list[np.ndarray]:
