@@ -142,9 +142,9 @@ def profile_overheads(path: Path, x: np.ndarray, threads: int, sessions: int = 3
     """Fraction of node time spent in each kind of `overhead_nodes`, from onnxruntime's profiler on
     a session like the one the bench times (all graph optimisations on). Each node counts with its
     median time over `runs` runs after a warm-up run, less the profiler's own cost per node
-    (`profiler_cost`, calibrated just before), and is charged to the exported node it computes (`_origins`); each share is
-    the median over `sessions` fresh sessions, since one session's placement in memory can shift
-    it by half a percentage point on a small machine."""
+    (`profiler_cost`, calibrated just before), and is charged to the exported node it computes
+    (`_origins`); each share is the median over `sessions` fresh sessions, since one session's
+    placement in memory can shift it by half a percentage point on a small machine."""
     exported = onnx.load(str(path), load_external_data=False)
     kinds = overhead_nodes(exported)
     shares: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -199,9 +199,8 @@ def profiler_cost(threads: int, nodes: int = 200, runs: int = 30) -> float:
                 events = json.loads(Path(session.end_profiling()).read_text())
                 starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")[-runs:]
                 per_run = [[] for _ in starts]
-                for e in events:
-                    if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[0]:
-                        per_run[bisect.bisect_right(starts, e["ts"]) - 1].append(e["dur"])
+                for _, ts, dur in _kernel_times(events, starts[0]):
+                    per_run[bisect.bisect_right(starts, ts) - 1].append(dur)
                 # whole microseconds each: a run's mean resolves what one value cannot; the median
                 # over runs ignores a run the machine interrupted
                 recorded = statistics.median(statistics.mean(durations) for durations in per_run)
@@ -223,10 +222,16 @@ def _node_medians(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[d
         optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
     warm = sorted(e["ts"] for e in events if e.get("name") == "model_run")[1]
     times: dict[str, list[float]] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= warm:
-            times.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"])
+    for name, _, dur in _kernel_times(events, warm):
+        times.setdefault(name, []).append(dur)
     return {name: statistics.median(durations) for name, durations in times.items()}, optimized
+
+
+def _kernel_times(events: list[dict], since: float):
+    """(node name, start, µs) of every kernel the profiler recorded from time `since` on."""
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
+            yield e["name"][: -len("_kernel_time")], e["ts"], e["dur"]
 
 
 def _origins(optimized: onnx.ModelProto, exported: onnx.ModelProto) -> dict[str, str]:

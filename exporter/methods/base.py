@@ -190,8 +190,8 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
     Rows are fetched whole, by one Gather on the [B * N, C] view with flat indices b * N + idx: a
     GatherElements would need the indices expanded to [B, K, C] first (an int64 copy bigger than
-    the tokens it gathers), and onnxruntime's GatherND over (batch, token) pairs takes about
-    nearly twice as long as this Gather for a DeiT-S layer at batch 8.
+    the tokens it gathers), and onnxruntime's GatherND over (batch, token) pairs takes nearly
+    twice as long as this Gather for a DeiT-S layer at batch 8.
     """
     if x.dim() == 2:
         return torch.gather(x, 1, idx)
