@@ -1,0 +1,56 @@
+// The fused token-op kernels' C launchers: the one ABI the plugins' enqueue() and the ctypes GPU
+// tests call. Each launcher is generated from the Triton kernel of the same name in
+// exporter/ops/kernels (cubins per architecture, launched through the CUDA driver API).
+//
+// Conventions, for every launcher:
+// - `stream` is a cudaStream_t / CUstream; every pointer is a device pointer to a contiguous,
+//   row-major tensor. `dtype` is the token dtype: 0 = float32, 1 = float16. Scores, similarities
+//   and sizes are float32, indices int64, whatever `dtype` is.
+// - B images, N tokens in (class token first), C channels; the other sizes are the plugins'
+//   attributes (see plugins/<op>/contract.json, which also gives every output's shape).
+// - `workspace` holds at least `<name>_workspace(...)` bytes (may be null when that is 0).
+// - Returns 0 on success, otherwise a CUresult (e.g. 209, no kernel image for this GPU).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Keep the class token and the k patch tokens of highest score (best first); with fuse, append
+// the dropped patches' score-weighted sum. tokens [B, 1+k+fuse, C], idx [B, k] patch positions.
+size_t exporter_topk_prune_workspace(int dtype, int B, int N, int C, int k, int fuse);
+int exporter_topk_prune(void* stream, int dtype, int B, int N, int C, int k, int fuse,
+                        const void* x, const float* score, void* tokens, int64_t* idx, void* workspace);
+
+// Evo-ViT stage start: tokens [B, keep+2, C] = [class, top-keep patches by g, rep], idx [B, keep].
+size_t exporter_evovit_select_workspace(int dtype, int B, int N, int C, int keep);
+int exporter_evovit_select(void* stream, int dtype, int B, int N, int C, int keep,
+                           const void* x, const float* g, void* tokens, int64_t* idx, void* workspace);
+
+// Evo-ViT stage end: out [B, N, C], informative tokens back in place, placeholders + moved.
+// tokens [B, K+2, C], moved [B, 1, C], idx [B, K].
+size_t exporter_evovit_restore_workspace(int dtype, int B, int N, int C, int K);
+int exporter_evovit_restore(void* stream, int dtype, int B, int N, int C, int K,
+                            const void* x, const void* tokens, const void* moved, const int64_t* idx,
+                            void* out, void* workspace);
+
+// ToMe bipartite soft matching + size-weighted merge of r tokens. metric [B, N, Cm] (dtype).
+// tokens [B, N-r, C], size_out [B, N-r], src [B, r], dst [B, r].
+size_t exporter_tome_merge_workspace(int dtype, int B, int N, int C, int Cm, int r);
+int exporter_tome_merge(void* stream, int dtype, int B, int N, int C, int Cm, int r,
+                        const void* x, const float* size, const void* metric,
+                        void* tokens, float* size_out, int64_t* src, int64_t* dst, void* workspace);
+
+// DiffRate prune to keep tokens by score, then merge the tail beyond `merge` (merge < keep).
+// score [B, N-1]; tokens [B, merge, C], size_out [B, merge], idx [B, keep-1], dst [B, keep-merge].
+size_t exporter_diffrate_reduce_workspace(int dtype, int B, int N, int C, int keep, int merge);
+int exporter_diffrate_reduce(void* stream, int dtype, int B, int N, int C, int keep, int merge,
+                             const void* x, const float* size, const float* score,
+                             void* tokens, float* size_out, int64_t* idx, int64_t* dst, void* workspace);
+
+#ifdef __cplusplus
+}
+#endif
