@@ -1,0 +1,1 @@
+"""Token operations: one custom op per reduction step, its reference maths, plugin contracts and kernels."""
