@@ -153,7 +153,6 @@ def _methods(args, console: Console) -> int:
             table.add_row(m.name, "\n".join(f"{p.flag} ({p.default}): {p.help}" for p in m.params) or "—", m.summary)
         console.print(table)
         return 0
-    from .methods.base import ReducedViT
     from .methods.flops import count_gmacs
     from .models import create_model, input_size
 
@@ -173,8 +172,8 @@ def _methods(args, console: Console) -> int:
             table.add_row(m.name, "—", f"[yellow]{e.problem}[/yellow]", "—", "—")
             continue
         gmacs = count_gmacs(model, size)
-        schedule = model.schedule if isinstance(model, ReducedViT) else ["dense"]
-        resolved = model.params if isinstance(model, ReducedViT) else m.resolve(params)
+        schedule = model.schedule or ["dense"]
+        resolved = model.params
         table.add_row(
             m.name,
             ", ".join(f"{k}={v}" for k, v in resolved.items()) or "—",

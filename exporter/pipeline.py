@@ -23,7 +23,6 @@ from . import __version__, artifacts
 from .export import lint
 from .export.graphs import FP16, Graph, export_graph, planned
 from .methods import apply_method, get_method
-from .methods.base import ReducedViT
 from .methods.flops import count_gmacs
 from .models import create_model, input_size
 from .runtime.rtx import rtx_check
@@ -138,9 +137,9 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         "run_name": spec.run_name,
         "spec": spec.to_dict(),
         "passed": passed,
-        "schedule": model.schedule if isinstance(model, ReducedViT) else None,
+        "schedule": model.schedule,
         # what the method ran with, defaults resolved (e.g. DiffRate's flops budget and its counts)
-        "method_params": model.params if isinstance(model, ReducedViT) else spec.method_params,
+        "method_params": model.params,
         "flops": _flops(dense, model, size),
         "thresholds": (
             f"fp32: max abs <= {parity.FP32_MAX_ABS:g}, top-1 agreement 100%; fp16: min cosine >= "
@@ -175,10 +174,9 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
         dense, model = prepare(spec)
     graphs = planned(spec.precision, spec.io_fp16)
     with tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
-        if isinstance(model, ReducedViT):
-            with stage("export debug graphs (kept-token indices as outputs)"):
-                for g in graphs:
-                    export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
+        with stage("export debug graphs (kept-token indices as outputs)"):
+            for g in graphs:
+                export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
         report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
@@ -187,7 +185,7 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
     dense_gmacs = count_gmacs(dense, size)
-    gmacs = dense_gmacs if model is dense else count_gmacs(model, size)
+    gmacs = count_gmacs(model, size)
     return {"dense_gmacs": round(dense_gmacs, 4), "gmacs": round(gmacs, 4), "ratio": round(dense_gmacs / gmacs, 4)}
 
 

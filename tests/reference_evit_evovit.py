@@ -22,6 +22,7 @@ from exporter.export.fp16 import export_fp16
 from exporter.export.lint import lint
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method
+from exporter.ops import reference as token_ops
 
 PATCHES = 64  # decisive_vit()'s default: 8x8 patches, depth 6
 FP32_MARGIN = 1e-4  # fp32 scores differ by ~1e-6 relative between these implementations and runtimes
@@ -85,13 +86,9 @@ def decisive_images(vit, reference, params: dict, batch: int, min_margin: float,
 
 def run(reduced, img):
     """(fp32 logits, recorded indices) of a reduced module, in the module's own precision."""
-    reduced.trace = []
-    try:
-        with torch.no_grad():
-            logits = reduced(img.to(next(reduced.parameters()).dtype)).float()
-        return logits, reduced.trace
-    finally:
-        reduced.trace = None
+    with torch.no_grad():
+        logits, *kept = reduced.forward_traced(img.to(next(reduced.parameters()).dtype))
+    return logits.float(), kept
 
 
 def assert_same_tokens(got, want):
@@ -254,7 +251,7 @@ def static_topk_ks(model) -> list[int]:
 
 # ---- checks shared by test_evit.py and test_evovit.py ------------------------------------------
 
-def check_fp16_keeps_fp32_tokens(monkeypatch, module, method: str, reference, params: dict, selections: int):
+def check_fp16_keeps_fp32_tokens(monkeypatch, method: str, reference, params: dict, selections: int):
     """The half-precision module ranks fp32 scores (`selections` TopKs over 2 runs) and keeps the
     tokens the fp32 module keeps, on decisive inputs."""
     vit = decisive_vit(3)
@@ -265,7 +262,7 @@ def check_fp16_keeps_fp32_tokens(monkeypatch, module, method: str, reference, pa
         score_dtypes.append(scores.dtype)
         return torch.topk(scores, k, dim=-1).indices
 
-    monkeypatch.setattr(module, "top_indices", top_indices)
+    monkeypatch.setattr(token_ops, "top_indices", top_indices)
     img = decisive_images(vit, reference, params, 3, FP16_MARGIN, seed=30)
     logits32, ids32 = run(reduced, img)
     logits16, ids16 = run(copy.deepcopy(reduced).half(), img)

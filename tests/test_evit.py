@@ -7,7 +7,6 @@ import pytest
 import timm
 import torch
 
-import exporter.methods.evit as evit_module
 from exporter.errors import ExporterError
 from exporter.methods import apply_method, get_method
 from exporter.methods.base import boolean, int_list
@@ -94,7 +93,7 @@ def test_keeping_one_token(fuse):
 
 
 def test_fp16_keeps_the_fp32_tokens(monkeypatch):
-    check_fp16_keeps_fp32_tokens(monkeypatch, evit_module, "evit", reference, PARAMS, selections=6)
+    check_fp16_keeps_fp32_tokens(monkeypatch, "evit", reference, PARAMS, selections=6)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -7,7 +7,6 @@ import pytest
 import timm
 import torch
 
-import exporter.methods.evovit as evovit_module
 from exporter.errors import ExporterError
 from exporter.methods import apply_method, get_method
 from exporter.methods.base import int_list
@@ -87,7 +86,7 @@ def test_keeping_one_token():
 
 
 def test_fp16_keeps_the_fp32_tokens(monkeypatch):
-    check_fp16_keeps_fp32_tokens(monkeypatch, evovit_module, "evovit", reference, PARAMS, selections=4)
+    check_fp16_keeps_fp32_tokens(monkeypatch, "evovit", reference, PARAMS, selections=4)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -27,7 +27,6 @@ import torch
 
 from ..export.onnx_export import export_onnx
 from ..methods import apply_method, get_method
-from ..methods.base import ReducedViT
 from ..methods.flops import count_gmacs
 from ..runtime import ort as ort_runtime
 # What a method adds to the dense model's time, as the bench reports it (see `overhead_nodes`).
@@ -270,8 +269,7 @@ def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, 
     for name in methods:
         params = get_method(name).resolve({})
         model = apply_method(dense, name, **params)
-        schedule = model.schedule if isinstance(model, ReducedViT) else None
-        shown = model.params if isinstance(model, ReducedViT) else params  # as resolved by the method
+        schedule, shown = model.schedule, model.params  # as resolved by the method
         label = name + "".join(f" {k}={_short(v)}" for k, v in shown.items() if v is not None)
         out.append(Candidate(label, name, params, model, count_gmacs(model, img_size), schedule))
     return out

@@ -13,12 +13,14 @@ from typing import Optional
 
 import torch
 
-from ..methods.base import ReducedViT, Traced
+from ..methods.base import Traced
 from .fp16 import export_fp16
 from .onnx_export import OUTPUT_NAME, export_onnx, keep_outputs
 
 FP32 = "model.onnx"
 FP16 = "model.fp16.onnx"
+PLUGINS = "model.plugins.onnx"
+PLUGINS_FP16 = "model.plugins.fp16.onnx"
 
 
 @dataclass
@@ -26,19 +28,26 @@ class Graph:
     file: str  # name inside the bundle
     precision: str
     io_fp16: bool = False
+    lowering: str = "decompose"  # token ops as standard ops, or as plugin nodes ("plugin")
     debug: Optional[Path] = None  # the same graph with kept indices as outputs (reduced models)
 
 
-def planned(precision: str, io_fp16: bool) -> list[Graph]:
+def planned(precision: str, io_fp16: bool, plugins: bool = False) -> list[Graph]:
+    """The graphs of a bundle: standard ops always; with `plugins`, the plugin-node twin of each."""
     graphs = [Graph(FP32, "fp32")]
     if precision == "fp16":
         graphs.append(Graph(FP16, "fp16", io_fp16))
+    if plugins:
+        graphs.append(Graph(PLUGINS, "fp32", lowering="plugin"))
+        if precision == "fp16":
+            graphs.append(Graph(PLUGINS_FP16, "fp16", io_fp16, lowering="plugin"))
     return graphs
 
 
 def export_graph(model: torch.nn.Module, graph: Graph, bundle: Path, debug_dir: Path, write_deliverable: bool = True, **kwargs) -> Optional[dict]:
     """Write `graph` into `bundle` (and its debug twin into `debug_dir`); returns fp16 facts or None."""
     fp16 = graph.precision == "fp16"
+    kwargs = {**kwargs, "lowering": graph.lowering}
 
     def export(module, path, **extra):
         if fp16:
@@ -46,13 +55,12 @@ def export_graph(model: torch.nn.Module, graph: Graph, bundle: Path, debug_dir: 
         export_onnx(module, path, **kwargs, **extra)
         return None
 
-    if not isinstance(model, ReducedViT):
-        return export(model, bundle / graph.file) if write_deliverable else None
-    traced = Traced(model)
     with torch.no_grad():
-        count = len(traced(torch.zeros(1, 3, *kwargs["img_size"]))) - 1
+        count = len(model.forward_traced(torch.zeros(1, 3, *kwargs["img_size"]))) - 1
+    if count == 0:  # no token choices to compare: the graph is its own debug twin
+        return export(model, bundle / graph.file) if write_deliverable else None
     graph.debug = debug_dir / graph.file
-    facts = export(traced, graph.debug, output_names=[OUTPUT_NAME] + [f"kept{i}" for i in range(count)])
+    facts = export(Traced(model), graph.debug, output_names=[OUTPUT_NAME] + [f"kept{i}" for i in range(count)])
     if write_deliverable:
         keep_outputs(graph.debug, bundle / graph.file, [OUTPUT_NAME])
     return facts

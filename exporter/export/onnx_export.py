@@ -29,12 +29,17 @@ def export_onnx(
     output_names: Optional[Sequence[str]] = None,
     in_chans: int = 3,
     dtype: torch.dtype = torch.float32,
+    lowering: str = "decompose",
 ) -> Path:
     """Export `module` to `path` (+ `path.data`); returns `path`.
 
     `batch` is (min, opt, max). When min == max the batch is a fixed dimension; otherwise it is
-    the symbolic dimension `batch`, and every other dimension stays static.
+    the symbolic dimension `batch`, and every other dimension stays static. `lowering` is how token
+    ops are written: `decompose` (standard ops) or `plugin` (one TensorRT plugin node each).
     """
+    from .. import ops
+    from ..ops.plugin_nodes import translation_table
+
     path = Path(path)
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     lo, opt, hi = batch
@@ -47,11 +52,13 @@ def export_onnx(
         dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM, min=lo, max=hi)},)
     names = list(output_names) if output_names else [OUTPUT_NAME]
     module = module.eval()
-    with torch.no_grad(), _quiet():
+    table = translation_table() if lowering == "plugin" else None
+    with torch.no_grad(), _quiet(), ops.lowering(lowering):
         program = torch.onnx.export(
             module,
             (dummy,),
             dynamo=True,
+            custom_translation_table=table,
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=names,

@@ -7,9 +7,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ExporterError
-from .base import REGISTRY, Method, ReducedViT, Traced, register
+from .base import REGISTRY, Dense, Method, ReducedViT, Traced, register
 
-register("none", "dense baseline: the model unchanged")(lambda model: model.eval())
+register("none", "dense baseline: the model unchanged")(Dense)
 
 # Importing a method module registers it; keep this list in the order methods are documented.
 from . import evit, evovit, diffrate, tome  # noqa: E402,F401
@@ -37,4 +37,4 @@ def apply_method(model: nn.Module, name: str, **params) -> nn.Module:
     return method.apply(model, **method.resolve(params)).eval()
 
 
-__all__ = ["apply_method", "list_methods", "get_method", "ReducedViT", "Traced", "Method"]
+__all__ = ["apply_method", "list_methods", "get_method", "Dense", "ReducedViT", "Traced", "Method"]

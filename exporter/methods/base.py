@@ -185,51 +185,41 @@ def mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x[b, idx[b, j]] for x [B, N, C] (or [B, N]) and idx [B, K].
+class Choices:
+    """The token choices of one forward pass, passed down the block loop (never kept on a module).
 
-    Rows are fetched whole, by one Gather on the [B * N, C] view with flat indices b * N + idx: a
-    GatherElements would need the indices expanded to [B, K, C] first (an int64 copy bigger than
-    the tokens it gathers), and onnxruntime's GatherND over (batch, token) pairs takes nearly
-    twice as long as this Gather for a DeiT-S layer at batch 8.
+    Every reduction `add`s the indices it chose, in order; the traced forward returns them. Given
+    `replay` (another run's choices, in the same order), each reduction `take`s its share and uses
+    it instead of choosing: PyTorch then computes what that run computed after a near-tie went the
+    other way. `traced` asks for choices comparable across runtimes (EViT then follows token
+    identities, which costs a gather per reduction).
     """
-    if x.dim() == 2:
-        return torch.gather(x, 1, idx)
-    flat = (idx + x.shape[1] * torch.arange(x.shape[0], device=x.device)[:, None]).flatten()
-    return x.flatten(0, 1).index_select(0, flat).unflatten(0, idx.shape)
 
+    def __init__(self, replay: Optional[Sequence[torch.Tensor]] = None, traced: bool = False):
+        self.replay: Optional[Iterator[torch.Tensor]] = None if replay is None else iter(replay)
+        self.traced = traced or replay is not None
+        self.kept: list[torch.Tensor] = []
 
-def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores per row, best first: TopK with a constant K, sorted=1."""
-    return torch.topk(scores, int(k), dim=-1, largest=True, sorted=True).indices
+    def take(self, count: int = 1, like: Optional[torch.Tensor] = None):
+        """The next `count` replayed index tensors (as a tuple when count > 1), or None when not replaying."""
+        if self.replay is None:
+            return None
+        taken = tuple(next(self.replay).to(device=None if like is None else like.device, dtype=torch.int64) for _ in range(count))
+        return taken[0] if count == 1 else taken
 
-
-def scatter_matrix(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """[B, S] indices -> [B, n, S] with M[b, j, s] = 1 where idx[b, s] == j (Equal + Cast), so
-    scatter-adds become MatMuls (exact, supported by every TensorRT version, unlike ScatterElements
-    with a reduction). Built in this orientation so no transpose is materialised."""
-    return (torch.arange(n, device=idx.device)[:, None] == idx[:, None, :]).to(dtype)
-
-
-def scatter_add_tokens(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """dst[b, idx[b, s]] += src[b, s] for dst [B, M, C], idx [B, S], src [B, S, C], as a MatMul."""
-    return dst + scatter_matrix(idx, dst.shape[1], src.dtype) @ src
+    def add(self, *idx: torch.Tensor) -> None:
+        self.kept.extend(idx)
 
 
 class ReducedViT(nn.Module):
-    """A timm VisionTransformer whose block loop reduces tokens.
+    """A timm VisionTransformer whose block loop reduces tokens with the token ops (`exporter.ops`).
 
-    Subclasses implement `forward_blocks(x) -> (x, size)`, where `size` is the [B, N] number
-    of original patches each token stands for (None when tokens are only dropped). `schedule`
-    lists the tokens (class token included) leaving every block; it is fixed at construction,
-    which is what makes the exported graph static.
-
-    Setting `trace` to a list makes every reduction append the indices it chose, so tests and
-    debug exports can compare the kept-token sets of two runtimes (a tie versus a bug). Setting
-    `replay` to an iterator of another run's traced indices makes every reduction use those
-    instead of its own, so PyTorch computes what that run computed after a near-tie went the
-    other way there (see `record`). Both are set through `Traced`: EViT follows token identities,
-    and so can replay them, only while tracing.
+    Subclasses implement `forward_blocks(x, choices) -> (x, size)`, where `size` is the [B, N] number
+    of original patches each token stands for (None when tokens are only dropped), and record what
+    every reduction chose in `choices`. `schedule` lists the tokens (class token included) leaving
+    every block; it is fixed at construction, which is what makes the exported graph static.
+    `forward_traced` returns the logits and the choices, the debug export that lets two runtimes'
+    kept-token sets be compared, and replays given choices.
     """
 
     method: str = ""
@@ -238,25 +228,15 @@ class ReducedViT(nn.Module):
         super().__init__()
         check_vit(vit)
         self.vit = vit.eval()
-        self.schedule = [int(n) for n in schedule]
+        self.schedule: Optional[list[int]] = [int(n) for n in schedule]
         self.params = dict(params)
-        self.trace: Optional[list[torch.Tensor]] = None
-        self.replay: Optional[Iterator[torch.Tensor]] = None
 
     @property
     def num_tokens(self) -> int:
         """Tokens entering the first block (patches + class token) at the model's image size."""
         return self.vit.patch_embed.num_patches + self.vit.num_prefix_tokens
 
-    def record(self, idx: torch.Tensor) -> torch.Tensor:
-        """A reduction's choice: `idx`, or the next replayed one; traced when tracing."""
-        if self.replay is not None:
-            idx = next(self.replay).to(idx)
-        if self.trace is not None:
-            self.trace.append(idx)
-        return idx
-
-    def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward_blocks(self, x: torch.Tensor, choices: Choices) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
 
     def pool(self, x: torch.Tensor, size: Optional[torch.Tensor]) -> torch.Tensor:
@@ -268,32 +248,50 @@ class ReducedViT(nn.Module):
         w = size[:, 1:, None].to(x.dtype)
         return (x[:, 1:] * w).sum(dim=1) / w.sum(dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, choices: Choices) -> torch.Tensor:
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
-        x, size = self.forward_blocks(x)
+        x, size = self.forward_blocks(x, choices)
         x = vit.norm(x)
         return vit.head(vit.head_drop(vit.fc_norm(self.pool(x, size))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, Choices())
+
+    def forward_traced(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None) -> tuple:
+        """(logits, *indices each reduction chose); with `replay`, the reductions use those instead."""
+        choices = Choices(replay, traced=True)
+        return (self._forward(x, choices), *choices.kept)
 
     def extra_repr(self) -> str:
         return f"method={self.method}, params={self.params}, tokens={self.num_tokens}->{self.schedule}"
 
 
-class Traced(nn.Module):
-    """Wraps a ReducedViT so its forward returns (logits, *kept indices per reduction): the
-    debug export that lets onnxruntime's token choices be compared with PyTorch's. Given
-    `replay` (indices per reduction, as traced), the reductions use those instead of choosing."""
+class Dense(nn.Module):
+    """The dense baseline behind a reduced model's interface: the caller's model, no token choices."""
 
-    def __init__(self, reduced: ReducedViT):
+    method = "none"
+
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.reduced = reduced
+        self.model = model.eval()
+        self.schedule: Optional[list[int]] = None
+        self.params: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_traced(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None) -> tuple:
+        return (self.model(x),)
+
+
+class Traced(nn.Module):
+    """A model's `forward_traced` as its forward, for export: (logits, *kept indices per reduction),
+    and, given `replay`, the reductions use those indices instead of choosing."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
 
     def forward(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None):
-        self.reduced.trace = []
-        self.reduced.replay = None if replay is None else iter(replay)
-        try:
-            logits = self.reduced(x)
-            return (logits, *self.reduced.trace)
-        finally:
-            self.reduced.trace = self.reduced.replay = None
-
+        return self.model.forward_traced(x, replay)

@@ -42,22 +42,21 @@ import torch
 from torch import nn
 
 from ..errors import ExporterError
+from .. import ops
+from ..ops.reference import gather_tokens, log_size
 from .base import (
+    Choices,
     Param,
     ReducedViT,
     attend,
     attn_residual,
     check_vit,
-    gather_tokens,
     int_list,
     mlp_residual,
     register,
-    scatter_matrix,
-    top_indices,
 )
 
 SCHEDULES = "diffrate_compression_rates.json"
-_TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -207,52 +206,32 @@ class DiffRateViT(ReducedViT):
         super().__init__(vit, schedule, params)
         self.steps = steps
 
-    def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward_blocks(self, x: torch.Tensor, choices: Choices) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         size = None  # [B, N] fp32, patches per token (similarity-weighted); None while all are 1
         for block, step in zip(self.vit.blocks, self.steps):
-            bias = None if size is None else size.clamp_min(_TINY).log()
+            bias = None if size is None else log_size(size)
             attended = attend(block.attn, block.norm1(x), bias=bias, cls_row=step is not None)
             x = x + attn_residual(block, attended.out)
             if step is not None:
-                x, size = self._reduce(x, size, attended.cls_row, step)
+                x, size = self._reduce(x, size, attended.cls_row[:, :, 1:].mean(dim=1), step, choices)
             x = x + mlp_residual(block, x)
         return x, size
 
-    def _reduce(self, x: torch.Tensor, size: Optional[torch.Tensor], cls_row: torch.Tensor, step: Step):
+    @staticmethod
+    def _reduce(x: torch.Tensor, size: Optional[torch.Tensor], score: torch.Tensor, step: Step, choices: Choices):
         """Prune to the class token plus the `keep - 1` patches it attends to most (best first), then merge
-        the tokens beyond `merge`. The kept tokens are gathered straight into head and tail, no copy between."""
+        the tokens beyond `merge`; a block that only prunes is a `topk_prune` without a fused token. Records
+        the kept positions (patch position + 1) and, when merging, the head position each tail token went to."""
         if step.keep == 1:
             return x[:, :1], None if size is None else size[:, :1]
-        idx = self.record(top_indices(cls_row[:, :, 1:].mean(dim=1), step.keep - 1) + 1)
-        order = torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
         if step.merge is None:
-            return gather_tokens(x, order), None if size is None else gather_tokens(size, order)
-        if size is None:
-            size = torch.ones_like(x[..., 0], dtype=torch.float32)
-        head, tail = order[:, : step.merge], order[:, step.merge :]
-        return self._merge(
-            gather_tokens(x, head), gather_tokens(x, tail), gather_tokens(size, head), gather_tokens(size, tail)
-        )
-
-    def _merge(self, head: torch.Tensor, tail: torch.Tensor, head_size: torch.Tensor, tail_size: torch.Tensor):
-        """Each tail token into its most similar head token but the class token: (dst + sources) / (1 + count).
-
-        Cosine similarity is the raw dot product scaled by both norms afterwards (same argmax, and only the
-        [tail, head] matrix is divided, not every token).
-        """
-        h, t = head.float(), tail.float()
-        dots = (t @ h.transpose(1, 2))[:, :, 1:] / h.norm(dim=-1)[:, None, 1:]  # column 0, the class token, left out
-        similarity, best = dots.max(dim=-1)
-        dst = self.record(best + 1)
-        if self.replay is not None:  # partners another run chose: their similarities, not the best ones
-            similarity = dots.gather(-1, (dst - 1).unsqueeze(-1)).squeeze(-1)
-        similarity = similarity / t.norm(dim=-1)
-        into = scatter_matrix(dst, h.shape[1], torch.float32)  # [B, head, tail]
-        size = head_size + (into @ (tail_size * similarity)[..., None])[..., 0]
-        count = 1.0 + into.sum(dim=-1)  # [B, head]: each head token and its sources
-        # the mean (x_j + sum_i x_i) / count_j as x_j + sum_i (x_i - x_j) / count_j: only tail-sized ops
-        moved = (t - gather_tokens(h, dst)) / gather_tokens(count, dst)[..., None]
-        return head + (into @ moved).to(head.dtype), size
+            chosen = choices.take(like=x)
+            x, idx = ops.topk_prune(x, score, step.keep - 1, False, None if chosen is None else chosen - 1)
+            choices.add(idx + 1)
+            return x, None if size is None else gather_tokens(size, torch.cat([torch.zeros_like(idx[:, :1]), idx + 1], dim=1))
+        x, size, idx, dst = ops.diffrate_reduce(x, size, score, step.keep, step.merge, choices.take(2, like=x))
+        choices.add(idx, dst)
+        return x, size
 
 
 def _flops(text: str) -> float:

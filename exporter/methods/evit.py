@@ -24,7 +24,10 @@ import math
 import torch
 
 from ..errors import ExporterError
+from .. import ops
+from ..ops.reference import gather_tokens
 from .base import (
+    Choices,
     Param,
     ReducedViT,
     attend,
@@ -32,13 +35,10 @@ from .base import (
     boolean,
     check_blocks,
     check_vit,
-    gather_tokens,
     int_list,
     mlp_residual,
     register,
-    scatter_matrix,
     to_fraction,
-    top_indices,
 )
 
 
@@ -64,37 +64,32 @@ class EViT(ReducedViT):
         self.keep = keep  # {block: patch tokens kept there}
         self.fuse = fuse
 
-    def forward_blocks(self, x: torch.Tensor):
+    def forward_blocks(self, x: torch.Tensor, choices: Choices):
         # When tracing, follow which token each position holds: patch ids 0..P-1, and -1-j for the
         # token fused at reduction j. Recording identities rather than positions means two runtimes
         # that order near-equal kept tokens differently still record the same choice.
-        ids = None if self.trace is None else torch.arange(x.shape[1] - 1, device=x.device).expand(x.shape[0], -1)
+        ids = torch.arange(x.shape[1] - 1, device=x.device).expand(x.shape[0], -1) if choices.traced else None
         for i, blk in enumerate(self.vit.blocks):
             if i in self.keep:
-                x, ids = self.reduce(blk, x, self.keep[i], ids)
+                x, ids = self.reduce(blk, x, self.keep[i], ids, choices)
             else:
                 x = blk(x)
         return x, None
 
-    def reduce(self, blk, x: torch.Tensor, k: int, ids):
+    def reduce(self, blk, x: torch.Tensor, k: int, ids, choices: Choices):
         """One block that keeps `k` patch tokens (plus the fused one) between attention and MLP."""
         att = attend(blk.attn, blk.norm1(x), cls_row=True)
         x = x + attn_residual(blk, att.out)
-        patches = x[:, 1:]
         score = att.cls_row[:, :, 1:].mean(dim=1)  # [B, N-1], fp32
-        idx = top_indices(score, k)
+        chosen = choices.take(like=x)
+        if chosen is not None:  # the tokens another run kept: where they are here
+            chosen = (ids[:, None, :] == chosen[:, :, None]).float().argmax(dim=-1)
+        x, idx = ops.topk_prune(x, score, k, self.fuse, chosen)
         if ids is not None:
-            chosen = self.record(gather_tokens(ids, idx))
-            if self.replay is not None:  # the tokens another run kept: where they are here
-                idx = (ids[:, None, :] == chosen[:, :, None]).float().argmax(dim=-1)
-            ids = chosen
+            ids = gather_tokens(ids, idx)
+            choices.add(ids)
             if self.fuse:
-                ids = torch.cat([ids, torch.full_like(ids[:, :1], -len(self.trace))], dim=1)
-        tokens = [x[:, :1], gather_tokens(patches, idx)]
-        if self.fuse:
-            dropped = 1.0 - scatter_matrix(idx, patches.shape[1], score.dtype).sum(dim=-1)  # [B, N-1]: 1 where dropped
-            tokens.append((dropped * score).unsqueeze(1).to(x.dtype) @ patches)
-        x = torch.cat(tokens, dim=1)
+                ids = torch.cat([ids, torch.full_like(ids[:, :1], -len(choices.kept))], dim=1)
         return x + mlp_residual(blk, x), ids
 
 

@@ -42,21 +42,20 @@ from __future__ import annotations
 import torch
 
 from ..errors import ExporterError
+from .. import ops
+from ..ops.reference import gather_tokens, placeholders, scatter_add_tokens
 from .base import (
+    Choices,
     Param,
     ReducedViT,
     attend,
     attn_residual,
     check_blocks,
     check_vit,
-    gather_tokens,
     int_list,
     mlp_residual,
     register,
-    scatter_add_tokens,
-    scatter_matrix,
     to_fraction,
-    top_indices,
 )
 
 
@@ -71,7 +70,7 @@ class EvoViT(ReducedViT):
         super().__init__(vit, [patches + 1] * first + [keep + 2] * (depth - first), params)
         self.stages, self.alpha, self.keep = stages, alpha, keep
 
-    def forward_blocks(self, x: torch.Tensor):
+    def forward_blocks(self, x: torch.Tensor, choices: Choices):
         blocks = self.vit.blocks
         if not self.stages:
             return blocks(x), None
@@ -82,21 +81,15 @@ class EvoViT(ReducedViT):
         bounds = [*self.stages, len(blocks)]
         for start, end in zip(bounds, bounds[1:]):
             # g after the last stage ranks nothing, so that stage does not track it
-            x, g = self.stage(blocks[start:end], x, g, score=end < len(blocks))
+            x, g = self.stage(blocks[start:end], x, g, end < len(blocks), choices)
         return x, None
 
-    def stage(self, blocks, x: torch.Tensor, g: torch.Tensor, score: bool):
+    def stage(self, blocks, x: torch.Tensor, g: torch.Tensor, score: bool, choices: Choices):
         """Run `blocks` on [class, top-`keep` tokens by g, rep]; return all tokens (in their original
         places) and, when `score`, g updated through the stage."""
         k = self.keep
-        idx = self.record(top_indices(g, k))  # informative tokens, best first
-        patches = x[:, 1:]
-        waiting = 1.0 - scatter_matrix(idx, g.shape[1], g.dtype).sum(dim=-1)  # [B, patches]: 1 for placeholders
-        weights = waiting * g
-        # clamp: all-zero placeholder attention (fp32 underflow) gives rep = 0 instead of NaN
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-        rep = weights.unsqueeze(1).to(x.dtype) @ patches
-        y = torch.cat([x[:, :1], gather_tokens(patches, idx), rep], dim=1)
+        y, idx = ops.evovit_select(x, g, k, choices.take(like=x))  # informative tokens, best first
+        choices.add(idx)
         g_inf = gather_tokens(g, idx) if score else None
         moved = 0  # the sum of rep's increments so far
         for blk in blocks:
@@ -105,10 +98,10 @@ class EvoViT(ReducedViT):
             if score:
                 g_inf = self.alpha * g_inf + (1 - self.alpha) * a[:, :k]
         # placeholders move with rep; informative tokens go back to their places (exact selections)
-        patches = scatter_add_tokens(waiting.unsqueeze(-1).to(x.dtype) * (patches + moved), idx, y[:, 1:-1])
+        x = ops.evovit_restore(x, y, moved, idx)
         if score:
-            g = scatter_add_tokens((waiting * g).unsqueeze(-1), idx, g_inf.unsqueeze(-1)).squeeze(-1)
-        return torch.cat([y[:, :1], patches], dim=1), g
+            g = scatter_add_tokens((placeholders(idx, g.shape[1], g.dtype) * g).unsqueeze(-1), idx, g_inf.unsqueeze(-1)).squeeze(-1)
+        return x, g
 
 
 def run_block(blk, x: torch.Tensor, score: bool):

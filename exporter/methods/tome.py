@@ -31,19 +31,18 @@ import torch
 from torch import nn
 
 from ..errors import ExporterError
+from .. import ops
 from .base import (
+    Choices,
     Param,
     ReducedViT,
     attend,
     attn_residual,
     boolean,
     check_vit,
-    gather_tokens,
     int_list,
     mlp_residual,
     register,
-    scatter_matrix,
-    top_indices,
 )
 
 RSpec = Union[int, Sequence[int], tuple[int, float], str]
@@ -136,69 +135,17 @@ class ToMeViT(ReducedViT):
         self.r = r
         self.prop_attn = prop_attn
 
-    def forward_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward_blocks(self, x: torch.Tensor, choices: Choices) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         size = None  # [B, N] fp32 patches per token; None while all are 1
         for block, r in zip(self.vit.blocks, self.r):
             bias = size.log() if self.prop_attn and size is not None else None
             attended = attend(block.attn, block.norm1(x), bias=bias)
             x = x + attn_residual(block, attended.out)
             if r > 0:
-                x, size = self._merge(x, size, attended.k.mean(dim=1), r)
+                x, size, src, dst = ops.tome_merge(x, size, attended.k.mean(dim=1), r, choices.take(2, like=x))
+                choices.add(src, dst)
             x = x + mlp_residual(block, x)
         return x, size
-
-    def _merge(self, x: torch.Tensor, size: Optional[torch.Tensor], metric: torch.Tensor, r: int):
-        """Bipartite soft matching on `metric` [B, N, C], then the size-weighted average of x.
-
-        Works on token positions of x (A = even, B = odd) rather than on split copies of it. Every merged A
-        token computes its partner's merged value x_p + sum_i s_i (x_i - x_p) / s'_p over the sources i of
-        that partner (s'_p = s_p + sum_i s_i, the authors' weighted average rewritten), the sum being an
-        [r, r] MatMul over sources that share a partner. The r merged rows are appended to x and one gather
-        lays out the output: unmerged A tokens, then every B token, a partner read from an appended row.
-        Only that append and gather touch every token.
-        """
-        n = x.shape[1]
-        metric = metric.float()
-        a, b = metric[:, ::2], metric[:, 1::2]  # A position i is token 2i; the class token is A's first
-        # cosine similarity: b normalised before the MatMul, a after the max (one division per row)
-        best, partner = (a @ (b / b.norm(dim=-1, keepdim=True)).transpose(1, 2)).max(dim=-1)
-        best = (best / a.norm(dim=-1)).masked_fill(torch.arange(a.shape[1], device=x.device) == 0, -torch.inf)
-        src, unmerged = self._split(best, r)
-        src = self.record(src)
-        if self.replay is not None:  # merges another run chose: the A tokens they leave
-            unmerged = self._rest(src, a.shape[1])
-        dst = self.record(gather_tokens(partner, src))
-        if size is None:
-            size = torch.ones_like(metric[..., 0])
-        same = (dst[:, :, None] == dst[:, None, :]).float()  # [B, r, r]: sources sharing a partner
-        src_pos, dst_pos = 2 * src, 2 * dst + 1  # positions in x
-        src_size = gather_tokens(size, src_pos)
-        merged_size = gather_tokens(size, dst_pos) + (same @ src_size[..., None])[..., 0]  # s'_p, per source
-        x_src, x_dst = gather_tokens(x, src_pos).float(), gather_tokens(x, dst_pos).float()
-        merged = x_dst + same @ ((src_size / merged_size)[..., None] * (x_src - x_dst))  # [B, r, C]
-        # B token j reads x's row 2j + 1, or, if it is a partner, the appended row of a source merged into it
-        partnered, source = scatter_matrix(dst, b.shape[1], torch.float32).max(dim=-1)  # [B, B tokens]
-        odd = torch.arange(1, n, 2, device=x.device)
-        layout = torch.cat([2 * unmerged, torch.where(partnered > 0, n + source, odd)], dim=1)  # the n - r output tokens
-        x = torch.cat([x, merged.to(x.dtype)], dim=1)
-        return gather_tokens(x, layout), gather_tokens(torch.cat([size, merged_size], dim=1), layout)
-
-    @staticmethod
-    def _split(best: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A positions from every A token's best match (the class token's is -inf): the r merged ones,
-        best first, and the unmerged ones, ascending (class token first). One TopK ranks all; a second
-        sorts the rest by position (its values, smallest first)."""
-        ranked = top_indices(best, best.shape[1])
-        src, rest = ranked[:, :r], ranked[:, r:]
-        unmerged = torch.topk(rest.float(), rest.shape[1], dim=-1, largest=False, sorted=True).values.long()
-        return src, unmerged
-
-    @staticmethod
-    def _rest(src: torch.Tensor, count: int) -> torch.Tensor:
-        """The A positions (of `count`) not in `src`, ascending: a TopK of smallest position + count * merged."""
-        merged = scatter_matrix(src, count, torch.float32).sum(dim=-1)
-        key = torch.arange(count, device=src.device) + count * merged
-        return torch.topk(key, count - src.shape[1], dim=-1, largest=False, sorted=True).indices
 
 
 @register(

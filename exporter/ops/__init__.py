@@ -1,1 +1,159 @@
-"""Token operations: one custom op per reduction step, its reference maths, plugin contracts and kernels."""
+"""Token operations: one op per reduction step of a block, what every method is built from.
+
+Each op is a `torch.library` custom op (`torch.ops.exporter.<name>`) with
+- its reference maths (`reference.py`, the CPU implementation and what everything is held to),
+- a shape function read from its plugin contract (`plugins/<name>/contract.json`),
+- a fused kernel on CUDA devices (`kernels/`, Triton), and
+- two ONNX lowerings chosen at export time (`lowering`): `decompose` traces the reference maths into
+  standard ops (TopK, Gather, MatMul: the portable default), `plugin` emits one custom node per op
+  per block that TensorRT resolves to the plugin of the same name (see `plugin_nodes.py`).
+
+Methods call the functions below. They run the reference maths inline (so a decomposed graph is
+exactly the reference), and the custom op when a plugin graph is being exported or the tensors are
+on a GPU. Passing `chosen` (indices another run returned) replays that run's choices, which only the
+reference does: verification replays in PyTorch on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .contracts import load as load_contract
+
+OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce")
+LOWERINGS = ("decompose", "plugin")
+
+_lowering: contextvars.ContextVar[str] = contextvars.ContextVar("exporter_lowering", default="decompose")
+
+
+@contextlib.contextmanager
+def lowering(mode: str) -> Iterator[None]:
+    """Export token ops as standard ops (`decompose`) or as plugin nodes (`plugin`) inside this block."""
+    if mode not in LOWERINGS:
+        raise ValueError(f"lowering must be one of {LOWERINGS}, got {mode!r}")
+    token = _lowering.set(mode)
+    try:
+        yield
+    finally:
+        _lowering.reset(token)
+
+
+def _custom(x: Tensor) -> bool:
+    """Call the custom op (plugin export, or its fused kernel on a GPU) rather than inline maths."""
+    return _lowering.get() == "plugin" or x.is_cuda
+
+
+def _ones(x: Tensor) -> Tensor:
+    return torch.ones(x.shape[:2], dtype=torch.float32, device=x.device)
+
+
+# ---- the functions methods call ---------------------------------------------------------------------
+
+def topk_prune(x: Tensor, score: Tensor, k: int, fuse: bool, chosen: Optional[Tensor] = None):
+    """(tokens [B, 1+k+fuse, C], idx [B, k]); see `reference.topk_prune`."""
+    if chosen is None and _custom(x):
+        return torch.ops.exporter.topk_prune(x, score, k, fuse)
+    return reference.topk_prune(x, score, k, fuse, chosen)
+
+
+def evovit_select(x: Tensor, g: Tensor, keep: int, chosen: Optional[Tensor] = None):
+    """(tokens [B, keep+2, C], idx [B, keep]); see `reference.evovit_select`."""
+    if chosen is None and _custom(x):
+        return torch.ops.exporter.evovit_select(x, g, keep)
+    return reference.evovit_select(x, g, keep, chosen)
+
+
+def evovit_restore(x: Tensor, tokens: Tensor, moved: Tensor, idx: Tensor) -> Tensor:
+    """[B, N, C]; see `reference.evovit_restore`."""
+    if _custom(x):
+        return torch.ops.exporter.evovit_restore(x, tokens, moved, idx)
+    return reference.evovit_restore(x, tokens, moved, idx)
+
+
+def tome_merge(x: Tensor, size: Optional[Tensor], metric: Tensor, r: int, chosen=None):
+    """(tokens [B, N-r, C], size [B, N-r], src [B, r], dst [B, r]); see `reference.tome_merge`."""
+    if chosen is None and _custom(x):
+        return torch.ops.exporter.tome_merge(x, _ones(x) if size is None else size, metric, r)
+    return reference.tome_merge(x, size, metric, r, chosen)
+
+
+def diffrate_reduce(x: Tensor, size: Optional[Tensor], score: Tensor, keep: int, merge: int, chosen=None):
+    """(tokens [B, merge, C], size [B, merge], idx [B, keep-1], dst [B, keep-merge]); see
+    `reference.diffrate_reduce`."""
+    if chosen is None and _custom(x):
+        return torch.ops.exporter.diffrate_reduce(x, _ones(x) if size is None else size, score, keep, merge)
+    return reference.diffrate_reduce(x, size, score, keep, merge, chosen)
+
+
+# ---- the custom ops ---------------------------------------------------------------------------------
+# The CPU implementation is the reference; CUDA gets the fused kernel (registered below).
+
+@torch.library.custom_op("exporter::topk_prune", mutates_args=())
+def _topk_prune(x: Tensor, score: Tensor, k: int, fuse: bool) -> tuple[Tensor, Tensor]:
+    return _dense(reference.topk_prune(x, score, k, fuse))
+
+
+@torch.library.custom_op("exporter::evovit_select", mutates_args=())
+def _evovit_select(x: Tensor, g: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    return _dense(reference.evovit_select(x, g, keep))
+
+
+@torch.library.custom_op("exporter::evovit_restore", mutates_args=())
+def _evovit_restore(x: Tensor, tokens: Tensor, moved: Tensor, idx: Tensor) -> Tensor:
+    return reference.evovit_restore(x, tokens, moved, idx)
+
+
+@torch.library.custom_op("exporter::tome_merge", mutates_args=())
+def _tome_merge(x: Tensor, size: Tensor, metric: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _dense(reference.tome_merge(x, size, metric, r))
+
+
+@torch.library.custom_op("exporter::diffrate_reduce", mutates_args=())
+def _diffrate_reduce(x: Tensor, size: Tensor, score: Tensor, keep: int, merge: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _dense(reference.diffrate_reduce(x, size, score, keep, merge))
+
+
+def _dense(outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Contiguous outputs, as a plugin writes them (the reference returns some as views)."""
+    return tuple(t.contiguous() for t in outputs)
+
+
+_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+def _fake(name: str):
+    """Shape function from the op's contract: inputs (in contract order), then its attributes."""
+    contract = load_contract(name)
+
+    def fake(*args):
+        tensors, attrs = args[: len(contract.inputs)], args[len(contract.inputs):]
+        shapes = contract.output_shapes([tuple(t.shape) for t in tensors], dict(zip(contract.attributes, attrs)))
+        x = tensors[0]
+        outs = [x.new_empty(shape, dtype=x.dtype if spec.dtype == "T" else _DTYPES[spec.dtype])
+                for spec, shape in zip(contract.outputs, shapes)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    return fake
+
+
+def _fused(name: str):
+    """The op's fused Triton kernel (imported on first use, so nothing GPU-only loads before)."""
+
+    def run(*args):
+        from . import kernels
+
+        return getattr(kernels, name)(*args)
+
+    return run
+
+
+for _name in OPS:
+    torch.library.register_fake(f"exporter::{_name}")(_fake(_name))
+    torch.library.register_kernel(f"exporter::{_name}", "cuda")(_fused(_name))
+
+__all__ = ["OPS", "LOWERINGS", "lowering", *OPS]

@@ -45,16 +45,20 @@ class Contract:
     token_dtypes: tuple[str, ...]  # what T may be
 
     def bind(self, shapes: list[tuple[Dim, ...]], attributes: Mapping[str, int]) -> dict[str, Any]:
-        """Symbol -> value from the inputs' actual shapes (a symbolic batch stays a string) and the
-        attributes; raises ValueError naming the first dimension that contradicts the contract."""
+        """Symbol -> value from the inputs' actual shapes (a symbolic batch, a string or SymInt, stays as
+        it is) and the attributes; raises ValueError naming the first dimension that contradicts the contract."""
         env: dict[str, Any] = {a: int(attributes[a]) for a in self.attributes}
-        for spec, shape in zip(self.inputs, shapes):
+        if len(shapes) != len(self.inputs):
+            raise ValueError(f"{self.plugin} takes {len(self.inputs)} inputs, got {len(shapes)}")
+        for spec, shape in zip(self.inputs, shapes):  # names first, so any input's expressions can use them
             if len(shape) != len(spec.shape):
                 raise ValueError(f"input '{spec.name}' has rank {len(shape)}, the contract says {len(spec.shape)}")
             for want, got in zip(spec.shape, shape):
-                if isinstance(want, str) and want.isidentifier() and want not in env:
-                    env[want] = got
-                elif not isinstance(got, str) and evaluate(want, env) != got:
+                if isinstance(want, str) and want.isidentifier():
+                    env.setdefault(want, got)
+        for spec, shape in zip(self.inputs, shapes):
+            for want, got in zip(spec.shape, shape):
+                if isinstance(got, int) and not (want == "B" or evaluate(want, env) == got):
                     raise ValueError(f"input '{spec.name}' has dimension {got} where the contract says {want} = {evaluate(want, env)}")
         return env
 

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..export.graphs import Graph
-from ..methods.base import ReducedViT, Traced
 from ..runtime import ort as ort_runtime
 from ..spec import BatchRange
 from .inputs import batches, held_out
@@ -42,7 +41,7 @@ def compare_graphs(
     n = x.shape[0]
     ref, *ref_idx = _torch_outputs(model, x)
     sensitive = None
-    if isinstance(model, ReducedViT) and any(g.precision == "fp16" for g in graphs):
+    if ref_idx and any(g.precision == "fp16" for g in graphs):
         # samples on which PyTorch's own half-precision model keeps other tokens than in fp32
         _, *half_idx = _torch_outputs(copy.deepcopy(model).half(), x.half())
         sensitive = _flipped(n, ref_idx, half_idx)
@@ -67,19 +66,15 @@ def compare_graphs(
 
 
 def _torch_outputs(model: torch.nn.Module, x: torch.Tensor, replay: Optional[list[np.ndarray]] = None) -> list[np.ndarray]:
-    """Logits (then, for reduced models, the kept indices per reduction) of every sample; with
+    """Logits (then the kept indices per reduction, if the model reduces tokens) of every sample; with
     `replay` (indices per reduction, as traced), the reductions use those instead of choosing.
 
     PyTorch runs once per sample set: its result does not depend on the batch, beyond rounding."""
     outputs = []
     with torch.no_grad():
         for start in range(0, x.shape[0], 8):
-            chunk = x[start : start + 8]
-            if not isinstance(model, ReducedViT):
-                outputs.append((model(chunk),))
-                continue
             chosen = None if replay is None else [torch.from_numpy(r[start : start + 8]) for r in replay]
-            outputs.append(Traced(model)(chunk, chosen))
+            outputs.append(model.forward_traced(x[start : start + 8], chosen))
     return _concat(outputs)
 
 
