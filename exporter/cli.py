@@ -62,6 +62,11 @@ def _add_build(sub) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="fp16 also writes model.fp16.onnx (default %(default)s)")
     g.add_argument("--io-fp16", action="store_true", help="fp16 graph inputs/outputs (default: fp32 I/O around an fp16 graph)")
     g.add_argument("--batch", default=str(d.batch), help="fixed batch size, or min:opt:max for a dynamic batch axis (default %(default)s)")
+    g.add_argument(
+        "--plugins",
+        action="store_true",
+        help="also write model.plugins.onnx (each token op one TensorRT plugin node) and build the plugin library",
+    )
     g.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, 17..20 (default %(default)s; TensorRT 10.3 parses <= 20)")
     g.add_argument("--out", type=Path, default=Path("artifacts"), help="directory for bundles (default %(default)s)")
     p.set_defaults(run=_build)
@@ -94,6 +99,7 @@ def _spec_from_args(args):
         batch=BatchRange.parse(args.batch),
         img_size=args.img_size,
         opset=args.opset,
+        plugins=args.plugins,
     )
 
 

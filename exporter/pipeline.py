@@ -21,11 +21,12 @@ from rich.console import Console
 
 from . import __version__, artifacts
 from .export import lint
-from .export.graphs import FP16, Graph, export_graph, planned
+from .export.graphs import FP16, PLUGIN_LIBRARY, Graph, export_graph, planned
 from .methods import apply_method, get_method
 from .methods.flops import count_gmacs
+from .ops.plugin_nodes import register_schemas
 from .models import create_model, input_size
-from .runtime.rtx import rtx_check
+from .runtime.rtx import RtxCheck, rtx_check
 from .spec import BuildSpec
 from .verify import parity
 from .verify.compare import compare_graphs
@@ -83,11 +84,17 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             dense, model = prepare(spec)
             size = input_size(dense)
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
-        graphs = planned(spec.precision, spec.io_fp16)
-        fp16_facts = None
+        graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
+        fp16_facts = library_status = None
         for g in graphs:
-            with stage(f"export {g.precision} ONNX"):
-                fp16_facts = export_graph(model, g, tmp, Path(debug), **kwargs) or fp16_facts
+            with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
+                facts = export_graph(model, g, tmp, Path(debug), **kwargs)
+                fp16_facts = facts if g.file == FP16 else fp16_facts
+        if spec.plugins:
+            with stage("build the plugin library"):
+                library_status = build_plugin_library(tmp)
+            if library_status["status"] == "skipped":
+                console.print(f"[yellow]warning[/yellow] plugin library not built: {library_status['reason']}")
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         if not report["passed"]:
             kept = artifacts.keep_failed(tmp, out, spec.run_name)
@@ -105,6 +112,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "method_params": report["method_params"],
             "flops": report["flops"],
             "fp16": fp16_facts,
+            "plugin_library": library_status,
             "io": {g.file: _io(tmp / g.file) for g in graphs},
             "files": artifacts.file_hashes(tmp),
         }
@@ -123,11 +131,9 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
             )
     with stage("verify against PyTorch"):
         comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
-    with stage("TensorRT-RTX parse + build"):
-        rtx = {
-            g.file: asdict(rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size)))
-            for g in graphs
-        }
+    library = bundle / PLUGIN_LIBRARY
+    with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")):
+        rtx = {g.file: asdict(_rtx(bundle / g.file, spec, size, g.lowering, library)) for g in graphs}
     passed = (
         all(c.passed for c in comparisons)
         and not any(problems.values())
@@ -172,7 +178,7 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
     spec = BuildSpec.from_dict(manifest["spec"])
     with stage(f"load {spec.model} and apply method {spec.method}"):
         dense, model = prepare(spec)
-    graphs = planned(spec.precision, spec.io_fp16)
+    graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
     with tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
         with stage("export debug graphs (kept-token indices as outputs)"):
             for g in graphs:
@@ -183,6 +189,26 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
     return report
 
 
+def build_plugin_library(bundle: Path) -> dict:
+    """Compile the plugin library into `bundle`/plugins (needs cmake, nvcc and TensorRT headers), or say
+    why not: the plugin graphs are still written and verified, only the TensorRT-RTX build is skipped."""
+    from .ops import library
+
+    reason = library.missing_toolchain()
+    if reason:
+        return {"status": "skipped", "reason": reason}
+    built = library.build_library(bundle / PLUGIN_LIBRARY.parent)
+    return {"status": "built", "file": built.relative_to(bundle).as_posix()}
+
+
+def _rtx(graph: Path, spec: BuildSpec, size, lowering: str, library: Path) -> RtxCheck:
+    """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded."""
+    if lowering == "plugin" and not library.is_file():
+        return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
+    return rtx_check(graph, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size),
+                     plugin_library=library if lowering == "plugin" else None)
+
+
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
     dense_gmacs = count_gmacs(dense, size)
     gmacs = count_gmacs(model, size)
@@ -191,6 +217,7 @@ def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
 
 def _check(path: Path) -> list[str]:
     """onnx.checker (full check, weights included) plus the static-shape and TensorRT lint."""
+    register_schemas()  # plugin nodes are checked against their schemas, made from the contracts
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:

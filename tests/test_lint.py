@@ -175,23 +175,43 @@ def test_local_functions_are_checked_and_inlined():
                   [vi("x", ["batch", 8])], [vi("y", None)], extra_opsets=["local"])
     graph.functions.append(function)
     only(lint.check_tensorrt(graph), "in function 'Select'", "TopK node 'inner'", "sorted=0")
-    assert lint.plugin_nodes(graph) == []
     assert lint.check_static(graph) == []
 
 
-def test_plugins_are_allowed_and_listed():
-    plugin = helper.make_node("FuseTokens", ["x"], ["y"], name="fuse", domain="tokred", plugin_version="2",
-                              plugin_namespace="tokred")
-    graph = model([plugin], [vi("x", ["batch", 8])], [vi("y", ["batch", 4])], extra_opsets=["tokred"])
-    assert lint.check_tensorrt(graph) == []
-    assert lint.plugin_nodes(graph) == [lint.PluginNode("fuse", "FuseTokens", "tokred", "2", "tokred")]
+def tome_node(**attrs):
+    attrs = {"r": 3, "plugin_version": "1", "plugin_namespace": "exporter", **attrs}
+    return helper.make_node("ToMeMerge", ["x", "size", "metric"], ["y", "s", "src", "dst"], name="merge",
+                            domain="exporter", **{k: v for k, v in attrs.items() if v is not None})
+
+
+def tome_graph(node, y_tokens=8):
+    inputs = [vi("x", ["batch", 11, 4]), vi("size", ["batch", 11]), vi("metric", ["batch", 11, 2])]
+    outputs = [vi("y", ["batch", y_tokens, 4]), vi("s", ["batch", 8]), vi("src", ["batch", 3], TensorProto.INT64),
+               vi("dst", ["batch", 3], TensorProto.INT64)]
+    return model([node], inputs, outputs, extra_opsets=["exporter"])
+
+
+def test_plugin_nodes_are_held_to_their_contract():
+    assert lint.check_tensorrt(tome_graph(tome_node())) == []
+    assert lint.check_static(tome_graph(tome_node())) == []
+    only(lint.check_tensorrt(tome_graph(tome_node(plugin_version="2"))), "plugin_version is '2'", "says '1'")
+    only(lint.check_tensorrt(tome_graph(tome_node(r=None))), "attribute 'r' is missing")
+    only(lint.check_tensorrt(tome_graph(tome_node(k=2))), "['k'] are not in its contract")
+    unknown = helper.make_node("FuseTokens", ["x"], ["y"], name="fuse", domain="tokred")
+    graph = model([unknown], [vi("x", ["batch", 8])], [vi("y", ["batch", 4])], extra_opsets=["tokred"])
+    only(lint.check_tensorrt(graph), "FuseTokens node 'fuse'", "no plugin of this name has a contract")
+
+
+def test_plugin_output_shapes_come_from_the_contract():
+    """A graph that declares other token counts than the plugin computes (N - r = 8) is caught."""
+    problems = lint.check_static(tome_graph(tome_node(), y_tokens=9))
+    assert any("declared [batch, 9, 4], its contract gives [batch, 8, 4]" in p for p in problems), problems
 
 
 def test_onnxruntime_contrib_ops_are_not_plugins():
     node = helper.make_node("FusedMatMul", ["x", "x"], ["y"], name="fused", domain="com.microsoft")
     graph = model([node], [vi("x", [2, 2])], [vi("y", [2, 2])], extra_opsets=["com.microsoft"])
     only(lint.check_tensorrt(graph), "FusedMatMul node 'fused'", "not a TensorRT plugin")
-    assert lint.plugin_nodes(graph) == []
 
 
 def test_targets_older_than_10_3_are_refused():

@@ -1,14 +1,19 @@
 """Every method goes through `build` end to end: static graphs that pass the lint and the TensorRT
-compatibility check, parity with PyTorch in fp32 and fp16, and the TensorRT-RTX parse + build.
+compatibility check, parity with PyTorch in fp32 and fp16, and the TensorRT-RTX parse + build; the
+reduced ones with `--plugins`, so their plugin graphs (one plugin node per token op per block) are
+verified in onnxruntime on the ops' reference and built by TensorRT-RTX with the plugin library.
 
 timm's 6-block `test_vit` (160 px, 101 tokens) keeps this fast; the deit_small builds are in the README.
 """
+import collections
 import importlib.util
 import json
 
+import onnx
 import pytest
 
 from exporter.cli import main
+from exporter.ops import library
 
 CASES = {
     "none": [],
@@ -17,21 +22,44 @@ CASES = {
     "diffrate": ["--prune-kept", "101,90,80,64,50,40", "--merge-kept", "101,85,70,60,44,30"],
     "tome": ["--r", "8"],
 }
+# plugin nodes in the plugin graph: one per token op per reducing block (DiffRate's first block keeps all)
+PLUGIN_NODES = {
+    "evit": {"TopKPrune": 2},
+    "evovit": {"EvoViTSelect": 2, "EvoViTRestore": 2},
+    "diffrate": {"DiffRateReduce": 5},
+    "tome": {"ToMeMerge": 6},
+}
+GRAPHS = ["model.onnx", "model.fp16.onnx"]
+PLUGIN_GRAPHS = ["model.plugins.onnx", "model.plugins.fp16.onnx"]
 
 
 @pytest.mark.parametrize("method", list(CASES))
 def test_method_builds(tmp_path, method):
     out = tmp_path / "out"
+    plugins = ["--plugins"] if method != "none" else []
     args = ["build", "--model", "test_vit", "--weights", "random", "--method", method, *CASES[method],
-            "--precision", "fp16", "--batch", "1:2:4", "--out", str(out)]
+            "--precision", "fp16", "--batch", "1:2:4", "--out", str(out), *plugins]
     assert main(args) == 0
     (bundle,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     report = json.loads((bundle / "report.json").read_text())
     assert report["passed"]
-    assert report["lint"] == {"model.onnx": [], "model.fp16.onnx": []}
-    expected = "passed" if importlib.util.find_spec("tensorrt_rtx") else "skipped"
-    for graph, rtx in report["tensorrt_rtx"].items():
-        assert rtx["status"] == expected, (graph, rtx)
+    graphs = GRAPHS + (PLUGIN_GRAPHS if plugins else [])
+    assert report["lint"] == {g: [] for g in graphs}
+    assert sorted({c["graph"] for c in report["comparisons"]}) == sorted(graphs)
+    rtx = "passed" if importlib.util.find_spec("tensorrt_rtx") else "skipped"
+    built = plugins and library.missing_toolchain() is None
+    assert (bundle / "plugins" / "libexporter_plugins.so").is_file() == bool(built)
+    for graph, result in report["tensorrt_rtx"].items():
+        expected = rtx if graph in GRAPHS or built else "skipped"
+        assert result["status"] == expected, (graph, result)
+    if plugins:
+        for graph in PLUGIN_GRAPHS:
+            nodes = onnx.load(str(bundle / graph), load_external_data=False).graph.node
+            assert collections.Counter(n.op_type for n in nodes if n.domain == "exporter") == PLUGIN_NODES[method]
+            assert len(nodes) < len(onnx.load(str(bundle / graph.replace(".plugins", "")), load_external_data=False).graph.node)
+        if built and rtx == "passed":
+            plugin_layers = report["tensorrt_rtx"]["model.plugins.onnx"]["plugin_layers"]
+            assert collections.Counter(plugin_layers) == PLUGIN_NODES[method]
     fp32 = [c for c in report["comparisons"] if c["precision"] == "fp32"]
     assert [c["batch"] for c in fp32] == [1, 2]
     assert all(c["max_abs"] <= 1e-4 for c in fp32)

@@ -21,6 +21,7 @@ FP32 = "model.onnx"
 FP16 = "model.fp16.onnx"
 PLUGINS = "model.plugins.onnx"
 PLUGINS_FP16 = "model.plugins.fp16.onnx"
+PLUGIN_LIBRARY = Path("plugins/libexporter_plugins.so")  # inside the bundle, with --plugins
 
 
 @dataclass

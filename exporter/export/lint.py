@@ -109,17 +109,6 @@ class OnnxLintError(ExporterError):
         self.problems = problems
 
 
-@dataclass(frozen=True)
-class PluginNode:
-    """A custom-domain node TensorRT resolves through its plugin registry (op_type = plugin name)."""
-
-    node: str
-    op_type: str
-    domain: str
-    version: str
-    namespace: str
-
-
 def lint(model: ModelLike, batch_dim: str = "batch", min_trt: tuple[int, int] = (10, 3)) -> list[str]:
     """All problems of `check_static` and `check_tensorrt`."""
     model, base_dir = _load(model)
@@ -293,7 +282,7 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, onnx.ValueInfoProto
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     engine = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=False, guess_output_rank=False, verbose=0)
-    declared = {v.name: v for v in model.graph.value_info}
+    declared = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
     if _opset(model) >= 18:
         # From opset 18 every Reduce* takes its axes as an input, like ReduceSum; the engine only knows
         # that form for ReduceSum/Mean/Prod and crashes on ReduceL2 (ToMe's key normalisation).
@@ -301,7 +290,7 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, onnx.ValueInfoProto
             engine.dispatcher_.setdefault(op, engine._infer_ReduceSum)
     for node in model.graph.node:
         if node.domain not in _STANDARD_DOMAINS and node.op_type not in engine.dispatcher_:
-            engine.dispatcher_[node.op_type] = _declared_shapes(engine, declared)
+            engine.dispatcher_[node.op_type] = _plugin_shapes(engine, declared)
     error = None
     try:
         engine._preprocess(model)
@@ -312,13 +301,29 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, onnx.ValueInfoProto
     return dict(engine.known_vi_), error
 
 
-def _declared_shapes(engine, declared: dict[str, onnx.ValueInfoProto]):
-    """Shape function for plugin nodes: the shapes the graph declares for their outputs."""
+def _plugin_shapes(engine, declared: dict[str, onnx.ValueInfoProto]):
+    """Shape function for plugin nodes: the output shapes and dtypes their contract gives for the inputs'
+    shapes (what the TensorRT plugin computes), or, for a plugin without a contract, the graph's declared
+    ones. A contract's shape that contradicts the graph's declaration raises, and shape inference reports it."""
+    from ..ops.contracts import by_plugin
 
     def infer(node: onnx.NodeProto) -> None:
-        for out in node.output:
-            if out in declared:
-                engine.known_vi_[out].CopyFrom(declared[out])
+        contract = by_plugin(node.op_type)
+        if contract is None or len(node.input) != len(contract.inputs):
+            for out in node.output:
+                if out in declared:
+                    engine.known_vi_[out].CopyFrom(declared[out])
+            return
+        inputs = [engine.known_vi_[i] for i in node.input]
+        token = inputs[0].type.tensor_type.elem_type
+        shapes = contract.output_shapes([tuple(_dims(v)) for v in inputs], _attributes(node))
+        for out, spec, shape in zip(node.output, contract.outputs, shapes):
+            dtype = token if spec.dtype == "T" else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
+            value = onnx.helper.make_tensor_value_info(out, dtype, list(shape))
+            if out in declared and (_dims(declared[out]), declared[out].type.tensor_type.elem_type) != (list(shape), dtype):
+                raise ValueError(f"{node.op_type} node '{node.name}': output '{out}' is declared "
+                                 f"{_render(_dims(declared[out]))}, its contract gives {_render(list(shape))}")
+            engine.known_vi_[out].CopyFrom(value)
 
     return infer
 
@@ -331,7 +336,7 @@ def check_tensorrt(model: ModelLike, min_trt: tuple[int, int] = (10, 3)) -> list
     """Problems that make TensorRT's ONNX parser reject the graph, or that we refuse to ship.
 
     The op table and restrictions are TensorRT 10.3's; newer releases only add ops and relax restrictions, so
-    for a newer `min_trt` the check is conservative. Custom-domain nodes are plugins (see `plugin_nodes`).
+    for a newer `min_trt` the check is conservative. Custom-domain nodes are plugins, checked against their contracts.
     Subgraphs (If/Loop/Scan) and local functions are checked too.
     """
     if tuple(min_trt) < (10, 3):
@@ -350,20 +355,6 @@ def check_tensorrt(model: ModelLike, min_trt: tuple[int, int] = (10, 3)) -> list
     for node, constants, where in _walk(model.graph.node, _constants(model.graph), functions, ""):
         problems.extend(f"{where}{p}" for p in _node_problems(node, constants))
     return problems
-
-
-def plugin_nodes(model: ModelLike) -> list[PluginNode]:
-    """Custom-domain nodes at the top level, as TensorRT will look them up in its plugin registry."""
-    model, _ = _load(model)
-    functions = {(f.domain, f.name) for f in model.functions}
-    plugins = []
-    for node in model.graph.node:
-        if node.domain in _STANDARD_DOMAINS + _FOREIGN_DOMAINS or (node.domain, node.op_type) in functions:
-            continue
-        attrs = _attributes(node)
-        plugins.append(PluginNode(node.name, node.op_type, node.domain, str(attrs.get("plugin_version", "1")),
-                                  str(attrs.get("plugin_namespace", ""))))
-    return plugins
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -417,7 +408,7 @@ def _node_problems(node: onnx.NodeProto, constants: dict) -> list[str]:
     if node.domain in _FOREIGN_DOMAINS:
         return [f"{name} (domain '{node.domain}') has no TensorRT importer and is not a TensorRT plugin"]
     if node.domain not in _STANDARD_DOMAINS:
-        return []  # a plugin: resolved through the registry at build time
+        return _plugin_problems(node)  # resolved through TensorRT's plugin registry at build time
     attrs = _attributes(node)
     if op in DATA_DEPENDENT_OPS:
         extra = "" if op in TRT_10_3_OPS else " (and TensorRT 10.3 has no importer for it)"
@@ -452,6 +443,34 @@ def _node_problems(node: onnx.NodeProto, constants: dict) -> list[str]:
         problems.append(f"{name}: only the first output is supported, the node lists {len(node.output)}")
     if op == "Resize":
         problems += _resize_problems(name, attrs)
+    return problems
+
+
+def _plugin_problems(node: onnx.NodeProto) -> list[str]:
+    """A plugin node against its contract (plugins/<op>/contract.json): name, version, namespace, attributes
+    and the number of inputs and outputs. Shapes and dtypes are checked with the graph's shapes (`check_static`)."""
+    from ..ops.contracts import by_plugin
+
+    name = f"{node.op_type} node '{node.name}' (domain '{node.domain}')"
+    contract = by_plugin(node.op_type)
+    if contract is None:
+        return [f"{name}: no plugin of this name has a contract in plugins/, so TensorRT has no creator for it"]
+    attrs = _attributes(node)
+    problems = []
+    for key, want in (("plugin_version", contract.version), ("plugin_namespace", contract.namespace)):
+        if str(attrs.get(key)) != want:
+            problems.append(f"{name}: {key} is {attrs.get(key)!r}, the plugin's contract says {want!r}")
+    given = {a.name: a for a in node.attribute if not a.name.startswith("plugin_")}
+    for attr in contract.attributes:
+        if attr not in given:
+            problems.append(f"{name}: attribute '{attr}' is missing")
+        elif given[attr].type != onnx.AttributeProto.INT:
+            problems.append(f"{name}: attribute '{attr}' must be an integer")
+    if set(given) - set(contract.attributes):
+        problems.append(f"{name}: attributes {sorted(set(given) - set(contract.attributes))} are not in its contract")
+    if len(node.input) != len(contract.inputs) or len(node.output) != len(contract.outputs):
+        problems.append(f"{name}: {len(node.input)} inputs and {len(node.output)} outputs, the contract says "
+                        f"{len(contract.inputs)} and {len(contract.outputs)}")
     return problems
 
 

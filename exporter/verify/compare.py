@@ -1,6 +1,8 @@
 """Run PyTorch and onnxruntime on the same held-out inputs and compare every graph of a bundle.
 
-For token-reduction models the kept-token indices are compared too, through each graph's debug
+Plugin graphs run in onnxruntime with their plugin nodes computed by the token ops' reference
+(`runtime.op_reference`), held to the same thresholds. For token-reduction models the kept-token
+indices are compared too, through each graph's debug
 twin (the same export with the chosen indices as extra outputs, see export.graphs), so a sample
 whose logits moved because a near-tie flipped a token is told apart from a broken graph: such a
 sample is compared with PyTorch replaying onnxruntime's choices (see verify.parity).
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from ..export.graphs import Graph
+from ..runtime import op_reference
 from ..runtime import ort as ort_runtime
 from ..spec import BatchRange
 from .inputs import batches, held_out
@@ -47,8 +50,9 @@ def compare_graphs(
         sensitive = _flipped(n, ref_idx, half_idx)
     results = []
     for g in graphs:
-        session = ort_runtime.session(bundle / g.file, threads)
-        debug = ort_runtime.session(g.debug, threads) if g.debug else None
+        open_session = op_reference.session if g.lowering == "plugin" else ort_runtime.session
+        session = open_session(bundle / g.file, threads)
+        debug = open_session(g.debug, threads) if g.debug else None
         for bs in verify_batches(batch):
             chunks = batches(x, bs)
             (out,) = _concat([ort_runtime.run(session, c.numpy()) for c in chunks], n)
