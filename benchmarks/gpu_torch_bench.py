@@ -1,17 +1,24 @@
-"""PyTorch throughput of every token-reduction method against the dense model on an NVIDIA GPU.
+"""PyTorch throughput of every token-reduction method against the dense model on an NVIDIA GPU: the
+standard-op reduction, the fused kernels, the authors' formulation and torch.compile side by side.
 
     python benchmarks/gpu_torch_bench.py [--model deit_small_patch16_224] [--batch 64,256] [--precision fp16]
-                                         [--eager] [--rounds 9] [--iterations 30]
+                                         [--eager] [--compile 256] [--rounds 9] [--iterations 30]
 
-This is the PyTorch reference that engines are compared against, measured on the GPU the engines target.
-By default every model is captured once as a CUDA graph and replayed. The times are then GPU time without
-Python's kernel-launch overhead, which an engine avoids too. `--eager` times plain module calls instead,
-which is what the papers' throughput numbers measured.
+Per method, the variants timed (each against the dense model, in the same interleaved rounds):
+- `standard ops`: the reduced model with its token ops in standard PyTorch ops (what a decomposed ONNX
+  graph computes: TopK, gathers, one-hot MatMuls);
+- `fused`: the same model with every token op as its fused Triton kernel (`exporter.ops`' CUDA kernels,
+  the kernels the TensorRT plugins launch);
+- `authors'`: the authors' formulation, as the tests' reference implementations of their code compute it
+  (sorts, scatter_reduce, explicit attention maps), without the tests' diagnostics;
+- `compiled`: `torch.compile` of the standard-op model, and of the dense model (what a user would try
+  instead), at the batch sizes `--compile` names (compilation is the slow part of a run).
 
-Every method runs at its default parameters (`exporter bench`'s `candidates`), with random weights: with
-static token counts, speed does not depend on the weights. Models take turns round by round with the same
-input (`interleaved`), and each speedup is the median of its per-round ratios. FLOPs are torch's
-FlopCounterMode count (`count_gmacs`).
+By default every variant is captured once as a CUDA graph and replayed, so the times are GPU time without
+Python's launch overhead, which an engine avoids too; `--eager` times module calls instead. Before timing,
+each fused model's logits are compared with its standard-op model's on the benchmark input (top-1
+agreement, max abs difference), so a speedup never comes from a kernel computing something else. Random
+weights: with static token counts, speed does not depend on them. FLOPs are torch's FlopCounterMode count.
 """
 from __future__ import annotations
 
@@ -19,29 +26,31 @@ import argparse
 import os
 import statistics
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from exporter import ops  # noqa: E402
 from exporter.bench.throughput import candidates, interleaved, ratios, selected_methods  # noqa: E402
 from exporter.models import create_model, input_size  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
-def graphed(model: torch.nn.Module, x: torch.Tensor):
-    """`model(x)` captured as a CUDA graph (after warm-up on a side stream, as torch.cuda.graphs requires);
+def graphed(fn, x: torch.Tensor):
+    """`fn(x)` captured as a CUDA graph (after warm-up on a side stream, as torch.cuda.graphs requires);
     returns its replay."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):
-            model(x)
+            fn(x)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        model(x)
+        fn(x)
     return graph.replay
 
 
@@ -55,6 +64,49 @@ def synced(fn):
     return call
 
 
+def authors(model):
+    """The authors' formulation of `model`'s method (the tests' reference code), or None for the dense model."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import reference_diffrate_tome as dt
+    import reference_evit_evovit as ee
+
+    p, vit = model.params, getattr(model, "vit", None)
+    forms = {
+        "evit": lambda x: ee.evit(vit, x, p["keep_rate"], p["locations"], p["fuse"], diagnostics=False)[0],
+        "evovit": lambda x: ee.evovit(vit, x, p["keep_rate"], p["stages"], p["alpha"], diagnostics=False)[0],
+        "diffrate": lambda x: dt.diffrate(vit, x, p["prune_kept"], p["merge_kept"], diagnostics=False)[0],
+        "tome": lambda x: dt.tome(vit, x, getattr(model, "r", None), p["prop_attn"], diagnostics=False)[0],
+    }
+    return forms.get(model.method)
+
+
+def variants(cand, compiled: bool) -> dict:
+    """label -> (fn(x), fused kernels on while capturing) for one method."""
+    out = {}
+    if cand.method == "none":
+        out["dense"] = (cand.model, False)
+        if compiled:
+            out["dense, compiled"] = (torch.compile(cand.model), False)
+        return out
+    out[f"{cand.method}, standard ops"] = (cand.model, False)
+    out[f"{cand.method}, fused"] = (cand.model, True)
+    form = authors(cand.model)
+    if form is not None:
+        out[f"{cand.method}, authors'"] = (form, False)
+    if compiled:
+        out[f"{cand.method}, compiled"] = (torch.compile(cand.model), False)
+    return out
+
+
+def agreement(model, x) -> str:
+    """Fused vs standard-op logits of `model` on `x`: top-1 agreement and max abs difference."""
+    with ops.fused_kernels(False):
+        want = model(x).float()
+    got = model(x).float()
+    top1 = (want.argmax(-1) == got.argmax(-1)).float().mean().item()
+    return f"top-1 {top1:.1%}, max |Δ| {(got - want).abs().max().item():.3g}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="deit_small_patch16_224")
@@ -62,6 +114,7 @@ def main() -> int:
     ap.add_argument("--batch", default="64,256", help="comma-separated batch sizes (default %(default)s)")
     ap.add_argument("--precision", choices=sorted(DTYPES), default="fp16")
     ap.add_argument("--eager", action="store_true", help="time module calls instead of CUDA-graph replays")
+    ap.add_argument("--compile", default="256", help="batch sizes that also time torch.compile ('' for none)")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds; medians are reported (default %(default)s)")
     ap.add_argument("--iterations", type=int, default=30, help="batches per model per round (default %(default)s)")
     args = ap.parse_args()
@@ -78,23 +131,30 @@ def main() -> int:
     size = input_size(dense)
     cands = candidates(dense, selected_methods(args.methods), size)  # FLOPs counted on the CPU, before the move
     dense.to("cuda", DTYPES[args.precision])  # the reduced models share its modules
+    compile_at = {int(b) for b in args.compile.split(",") if b}
     mode = "eager" if args.eager else "CUDA graph"
     print(f"{args.model}, {args.precision}, {mode}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"medians of {args.rounds} rounds x {args.iterations} batches")
     with torch.no_grad():
         for batch in (int(b) for b in args.batch.split(",")):
             x = torch.randn(batch, 3, *size, device="cuda", dtype=DTYPES[args.precision])
-            calls = {c.label: synced((lambda m=c.model: m(x)) if args.eager else graphed(c.model, x)) for c in cands}
+            calls, gmacs = {}, {}
+            for c in cands:
+                if c.method != "none":
+                    print(f"batch {batch}, {c.method}: fused vs standard ops: {agreement(c.model, x)}", flush=True)
+                for label, (fn, fused) in variants(c, batch in compile_at).items():
+                    with ops.fused_kernels(fused):
+                        calls[label] = synced((lambda f=fn: f(x)) if args.eager else graphed(fn, x))
+                    gmacs[label] = c.gmacs
             times = interleaved(calls, args.rounds, args.iterations, log=lambda _: None)
             print(f"\nbatch {batch}\n")
-            print("| method | GMACs | FLOPs ratio | ms/batch | img/s | measured speedup | speedup / FLOPs ratio |")
+            print("| model | GMACs | FLOPs ratio | ms/batch | img/s | speedup vs dense | speedup / FLOPs ratio |")
             print("|---|---|---|---|---|---|---|")
-            base = cands[0]
-            for c in cands:
-                ms = statistics.median(times[c.label])
-                per_round = ratios(times[base.label], times[c.label])
-                speedup, flops_ratio = statistics.median(per_round), base.gmacs / c.gmacs
-                print(f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ms:.2f} | {batch * 1000 / ms:.0f} | "
+            for label in calls:
+                ms = statistics.median(times[label])
+                per_round = ratios(times["dense"], times[label])
+                speedup, flops_ratio = statistics.median(per_round), gmacs["dense"] / gmacs[label]
+                print(f"| {label} | {gmacs[label]:.2f} | {flops_ratio:.2f}x | {ms:.2f} | {batch * 1000 / ms:.0f} | "
                       f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} |")
     return 0
 

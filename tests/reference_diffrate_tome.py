@@ -84,36 +84,37 @@ def _gap(sorted_desc: torch.Tensor, at: int, relative: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def diffrate(vit, img, prune_kept, merge_kept):
+def diffrate(vit, img, prune_kept, merge_kept, diagnostics=True):
     """Logits and, per block, {'kept': ids after pruning, 'src': ids merged, 'dst': their destinations' ids,
-    'rank_gaps': relative class-attention gaps at the prune/merge cuts, 'match_gaps': top1 - top2 cosine}."""
+    'rank_gaps': relative class-attention gaps at the prune/merge cuts, 'match_gaps': top1 - top2 cosine}.
+    Without `diagnostics` only what the authors compute (no gaps), as the GPU benchmark times it."""
     x = _embed(vit, img)
     B, N, C = x.shape
-    size = torch.ones(B, N, 1)
-    ids = torch.arange(N).expand(B, N)
+    size = torch.ones(B, N, 1, device=x.device, dtype=x.dtype)
+    ids = torch.arange(N, device=x.device).expand(B, N)
     log = []
     for block, prune, merge in zip(vit.blocks, prune_kept, merge_kept):
         out, attn, _ = _attention(block.attn, block.norm1(x), size)
         x = x + block.ls1(out)
         cls_attn = attn[:, :, 0, 1:].mean(dim=1)
         score, idx = torch.sort(cls_attn, descending=True)
-        idx = torch.cat([torch.zeros(B, 1, dtype=torch.long), idx + 1], dim=1)
+        idx = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=x.device), idx + 1], dim=1)
         x = torch.gather(x, 1, idx[..., None].expand(-1, -1, C))
         size, ids = torch.gather(size, 1, idx[..., None]), torch.gather(ids, 1, idx)
         n = x.shape[1]
         entry = {"rank_gaps": [], "match_gaps": None}
-        if 1 < prune < n:
+        if 1 < prune < n and diagnostics:
             entry["rank_gaps"].append(_gap(score, prune - 1, relative=True))
         x, size, ids = x[:, :prune], size[:, :prune], ids[:, :prune]
         entry["kept"] = ids
         if merge < prune:
-            if merge < x.shape[1]:
+            if merge < x.shape[1] and diagnostics:
                 entry["rank_gaps"].append(_gap(score, merge - 1, relative=True))
             metric = x / x.norm(dim=-1, keepdim=True)
             similarity = metric[:, merge:] @ metric[:, :merge].transpose(-1, -2)
             similarity[..., :, 0] = -math.inf
             node_max, node_idx = similarity.max(dim=-1)
-            if merge > 2:
+            if merge > 2 and diagnostics:
                 top2 = similarity.topk(2, dim=-1).values
                 entry["match_gaps"] = top2[..., 0] - top2[..., 1]
             dst_idx = node_idx[..., None]
@@ -128,9 +129,10 @@ def diffrate(vit, img, prune_kept, merge_kept):
 
 
 @torch.no_grad()
-def tome(vit, img, r_per_block, prop_attn=True):
+def tome(vit, img, r_per_block, prop_attn=True, diagnostics=True):
     """Logits and, per merging block, {'src': src_idx, 'dst': dst_idx (the authors' A/B frames),
-    'rank_gap': best-match cosine gap at the r cut, 'match_gaps': top1 - top2 cosine of each merged token}."""
+    'rank_gap': best-match cosine gap at the r cut, 'match_gaps': top1 - top2 cosine of each merged token}.
+    Without `diagnostics` no gaps are computed."""
     x = _embed(vit, img)
     T = x.shape[1] - 1
     size = None
@@ -151,10 +153,10 @@ def tome(vit, img, r_per_block, prop_attn=True):
             dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
             unm_idx = unm_idx.sort(dim=1)[0]
             entry = {"src": src_idx[..., 0], "dst": dst_idx[..., 0], "rank_gap": None, "match_gaps": None}
-            ranked = node_max.sort(dim=-1, descending=True).values
-            if r < a.shape[1] - 1:
+            ranked = node_max.sort(dim=-1, descending=True).values if diagnostics else None
+            if r < a.shape[1] - 1 and diagnostics:
                 entry["rank_gap"] = _gap(ranked, r, relative=False)
-            if b.shape[1] > 1:
+            if b.shape[1] > 1 and diagnostics:
                 top2 = scores[:, 1:].topk(2, dim=-1).values
                 entry["match_gaps"] = torch.gather(top2[..., 0] - top2[..., 1], 1, src_idx[..., 0] - 1)
             log.append(entry)

@@ -133,7 +133,7 @@ def margin(sorted_scores: torch.Tensor, k: int) -> float:
 def flat_gather(x, idx):
     """The authors' `easy_gather`: rows of the flattened [B*N, C] tensor with batch offsets."""
     B, N, C = x.shape
-    offset = torch.arange(B).view(B, 1) * N
+    offset = torch.arange(B, device=x.device).view(B, 1) * N
     return x.reshape(B * N, C)[(idx + offset).view(-1)].reshape(B, idx.shape[1], C)
 
 
@@ -155,14 +155,14 @@ def evit_identities(kept, n, fuse):
 def complement_idx(idx, n):
     """set(range(n)) - set(idx) per row, ascending: scatter zeros at the kept places, sort, drop
     the first k entries (the authors' construction)."""
-    a = torch.arange(n).expand(idx.shape[0], n)
+    a = torch.arange(n, device=idx.device).expand(idx.shape[0], n)
     masked = torch.scatter(a, 1, idx, 0)
     compl, _ = torch.sort(masked, dim=1)
     return compl[:, idx.shape[1]:]
 
 
 @torch.no_grad()
-def evit(vit, img, keep_rate, locations, fuse):
+def evit(vit, img, keep_rate, locations, fuse, diagnostics=True):
     x = embed(vit, img)
     kept, margins = [], []
     for i, blk in enumerate(vit.blocks):
@@ -173,7 +173,8 @@ def evit(vit, img, keep_rate, locations, fuse):
         if i in locations and keep_rate < 1 and left < N - 1:
             cls_attn = attn[:, :, 0, 1:].mean(dim=1)
             _, idx = torch.topk(cls_attn, left, dim=1, largest=True, sorted=True)
-            margins.append(margin(cls_attn.sort(dim=1, descending=True).values, left))
+            if diagnostics:
+                margins.append(margin(cls_attn.sort(dim=1, descending=True).values, left))
             kept.append(idx)
             others = x[:, 1:]
             tokens = [x[:, :1], torch.gather(others, 1, idx.unsqueeze(-1).expand(-1, -1, C))]
@@ -190,7 +191,7 @@ def evit(vit, img, keep_rate, locations, fuse):
 # ---- Evo-ViT (the paper's slow-fast update, as specified in exporter/methods/evovit.py) -------
 
 @torch.no_grad()
-def evovit(vit, img, keep_rate, stages, alpha):
+def evovit(vit, img, keep_rate, stages, alpha, diagnostics=True):
     x = embed(vit, img).clone()
     n = x.shape[1] - 1
     k = round(keep_rate * n)
@@ -198,11 +199,12 @@ def evovit(vit, img, keep_rate, stages, alpha):
         stages = ()
     kept, margins = [], []
     g = None
-    position = torch.arange(n).repeat(x.shape[0], 1)  # original patch position of each carried token
+    position = torch.arange(n, device=x.device).repeat(x.shape[0], 1)  # original patch position of each carried token
     for i, blk in enumerate(vit.blocks):
         if i in stages:
             g, order = torch.sort(g, dim=1, descending=True)
-            margins.append(margin(g, k))
+            if diagnostics:
+                margins.append(margin(g, k))
             position = torch.gather(position, 1, order)
             kept.append(position[:, :k])
             x[:, 1:] = flat_gather(x[:, 1:], order)

@@ -16,7 +16,6 @@ reference does: verification replays in PyTorch on the CPU.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Iterator, Optional
 
 import torch
@@ -28,7 +27,18 @@ from .contracts import load as load_contract
 OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce")
 LOWERINGS = ("decompose", "plugin")
 
-_lowering: contextvars.ContextVar[str] = contextvars.ContextVar("exporter_lowering", default="decompose")
+# Process-wide switches, set only through the context managers below (plain globals, which torch.compile
+# reads as constants, where a ContextVar would break its graph).
+_state = {"lowering": "decompose", "fused": True}
+
+
+@contextlib.contextmanager
+def _setting(key: str, value) -> Iterator[None]:
+    before, _state[key] = _state[key], value
+    try:
+        yield
+    finally:
+        _state[key] = before
 
 
 @contextlib.contextmanager
@@ -36,16 +46,21 @@ def lowering(mode: str) -> Iterator[None]:
     """Export token ops as standard ops (`decompose`) or as plugin nodes (`plugin`) inside this block."""
     if mode not in LOWERINGS:
         raise ValueError(f"lowering must be one of {LOWERINGS}, got {mode!r}")
-    token = _lowering.set(mode)
-    try:
+    with _setting("lowering", mode):
         yield
-    finally:
-        _lowering.reset(token)
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool) -> Iterator[None]:
+    """On a GPU, run token ops as their fused kernels (the default) or as the reference's standard ops
+    (what a decomposed graph computes; benchmarks compare the two)."""
+    with _setting("fused", bool(enabled)):
+        yield
 
 
 def _custom(x: Tensor) -> bool:
     """Call the custom op (plugin export, or its fused kernel on a GPU) rather than inline maths."""
-    return _lowering.get() == "plugin" or x.is_cuda
+    return _state["lowering"] == "plugin" or (x.is_cuda and _state["fused"])
 
 
 def _ones(x: Tensor) -> Tensor:
@@ -156,4 +171,4 @@ for _name in OPS:
     torch.library.register_fake(f"exporter::{_name}")(_fake(_name))
     torch.library.register_kernel(f"exporter::{_name}", "cuda")(_fused(_name))
 
-__all__ = ["OPS", "LOWERINGS", "lowering", *OPS]
+__all__ = ["OPS", "LOWERINGS", "lowering", "fused_kernels", *OPS]
