@@ -15,7 +15,7 @@ This module imports triton: import it only through `exporter.ops.kernels`.
 import triton
 import triton.language as tl
 
-TINY = 1.1754943508222875e-38  # smallest normal fp32: the reference's clamp of Evo-ViT's weight sum
+TINY = tl.constexpr(1.1754943508222875e-38)  # smallest normal fp32: the reference's clamp of Evo-ViT's weight sum
 
 
 @triton.jit
@@ -111,11 +111,13 @@ def evovit_restore_kernel(x, tokens, moved, idx, out, N, C, K,
 
 @triton.jit
 def tome_merge_kernel(x, size, metric, tokens, size_out, src, dst, N, C, Cm, r,
-                      BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr):
+                      BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """ToMe bipartite soft matching and size-weighted merge of one image.
 
     A = even positions (a -> token 2a), B = odd (b -> 2b + 1); BLOCK_A covers both sets. The [A, B]
-    cosine matrix, the ranking of A by best match and the [B, A] merge weights all stay in registers.
+    similarities are formed BLOCK_S B tokens at a time (running best match), the ranking of A stays in
+    registers, and the merge runs over the chosen sources BLOCK_S at a time: dense [A, B] and [B, A]
+    MatMuls, unrolled as fp32 FMAs, made cubins of ~1 MB at BLOCK_A 128.
     """
     b = tl.program_id(0).to(tl.int64)
     na = (N + 1) // 2
@@ -124,20 +126,32 @@ def tome_merge_kernel(x, size, metric, tokens, size_out, src, dst, N, C, Cm, r,
     am = ia < na
     bm = ia < nb  # B index vector is the same arange
     m_row = metric + b * N * Cm
-    dots = tl.zeros([BLOCK_A, BLOCK_A], dtype=tl.float32)
+    # best B partner of every A token, BLOCK_S B tokens at a time (ties: the lower B position)
     a2 = tl.zeros([BLOCK_A], dtype=tl.float32)
-    b2 = tl.zeros([BLOCK_A], dtype=tl.float32)
     for c0 in range(0, Cm, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < Cm
-        ta = tl.load(m_row + (2 * ia)[:, None] * Cm + c[None, :], mask=am[:, None] & cm[None, :], other=0.0).to(tl.float32)
-        tb = tl.load(m_row + (2 * ia + 1)[:, None] * Cm + c[None, :], mask=bm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-        dots += tl.dot(ta, tl.trans(tb), input_precision="ieee")
+        ta = tl.load(m_row + (2 * ia)[:, None] * Cm + c[None, :], mask=am[:, None] & (c < Cm)[None, :], other=0.0).to(tl.float32)
         a2 += tl.sum(ta * ta, axis=1)
-        b2 += tl.sum(tb * tb, axis=1)
-    sim = tl.where(bm[None, :], dots / tl.where(bm, tl.sqrt(b2), 1.0)[None, :], float("-inf"))
-    partner = tl.argmax(sim, axis=1, tie_break_left=True)
-    best = tl.max(sim, axis=1) / tl.where(am, tl.sqrt(a2), 1.0)
+    best = tl.full([BLOCK_A], float("-inf"), dtype=tl.float32)
+    partner = tl.zeros([BLOCK_A], dtype=tl.int32)
+    for j0 in range(0, nb, BLOCK_S):
+        j = j0 + tl.arange(0, BLOCK_S)
+        jm = j < nb
+        dots = tl.zeros([BLOCK_A, BLOCK_S], dtype=tl.float32)
+        b2 = tl.zeros([BLOCK_S], dtype=tl.float32)
+        for c0 in range(0, Cm, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            cm = c < Cm
+            ta = tl.load(m_row + (2 * ia)[:, None] * Cm + c[None, :], mask=am[:, None] & cm[None, :], other=0.0).to(tl.float32)
+            tb = tl.load(m_row + (2 * j + 1)[:, None] * Cm + c[None, :], mask=jm[:, None] & cm[None, :], other=0.0).to(tl.float32)
+            dots += tl.dot(ta, tl.trans(tb), input_precision="ieee")
+            b2 += tl.sum(tb * tb, axis=1)
+        sim = tl.where(jm[None, :], dots / tl.where(jm, tl.sqrt(b2), 1.0)[None, :], float("-inf"))
+        top = tl.max(sim, axis=1)
+        better = top > best
+        partner = tl.where(better, j0 + tl.argmax(sim, axis=1, tie_break_left=True), partner)
+        best = tl.where(better, top, best)
+    best = best / tl.where(am, tl.sqrt(a2), 1.0)
     best = tl.where((ia == 0) | ~am, float("-inf"), best)
     ahead = (best[None, :] > best[:, None]) | ((best[None, :] == best[:, None]) & (ia[None, :] < ia[:, None]))
     rank = tl.sum((ahead & am[None, :]).to(tl.int32), axis=1)
@@ -154,8 +168,7 @@ def tome_merge_kernel(x, size, metric, tokens, size_out, src, dst, N, C, Cm, r,
     s_new = s_b + tl.sum(tl.where(into, s_a[None, :], 0.0), axis=1)
     tl.store(size_out + b * (N - r) + pos_a, s_a, mask=rest)
     tl.store(size_out + b * (N - r) + pos_b, s_new, mask=bm)
-    s_p = tl.sum(tl.where(into, s_new[:, None], 0.0), axis=0)  # [A]: merged size of a's partner
-    weights = tl.where(into, tl.where(merged, s_a / tl.where(merged, s_p, 1.0), 0.0)[None, :], 0.0)
+    tl.debug_barrier()  # src/dst written: the merge reads them back BLOCK_S sources at a time
     x_row = x + b * N * C
     out_row = tokens + b * (N - r) * C
     for c0 in range(0, C, BLOCK_C):
@@ -163,11 +176,20 @@ def tome_merge_kernel(x, size, metric, tokens, size_out, src, dst, N, C, Cm, r,
         cm = c < C
         xa = tl.load(x_row + (2 * ia)[:, None] * C + c[None, :], mask=am[:, None] & cm[None, :], other=0.0)
         tl.store(out_row + pos_a[:, None] * C + c[None, :], xa, mask=rest[:, None] & cm[None, :])
-        xb = tl.load(x_row + (2 * ia + 1)[:, None] * C + c[None, :], mask=bm[:, None] & cm[None, :], other=0.0)
-        xp = tl.load(x_row + (2 * partner + 1)[:, None] * C + c[None, :], mask=merged[:, None] & cm[None, :], other=0.0)
-        diff = tl.where(merged[:, None], xa.to(tl.float32) - xp.to(tl.float32), 0.0)
-        # partner value x_p + sum_i s_i (x_i - x_p) / s'_p, as the reference rewrites the weighted mean
-        acc = xb.to(tl.float32) + tl.dot(weights, diff, input_precision="ieee")
+        acc = tl.load(x_row + (2 * ia + 1)[:, None] * C + c[None, :], mask=bm[:, None] & cm[None, :], other=0.0).to(tl.float32)
+        for s0 in range(0, r, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            sm = s < r
+            a = tl.load(src + b * r + s, mask=sm, other=0, cache_modifier=".cg").to(tl.int32)
+            p = tl.load(dst + b * r + s, mask=sm, other=-1, cache_modifier=".cg").to(tl.int32)
+            onto = (p[:, None] == ia[None, :]) & sm[:, None]  # [sources, B]
+            s_p = tl.sum(tl.where(onto, s_new[None, :], 0.0), axis=1)  # the partner's merged size
+            w = tl.load(size + b * N + 2 * a, mask=sm, other=0.0) / tl.where(sm, s_p, 1.0)
+            m = sm[:, None] & cm[None, :]
+            xs = tl.load(x_row + (2 * a)[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
+            xp = tl.load(x_row + (2 * p + 1)[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
+            # partner value x_p + sum_i s_i (x_i - x_p) / s'_p, as the reference rewrites the weighted mean
+            acc += tl.dot(tl.trans(onto.to(tl.float32)), w[:, None] * (xs - xp), input_precision="ieee")
         tl.store(out_row + pos_b[:, None] * C + c[None, :], acc.to(out_row.dtype.element_ty), mask=bm[:, None] & cm[None, :])
 
 

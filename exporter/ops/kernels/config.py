@@ -61,7 +61,7 @@ def constexprs(op: str, block: int) -> dict[str, int]:
     if op == "evovit_restore":
         return {"BLOCK_K": block, "BLOCK_R": 16, "BLOCK_C": RESTORE_BLOCK_C}
     if op == "tome_merge":
-        return {"BLOCK_A": block, "BLOCK_C": tile}
+        return {"BLOCK_A": block, "BLOCK_C": tile, "BLOCK_S": 16}
     if op == "diffrate_reduce":
         return {"BLOCK_N": block, "BLOCK_T": TAIL_BLOCK, "BLOCK_C": tile, "BLOCK_J": BLOCK_J}
     raise KeyError(op)
