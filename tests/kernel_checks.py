@@ -8,6 +8,12 @@ rounding of weights), fp32 within ~1e-5 relative of the data's magnitude.
 """
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from exporter.ops import reference as ref
@@ -117,3 +123,55 @@ def check_diffrate_reduce(kernels, x, size, score, keep, merge, ties=False):
                                                      chosen=(idx.cpu(), dst.cpu()))
     close(tokens, exp_tokens, x.dtype, scale=float(x.abs().max()))
     close(size_out, exp_size, torch.float32, scale=float(size.max()) * keep)
+
+
+WORKER = r"""
+import io, os, sys
+if os.environ.get("TRITON_INTERPRET") == "0":
+    del os.environ["TRITON_INTERPRET"]
+import torch
+from exporter.ops import kernels
+while True:
+    size = int.from_bytes(sys.stdin.buffer.read(8), "little")
+    if size == 0:
+        break
+    name, args = torch.load(io.BytesIO(sys.stdin.buffer.read(size)))
+    try:
+        result = ("ok", getattr(kernels, name)(*args))
+    except Exception as error:  # reported to the test process
+        result = ("error", f"{type(error).__name__}: {error}")
+    out = io.BytesIO()
+    torch.save(result, out)
+    sys.stdout.buffer.write(len(out.getvalue()).to_bytes(8, "little") + out.getvalue())
+    sys.stdout.buffer.flush()
+"""
+
+
+class KernelWorker:
+    """`exporter.ops.kernels` in a fresh process, for a test process whose triton is in the other mode
+    (Triton fixes interpreter vs compiled when it is first imported). Calls are pickled with torch.save."""
+
+    def __init__(self, interpret: bool):
+        env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0",
+                   PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+        self.process = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+    def __getattr__(self, name):
+        def call(*args):
+            buf = io.BytesIO()
+            torch.save((name, args), buf)
+            self.process.stdin.write(len(buf.getvalue()).to_bytes(8, "little") + buf.getvalue())
+            self.process.stdin.flush()
+            size = int.from_bytes(self.process.stdout.read(8), "little")
+            assert size, "the kernel worker died"
+            status, result = torch.load(io.BytesIO(self.process.stdout.read(size)))
+            if status != "ok":
+                raise ValueError(result) if result.startswith("ValueError") else RuntimeError(result)
+            return result
+
+        return call
+
+    def close(self):
+        self.process.stdin.write((0).to_bytes(8, "little"))
+        self.process.stdin.close()
+        self.process.wait(timeout=30)

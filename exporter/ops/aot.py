@@ -16,6 +16,7 @@ parameters plus Triton's two scratch pointers, and need no global or profile scr
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import sys
@@ -115,16 +116,18 @@ def render(variants: list[dict], archs: list[int]) -> str:
     return "\n".join(lines) + (Path(__file__).with_name("kernels") / "launchers.cpp").read_text()
 
 
+def _compiled_mode() -> None:
+    os.environ.pop("TRITON_INTERPRET", None)
+
+
 def build(out: Path, archs: list[int], blocks: tuple[int, ...] = config.AOT_BLOCKS, jobs: int = 0) -> Path:
     """Compile every variant (in `jobs` processes) and write out/kernels.cpp; returns its path."""
     jobs = jobs or min(len(os.sched_getaffinity(0)), 16)
     todo = [(op, dtype, block, arch) for arch in archs for op in config.KERNELS for dtype in DTYPES
             for block in config.aot_blocks(op, blocks)]
-    if jobs == 1:
-        variants = [compile_variant(*t) for t in todo]
-    else:
-        with ProcessPoolExecutor(jobs) as pool:
-            variants = list(pool.map(compile_variant, *zip(*todo)))
+    # fresh (spawned) compiler processes in compiled mode: this one's triton may be the interpreter's
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_compiled_mode) as pool:
+        variants = list(pool.map(compile_variant, *zip(*todo)))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "kernels.cpp"
     path.write_text(render(variants, list(archs)))

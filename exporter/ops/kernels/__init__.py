@@ -1,40 +1,46 @@
 """The token ops' fused kernels, one Python function per op with the custom op's signature and results.
 
 CUDA tensors run the Triton kernels (`_triton.py`, JIT-compiled); CPU tensors run the same kernels in
-Triton's interpreter, so the kernels are tested on machines without a GPU. The interpreter is chosen
-per call, not by the process's TRITON_INTERPRET: CPU calls use a second copy of `_triton.py` loaded
-with TRITON_INTERPRET=1 (triton.jit reads it when a kernel is decorated), so the result does not
-depend on which module imported triton first. Triton itself is imported on first use only.
+Triton's interpreter, so they are tested on machines without a GPU. Triton fixes its mode per process:
+triton.language's own functions (tl.zeros, tl.sum, ...) become interpreted or compiled when triton is
+first imported, as TRITON_INTERPRET says then. So the first kernel call imports triton in the mode it
+needs (interpreter for CPU tensors or TRITON_INTERPRET=1, else JIT), and a CPU call in a process whose
+triton is already compiled-mode raises (run it in a fresh process: tests/kernel_checks.KernelWorker).
+The kernels used in interpreter mode are a second copy of `_triton.py` decorated with TRITON_INTERPRET=1,
+so the mode does not depend on who imported `_triton` first. Importing this package imports no triton.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
+import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from .config import KERNELS, RESTORE_BLOCK_C, block_for, constexprs, need, num_warps
 
 _modules: dict[str, object] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
-def _kernels(device: torch.device):
-    """The kernel module for `device`: JIT for CUDA, interpreted for the CPU."""
-    key = "cuda" if device.type == "cuda" else "interpreter"
-    with _lock:
-        if key not in _modules:
-            _modules[key] = _load(interpret=key == "interpreter")
-        return _modules[key]
+def triton_mode() -> Optional[str]:
+    """"interpreter" or "jit": how triton was imported in this process; None before it is imported."""
+    if "triton.language" not in sys.modules:
+        return None
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return "interpreter" if isinstance(tl.zeros, InterpretedFunction) else "jit"
 
 
 @contextlib.contextmanager
 def _interpreting():
-    """TRITON_INTERPRET=1 while kernels are decorated and run: triton.jit and parts of the interpreter
-    read it then (e.g. gluon's import asserts it)."""
+    """TRITON_INTERPRET=1 while kernels are imported, decorated and run: triton.jit and parts of the
+    interpreter read it then (e.g. gluon's import asserts it)."""
     before = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
@@ -46,6 +52,21 @@ def _interpreting():
             os.environ["TRITON_INTERPRET"] = before
 
 
+def _kernels(device: torch.device):
+    """(kernel module, interpreted) for a call on `device`."""
+    with _lock:
+        mode = triton_mode()
+        if mode is None:
+            mode = "jit" if device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "interpreter"
+        if mode == "jit" and device.type != "cuda":
+            raise RuntimeError("CPU tensors run the kernels in Triton's interpreter, but triton was imported in "
+                               "compiled mode in this process: set TRITON_INTERPRET=1 before triton is imported, "
+                               "or call the kernels in a fresh process")
+        if mode not in _modules:
+            _modules[mode] = _load(interpret=mode == "interpreter")
+        return _modules[mode], mode == "interpreter"
+
+
 def _load(interpret: bool):
     if not interpret:
         from . import _triton
@@ -54,25 +75,22 @@ def _load(interpret: bool):
     spec = importlib.util.spec_from_file_location(f"{__name__}._triton_interpreted", Path(__file__).with_name("_triton.py"))
     module = importlib.util.module_from_spec(spec)
     with _interpreting():
-        import triton.experimental.gluon  # noqa: F401  (imported lazily by the interpreter, while tl is patched)
+        import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
 
         spec.loader.exec_module(module)
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(module.topk_prune_kernel, InterpretedFunction):
-        raise RuntimeError("triton.knobs.runtime.interpret is pinned off in this process: CPU tensors cannot run the kernels")
     return module
 
 
 def _launch(op: str, device: torch.device, grid: tuple, block_need: int, *args) -> None:
     block = block_for(block_need)
-    kernel = getattr(_kernels(device), KERNELS[op].name)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            kernel[grid](*args, **constexprs(op, block), num_warps=num_warps(op, block))
-    else:
+    module, interpreted = _kernels(device)
+    kernel = getattr(module, KERNELS[op].name)
+    if interpreted:
         with _lock, _interpreting():
             kernel[grid](*args, **constexprs(op, block))
+    else:
+        with torch.cuda.device(device):
+            kernel[grid](*args, **constexprs(op, block), num_warps=num_warps(op, block))
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
