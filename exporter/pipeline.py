@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import subprocess
-import tempfile
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
@@ -28,6 +28,9 @@ from .methods.flops import count_gmacs
 from .models import create_model, input_size
 from .runtime.rtx import rtx_check
 from .spec import BuildSpec
+from .errors import ExporterError
+from .export.fold import fold_constants
+from .verify import bundle as bundle_check
 from .verify import parity
 from .verify.compare import compare_graphs
 from .verify.report import render, warnings
@@ -45,6 +48,13 @@ class BuildFailed(Exception):
 
 
 @dataclass
+class Outcome:
+    """What a stage found: set `problems` inside the stage and it ends with ✗ and the count, not ✓."""
+
+    problems: int = 0
+
+
+@dataclass
 class Stages:
     """Prints each stage as it runs and keeps its duration for the manifest."""
 
@@ -52,16 +62,21 @@ class Stages:
     durations: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str) -> Iterator[Outcome]:
         start = time.perf_counter()
+        outcome = Outcome()
         with self.console.status(f"{name} ..."):
             try:
-                yield
+                yield outcome
             except BaseException:
                 self.console.print(f"[red]✗[/red] {name}  ({time.perf_counter() - start:.1f}s)")
                 raise
         self.durations[name] = round(time.perf_counter() - start, 3)
-        self.console.print(f"[green]✓[/green] {name}  ({self.durations[name]:.1f}s)")
+        if outcome.problems:
+            found = f"{outcome.problems} problem{'s' if outcome.problems > 1 else ''}"
+            self.console.print(f"[red]✗[/red] {name}  ({self.durations[name]:.1f}s, {found})")
+        else:
+            self.console.print(f"[green]✓[/green] {name}  ({self.durations[name]:.1f}s)")
 
 
 def prepare(spec: BuildSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -79,7 +94,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
     console = console or Console(stderr=True)
     spec = resolve(spec)
     stage = Stages(console)
-    with artifacts.staging(out, spec.run_name) as tmp, tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
+    with artifacts.staging(out, spec.run_name) as tmp, artifacts.debug_dir() as debug:
         with stage(f"load {spec.model} and apply method {spec.method}"):
             dense, model = prepare(spec)
             size = input_size(dense)
@@ -88,8 +103,10 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         fp16_facts = None
         for g in graphs:
             with stage(f"export {g.precision} ONNX"):
-                fp16_facts = export_graph(model, g, tmp, Path(debug), **kwargs) or fp16_facts
+                fp16_facts = export_graph(model, g, tmp, debug, **kwargs) or fp16_facts
+                fold_constants(tmp / g.file)
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
+        write_reports(tmp, report)  # before the manifest, whose hashes cover them
         if not report["passed"]:
             kept = artifacts.keep_failed(tmp, out, spec.run_name)
             raise BuildFailed(_failure_summary(report), kept)
@@ -107,28 +124,32 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "flops": report["flops"],
             "fp16": fp16_facts,
             "io": {g.file: _io(tmp / g.file) for g in graphs},
-            "files": artifacts.file_hashes(tmp),
+            **checkpoint_record(spec),
+            "files": artifacts.file_hashes(tmp, exclude=(artifacts.MANIFEST,)),
         }
         artifacts.write_json(tmp / artifacts.MANIFEST, manifest)
     return out / spec.run_name
 
 
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None) -> dict:
-    """Graph checks, parity against PyTorch and the TensorRT-RTX build; writes report.json/.md."""
+    """Graph checks, parity against PyTorch and the TensorRT-RTX build; returns the report (writes nothing)."""
     size = input_size(dense)
-    with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)"):
+    with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
         problems = {g.file: _check(bundle / g.file) for g in graphs}
         if fp16_facts and fp16_facts["unguarded_selectors"]:
             problems[FP16].append(
                 f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
             )
-    with stage("verify against PyTorch"):
+        found.problems = sum(map(len, problems.values()))
+    with stage("verify against PyTorch") as found:
         comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
-    with stage("TensorRT-RTX parse + build"):
+        found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
+    with stage("TensorRT-RTX parse + build") as found:
         rtx = {
             g.file: asdict(rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size)))
             for g in graphs
         }
+        found.problems = sum(r["status"] == "failed" for r in rtx.values())
     passed = (
         all(c.passed for c in comparisons)
         and not any(problems.values())
@@ -152,37 +173,68 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         "comparisons": [c.to_dict() for c in comparisons],
         "lint": problems,
         "tensorrt_rtx": rtx,
+        "notes": list(getattr(model, "notes", [])),  # what the method changed in the request (e.g. ToMe's r cap)
     }
-    artifacts.write_json(bundle / artifacts.REPORT_JSON, report)
-    artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))
-    for line in warnings(report):
+    for line in warnings(report) + report["notes"]:
         stage.console.print(f"[yellow]warning[/yellow] {line}")
     return report
 
 
-def verify(bundle: Path, console: Optional[Console] = None) -> dict:
-    """Re-run the checks of an existing bundle (e.g. after copying it): hashes, graphs, parity."""
+def write_reports(directory: Path, report: dict) -> None:
+    artifacts.write_json(directory / artifacts.REPORT_JSON, report)
+    artifacts.write_text(directory / artifacts.REPORT_MD, render(report))
+
+
+def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Path] = None, report_to: Optional[Path] = None) -> dict:
+    """Re-run the checks of an existing bundle (e.g. after copying it) without changing it: files and the
+    manifest's consistency first, then graphs, parity and TensorRT-RTX. The report goes to `report_to`
+    (.json, else markdown) or stdout; `weights` is the bundle's checkpoint at a new location."""
     console = console or Console(stderr=True)
-    manifest = artifacts.open_bundle(bundle)
+    manifest, spec = bundle_check.read_manifest(bundle)
     stage = Stages(console)
-    with stage("check file hashes"):
-        actual = artifacts.file_hashes(bundle)
-        changed = sorted(f for f, h in manifest["files"].items() if actual.get(f) != h)
-        if changed:
-            raise BuildFailed(f"files differ from the manifest (modified or missing): {', '.join(changed)}", bundle)
-    spec = BuildSpec.from_dict(manifest["spec"])
+    with stage("check files and manifest") as found:
+        problems = bundle_check.file_problems(bundle, manifest) or bundle_check.consistency_problems(bundle, manifest, spec)
+        found.problems = len(problems)
+    if problems:
+        raise BuildFailed("the bundle does not match its manifest:\n" + "\n".join(f"- {p}" for p in problems), bundle)
+    if (note := bundle_check.version_warning(manifest, __version__, _git_commit())) is not None:
+        console.print(f"[yellow]warning[/yellow] {note}")
+    ckpt = bundle_check.checkpoint(spec, manifest, weights)
     with stage(f"load {spec.model} and apply method {spec.method}"):
-        dense, model = prepare(spec)
+        dense, model = prepare(spec if ckpt is None else replace(spec, weights=str(ckpt)))
     graphs = planned(spec.precision, spec.io_fp16)
-    with tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
+    with artifacts.debug_dir() as debug:
         if isinstance(model, ReducedViT):
             with stage("export debug graphs (kept-token indices as outputs)"):
                 for g in graphs:
-                    export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
+                    export_graph(model, g, bundle, debug, write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
         report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
+    write_report(report, report_to)
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
     return report
+
+
+def write_report(report: dict, path: Optional[Path]) -> None:
+    """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
+    if path is None:
+        sys.stdout.write(render(report))
+        return
+    try:
+        if path.suffix == ".json":
+            artifacts.write_json(path, report)
+        else:
+            artifacts.write_text(path, render(report))
+    except OSError as e:
+        raise ExporterError(f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to.") from None
+
+
+def checkpoint_record(spec: BuildSpec) -> dict:
+    """For a checkpoint build: its absolute path and sha256, so verify can refuse another file by name."""
+    if spec.weights in bundle_check.NAMED_WEIGHTS:
+        return {}
+    path = Path(spec.weights).resolve()
+    return {"weights_path": str(path), "weights_sha256": artifacts.sha256(path)}
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
