@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -42,12 +43,18 @@ def check_writable(out: Path) -> None:
         ) from None
 
 
-# Hidden work directories carry the pid of their process, so a later build can tell the leftovers of a
-# killed one (SIGKILL, power loss) from those of a build still running: `.<run>.<pid>.<random>.partial`.
-_HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.(?P<kind>partial|old)$")
+# Hidden work directories carry the pid of their process and a hash of its host name, so a later build on
+# the same host can tell the leftovers of a killed one (SIGKILL, power loss) from those of a build still
+# running: `.<run>.<pid>@<host>.<random>.partial`. Another host's (or container's) are left alone.
+_HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{8})\.[a-z0-9_]+\.(?P<kind>partial|old)$")
 _LEGACY = re.compile(r"^\..+\.[a-z0-9_]+\.(partial|old)$")  # written before the pid was recorded
 DEBUG_PREFIX = "exporter-debug-"
 LEGACY_AGE_S = 24 * 3600
+
+
+def _owner() -> str:
+    """`<pid>@<host hash>`: who is working in a hidden directory."""
+    return f"{os.getpid()}@{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}"
 
 
 @contextlib.contextmanager
@@ -59,7 +66,7 @@ def staging(out: Path, name: str) -> Iterator[Path]:
     """
     check_writable(out)
     sweep_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".partial", dir=out))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{_owner()}.", suffix=".partial", dir=out))
     try:
         yield tmp
         publish_modes(tmp)
@@ -82,7 +89,7 @@ def _install(tmp: Path, final: Path, attempts: int = 5) -> None:
         if same_bundle(tmp, final):  # another process just built this spec with this code: keep its copy
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".old", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner()}.", suffix=".old", dir=final.parent))
         with contextlib.suppress(FileNotFoundError):  # another process may have moved it first
             os.replace(final, old / final.name)
         shutil.rmtree(old, ignore_errors=True)
@@ -108,12 +115,14 @@ def sweep_stale(out: Path) -> list[Path]:
     """Remove hidden work directories under `out`, and debug directories in the temp folder, whose process is gone."""
     removed = []
     candidates = [(p, _HIDDEN.match(p.name)) for p in _listdir(out)]
-    candidates += [(p, re.match(rf"^{DEBUG_PREFIX}(?P<pid>\d+)-", p.name)) for p in _listdir(Path(tempfile.gettempdir()))]
+    debug = re.compile(rf"^{DEBUG_PREFIX}(?P<pid>\d+)@(?P<host>[0-9a-f]{{8}})-")
+    candidates += [(p, debug.match(p.name)) for p in _listdir(Path(tempfile.gettempdir()))]
+    host = _owner().split("@")[1]
     for path, match in candidates:
         if not path.is_dir() or path.is_symlink():
             continue
         if match is not None:
-            stale = not _alive(int(match["pid"]))
+            stale = match["host"] == host and not _alive(int(match["pid"]))
         else:
             stale = bool(_LEGACY.match(path.name)) and _age(path) > LEGACY_AGE_S
         if stale:
@@ -151,7 +160,7 @@ def _alive(pid: int) -> bool:
 @contextlib.contextmanager
 def debug_dir() -> Iterator[Path]:
     """A temp folder for debug graphs, named with our pid so a later build can sweep it if we are killed."""
-    with tempfile.TemporaryDirectory(prefix=f"{DEBUG_PREFIX}{os.getpid()}-") as d:
+    with tempfile.TemporaryDirectory(prefix=f"{DEBUG_PREFIX}{_owner()}-") as d:
         yield Path(d)
 
 

@@ -65,11 +65,14 @@ def test_sigkill_leftovers_are_swept_by_the_next_build(dirs, monkeypatch):
     proc.communicate()
     leftovers = hidden(out) + debug_dirs(tmp)
     assert leftovers  # SIGKILL cannot be caught
-    alive = out / f".other-run.{os.getpid()}.abcd1234.partial"  # a build still running: not swept
+    owner = artifacts._owner()
+    alive = out / f".other-run.{owner}.abcd1234.partial"  # a build still running: not swept
+    elsewhere = out / f".other-run.{leftovers[0].name.split('.')[-3].split('@')[0]}@00000000.abcd1234.partial"  # another host's
     alive.mkdir()
+    elsewhere.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     with artifacts.staging(out, "next") as staging:  # what a build starts with
-        assert not any(p.exists() for p in leftovers) and alive.exists()
+        assert not any(p.exists() for p in leftovers) and alive.exists() and elsewhere.exists()
         (staging / "manifest.json").write_text("{}")
     assert (out / "next" / "manifest.json").exists()
 
