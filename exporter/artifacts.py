@@ -211,20 +211,17 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST, REPORT_JSON, REPORT_MD)) -> dict[str, str]:
+def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+    """sha256 of every file under `bundle` (subfolders and hidden files included) but the paths in `exclude`."""
     return {
-        p.relative_to(bundle).as_posix(): sha256(p)
+        name: sha256(p)
         for p in sorted(bundle.rglob("*"))
-        if p.is_file() and p.name not in exclude and not p.name.startswith(".")
+        if p.is_file() and (name := p.relative_to(bundle).as_posix()) not in exclude
     }
 
 
 def open_bundle(path: Path) -> dict:
-    """The manifest of an existing bundle, with a clear error when `path` is not one."""
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        raise ExporterError(
-            f"{path} is not a bundle (no {MANIFEST}).",
-            "Pass a directory made by `python -m exporter build`, e.g. artifacts/<run>.",
-        )
-    return read_json(manifest)
+    """The manifest of an existing bundle, with a clear error when `path` is not one (or it is damaged)."""
+    from .verify.bundle import read_manifest
+
+    return read_manifest(path)[0]

@@ -22,6 +22,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise(signum, frame):
+    signal.signal(signum, signal.SIG_IGN)  # a second one must not interrupt the cleanup; restored on exit
     raise Terminated(signum)
 
 

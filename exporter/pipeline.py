@@ -125,7 +125,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "fp16": fp16_facts,
             "io": {g.file: _io(tmp / g.file) for g in graphs},
             **checkpoint_record(spec),
-            "files": artifacts.file_hashes(tmp, exclude=(artifacts.MANIFEST,)),
+            "files": artifacts.file_hashes(tmp),  # every file, the reports included
         }
         artifacts.write_json(tmp / artifacts.MANIFEST, manifest)
     return out / spec.run_name

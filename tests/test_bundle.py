@@ -119,6 +119,7 @@ def test_edited_fp32_spec_with_fp16_graph_added(copy, capsys):
         ("report-deleted", lambda b: (b / "report.json").unlink(), ["missing from the bundle: report.json"]),
         ("graph-deleted", lambda b: (b / "model.onnx").unlink(), ["missing from the bundle: model.onnx"]),
         ("stray-graph", lambda b: (b / "rogue.onnx").write_bytes(b"x"), ["not in the manifest", "rogue.onnx"]),
+        ("stray-hidden", lambda b: (b / ".DS_Store").write_bytes(b"x"), ["not in the manifest", ".DS_Store"]),
         ("stray-subfolder", lambda b: (b / "plugins").mkdir() or (b / "plugins" / "x.so").write_bytes(b"x"), ["plugins/x.so"]),
     ],
 )
