@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
@@ -28,7 +27,6 @@ from .methods.flops import count_gmacs
 from .models import create_model, input_size
 from .runtime.rtx import rtx_check
 from .spec import BuildSpec
-from .errors import ExporterError
 from .export.fold import fold_constants
 from .verify import bundle as bundle_check
 from .verify import parity
@@ -124,7 +122,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "flops": report["flops"],
             "fp16": fp16_facts,
             "io": {g.file: _io(tmp / g.file) for g in graphs},
-            **checkpoint_record(spec),
+            **bundle_check.checkpoint_record(spec),
             "files": artifacts.file_hashes(tmp),  # every file, the reports included
         }
         artifacts.write_json(tmp / artifacts.MANIFEST, manifest)
@@ -191,6 +189,7 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     (.json, else markdown) or stdout; `weights` is the bundle's checkpoint at a new location."""
     console = console or Console(stderr=True)
     manifest, spec = bundle_check.read_manifest(bundle)
+    bundle_check.check_report_path(report_to)
     stage = Stages(console)
     with stage("check files and manifest") as found:
         problems = bundle_check.file_problems(bundle, manifest) or bundle_check.consistency_problems(bundle, manifest, spec)
@@ -209,32 +208,10 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
                 for g in graphs:
                     export_graph(model, g, bundle, debug, write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
         report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
-    write_report(report, report_to)
+    bundle_check.write_report(report, report_to)
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
     return report
-
-
-def write_report(report: dict, path: Optional[Path]) -> None:
-    """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
-    if path is None:
-        sys.stdout.write(render(report))
-        return
-    try:
-        if path.suffix == ".json":
-            artifacts.write_json(path, report)
-        else:
-            artifacts.write_text(path, render(report))
-    except OSError as e:
-        raise ExporterError(f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to.") from None
-
-
-def checkpoint_record(spec: BuildSpec) -> dict:
-    """For a checkpoint build: its absolute path and sha256, so verify can refuse another file by name."""
-    if spec.weights in bundle_check.NAMED_WEIGHTS:
-        return {}
-    path = Path(spec.weights).resolve()
-    return {"weights_path": str(path), "weights_sha256": artifacts.sha256(path)}
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:

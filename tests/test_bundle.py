@@ -207,3 +207,9 @@ def test_verify_never_writes_into_the_bundle(built, tmp_path, capsys, monkeypatc
     finally:
         for p in [copy, *copy.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_unwritable_report_path_fails_before_any_work(copy, tmp_path, capsys):
+    assert main(["verify", str(copy), "--report", str(tmp_path / "missing" / "verify.json")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--report" in err and "does not exist" in err and "check files" not in err

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -213,3 +214,36 @@ def version_warning(manifest: dict, version: str, commit: str) -> Optional[str]:
         f"built by exporter {built[0]} (commit {built[1]}), verifying with {version} (commit {commit}): the "
         "reference model and the debug graphs come from this code, so a difference may come from the code"
     )
+
+
+def check_report_path(path: Optional[Path]) -> None:
+    """Fail before any work if `--report PATH` cannot be written."""
+    if path is not None and (path.is_dir() or not path.parent.is_dir()):
+        raise ExporterError(
+            f"--report {path} is {'a directory' if path.is_dir() else 'in a directory that does not exist'}.",
+            "Pass --report a file path (e.g. verify.json or verify.md) in an existing directory.",
+        )
+
+
+def write_report(report: dict, path: Optional[Path]) -> None:
+    """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
+    from .report import render
+
+    if path is None:
+        sys.stdout.write(render(report))
+        return
+    try:
+        if path.suffix == ".json":
+            artifacts.write_json(path, report)
+        else:
+            artifacts.write_text(path, render(report))
+    except OSError as e:
+        raise ExporterError(f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to.") from None
+
+
+def checkpoint_record(spec: BuildSpec) -> dict:
+    """For a checkpoint build: its absolute path and sha256, so verify can refuse another file by name."""
+    if spec.weights in NAMED_WEIGHTS:
+        return {}
+    path = Path(spec.weights).resolve()
+    return {"weights_path": str(path), "weights_sha256": artifacts.sha256(path)}
