@@ -180,3 +180,22 @@ def test_failed_verification_leaves_no_bundle(tmp_path, capsys, monkeypatch):
     (failed,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert failed.name.endswith(".failed") and not (failed / "manifest.json").exists()
     assert "FAIL" in (failed / "report.md").read_text()
+
+
+def test_a_stage_that_found_problems_is_not_ticked():
+    """The ✓ marks must not contradict FAILED: a stage reporting problems ends with ✗ and their count."""
+    import io
+
+    from rich.console import Console
+
+    from exporter.pipeline import Stages
+
+    console = Console(file=io.StringIO(), width=200)
+    stage = Stages(console)
+    with stage("check graphs") as found:
+        found.problems = 2
+    with stage("TensorRT-RTX parse + build"):
+        pass
+    text = console.file.getvalue()
+    assert "✗ check graphs" in text and "2 problems" in text and "✓ check graphs" not in text
+    assert "✓ TensorRT-RTX parse + build" in text
