@@ -149,8 +149,9 @@ def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int
     """(tokens [B, N - r, C], size [B, N - r], src [B, r], dst [B, r]) as `reference.tome_merge`."""
     x, size = _tokens(x), _fp32(size)
     B, N, C = x.shape
-    metric = metric.to(x.dtype).contiguous()
-    _check(size.shape == (B, N) and metric.shape[:2] == (B, N) and metric.dim() == 3 and 0 < r <= (N - 1) // 2,
+    metric = metric.contiguous()  # its own dtype (the contract's T): similarities are fp32 either way
+    _check(size.shape == (B, N) and metric.dim() == 3 and metric.shape[:2] == (B, N)
+           and metric.dtype in (torch.float32, torch.float16) and 0 < r <= (N - 1) // 2,
            f"tome_merge: size {tuple(size.shape)}, metric {tuple(metric.shape)}, r={r} for x {tuple(x.shape)}")
     tokens = x.new_empty(B, N - r, C)
     size_out = torch.empty(B, N - r, dtype=torch.float32, device=x.device)
