@@ -87,7 +87,7 @@ def evovit_select_kernel(x, g, tokens, idx, N, C, keep,
 def evovit_restore_kernel(x, tokens, moved, idx, out, N, C, K,
                           BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Evo-ViT stage end, grid (B, C tiles): a chosen patch takes its updated token, a placeholder x + moved
-    (one rounding, as the reference's add in the token dtype)."""
+    (added in fp32 and rounded once, as torch adds fp16 tensors, so the result is bit-exact)."""
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
@@ -106,7 +106,8 @@ def evovit_restore_kernel(x, tokens, moved, idx, out, N, C, K,
         waits = m & (src < 0)[:, None]
         xv = tl.load(x_row + (1 + j)[:, None] * C + c[None, :], mask=waits, other=0.0)
         tv = tl.load(t_row + (1 + src)[:, None] * C + c[None, :], mask=m & (src >= 0)[:, None], other=0.0)
-        tl.store(out_row + (1 + j)[:, None] * C + c[None, :], tl.where(waits, xv + mv[None, :], tv), mask=m)
+        moved_x = (xv.to(tl.float32) + mv.to(tl.float32)[None, :]).to(tv.dtype)  # as torch adds halves
+        tl.store(out_row + (1 + j)[:, None] * C + c[None, :], tl.where(waits, moved_x, tv), mask=m)
 
 
 @triton.jit
