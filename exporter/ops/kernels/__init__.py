@@ -38,17 +38,17 @@ def triton_mode() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _interpreting():
+def _interpreting(value: Optional[str] = "1"):
     """TRITON_INTERPRET=1 while kernels are imported, decorated and run: triton.jit and parts of the
-    interpreter read it then (e.g. gluon's import asserts it)."""
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
+    interpreter read it then (e.g. gluon's import asserts it). value=None: unset (compiled mode)."""
+    before = os.environ.pop("TRITON_INTERPRET", None)
+    if value is not None:
+        os.environ["TRITON_INTERPRET"] = value
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
+        os.environ.pop("TRITON_INTERPRET", None)
+        if before is not None:
             os.environ["TRITON_INTERPRET"] = before
 
 
@@ -69,7 +69,8 @@ def _kernels(device: torch.device):
 
 def _load(interpret: bool):
     if not interpret:
-        from . import _triton
+        with _interpreting(None):  # compiled-mode triton: the kernels must be JITFunctions too
+            from . import _triton
 
         return _triton
     spec = importlib.util.spec_from_file_location(f"{__name__}._triton_interpreted", Path(__file__).with_name("_triton.py"))
