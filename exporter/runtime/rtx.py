@@ -197,6 +197,9 @@ def _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, plugin_
     fields["outputs"] = {k: (list(v[0]), v[1]) for k, v in fields["outputs"].items()}
     fields["plugin_calls"] = dict(collections.Counter(
         line.split(_TRACE, 1)[1].strip() for line in child.stderr.splitlines() if _TRACE in line))
+    # TensorRT-RTX 1.7's logger finder finds no logger while parsing and building: the library's messages
+    # reach stderr instead
+    fields["log_errors"] += [line[4:] for line in child.stderr.splitlines() if line.startswith(("[E] [exporter", "[F] [exporter"))]
     return RtxCheck(**fields)
 
 

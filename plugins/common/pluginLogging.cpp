@@ -12,6 +12,12 @@ namespace
 {
 std::atomic<nvinfer1::ILoggerFinder*> gLoggerFinder{nullptr};
 
+bool tracing() noexcept
+{
+    static bool const enabled = std::getenv("EXPORTER_PLUGINS_TRACE") != nullptr;
+    return enabled;
+}
+
 char const* severityName(nvinfer1::ILogger::Severity severity) noexcept
 {
     switch (severity)
@@ -42,9 +48,10 @@ void log(nvinfer1::ILogger::Severity severity, std::string const& message) noexc
         {
             logger->log(severity, text.c_str());
         }
-        else
+        if (logger == nullptr || tracing())
         {
-            std::fprintf(stderr, "[%s] %s\n", severityName(severity), text.c_str());
+            std::fprintf(stderr, "[%s] %s%s\n", severityName(severity), text.c_str(),
+                finder == nullptr ? "" : logger == nullptr ? " (the logger finder found no logger)" : " (also logged)");
         }
     }
     catch (...)
@@ -55,8 +62,7 @@ void log(nvinfer1::ILogger::Severity severity, std::string const& message) noexc
 
 void trace(char const* plugin, char const* call) noexcept
 {
-    static bool const enabled = std::getenv("EXPORTER_PLUGINS_TRACE") != nullptr;
-    if (enabled)
+    if (tracing())
     {
         std::fprintf(stderr, "[exporter plugins] trace %s::%s\n", plugin, call);
     }

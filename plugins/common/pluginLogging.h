@@ -16,7 +16,8 @@ void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
 void log(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept;
 
-//! When the environment variable EXPORTER_PLUGINS_TRACE is set (read once): "<plugin>::<call>" on stderr, to see
+//! When the environment variable EXPORTER_PLUGINS_TRACE is set (read once): "<plugin>::<call>" on stderr (and every
+//! logged message copied there too), to see
 //! which of a plugin's methods TensorRT calls (e.g. during an engine build on a machine without a GPU).
 void trace(char const* plugin, char const* call) noexcept;
 
