@@ -28,9 +28,9 @@ std::string checkShapes(Attributes const& /*a*/, InputDims const& in)
     int64_t const n = in[kX][1];
     int64_t const c = in[kX][2];
     int64_t const k = in[kIDX][1];
-    if (k != kUNKNOWN_DIM && n != kUNKNOWN_DIM && (k < 1 || k > n - 1))
+    if (k != kUNKNOWN_DIM && n != kUNKNOWN_DIM && (k < 1 || k >= n - 1))
     {
-        return "input 'idx' holds K = " + std::to_string(k) + " positions, not 1 <= K <= N-1 = " + std::to_string(n - 1);
+        return "input 'idx' holds K = " + std::to_string(k) + " positions, not 1 <= K < N-1 = " + std::to_string(n - 1);
     }
     for (std::string problem : {expectDim(in, spec, kTOKENS, 1, k == kUNKNOWN_DIM ? -1 : k + 2, "K+2"),
              expectDim(in, spec, kTOKENS, 2, c, "C"), expectDim(in, spec, kMOVED, 1, 1, "1"),
