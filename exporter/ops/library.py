@@ -123,7 +123,8 @@ def _run(command: list[str], step: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
-        raise ExporterError(f"CMake's {step} step of the plugin library failed (exit status {done.returncode}):\n{tail}",
+        raise ExporterError(f"CMake's {step} step of the plugin library failed (exit status {done.returncode}):\n"
+                            + tail,
                             "read the compiler's message above; check TRT_INCLUDE_DIR points at TensorRT 10 or newer")
 
 

@@ -53,10 +53,10 @@ class RtxCheck:
     layer_types: dict[str, int] = field(default_factory=dict)  # layers per type, e.g. {"PLUGIN_V3": 1}
     num_plugin_layers: int = 0  # PLUGIN_V3 layers (custom nodes parsed into plugins of `plugin_library`)
     plugin_names: list[str] = field(default_factory=list)  # their plugins' names, one per layer
-    outputs: dict[str, tuple[list[int], str]] = field(default_factory=dict)  # network outputs: (shape, -1 dynamic; dtype)
+    outputs: dict[str, tuple[list[int], str]] = field(default_factory=dict)  # network outputs: (shape, -1: dynamic), dtype
     compute_capability: str = ""  # the engine's target, e.g. "SM86"
     log_errors: list[str] = field(default_factory=list)  # every error TensorRT logged (plugins' messages included)
-    plugin_calls: dict[str, int] = field(default_factory=dict)  # "ToMeMerge::getOutputShapes" -> times TensorRT called it
+    plugin_calls: dict[str, int] = field(default_factory=dict)  # "ToMeMerge::getOutputShapes" -> calls by TensorRT
 
 
 DEFAULT_COMPUTE_CAPABILITY = "SM86"
@@ -199,7 +199,8 @@ def _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, plugin_
         line.split(_TRACE, 1)[1].strip() for line in child.stderr.splitlines() if _TRACE in line))
     # TensorRT-RTX 1.7's logger finder finds no logger while parsing and building: the library's messages
     # reach stderr instead
-    fields["log_errors"] += [line[4:] for line in child.stderr.splitlines() if line.startswith(("[E] [exporter", "[F] [exporter"))]
+    fields["log_errors"] += [line[4:] for line in child.stderr.splitlines()
+                             if line.startswith(("[E] [exporter", "[F] [exporter"))]
     return RtxCheck(**fields)
 
 

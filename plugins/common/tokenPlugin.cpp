@@ -141,7 +141,8 @@ int32_t TokenPlugin::getNbOutputs() const noexcept
 
 bool TokenPlugin::checkCounts(int32_t nbInputs, int32_t nbOutputs, char const* when) const noexcept
 {
-    if (nbInputs == static_cast<int32_t>(mSpec->inputs.size()) && nbOutputs == static_cast<int32_t>(mSpec->outputs.size()))
+    if (nbInputs == static_cast<int32_t>(mSpec->inputs.size())
+        && nbOutputs == static_cast<int32_t>(mSpec->outputs.size()))
     {
         return true;
     }
@@ -248,7 +249,8 @@ bool TokenPlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
     trace(mSpec->name, "supportsFormatCombination");
-    if (nbInputs != static_cast<int32_t>(mSpec->inputs.size()) || nbOutputs != static_cast<int32_t>(mSpec->outputs.size())
+    if (nbInputs != static_cast<int32_t>(mSpec->inputs.size())
+        || nbOutputs != static_cast<int32_t>(mSpec->outputs.size())
         || pos < 0 || pos >= nbInputs + nbOutputs)
     {
         return false;
@@ -260,8 +262,8 @@ bool TokenPlugin::supportsFormatCombination(
     return desc.format == TensorFormat::kLINEAR && matches(io.type, desc.type, token);
 }
 
-int32_t TokenPlugin::configurePlugin(
-    DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+int32_t TokenPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+    DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     trace(mSpec->name, "configurePlugin");
     if (!checkCounts(nbInputs, nbOutputs, "configurePlugin"))

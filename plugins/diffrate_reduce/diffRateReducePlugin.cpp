@@ -48,7 +48,8 @@ std::string checkShapes(Attributes const& a, InputDims const& in)
     return problem.empty() ? expectDim(in, spec, kSCORE, 1, n == kUNKNOWN_DIM ? -1 : n - 1, "N-1") : problem;
 }
 
-void outputShapes(Attributes const& a, nvinfer1::DimsExprs const* in, nvinfer1::DimsExprs* out, nvinfer1::IExprBuilder& b)
+void outputShapes(
+    Attributes const& a, nvinfer1::DimsExprs const* in, nvinfer1::DimsExprs* out, nvinfer1::IExprBuilder& b)
 {
     nvinfer1::IDimensionExpr const* batch = in[kX].d[0];
     out[0].d[0] = batch;

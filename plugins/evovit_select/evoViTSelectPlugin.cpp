@@ -33,7 +33,8 @@ std::string checkShapes(Attributes const& a, InputDims const& in)
     return expectDim(in, evoViTSelectSpec(), 1, 1, n == kUNKNOWN_DIM ? -1 : n - 1, "N-1");
 }
 
-void outputShapes(Attributes const& a, nvinfer1::DimsExprs const* in, nvinfer1::DimsExprs* out, nvinfer1::IExprBuilder& b)
+void outputShapes(
+    Attributes const& a, nvinfer1::DimsExprs const* in, nvinfer1::DimsExprs* out, nvinfer1::IExprBuilder& b)
 {
     out[0].d[0] = in[0].d[0];
     out[0].d[1] = b.constant(a[kKEEP] + 2);

@@ -177,10 +177,9 @@ DataType typeOf(char kind, DataType token)
 }
 
 //! A type that `kind` must refuse.
-DataType wrongType(char kind, DataType token)
+DataType wrongType(char kind)
 {
-    return kind == 'T' ? DataType::kINT32 : kind == 'f' ? (token == DataType::kHALF ? DataType::kHALF : DataType::kINT32)
-                                                        : DataType::kINT32;
+    return kind == 'f' ? DataType::kHALF : DataType::kINT32; // fp16 scores, int32 tokens or indices
 }
 
 std::vector<DynamicPluginTensorDesc> descs(Case const& c, DataType token)
@@ -252,9 +251,11 @@ bool runCase(IPluginCreatorV3One* creator, Case const& c)
     CHECK(values(runtime(copy.get())->getFieldsToSerialize(), problem) == c.attributes, "clone's fields differ");
 
     // Serialization round trip: the serialized fields create the plugin again, as deserialization does.
-    PluginPtr restored(creator->createPlugin("node", runtime(plugin.get())->getFieldsToSerialize(), TensorRTPhase::kRUNTIME));
+    PluginFieldCollection const* serializedFields = runtime(plugin.get())->getFieldsToSerialize();
+    PluginPtr restored(creator->createPlugin("node", serializedFields, TensorRTPhase::kRUNTIME));
     CHECK(restored != nullptr, "createPlugin(kRUNTIME) from getFieldsToSerialize returned nullptr");
-    CHECK(values(runtime(restored.get())->getFieldsToSerialize(), problem) == c.attributes, "round trip changed the fields");
+    CHECK(values(runtime(restored.get())->getFieldsToSerialize(), problem) == c.attributes,
+        "round trip changed the fields");
     PluginPtr attached(runtime(restored.get())->attachToContext(nullptr));
     CHECK(attached != nullptr && values(runtime(attached.get())->getFieldsToSerialize(), problem) == c.attributes,
         "attachToContext");
@@ -270,7 +271,7 @@ bool runCase(IPluginCreatorV3One* creator, Case const& c)
         {
             char const kind = pos < nbIn ? c.inputs[pos] : c.outputs[pos - nbIn];
             auto wrong = valid;
-            wrong[pos].desc.type = wrongType(kind, token);
+            wrong[pos].desc.type = wrongType(kind);
             CHECK(!b->supportsFormatCombination(pos, wrong.data(), nbIn, nbOut),
                 dt + ": position " + std::to_string(pos) + " accepts a wrong dtype");
             auto strided = valid;

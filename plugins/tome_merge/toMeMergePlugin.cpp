@@ -36,13 +36,15 @@ std::string checkShapes(Attributes const& a, InputDims const& in)
     int64_t const n = in[kX][1];
     if (n != kUNKNOWN_DIM && a[kR] > (n - 1) / 2)
     {
-        return "attribute 'r' = " + std::to_string(a[kR]) + " must be at most (N-1)//2 = " + std::to_string((n - 1) / 2);
+        return "attribute 'r' = " + std::to_string(a[kR]) + " must be at most (N-1)//2 = "
+            + std::to_string((n - 1) / 2);
     }
     std::string problem = expectDim(in, spec, kSIZE, 1, n, "N");
     return problem.empty() ? expectDim(in, spec, kMETRIC, 1, n, "N") : problem;
 }
 
-void outputShapes(Attributes const& a, nvinfer1::DimsExprs const* in, nvinfer1::DimsExprs* out, nvinfer1::IExprBuilder& b)
+void outputShapes(
+    Attributes const& a, nvinfer1::DimsExprs const* in, nvinfer1::DimsExprs* out, nvinfer1::IExprBuilder& b)
 {
     nvinfer1::IDimensionExpr const* kept = plus(b, *in[kX].d[1], -a[kR]);
     out[0].d[0] = in[kX].d[0];
