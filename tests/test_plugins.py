@@ -233,3 +233,5 @@ def test_missing_library_raises(tmp_path):
     pytest.importorskip("tensorrt_rtx")
     with pytest.raises(ExporterError, match="does not exist"):
         rtx.rtx_check(path, "x", input_shape_tail=(197, 64), plugin_library=tmp_path / "absent.so")
+    with pytest.raises(ExporterError, match="cannot target compute capability 'SM87'"):
+        rtx.rtx_check(path, "x", input_shape_tail=(197, 64), compute_capability="SM87")

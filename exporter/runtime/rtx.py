@@ -53,7 +53,7 @@ class RtxCheck:
     layer_types: dict[str, int] = field(default_factory=dict)  # layers per type, e.g. {"PLUGIN_V3": 1}
     num_plugin_layers: int = 0  # PLUGIN_V3 layers (custom nodes parsed into plugins of `plugin_library`)
     plugin_names: list[str] = field(default_factory=list)  # their plugins' names, one per layer
-    outputs: dict[str, tuple[list[int], str]] = field(default_factory=dict)  # network outputs: (shape, -1: dynamic), dtype
+    outputs: dict[str, tuple[list[int], str]] = field(default_factory=dict)  # name -> (shape, -1 dynamic), dtype
     compute_capability: str = ""  # the engine's target, e.g. "SM86"
     log_errors: list[str] = field(default_factory=list)  # every error TensorRT logged (plugins' messages included)
     plugin_calls: dict[str, int] = field(default_factory=dict)  # "ToMeMerge::getOutputShapes" -> calls by TensorRT
@@ -86,6 +86,10 @@ def rtx_check(
         trt = importlib.import_module("tensorrt_rtx")
     except ImportError:
         return RtxCheck("skipped", MISSING)
+    if not hasattr(trt, "ComputeCapability") or not hasattr(trt.ComputeCapability, compute_capability):
+        offered = [n for n in dir(getattr(trt, "ComputeCapability", None)) if n.startswith("SM")]
+        raise ExporterError(f"TensorRT-RTX {trt.__version__} cannot target compute capability '{compute_capability}'",
+                            f"pass one of {', '.join(offered) or 'its ComputeCapability names'}")
     if plugin_library is not None:
         return _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, Path(plugin_library),
                                     compute_capability)
@@ -186,8 +190,12 @@ def _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, plugin_
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         env["EXPORTER_PLUGINS_TRACE"] = "1"  # libexporter_plugins.so names every call it gets on stderr
-        child = subprocess.run([sys.executable, "-m", "exporter.runtime.rtx", json.dumps(request)], env=env,
-                               capture_output=True, text=True)
+        try:
+            child = subprocess.run([sys.executable, "-m", "exporter.runtime.rtx", json.dumps(request)], env=env,
+                                   capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return RtxCheck("failed", f"the TensorRT-RTX check with {plugin_library.name} took over "
+                            f"{_CHILD_TIMEOUT_S} s", compute_capability=compute_capability)
     lines = [line for line in child.stdout.splitlines() if line.startswith(_RESULT)]
     if child.returncode != 0 or not lines:
         tail = (child.stderr.strip().splitlines() or ["no output"])[-3:]
@@ -205,6 +213,7 @@ def _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, plugin_
 
 
 _RESULT = "RTXCHECK "
+_CHILD_TIMEOUT_S = 900
 _TRACE = "[exporter plugins] trace "
 
 
