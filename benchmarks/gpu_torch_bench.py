@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from exporter.bench.throughput import candidates, interleaved, ratios, selected_methods  # noqa: E402
+from exporter.bench.throughput import candidates, interleaved, local, selected_methods, table  # noqa: E402
 from exporter.models import create_model, input_size  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -84,18 +83,13 @@ def main() -> int:
     with torch.no_grad():
         for batch in (int(b) for b in args.batch.split(",")):
             x = torch.randn(batch, 3, *size, device="cuda", dtype=DTYPES[args.precision])
-            calls = {c.label: synced((lambda m=c.model: m(x)) if args.eager else graphed(c.model, x)) for c in cands}
-            times = interleaved(calls, args.rounds, args.iterations, log=lambda _: None)
+            timers = {i: local(synced((lambda m=c.model: m(x)) if args.eager else graphed(c.model, x)))
+                      for i, c in enumerate(cands)}
+            times = interleaved(timers, args.rounds, args.iterations, log=lambda _: None)
+            for i, c in enumerate(cands):
+                c.torch_ms = times[i]
             print(f"\nbatch {batch}\n")
-            print("| method | GMACs | FLOPs ratio | ms/batch | img/s | measured speedup | speedup / FLOPs ratio |")
-            print("|---|---|---|---|---|---|---|")
-            base = cands[0]
-            for c in cands:
-                ms = statistics.median(times[c.label])
-                per_round = ratios(times[base.label], times[c.label])
-                speedup, flops_ratio = statistics.median(per_round), base.gmacs / c.gmacs
-                print(f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ms:.2f} | {batch * 1000 / ms:.0f} | "
-                      f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} |")
+            print(table(cands, batch))
     return 0
 
 

@@ -190,12 +190,19 @@ def _methods(args, console: Console) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="onnxruntime throughput of each method vs the dense model (and vs PyTorch)",
-        description="Export every method (at its default parameters) with a static batch, run them in onnxruntime "
-        "and PyTorch on the CPU with the same thread settings, interleaved, and print measured speedups next to "
-        "FLOPs ratios and the share of time spent in the token-reduction machinery and size bias.",
+        help="onnxruntime throughput of each method (and model) vs the first dense model, and vs PyTorch",
+        description="Export every method (at its default parameters) of every model with a static batch, run them "
+        "in onnxruntime and PyTorch on the CPU, each runtime in a process of its own with the same thread settings, "
+        "taking turns round by round, and print measured speedups next to FLOPs ratios and the share of time spent "
+        "in the token-reduction machinery and size bias.",
     )
-    p.add_argument("--model", default="deit_small_patch16_224")
+    p.add_argument(
+        "--models",
+        "--model",
+        default="deit_small_patch16_224",
+        help="comma-separated timm names; a variant as name(arg=value, ...), e.g. litv2_small(alpha=0.0) "
+        "(default %(default)s)",
+    )
     p.add_argument("--weights", default="random", help="timing does not depend on the weights (default %(default)s)")
     p.add_argument("--methods", default=None, help="comma-separated (default: all, dense first)")
     p.add_argument("--img-size", type=int, default=None)
@@ -211,12 +218,22 @@ def _bench(args, console: Console) -> int:
     from .models import create_model, input_size
 
     methods = throughput.selected_methods(args.methods)
-    dense = create_model(args.model, args.weights, 0, args.img_size)
-    size = input_size(dense)
-    results = throughput.run(dense, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)
-    print(f"{args.model}, batch {args.batch}, {args.threads} threads, onnxruntime CPU, medians of {args.rounds} rounds x {args.iterations} batches\n")
+    models = {}
+    for label, (name, kwargs) in throughput.parse_models(args.models).items():
+        models[label] = create_model(name, args.weights, 0, args.img_size, **kwargs)
+    sizes = {label: input_size(m) for label, m in models.items()}
+    if len(set(sizes.values())) > 1:
+        raise ExporterError(f"The models take different input sizes: {sizes}.", "Pass --img-size for all of them.")
+    size = next(iter(sizes.values()))
+    results = throughput.run(models, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)
+    import onnxruntime
+
+    print(f"{args.models}, batch {args.batch}, {size[0]}x{size[1]}, {args.threads} threads, onnxruntime "
+          f"{onnxruntime.__version__} CPU, fp32, medians of {args.rounds} rounds x {args.iterations} batches\n")
     print(throughput.table(results, args.batch))
-    print("\n" + throughput.profile_note(results))
+    for note in (throughput.lone_note(results), throughput.profile_note(results)):
+        if note:
+            print("\n" + note)
     return 0
 
 
