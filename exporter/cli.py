@@ -103,7 +103,7 @@ def _build(args, console: Console) -> int:
     spec = _spec_from_args(args)
     command = "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = build(spec, args.out, command, console)
-    console.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -121,7 +121,7 @@ def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
     verify(args.bundle, console)
-    console.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -151,7 +151,7 @@ def _methods(args, console: Console) -> int:
         table = Table("method", "parameters (default)", "what it does")
         for m in methods:
             table.add_row(m.name, "\n".join(f"{p.flag} ({p.default}): {p.help}" for p in m.params) or "—", m.summary)
-        console.print(table)
+        args.stdout.print(table)
         return 0
     from .methods.base import ReducedViT
     from .methods.flops import count_gmacs
@@ -182,8 +182,8 @@ def _methods(args, console: Console) -> int:
             f"{gmacs:.3f}",
             f"{dense_gmacs / gmacs:.2f}x",
         )
-    console.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs")
-    console.print(table)
+    args.stdout.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs")
+    args.stdout.print(table)
     return 0
 
 
@@ -248,6 +248,8 @@ def parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_methods(sub)
     _add_bench(sub)
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 
@@ -255,7 +257,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False)  # progress, warnings and errors
+    args.stdout = Console(highlight=False)  # results: tables, the PASSED/FAILED line
     start = args.start = time.perf_counter()
     from .pipeline import BuildFailed
 
@@ -271,8 +274,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BuildFailed as e:
         if args.debug:
             raise
-        console.print(str(e), markup=False)
-        console.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
+        args.stdout.print(str(e), markup=False)
+        args.stdout.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
         return EXIT_FAILED
 
 

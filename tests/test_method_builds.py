@@ -33,7 +33,7 @@ def test_method_builds(tmp_path, method):
     for graph, rtx in report["tensorrt_rtx"].items():
         assert rtx["status"] == expected, (graph, rtx)
     fp32 = [c for c in report["comparisons"] if c["precision"] == "fp32"]
-    assert [c["batch"] for c in fp32] == [1, 2]
+    assert [c["batch"] for c in fp32] == [1, 2, 4]
     assert all(c["max_abs"] <= 1e-4 for c in fp32)
     if method == "none":
         assert report["schedule"] is None and report["flops"]["ratio"] == 1
