@@ -555,7 +555,7 @@ def lone_note(cands: list[Candidate]) -> str:
     for name, alone, together in (("onnxruntime", first.ort_alone_ms, first.ort_ms), ("PyTorch", first.torch_alone_ms, first.torch_ms)):
         if alone and together:
             a, t = statistics.median(alone), statistics.median(together)
-            parts.append(f"{name} {a:.1f} ms alone, {t:.1f} ms interleaved ({t / a - 1:+.0%})")
+            parts.append(f"{name} {_ms(a)} ms alone, {_ms(t)} ms interleaved ({t / a - 1:+.0%})")
     return f"{first.label} timed alone in a fresh process: " + "; ".join(parts) + "." if parts else ""
 
 
