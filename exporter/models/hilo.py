@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ExporterError
 
-__all__ = ["HiLo", "hilo_macs", "msa_macs", "split_heads"]
+__all__ = ["HiLo", "split_heads"]
 
 
 def split_heads(dim: int, num_heads: int, window_size: int, alpha: float) -> tuple[int, int]:
@@ -165,24 +165,3 @@ class HiLo(nn.Module):
         else:
             out = self.lofi(x)
         return _crop(out, h, w).reshape(b, n, c)
-
-
-def hilo_macs(dim: int, num_heads: int, height: int, width: int, window_size: int = 2, alpha: float = 0.5) -> int:
-    """Multiply-accumulates of one HiLo layer on a height×width map (projections + the two attention matmuls).
-
-    Counts the padded map when a side is not a multiple of the window, as the computation does.
-    """
-    l_heads, h_heads = split_heads(dim, num_heads, window_size, alpha)
-    head_dim, s = dim // num_heads, window_size
-    hp, wp = -(-height // s) * s, -(-width // s) * s
-    n = hp * wp
-    l_dim, h_dim = l_heads * head_dim, h_heads * head_dim
-    hifi = n * dim * 3 * h_dim + n * h_dim * h_dim + 2 * n * (s * s) * h_dim
-    m = n // (s * s)  # Lo-Fi keys: pooled tokens (all tokens when s = 1)
-    lofi = n * dim * l_dim + m * dim * 2 * l_dim + n * l_dim * l_dim + 2 * n * m * l_dim
-    return hifi + lofi
-
-
-def msa_macs(dim: int, num_heads: int, height: int, width: int) -> int:
-    """Multiply-accumulates of standard global multi-head self-attention on the same map (HiLo with s = 1)."""
-    return hilo_macs(dim, num_heads, height, width, window_size=1)
