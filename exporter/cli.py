@@ -225,7 +225,9 @@ def _bench(args, console: Console) -> int:
     if len(set(sizes.values())) > 1:
         raise ExporterError(f"The models take different input sizes: {sizes}.", "Pass --img-size for all of them.")
     size = next(iter(sizes.values()))
-    results = throughput.run(models, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)
+    results = throughput.run(
+        models, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print
+    )
     import onnxruntime
 
     print(f"{args.models}, batch {args.batch}, {size[0]}x{size[1]}, {args.threads} threads, onnxruntime "

@@ -1,6 +1,6 @@
 """Plain re-implementations of EViT and Evo-ViT inference, written the way the authors' code does
 it (materialised attention maps, sort, scatter-based complement index, in-place writes), for
-checking the export-friendly modules. Also: small timm ViTs whose class attention is decisive.
+checking the export-friendly modules. The small timm ViTs and their inputs are `vits.py`'s.
 
 Each reference returns (logits, kept indices per reduction, margins per reduction). Kept indices
 are what the module records: EViT's index the tokens of that moment, Evo-ViT's are patch positions.
@@ -16,7 +16,6 @@ import math
 import onnx
 import onnxruntime as ort
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 from exporter.export.fp16 import export_fp16
 from exporter.export.lint import lint

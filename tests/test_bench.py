@@ -156,7 +156,8 @@ def test_each_runtime_is_timed_in_a_process_of_its_own(tome_graph):
     assert throughput.timing_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     torch.manual_seed(0)
     model = timm.create_model("test_vit").eval()
-    with throughput.Runtime("ort", {"a": path}, x, 1) as ort_rt, throughput.Runtime("torch", {"a": model}, x, 1) as torch_rt:
+    with throughput.Runtime("ort", {"a": path}, x, 1) as ort_rt, \
+            throughput.Runtime("torch", {"a": model}, x, 1) as torch_rt:
         assert len({os.getpid(), ort_rt.pid, torch_rt.pid}) == 3
         assert ort_rt.time("a", 2) > 0 and torch_rt.time("a", 1) > 0
         with pytest.raises(RuntimeError, match="KeyError"):
@@ -182,7 +183,8 @@ def test_bench_run_leaves_the_callers_torch_alone_and_checks_a_lone_run():
 
 
 def test_models_list_with_variants():
-    assert throughput.parse_models("deit_small_patch16_224, litv2_small(alpha=0.0),litv2_small(local_ws=(0, 0, 1, 1))") == {
+    text = "deit_small_patch16_224, litv2_small(alpha=0.0),litv2_small(local_ws=(0, 0, 1, 1))"
+    assert throughput.parse_models(text) == {
         "deit_small_patch16_224": ("deit_small_patch16_224", {}),
         "litv2_small(alpha=0.0)": ("litv2_small", {"alpha": 0.0}),
         "litv2_small(local_ws=(0, 0, 1, 1))": ("litv2_small", {"local_ws": (0, 0, 1, 1)}),
@@ -198,5 +200,6 @@ def test_one_table_for_every_runtime():
     dense = Candidate("none", "none", {}, None, gmacs=4.0, schedule=None, torch_ms=[2.0, 4.0])
     tome = Candidate("tome", "tome", {}, None, gmacs=2.0, schedule=[1], torch_ms=[1.0, 2.5])
     lines = table([dense, tome], batch=64).splitlines()
-    assert lines[0] == "| method | GMACs | FLOPs ratio | PyTorch ms/batch | PyTorch img/s | measured speedup | speedup / FLOPs ratio |"
+    assert lines[0] == ("| method | GMACs | FLOPs ratio | PyTorch ms/batch | PyTorch img/s | measured speedup "
+                        "| speedup / FLOPs ratio |")
     assert lines[-1] == "| tome | 2.00 | 2.00x | 1.75 | 36571.4 | 1.80x (1.60–2.00) | 0.90 |"

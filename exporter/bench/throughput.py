@@ -5,7 +5,9 @@ cores: while one is timed, the other waits in a blocking read with its threads a
 without spinning, OpenMP's wait policy passive). Candidates take turns round by round, with the same
 thread settings (so a slow minute of the machine hits every one alike); each ratio comes from medians
 of the same rounds. The first row is timed once more alone in a fresh process per runtime
-(`lone_note`), which checks the absolute numbers. The reduction machinery's share (scores, top-k, gathers, merging) and the share of the
+(`lone_note`), which checks the absolute numbers.
+
+The reduction machinery's share (scores, top-k, gathers, merging) and the share of the
 size bias some methods add to attention are measured with onnxruntime's per-node profiler on the
 optimised session the bench times, less the profiler's own cost per node (`profiler_cost`),
 attributing nodes through the module path the exporter records: method code runs outside timm's
@@ -353,12 +355,14 @@ def run(
     The caller's torch settings (threads included) are left as they were."""
     cands = []
     for name, dense in models.items():
-        cands += candidates(dense, methods, img_size, f"{name} " if len(models) > 1 else "", log if len(models) > 1 else None)
+        several = len(models) > 1  # then rows are labelled by model, and a method a model cannot take is skipped
+        cands += candidates(dense, methods, img_size, f"{name} " if several else "", log if several else None)
     x = torch.randn(batch, 3, *img_size, generator=torch.Generator().manual_seed(0)).numpy()
     with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
         for i, c in enumerate(cands):
             log(f"exporting {c.label}")
-            c.onnx_path = export_onnx(c.model, Path(tmp) / f"{i}-{c.method}.onnx", img_size, (batch, batch, batch), opset)
+            path = Path(tmp) / f"{i}-{c.method}.onnx"
+            c.onnx_path = export_onnx(c.model, path, img_size, (batch, batch, batch), opset)
         log("starting one process per runtime")
         with Runtime("ort", {i: c.onnx_path for i, c in enumerate(cands)}, x, threads) as ort_rt, \
                 Runtime("torch", {i: c.model for i, c in enumerate(cands)}, x, threads) as torch_rt:
@@ -552,7 +556,8 @@ def lone_note(cands: list[Candidate]) -> str:
     the interleaved rounds: the check that taking turns did not change the absolute numbers."""
     first = cands[0]
     parts = []
-    for name, alone, together in (("onnxruntime", first.ort_alone_ms, first.ort_ms), ("PyTorch", first.torch_alone_ms, first.torch_ms)):
+    runtimes = (("onnxruntime", first.ort_alone_ms, first.ort_ms), ("PyTorch", first.torch_alone_ms, first.torch_ms))
+    for name, alone, together in runtimes:
         if alone and together:
             a, t = statistics.median(alone), statistics.median(together)
             parts.append(f"{name} {_ms(a)} ms alone, {_ms(t)} ms interleaved ({t / a - 1:+.0%})")

@@ -8,9 +8,10 @@ A four-stage hierarchical ViT: stages 1–2 are ConvFFN blocks without attention
 Importing this module (or `exporter.models`) registers `litv2_small`, `litv2_medium` and `litv2_base` with
 timm, so `timm.create_model("litv2_small", pretrained=False)` works, and they follow timm's model conventions:
 default cfgs, `reset_classifier`, `forward_features` (NHWC, `output_fmt`) / `forward_head`, `feature_info`
-and `forward_intermediates` for the four stages (so `features_only=True` works), TorchScript and torch.fx. Module and parameter names follow
-`classification/models/{litv2,layers,blocks,attentions,patch_embed}.py` of the official repo, so the
-released checkpoints (`litv2_s.pth` ...) load with `load_state_dict(..., strict=True)` without
+and `forward_intermediates` for the four stages (so `features_only=True` works), TorchScript and torch.fx.
+
+Module and parameter names follow `classification/models/{litv2,layers,blocks,attentions,patch_embed}.py` of the
+official repo, so the released checkpoints (`litv2_s.pth` ...) load with `load_state_dict(..., strict=True)` without
 remapping. NOTE: those files store the weights under the key 'model' (`torch.load(f)['model']`).
 
 Differences from the official classification code, none of which changes the function:
@@ -239,7 +240,8 @@ class LITv2(nn.Module):
         self.total_stride = patch_size * 2 ** (stages - 1)
         # Each stage's output before its token merging (`forward_intermediates`), as timm describes features.
         self.feature_info = [
-            dict(num_chs=embed_dim * 2 ** i, reduction=patch_size * 2 ** i, module=f"layers.{i}") for i in range(stages)]
+            dict(num_chs=embed_dim * 2 ** i, reduction=patch_size * 2 ** i, module=f"layers.{i}")
+            for i in range(stages)]
         # (stage, stride, window) of every stage with HiLo: what check_img_size needs, known before building.
         self.hilo_windows = [(i + 1, patch_size * 2 ** i, local_ws[i]) for i in range(stages) if has_msa[i] == 1]
         self.check_img_size(img_size)
