@@ -106,8 +106,8 @@ def test_failed_verification_leaves_no_bundle(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # no real graph matches PyTorch bit for bit
     out = tmp_path / "out"
     assert run(out, "--model", "test_vit", "--weights", "random") == 1
-    out = " ".join(capsys.readouterr().out.split())  # the result, with the failed checks: stdout
-    assert "max abs error" in out and "FAILED" in out
+    stdout = " ".join(capsys.readouterr().out.split())  # the result, with the failed checks
+    assert "max abs error" in stdout and "FAILED" in stdout
     (failed,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert failed.name.endswith(".failed") and not (failed / "manifest.json").exists()
     assert "FAIL" in (failed / "report.md").read_text()
