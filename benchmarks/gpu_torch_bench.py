@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from exporter import ops  # noqa: E402
-from exporter.bench.throughput import candidates, interleaved, ratios, selected_methods  # noqa: E402
+from exporter.bench.throughput import candidates, interleaved, local, selected_methods, table  # noqa: E402
 from exporter.models import create_model, input_size  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -138,24 +137,19 @@ def main() -> int:
     with torch.no_grad():
         for batch in (int(b) for b in args.batch.split(",")):
             x = torch.randn(batch, 3, *size, device="cuda", dtype=DTYPES[args.precision])
-            calls, gmacs = {}, {}
+            calls, rows = {}, []
             for c in cands:
                 if c.method != "none":
                     print(f"batch {batch}, {c.method}: fused vs standard ops: {agreement(c.model, x)}", flush=True)
                 for label, (fn, fused) in variants(c, batch in compile_at).items():
                     with ops.fused_kernels(fused):
-                        calls[label] = synced((lambda f=fn: f(x)) if args.eager else graphed(fn, x))
-                    gmacs[label] = c.gmacs
+                        calls[label] = local(synced((lambda f=fn: f(x)) if args.eager else graphed(fn, x)))
+                    rows.append(dataclasses.replace(c, label=label))
             times = interleaved(calls, args.rounds, args.iterations, log=lambda _: None)
+            for row in rows:
+                row.torch_ms = times[row.label]
             print(f"\nbatch {batch}\n")
-            print("| model | GMACs | FLOPs ratio | ms/batch | img/s | speedup vs dense | speedup / FLOPs ratio |")
-            print("|---|---|---|---|---|---|---|")
-            for label in calls:
-                ms = statistics.median(times[label])
-                per_round = ratios(times["dense"], times[label])
-                speedup, flops_ratio = statistics.median(per_round), gmacs["dense"] / gmacs[label]
-                print(f"| {label} | {gmacs[label]:.2f} | {flops_ratio:.2f}x | {ms:.2f} | {batch * 1000 / ms:.0f} | "
-                      f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} |")
+            print(table(rows, batch))
     return 0
 
 

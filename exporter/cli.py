@@ -111,7 +111,7 @@ def _build(args, console: Console) -> int:
     spec = _spec_from_args(args)
     command = "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = build(spec, args.out, command, console)
-    console.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -131,7 +131,7 @@ def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
     verify(args.bundle, console, weights=args.weights, report_to=args.report)
-    console.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -161,7 +161,7 @@ def _methods(args, console: Console) -> int:
         table = Table("method", "parameters (default)", "what it does")
         for m in methods:
             table.add_row(m.name, "\n".join(f"{p.flag} ({p.default}): {p.help}" for p in m.params) or "—", m.summary)
-        console.print(table)
+        args.stdout.print(table)
         return 0
     from .methods.flops import count_gmacs
     from .models import create_model, input_size
@@ -191,20 +191,27 @@ def _methods(args, console: Console) -> int:
             f"{gmacs:.3f}",
             f"{dense_gmacs / gmacs:.2f}x",
         )
-    console.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs")
-    console.print(table)
+    args.stdout.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs")
+    args.stdout.print(table)
     return 0
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="onnxruntime throughput of each method vs the dense model (and vs PyTorch)",
-        description="Export every method (at its default parameters) with a static batch, run them in onnxruntime "
-        "and PyTorch on the CPU with the same thread settings, interleaved, and print measured speedups next to "
-        "FLOPs ratios and the share of time spent in the token-reduction machinery and size bias.",
+        help="onnxruntime throughput of each method (and model) vs the first dense model, and vs PyTorch",
+        description="Export every method (at its default parameters) of every model with a static batch, run them "
+        "in onnxruntime and PyTorch on the CPU, each runtime in a process of its own with the same thread settings, "
+        "taking turns round by round, and print measured speedups next to FLOPs ratios and the share of time spent "
+        "in the token-reduction machinery and size bias.",
     )
-    p.add_argument("--model", default="deit_small_patch16_224")
+    p.add_argument(
+        "--models",
+        "--model",
+        default="deit_small_patch16_224",
+        help="comma-separated timm names; a variant as name(arg=value, ...), e.g. litv2_small(alpha=0.0) "
+        "(default %(default)s)",
+    )
     p.add_argument("--weights", default="random", help="timing does not depend on the weights (default %(default)s)")
     p.add_argument("--methods", default=None, help="comma-separated (default: all, dense first)")
     p.add_argument("--img-size", type=int, default=None)
@@ -222,12 +229,24 @@ def _bench(args, console: Console) -> int:
 
     check_bench_args(args)
     methods = throughput.selected_methods(args.methods)
-    dense = create_model(args.model, args.weights, 0, args.img_size)
-    size = input_size(dense)
-    results = throughput.run(dense, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)
-    print(f"{args.model}, batch {args.batch}, {args.threads} threads, onnxruntime CPU, medians of {args.rounds} rounds x {args.iterations} batches\n")
+    models = {}
+    for label, (name, kwargs) in throughput.parse_models(args.models).items():
+        models[label] = create_model(name, args.weights, 0, args.img_size, **kwargs)
+    sizes = {label: input_size(m) for label, m in models.items()}
+    if len(set(sizes.values())) > 1:
+        raise ExporterError(f"The models take different input sizes: {sizes}.", "Pass --img-size for all of them.")
+    size = next(iter(sizes.values()))
+    results = throughput.run(
+        models, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print
+    )
+    import onnxruntime
+
+    print(f"{args.models}, batch {args.batch}, {size[0]}x{size[1]}, {args.threads} threads, onnxruntime "
+          f"{onnxruntime.__version__} CPU, fp32, medians of {args.rounds} rounds x {args.iterations} batches\n")
     print(throughput.table(results, args.batch))
-    print("\n" + throughput.profile_note(results))
+    for note in (throughput.lone_note(results), throughput.profile_note(results)):
+        if note:
+            print("\n" + note)
     return 0
 
 
@@ -242,6 +261,8 @@ def parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_methods(sub)
     _add_bench(sub)
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 
@@ -249,7 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False)  # progress, warnings and errors
+    args.stdout = Console(highlight=False)  # results: tables, the PASSED/FAILED line
     start = args.start = time.perf_counter()
     from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
     from .pipeline import BuildFailed
@@ -272,8 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BuildFailed as e:
         if args.debug:
             raise
-        console.print(str(e), markup=False)
-        console.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
+        args.stdout.print(str(e), markup=False)
+        args.stdout.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
         return EXIT_FAILED
 
 

@@ -54,7 +54,8 @@ class Outcome:
 
 @dataclass
 class Stages:
-    """Prints each stage as it runs and keeps its duration for the manifest."""
+    """Prints each stage as it runs and keeps its duration for the manifest. On a terminal the running
+    stage is a spinner; elsewhere (a CI log) its name is printed when it starts, and again when it ends."""
 
     console: Console
     durations: dict[str, float] = field(default_factory=dict)
@@ -63,6 +64,8 @@ class Stages:
     def __call__(self, name: str) -> Iterator[Outcome]:
         start = time.perf_counter()
         outcome = Outcome()
+        if not self.console.is_terminal:
+            self.console.print(f"{name} ...")
         with self.console.status(f"{name} ..."):
             try:
                 yield outcome
@@ -273,13 +276,23 @@ def _failure_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
+def _git_commit(package: Path = Path(__file__).resolve().parent, timeout: float = 5.0) -> str:
+    """The commit of the checkout `package` runs from ('+dirty' with uncommitted changes). 'unknown' unless
+    `package` is the `exporter/` directory at the root of a git work tree (an installed copy, e.g. in a
+    virtualenv inside another repository, must not record that repository's commit), or when git is
+    missing or takes longer than `timeout` seconds."""
+    root = package.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=timeout)
+        return done.stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+        if package.name != "exporter" or Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 

@@ -18,13 +18,16 @@ dimension in the graph is the batch; the Hi-Fi window partition is reshapes/tran
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
 from ..errors import ExporterError
 
-__all__ = ["HiLo", "hilo_macs", "msa_macs", "split_heads"]
+__all__ = ["HiLo", "split_heads"]
 
 
 def split_heads(dim: int, num_heads: int, window_size: int, alpha: float) -> tuple[int, int]:
@@ -47,6 +50,40 @@ def split_heads(dim: int, num_heads: int, window_size: int, alpha: float) -> tup
     return l_heads, num_heads - l_heads
 
 
+@register_notrace_function  # timm's fx tracer: a leaf (its checks branch on sizes)
+def _check_map(n: int, h: int, w: int, ws: int) -> None:
+    """Raise ExporterError unless `n` tokens form the h×w map and a ws×ws window fits in it."""
+    if n != h * w:
+        raise ExporterError(f"HiLo got {n} tokens for a {h}×{w} map.", "Pass the map size the tokens come from.")
+    if ws > h or ws > w:
+        raise ExporterError(
+            f"HiLo window size {ws} does not fit the {h}×{w} feature map it is applied to.",
+            f"Use a window size of at most {min(h, w)}, or a larger image.")
+
+
+@register_notrace_function
+def _pad_to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """[B, H, W, C] zero-padded at the bottom/right to multiples of ws (unchanged when they are)."""
+    pad_b, pad_r = -x.shape[1] % ws, -x.shape[2] % ws
+    if pad_b > 0 or pad_r > 0:
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    return x
+
+
+@register_notrace_function
+def _crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, H', W', C] cropped to its first h×w (unchanged when it is that size)."""
+    if x.shape[1] != h or x.shape[2] != w:
+        x = x[:, :h, :w]
+    return x
+
+
+# torch.fx.symbolic_trace without timm's tracer: the same functions as leaves
+torch.fx.wrap("_check_map")
+torch.fx.wrap("_pad_to_windows")
+torch.fx.wrap("_crop")
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     # Written out (not SDPA) so the graph has the scaled-Q MatMul-Softmax-MatMul pattern TensorRT fuses.
     return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
@@ -64,6 +101,9 @@ class HiLo(nn.Module):
         alpha: share of heads given to Lo-Fi.
     """
 
+    # Constants for TorchScript: the branch of a missing path is not compiled.
+    __constants__ = ["has_hifi", "has_lofi", "pooled"]
+
     def __init__(
             self,
             dim: int,
@@ -79,6 +119,7 @@ class HiLo(nn.Module):
         self.l_dim, self.h_dim = self.l_heads * self.head_dim, self.h_heads * self.head_dim
         self.dim, self.num_heads, self.ws, self.alpha = dim, num_heads, window_size, alpha
         self.scale = qk_scale or self.head_dim ** -0.5
+        self.has_hifi, self.has_lofi, self.pooled = self.h_heads > 0, self.l_heads > 0, window_size > 1
         if self.l_heads:
             if window_size > 1:
                 self.sr = nn.AvgPool2d(kernel_size=window_size, stride=window_size)
@@ -91,7 +132,7 @@ class HiLo(nn.Module):
 
     def hifi(self, x: torch.Tensor) -> torch.Tensor:
         """Attention inside each s×s window: [B, H, W, C] -> [B, H, W, h_dim] (H, W multiples of s)."""
-        b, h, w, _ = x.shape
+        b, h, w = x.shape[0], x.shape[1], x.shape[2]
         s, hg, wg = self.ws, h // self.ws, w // self.ws
         # The projection is per token, so project first and partition the result.
         qkv = self.h_qkv(x).reshape(b, hg, s, wg, s, 3 * self.h_dim).transpose(2, 3)
@@ -102,49 +143,25 @@ class HiLo(nn.Module):
 
     def lofi(self, x: torch.Tensor) -> torch.Tensor:
         """Every query against keys/values of the s×s average-pooled map: [B, H, W, C] -> [B, H, W, l_dim]."""
-        b, h, w, c = x.shape
+        b, h, w, c = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         q = self.l_q(x).reshape(b, h * w, self.l_heads, self.head_dim).transpose(1, 2)
-        pooled = self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2) if self.ws > 1 else x.reshape(b, h * w, c)
+        if self.pooled:
+            pooled = self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        else:
+            pooled = x.reshape(b, h * w, c)
         kv = self.l_kv(pooled).reshape(b, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = _attend(q, kv[0], kv[1], self.scale).transpose(1, 2).reshape(b, h, w, self.l_dim)
         return self.l_proj(out)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         h, w = size
-        b, n, c = x.shape
-        if n != h * w:
-            raise ExporterError(f"HiLo got {n} tokens for a {h}×{w} map.", "Pass the map size the tokens come from.")
-        if self.ws > h or self.ws > w:
-            raise ExporterError(
-                f"HiLo window size {self.ws} does not fit the {h}×{w} feature map it is applied to.",
-                f"Use a window size of at most {min(h, w)}, or a larger image.")
-        x = x.reshape(b, h, w, c)
-        pad_b, pad_r = -h % self.ws, -w % self.ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        branches = ([self.hifi(x)] if self.h_heads else []) + ([self.lofi(x)] if self.l_heads else [])
-        out = torch.cat(branches, dim=-1) if len(branches) > 1 else branches[0]
-        if pad_b or pad_r:
-            out = out[:, :h, :w]
-        return out.reshape(b, n, c)
-
-
-def hilo_macs(dim: int, num_heads: int, height: int, width: int, window_size: int = 2, alpha: float = 0.5) -> int:
-    """Multiply-accumulates of one HiLo layer on a height×width map (projections + the two attention matmuls).
-
-    Counts the padded map when a side is not a multiple of the window, as the computation does.
-    """
-    l_heads, h_heads = split_heads(dim, num_heads, window_size, alpha)
-    head_dim, s = dim // num_heads, window_size
-    hp, wp = -(-height // s) * s, -(-width // s) * s
-    n = hp * wp
-    l_dim, h_dim = l_heads * head_dim, h_heads * head_dim
-    hifi = n * dim * 3 * h_dim + n * h_dim * h_dim + 2 * n * (s * s) * h_dim
-    m = n // (s * s)  # Lo-Fi keys: pooled tokens (all tokens when s = 1)
-    lofi = n * dim * l_dim + m * dim * 2 * l_dim + n * l_dim * l_dim + 2 * n * m * l_dim
-    return hifi + lofi
-
-
-def msa_macs(dim: int, num_heads: int, height: int, width: int) -> int:
-    """Multiply-accumulates of standard global multi-head self-attention on the same map (HiLo with s = 1)."""
-    return hilo_macs(dim, num_heads, height, width, window_size=1)
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        _check_map(n, h, w, self.ws)
+        x = _pad_to_windows(x.reshape(b, h, w, c), self.ws)
+        if self.has_hifi and self.has_lofi:
+            out = torch.cat([self.hifi(x), self.lofi(x)], dim=-1)
+        elif self.has_hifi:
+            out = self.hifi(x)
+        else:
+            out = self.lofi(x)
+        return _crop(out, h, w).reshape(b, n, c)
