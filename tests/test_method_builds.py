@@ -5,10 +5,12 @@ timm's 6-block `test_vit` (160 px, 101 tokens) keeps this fast; the deit_small b
 """
 import importlib.util
 import json
+import shutil
 
 import pytest
 
 from exporter.cli import main
+from exporter.export.fold import fold_constants
 
 CASES = {
     "none": [],
@@ -29,6 +31,12 @@ def test_method_builds(tmp_path, method):
     report = json.loads((bundle / "report.json").read_text())
     assert report["passed"]
     assert report["lint"] == {"model.onnx": [], "model.fp16.onnx": []}
+    for graph in ("model.onnx", "model.fp16.onnx"):  # constant subgraphs were folded before writing (issue 13 §7)
+        copy = tmp_path / "fold" / graph
+        copy.parent.mkdir(exist_ok=True)
+        for f in (graph, graph + ".data"):
+            shutil.copy(bundle / f, copy.parent / f)
+        assert fold_constants(copy) == 0, graph
     expected = "passed" if importlib.util.find_spec("tensorrt_rtx") else "skipped"
     for graph, rtx in report["tensorrt_rtx"].items():
         assert rtx["status"] == expected, (graph, rtx)
