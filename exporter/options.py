@@ -29,7 +29,12 @@ def parse_param(name: str, parse: Callable[[str], Any], text: str) -> Any:
 
 def check_bench_args(args) -> None:
     """bench's counts must be positive: 0 would reach torch.export, statistics or the thread pool."""
-    for name, what in (("batch", "images per batch"), ("threads", "intra-op threads"), ("rounds", "interleaved rounds"), ("iterations", "batches per round")):
+    counts = {"batch": "images per batch", "threads": "intra-op threads", "rounds": "interleaved rounds",
+              "iterations": "batches per round"}
+    for name, what in counts.items():
         value = getattr(args, name)
         if value < 1:
-            raise ExporterError(f"--{name} {value} is not a positive number of {what}.", f"Pass --{name} 1 or more (default: see `python -m exporter bench --help`).")
+            raise ExporterError(
+                f"--{name} {value} is not a positive number of {what}.",
+                f"Pass --{name} 1 or more (default: see `python -m exporter bench --help`).",
+            )
