@@ -17,7 +17,8 @@ def parse_param(name: str, parse: Callable[[str], Any], text: str) -> Any:
     except ExporterError as e:
         if flag(name) in e.problem:
             raise
-        raise ExporterError(f"{flag(name)} {text!r}: {e.problem}", e.fix) from None
+        quoted = e.problem.startswith("'")  # "'maybe' is not a boolean." -> "--fuse 'maybe' is not a boolean."
+        raise ExporterError(f"{flag(name)} {e.problem}" if quoted else f"{flag(name)} {text!r}: {e.problem}", e.fix) from None
     except (ValueError, TypeError):
         kind = "a number" if parse in (float, int) else "a valid value"
         example = " (e.g. 0.7)" if parse is float else " (e.g. 3)" if parse is int else ""
