@@ -8,11 +8,13 @@ timm's 6-block `test_vit` (160 px, 101 tokens) keeps this fast; the deit_small b
 import collections
 import importlib.util
 import json
+import shutil
 
 import onnx
 import pytest
 
 from exporter.cli import main
+from exporter.export.fold import fold_constants
 from exporter.ops import library
 
 CASES = {
@@ -46,6 +48,12 @@ def test_method_builds(tmp_path, method):
     graphs = GRAPHS + (PLUGIN_GRAPHS if plugins else [])
     assert report["lint"] == {g: [] for g in graphs}
     assert sorted({c["graph"] for c in report["comparisons"]}) == sorted(graphs)
+    for graph in graphs:  # constant subgraphs were folded before writing (issue 13 §7)
+        copy = tmp_path / "fold" / graph
+        copy.parent.mkdir(exist_ok=True)
+        for f in (graph, graph + ".data"):
+            shutil.copy(bundle / f, copy.parent / f)
+        assert fold_constants(copy) == 0, graph
     rtx = "passed" if importlib.util.find_spec("tensorrt_rtx") else "skipped"
     built = plugins and library.missing_toolchain() is None
     assert (bundle / "plugins" / "libexporter_plugins.so").is_file() == bool(built)
