@@ -28,9 +28,11 @@ from .methods.flops import count_gmacs
 from .models import create_model, input_size
 from .runtime.rtx import rtx_check
 from .spec import BuildSpec
-from .verify import parity
-from .verify.compare import compare_graphs
+from .verify import parity, references
+from .runtime import ort as ort_runtime
+from .verify.compare import compare_graphs, verify_batches
 from .verify.report import render, warnings
+from .engine import report as engine_report, scripts
 
 TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "tensorrt-rtx-cu13")
 
@@ -89,6 +91,9 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         for g in graphs:
             with stage(f"export {g.precision} ONNX"):
                 fp16_facts = export_graph(model, g, tmp, Path(debug), **kwargs) or fp16_facts
+        with stage("store PyTorch references (references.npz) and reproduce.sh, build_engine.sh"):
+            references.store(model, size, tmp / references.REFERENCES)
+            scripts.write(tmp, spec, command, graphs, _git_commit())
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         if not report["passed"]:
             kept = artifacts.keep_failed(tmp, out, spec.run_name)
@@ -113,7 +118,8 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
     return out / spec.run_name
 
 
-def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None) -> dict:
+def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None,
+             engine: Optional[str] = None, run_engines: bool = False) -> dict:
     """Graph checks, parity against PyTorch and the TensorRT-RTX build; writes report.json/.md."""
     size = input_size(dense)
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)"):
@@ -129,8 +135,11 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
             g.file: asdict(rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size)))
             for g in graphs
         }
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
     passed = (
         all(c.passed for c in comparisons)
+        and all(c["passed"] for c in stored)
+        and all(e["status"] != "failed" for e in engines)
         and not any(problems.values())
         and all(r["status"] != "failed" for r in rtx.values())
     )
@@ -152,6 +161,8 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         "comparisons": [c.to_dict() for c in comparisons],
         "lint": problems,
         "tensorrt_rtx": rtx,
+        "references": stored,
+        "engines": engines,
     }
     artifacts.write_json(bundle / artifacts.REPORT_JSON, report)
     artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))
@@ -160,10 +171,11 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     return report
 
 
-def verify(bundle: Path, console: Optional[Console] = None) -> dict:
+def verify(bundle: Path, console: Optional[Console] = None, engine: Optional[str] = None) -> dict:
     """Re-run the checks of an existing bundle (e.g. after copying it): hashes, graphs, parity."""
     console = console or Console(stderr=True)
     manifest = artifacts.open_bundle(bundle)
+    engine_report.preflight_required(bundle, engine)  # `--engine` that cannot run here: refused before any work
     stage = Stages(console)
     with stage("check file hashes"):
         actual = artifacts.file_hashes(bundle)
@@ -179,10 +191,27 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
             with stage("export debug graphs (kept-token indices as outputs)"):
                 for g in graphs:
                     export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
-        report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
+        report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"), engine, run_engines=True)
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
     return report
+
+
+def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tuple[list[dict], list[dict]]:
+    """onnxruntime on the stored PyTorch references, and (verify) every engine that can run here."""
+    refs = references.load(bundle / references.REFERENCES)
+    stored = []
+    if refs is not None:
+        with stage("onnxruntime on the stored PyTorch references"):
+            for g in graphs:
+                session = ort_runtime.session(bundle / g.file)
+                stored += references.check(refs, lambda x, s=session: ort_runtime.run(s, x)[0], g.file, g.precision,
+                                           verify_batches(spec.batch), "onnxruntime (CPU)")
+    if not run_engines:
+        return stored, engine_report.built(bundle)
+    with stage("engines on the stored PyTorch references"):
+        engines = engine_report.check_engines(bundle, verify_batches(spec.batch), engine)
+    return stored, engines
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
@@ -226,6 +255,11 @@ def _failure_summary(report: dict) -> str:
     for graph, r in report["tensorrt_rtx"].items():
         if r["status"] == "failed":
             lines.append(f"{graph}: TensorRT-RTX {r['reason']}")
+    for c in report.get("references", []):
+        lines += [f"{c['graph']} ({c['runtime']}) on the stored references at batch {c['batch']}: {f}" for f in c["failures"]]
+    for e in report.get("engines", []):
+        for c in e.get("comparisons", []):
+            lines += [f"engines/{e['folder']}/{e['engine']} at batch {c['batch']}: {f}" for f in c["failures"]]
     return "\n".join(lines)
 
 
