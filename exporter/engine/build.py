@@ -97,7 +97,7 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
             raise ExporterError("TensorRT-RTX builds ahead of time and needs the GPU's compute capability.",
                                 f"Pass --target, one of {', '.join(offered)} (e.g. sm86 for an RTX 30xx).")
         targets.check_rtx_target(wanted, offered, version)
-        gpu = f"none needed (ahead of time for {wanted}, on {platform.machine()} {platform.node()})"
+        gpu = f"no GPU (ahead of time, {platform.machine()} host)"
     else:
         found = targets.gpu_present()
         if found is None:
