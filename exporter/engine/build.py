@@ -3,8 +3,9 @@
 One code path for TensorRT 10.x, 11.x and TensorRT-RTX (their Python APIs agree on everything used
 here): the network is strongly typed (fp16 comes from the fp16 ONNX graph; TensorRT 11 has no fp16
 builder flag, and on 10.x STRONGLY_TYPED makes the graph's types binding), an optimization profile
-spans the bundle's batch range, the timing cache (engines/<target>-<runtime>/timing.cache) is loaded
-before and saved after every build, and for the plugin graph the bundle's plugin library is loaded
+spans the bundle's batch range, TensorRT's timing cache (engines/<target>-tensorrt/timing.cache) is
+loaded before and saved after every build (TensorRT-RTX 1.2+ makes timing-cache calls no-ops, so its
+builds skip it), and for the plugin graph the bundle's plugin library is loaded
 into the builder's plugin registry first.
 
 TensorRT builds for the GPU it runs on. TensorRT-RTX builds ahead of time, on any x86-64 machine,
@@ -196,26 +197,31 @@ def _build(trt, p: Plan, timing_cache: Path) -> tuple[bytes, dict]:
         profile = builder.create_optimization_profile()
         profile.set_shape(p.input_name, *p.shapes())
         config.add_optimization_profile(profile)
-    note = "new"
-    old = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    tcache = config.create_timing_cache(old)
-    if old:
-        note = "reused"
-        if tcache is None or not config.set_timing_cache(tcache, False):
-            note, tcache = "replaced (the stored one did not fit this runtime or GPU)", config.create_timing_cache(b"")
-            config.set_timing_cache(tcache, False)
-    else:
-        config.set_timing_cache(tcache, False)
+    note = "not used (timing-cache operations are no-ops in TensorRT-RTX since 1.2)"
+    if p.runtime == TENSORRT:
+        note = _use_timing_cache(config, timing_cache)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise ExporterError(f"The {LABEL[p.runtime]} {p.version} builder failed on {p.graph.name}: "
                             f"{'; '.join(logger.errors) or 'no error was logged'}.",
                             "Check the graph with `python -m exporter verify`; report the error with the bundle's manifest.json.")
-    serialized = config.get_timing_cache().serialize()
-    tmp = timing_cache.with_name(f".{timing_cache.name}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, timing_cache)
+    if p.runtime == TENSORRT:
+        serialized = config.get_timing_cache().serialize()
+        tmp = timing_cache.with_name(f".{timing_cache.name}.tmp")
+        tmp.write_bytes(bytes(serialized))
+        os.replace(tmp, timing_cache)
     return bytes(blob), {"timing_cache": note, "num_layers": network.num_layers}
+
+
+def _use_timing_cache(config, path: Path) -> str:
+    """Load the folder's timing cache into `config` (a fresh one when absent or unfit); what happened."""
+    old = path.read_bytes() if path.is_file() else b""
+    tcache = config.create_timing_cache(old)
+    if old and tcache is not None and config.set_timing_cache(tcache, False):
+        return "reused"
+    tcache = config.create_timing_cache(b"")
+    config.set_timing_cache(tcache, False)
+    return "replaced (the stored one did not fit this TensorRT or GPU)" if old else "new"
 
 
 def _load_plugin(trt, builder, p: Plan) -> None:

@@ -64,8 +64,7 @@ def check(bundle: Path, folder: str, entry: dict, here: Present) -> None:
     if here.version is None:
         raise ExporterError(
             f"{where} was built with {label} {entry['runtime_version']} for {entry['target']}, but {label} is not installed here.",
-            f"{targets.INSTALL[entry['runtime']][0].upper()}{targets.INSTALL[entry['runtime']][1:]} "
-            f"(version {entry['runtime_version']}), or build an engine for this machine's runtime.",
+            f"{targets.INSTALL[entry['runtime']]} (version {entry['runtime_version']}), or build an engine for this machine's runtime.",
         )
     gpu = f"{here.gpu.target} ({here.gpu.name})" if here.gpu else "no CUDA GPU"
     if here.gpu is None:

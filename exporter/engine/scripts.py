@@ -59,6 +59,24 @@ def trtexec_commands(graph: str, input_name: str, input_shape: tuple[int, ...], 
     }
 
 
+def flag_problems(argv: list[str], major: str) -> list[str]:
+    """What in a trtexec command line the trtexec versions of `major` would not accept as meant: a flag
+    missing from their parser, one they mark deprecated (a no-op), or an argument that is not --flag[=value]."""
+    table = trtexec_flags()
+    problems = []
+    for arg in argv[1:]:
+        flag = arg.split("=", 1)[0]
+        if not re.fullmatch(r"--[A-Za-z0-9]+", flag):
+            problems.append(f"{arg}: not a --flag[=value] argument")
+            continue
+        for version in TABLE_VERSIONS[major]:
+            if flag not in table[version]["flags"]:
+                problems.append(f"{flag}: trtexec {version} has no such flag")
+            elif flag in table[version]["deprecated"]:
+                problems.append(f"{flag}: deprecated (a no-op) in trtexec {version}")
+    return problems
+
+
 def _sh(argv: list[str]) -> str:
     """shlex.join, but "$TRTEXEC" and $TRT_MAJOR stay expandable (double quotes)."""
     out = []

@@ -22,8 +22,8 @@ RUNTIMES = (TENSORRT, TENSORRT_RTX)
 # what `import` loads, what to install, for the messages
 MODULES = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt_rtx"}
 INSTALL = {
-    TENSORRT: "install TensorRT on the target (JetPack ships 10.3/10.13; x86: pip install 'exporter[trt]' from NVIDIA's index)",
-    TENSORRT_RTX: "pip install 'exporter[rtx]' (tensorrt-rtx-cu13, Linux x86-64)",
+    TENSORRT: "Install TensorRT on the target (JetPack ships 10.3/10.13; x86: pip install 'exporter[trt]' from NVIDIA's index)",
+    TENSORRT_RTX: "Run pip install 'exporter[rtx]' (tensorrt-rtx-cu13, Linux x86-64)",
 }
 LABEL = {TENSORRT: "TensorRT", TENSORRT_RTX: "TensorRT-RTX"}
 
