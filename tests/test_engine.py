@@ -18,6 +18,7 @@ import torch
 from exporter import artifacts
 from exporter.cli import _spec_from_args, main, parser
 from exporter.engine import cache, preflight, scripts, targets
+from exporter.engine import run as run_module
 from exporter.engine.build import Plan
 from exporter.engine.targets import Gpu
 from exporter.errors import ExporterError
@@ -345,3 +346,36 @@ def test_rtx_target_names(bundle, capsys):
            "cannot build for sm87 (Jetson Orin)", "sm75, sm80, sm86, sm89, sm120, sm121", "--runtime tensorrt")
     _fails(capsys, ["engine", str(bundle), "--runtime", "tensorrt-rtx"], "needs the GPU's compute capability", "Pass --target")
     assert targets.parse_target("SM_86") == targets.parse_target("8.6") == targets.parse_target("86") == "sm86"
+
+
+FAKE_LIBCUDA = r"""
+#include <string.h>
+int cuInit(unsigned flags) { return FAIL_INIT; }
+int cuDeviceGet(int *d, int ordinal) { *d = ordinal; return 0; }
+int cuDeviceGetName(char *name, int len, int d) { strncpy(name, "Orin", len); return 0; }
+int cuDeviceGetAttribute(int *v, int attr, int d) { *v = attr == 75 ? 8 : attr == 76 ? 7 : -1; return 0; }
+"""
+
+
+@pytest.mark.parametrize("fail_init", [0, 100])
+def test_gpu_from_the_cuda_driver(tmp_path, fail_init):
+    """The driver-API probe (for a Jetson, whose PyPI torch has no CUDA) against a stand-in libcuda."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no C compiler for the stand-in libcuda")
+    src = tmp_path / "cuda.c"
+    src.write_text(FAKE_LIBCUDA.replace("FAIL_INIT", str(fail_init)))
+    lib = tmp_path / "libcuda.so.1"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    assert targets._driver_gpu(str(lib)) == (Gpu("Orin", "sm87") if fail_init == 0 else None)
+    assert targets._driver_gpu(str(tmp_path / "absent.so")) is None
+
+
+def test_verify_needs_a_buffer_provider_for_the_engine(rtx_bundle, capsys, monkeypatch):
+    """Pre-flight passes (right runtime, right GPU) but torch has no CUDA: refused in one sentence, not a traceback."""
+    entry = _entry(rtx_bundle)
+    monkeypatch.setattr(preflight, "present", lambda runtime: preflight.Present(runtime, entry["runtime_version"], Gpu("RTX 3090", "sm86")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _fails(capsys, ["verify", str(rtx_bundle), "--engine", "sm86"], "torch has no CUDA", "CUDA build of torch")
+    problem = run_module.cannot_run(dict(entry, runtime="tensorrt"))
+    assert problem is None or "pip install polygraphy" in problem.fix

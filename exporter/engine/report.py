@@ -36,6 +36,9 @@ def preflight_required(bundle: Path, name: Optional[str]) -> None:
         return
     for folder, entry in entries_for(bundle, name):
         preflight.check(bundle, folder, entry, preflight.present(entry["runtime"]))
+        problem = run.cannot_run(entry)
+        if problem:
+            raise problem
 
 
 def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] = None) -> list[dict]:
@@ -50,6 +53,9 @@ def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] 
             here[entry["runtime"]] = preflight.present(entry["runtime"])
         try:
             preflight.check(bundle, folder, entry, here[entry["runtime"]])
+            problem = run.cannot_run(entry)
+            if problem:
+                raise problem
         except ExporterError as e:
             if folder + "/" + entry["graph"] in wanted:
                 raise
@@ -60,10 +66,11 @@ def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] 
             row.update(status="skipped", reason=f"the bundle has no {references.REFERENCES} (built by an older exporter)")
             rows.append(row)
             continue
-        runner = run.runner(bundle, folder, entry)
-        label = f"{targets.LABEL[entry['runtime']]} {entry['runtime_version']} ({here[entry['runtime']].gpu.name})"
-        row["comparisons"] = references.check(refs, runner, entry["engine"], cache.precision_of(bundle / entry["graph"]),
-                                              batch_sizes, label)
+        via = "Polygraphy TrtRunner" if run.uses_polygraphy(entry) else "torch CUDA buffers"
+        label = f"{targets.LABEL[entry['runtime']]} {entry['runtime_version']} ({here[entry['runtime']].gpu.name}, {via})"
+        with run.runner(bundle, folder, entry) as runner:
+            row["comparisons"] = references.check(refs, runner, entry["engine"], cache.precision_of(bundle / entry["graph"]),
+                                                  batch_sizes, label)
         row["status"] = "passed" if all(c["passed"] for c in row["comparisons"]) else "failed"
         rows.append(row)
     return rows

@@ -1,17 +1,23 @@
-"""Run an engine on the GPU present (TensorRT or TensorRT-RTX, the same Python API), for verify.
+"""Run an engine on the GPU present, for verify. Only call this after `preflight.check` passed.
 
-Buffers are torch CUDA tensors (torch is a dependency already; no pycuda or cuda-python): set the
-input shape, bind every I/O tensor's address, `execute_async_v3` on torch's current stream. Only
-call this after `preflight.check` passed: it assumes a GPU, the engine's runtime and version.
+- TensorRT with Polygraphy installed (the `trt` extra): Polygraphy's `TrtRunner` on the deserialized
+  engine. It manages device buffers through the CUDA runtime itself, so it also works where torch has no
+  CUDA (a Jetson's PyPI torch is CPU-only).
+- Otherwise (TensorRT-RTX, which Polygraphy does not drive, or TensorRT without Polygraphy): buffers
+  are torch CUDA tensors; set the input shape, bind every I/O tensor's address, `execute_async_v3` on
+  torch's current stream.
 
-Written against TensorRT's documented Python API (10.x/11.x: Runtime.deserialize_cuda_engine,
+Written against TensorRT's and Polygraphy's documented Python APIs (Runtime.deserialize_cuda_engine,
 ICudaEngine.get_tensor_name/get_tensor_mode/get_tensor_dtype, IExecutionContext.set_input_shape,
-set_tensor_address, execute_async_v3); it has not run on a GPU in this project yet.
+set_tensor_address, execute_async_v3; polygraphy.backend.trt.TrtRunner.infer); neither has run on a
+GPU in this project yet.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -20,10 +26,29 @@ from . import cache, targets
 from .build import _logger
 
 
-def runner(bundle: Path, folder: str, entry: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from a batch of fp32 inputs (numpy) to the engine's first output (numpy fp32)."""
-    import torch
+def uses_polygraphy(entry: dict) -> bool:
+    return entry["runtime"] == targets.TENSORRT and importlib.util.find_spec("polygraphy") is not None
 
+
+def cannot_run(entry: dict) -> Optional[ExporterError]:
+    """Why verify could not feed this engine here even though pre-flight passed (no buffer provider)."""
+    if uses_polygraphy(entry):
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    except Exception:
+        pass
+    extra = "pip install polygraphy (Polygraphy drives TensorRT engines without torch CUDA), or " if entry["runtime"] == targets.TENSORRT else ""
+    return ExporterError(f"verify feeds {targets.LABEL[entry['runtime']]} engines through torch CUDA tensors, and this torch "
+                         "has no CUDA.", f"Run {extra}install a CUDA build of torch.")
+
+
+@contextlib.contextmanager
+def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+    """A function from a batch of fp32 inputs (numpy) to the engine's first output (numpy fp32)."""
     trt = targets.import_runtime(entry["runtime"])
     logger = _logger(trt)
     runtime = trt.Runtime(logger)
@@ -35,6 +60,22 @@ def runner(bundle: Path, folder: str, entry: dict) -> Callable[[np.ndarray], np.
         raise ExporterError(f"{targets.LABEL[entry['runtime']]} could not deserialize {entry['engine']}: "
                             f"{'; '.join(logger.errors) or 'no error was logged'}.",
                             f"Rebuild it with `python -m exporter engine {bundle} --runtime {entry['runtime']} --force`.")
+    if uses_polygraphy(entry):
+        from polygraphy.backend.trt import TrtRunner
+
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inp = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT][0]
+        out = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT][0]
+        dtype = np.float16 if engine.get_tensor_dtype(inp).name == "HALF" else np.float32
+        with TrtRunner(engine) as trt_runner:
+            yield lambda x: np.asarray(trt_runner.infer({inp: x.astype(dtype)})[out], dtype=np.float32)
+        return
+    yield _torch_runner(trt, engine, entry, logger)
+
+
+def _torch_runner(trt, engine, entry: dict, logger) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

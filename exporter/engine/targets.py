@@ -89,7 +89,8 @@ class Gpu:
 
 
 def gpu_present() -> Optional[Gpu]:
-    """The first CUDA GPU here (torch, else nvidia-smi), or None."""
+    """The first CUDA GPU here, or None: torch when it has CUDA, else the CUDA driver (a Jetson's PyPI
+    torch is CPU-only, and JetPack 6 has no nvidia-smi), else nvidia-smi."""
     try:
         import torch
 
@@ -98,6 +99,36 @@ def gpu_present() -> Optional[Gpu]:
             return Gpu(torch.cuda.get_device_name(0), capability(major, minor))
     except Exception:  # a broken CUDA install is "no GPU" here; the caller says so
         pass
+    return _driver_gpu() or _smi_gpu()
+
+
+# CUdevice_attribute values from cuda.h (stable since CUDA 3)
+_CC_MAJOR, _CC_MINOR = 75, 76
+
+
+def _driver_gpu(library: str = "libcuda.so.1") -> Optional[Gpu]:
+    """Device 0 through the CUDA driver API (cuInit, cuDeviceGet, cuDeviceGetName, cuDeviceGetAttribute)."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL(library)
+    except OSError:
+        return None
+    device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    name = ctypes.create_string_buffer(256)
+    calls = (
+        lambda: cuda.cuInit(0),
+        lambda: cuda.cuDeviceGet(ctypes.byref(device), 0),
+        lambda: cuda.cuDeviceGetName(name, 256, device),
+        lambda: cuda.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, device),
+        lambda: cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, device),
+    )
+    if any(call() != 0 for call in calls):  # CUDA_SUCCESS is 0; e.g. 100 = no device
+        return None
+    return Gpu(name.value.decode(errors="replace"), capability(major.value, minor.value))
+
+
+def _smi_gpu() -> Optional[Gpu]:
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
