@@ -153,7 +153,7 @@ def _engine(args, console: Console) -> int:
     result = build_engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
     e = result.entry
     engine_report.record(args.bundle)
-    state = "cache hit" if result.cache_hit else f"built in {e['build_seconds']:.1f}s"
+    state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
     console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})")
     console.print(f"[bold green]PASSED[/bold green] | {result.folder} | {time.perf_counter() - args.start:.1f}s")
     return 0

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import types
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,9 +188,16 @@ def test_force_rebuilds(rtx_bundle, tmp_path, capsys):
     assert engine(copy_, "--graph", "fp32") == 0  # another graph, same folder: a miss
     capsys.readouterr()
     assert engine(copy_, "--graph", "fp32", "--force") == 0
-    assert "built in" in capsys.readouterr().err
-    entries = cache.read_folder(copy_ / "engines" / "sm86-tensorrt-rtx")["entries"]
+    assert "cache miss (--force), built in" in capsys.readouterr().err
+    folder = copy_ / "engines" / "sm86-tensorrt-rtx"
+    entries = cache.read_folder(folder)["entries"]
     assert set(entries) == {"model.onnx", "model.fp16.onnx"}
+    old = dict(entries["model.fp16.onnx"], key="0" * 64)  # as if built by another TensorRT-RTX
+    old["key_fields"] = dict(old["key_fields"], runtime_version="1.6.0.1")
+    cache.write_entry(folder, "model.fp16.onnx", old)
+    capsys.readouterr()
+    assert engine(copy_) == 0
+    assert "cache miss (changed: runtime_version), built in" in " ".join(capsys.readouterr().err.split())
     assert entries["model.onnx"]["key"] != entries["model.fp16.onnx"]["key"]
 
 
@@ -291,7 +297,7 @@ def test_stale_and_modified_engines_are_refused(rtx_bundle, tmp_path, capsys):
     assert "differs from its manifest" in err and "--force" in err and "Traceback" not in err
     capsys.readouterr()
     assert engine(copy_) == 0  # the cache notices the modified plan and rebuilds it
-    assert "built in" in capsys.readouterr().err
+    assert "cache miss (the plan file differs from its manifest), built in" in " ".join(capsys.readouterr().err.split())
 
 
 def test_verify_refuses_the_engine_without_a_gpu_and_passes_on_onnxruntime(rtx_bundle, capsys, monkeypatch):
@@ -379,3 +385,12 @@ def test_verify_needs_a_buffer_provider_for_the_engine(rtx_bundle, capsys, monke
     _fails(capsys, ["verify", str(rtx_bundle), "--engine", "sm86"], "torch has no CUDA", "CUDA build of torch")
     problem = run_module.cannot_run(dict(entry, runtime="tensorrt"))
     assert problem is None or "pip install polygraphy" in problem.fix
+
+
+def test_plugin_graph_commands_load_the_library_on_both_versions():
+    commands = scripts.trtexec_commands("model.plugins.onnx", "input", (3, 224, 224), (1, 8, 32), plugins=True)
+    for (major, action), argv in commands.items():
+        assert scripts.flag_problems(argv, major) == [], (major, action)
+        assert f"--dynamicPlugins={cache.PLUGIN_LIBRARY}" in argv
+    fixed = scripts.trtexec_commands("model.onnx", "input", (3, 224, 224), (8, 8, 8), plugins=False)
+    assert not any(a.startswith(("--minShapes", "--shapes")) for argv in fixed.values() for a in argv)  # static graph

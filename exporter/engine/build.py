@@ -38,6 +38,7 @@ class EngineResult:
     folder: Path
     entry: dict
     cache_hit: bool
+    why: str = ""  # why the cache missed
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSO
         hit = cache.lookup(folder, p.graph.name, wanted)
         if hit:
             return EngineResult(folder, hit, True)
+    why = _why_miss(cache.read_folder(folder)["entries"].get(p.graph.name), fields, force)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with console.status(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} "
@@ -168,7 +170,16 @@ def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSO
         "host": f"{platform.machine()} {platform.node()}",
     }
     cache.write_entry(folder, p.graph.name, entry)
-    return EngineResult(folder, entry, False)
+    return EngineResult(folder, entry, False, why)
+
+
+def _why_miss(old: Optional[dict], fields: dict, force: bool) -> str:
+    if force:
+        return "--force"
+    if not old:
+        return "no engine for this graph and target yet"
+    changed = [k for k in fields if old.get("key_fields", {}).get(k) != fields[k]]
+    return ("changed: " + ", ".join(changed)) if changed else "the plan file differs from its manifest"
 
 
 def _build(trt, p: Plan, timing_cache: Path) -> tuple[bytes, dict]:
