@@ -282,9 +282,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExporterError as e:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {e.problem}")
+        from rich.markup import escape  # messages quote pip extras like 'exporter[rtx]'
+
+        console.print(f"[bold red]error:[/bold red] {escape(e.problem)}")
         if e.fix:
-            console.print(f"  [bold]fix:[/bold] {e.fix}")
+            console.print(f"  [bold]fix:[/bold] {escape(e.fix)}")
         return EXIT_USAGE
     except BuildFailed as e:
         if args.debug:

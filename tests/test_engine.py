@@ -335,7 +335,7 @@ def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
     _fails(capsys, ["engine", b, "--runtime", "onnxruntime"], "--runtime 'onnxruntime' is not one of")
     _fails(capsys, ["verify", b, "--engine", "sm75"], "has no engine for 'sm75'", "python -m exporter engine")
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    _fails(capsys, ["engine", b], "TensorRT is not installed here")
+    _fails(capsys, ["engine", b], "TensorRT is not installed here", "pip install 'exporter[trt]'")
 
 
 def test_tensorrt_without_a_gpu_or_on_another_gpu(bundle, capsys, monkeypatch):
