@@ -394,3 +394,26 @@ def test_plugin_graph_commands_load_the_library_on_both_versions():
         assert f"--dynamicPlugins={cache.PLUGIN_LIBRARY}" in argv
     fixed = scripts.trtexec_commands("model.onnx", "input", (3, 224, 224), (8, 8, 8), plugins=False)
     assert not any(a.startswith(("--minShapes", "--shapes")) for argv in fixed.values() for a in argv)  # static graph
+
+
+def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
+    from exporter.verify.parity import compare
+    from exporter.verify.report import render
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(4, 10)).astype(np.float32)
+    good = {**compare(ref, ref, "model.fp16.onnx", "fp16", 2).to_dict(), "runtime": "onnxruntime (CPU)", "left_out": 0}
+    bad = {**compare(ref, -ref, "model.fp16.engine", "fp16", 2).to_dict(), "runtime": "TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner)",
+           "left_out": 1}
+    engine_row = {"folder": "sm87-tensorrt", "engine": "model.fp16.engine", "graph": "model.fp16.onnx", "runtime": "tensorrt",
+                  "runtime_version": "10.3.0.30", "target": "sm87", "gpu": "Orin", "build_seconds": 61.0, "bytes": 12e6,
+                  "status": "failed", "reason": "", "comparisons": [bad]}
+    report = {"run_name": "r", "passed": False, "schedule": [10, 8], "thresholds": "t", "lint": {}, "tensorrt_rtx": {},
+              "spec": {"model": "m", "method": "tome", "method_params": {}, "precision": "fp16", "batch": 2, "opset": 18},
+              "flops": {"gmacs": 1.0, "dense_gmacs": 1.5, "ratio": 1.5}, "comparisons": [{k: v for k, v in good.items() if k not in ("runtime", "left_out")}],
+              "references": [good], "engines": [engine_row]}
+    md = render(report)
+    assert "Do not ship" in md and "Engines checked on their GPU: sm87-tensorrt/model.fp16.engine failed." in md
+    assert "| TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner) | model.fp16.engine | 2 | 4 |" in md
+    assert "| 1 | FAIL: min cosine similarity" in md
+    assert "| engines/sm87-tensorrt/model.fp16.engine | TensorRT 10.3.0.30 | sm87 | Orin | 61.0s | 12.0 MB | failed |" in md

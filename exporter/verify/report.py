@@ -18,7 +18,7 @@ def render(report: dict) -> str:
     lines = [
         f"# {report['run_name']}",
         "",
-        f"**{'PASSED' if report['passed'] else 'FAILED'}** — {spec['model']}, method `{spec['method']}` "
+        f"**{'PASSED' if report['passed'] else 'FAILED'}** — {spec['model']}, method `{spec['method']}`"
         f"{_params(report.get('method_params', spec['method_params']))}, {spec['precision']}, batch {spec['batch']}, opset {spec['opset']}",
         "",
         *_verdict(report),
@@ -105,19 +105,19 @@ def _verdict(report: dict) -> list[str]:
     engines = report.get("engines", [])
     ran = [e for e in engines if e["status"] in ("passed", "failed")]
     out = []
+    stored = " and on the PyTorch references stored in the bundle" if report.get("references") else ""
     if report["passed"]:
-        out.append(f"Ship the ONNX: {', '.join(graphs)} match PyTorch on onnxruntime within the thresholds below.")
+        out.append(f"Ship the ONNX: {', '.join(graphs)} match PyTorch on onnxruntime (CPU){stored}, within the thresholds below.")
     else:
         out.append(f"Do not ship: {len(failed)} parity check(s) or graph/engine checks failed (details below).")
     if ran:
-        out.append("Engines checked on their GPU: " + ", ".join(f"{e['folder']} {e['status']}" for e in ran) + ".")
-    if len(ran) < len(engines) or not engines:
-        out.append(
-            "Not shown here: "
-            + ("no engine has been built yet" if not engines else
-               f"{len(engines) - len(ran)} engine(s) built but not run on their GPU")
-            + "; run `python -m exporter verify <bundle> --engine <target>` on the target."
-        )
+        out.append("Engines checked on their GPU: " + ", ".join(f"{e['folder']}/{e['engine']} {e['status']}" for e in ran) + ".")
+    not_run = [e for e in engines if e["status"] not in ("passed", "failed")]
+    if not engines:
+        out.append("No engine has been built yet (see Engines per target).")
+    elif not_run:
+        out.append("Not run on their GPU here: " + ", ".join(f"{e['folder']}/{e['engine']}" for e in not_run)
+                   + "; run `python -m exporter verify <bundle> --engine <target>` on the target.")
     return [" ".join(out)]
 
 
@@ -155,4 +155,4 @@ def warnings(report: dict) -> list[str]:
 
 
 def _params(params: dict) -> str:
-    return "(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else ""
+    return " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else ""
