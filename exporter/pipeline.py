@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 import onnx
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__, artifacts
 from .export import lint
@@ -211,6 +212,9 @@ def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tup
         return stored, engine_report.built(bundle)
     with stage("engines on the stored PyTorch references"):
         engines = engine_report.check_engines(bundle, verify_batches(spec.batch), engine)
+    for e in engines:
+        if e["status"] == "skipped":
+            stage.console.print(f"[yellow]skipped[/yellow] engines/{e['folder']}/{e['engine']}: {escape(e['reason'])}")
     return stored, engines
 
 

@@ -307,6 +307,7 @@ def test_verify_refuses_the_engine_without_a_gpu_and_passes_on_onnxruntime(rtx_b
     err = " ".join(capsys.readouterr().err.split())
     assert "no CUDA GPU to run it on" in err and "on an sm86 GPU" in err and "Traceback" not in err
     assert main(["verify", str(rtx_bundle)]) == 0
+    assert "skipped engines/sm86-tensorrt-rtx/model.fp16.engine: " in " ".join(capsys.readouterr().err.split())
     report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
     (row,) = report["engines"]
     assert row["status"] == "skipped" and "no CUDA GPU" in row["reason"]
