@@ -9,6 +9,7 @@ import subprocess
 import sys
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -418,3 +419,101 @@ def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
     assert "| TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner) | model.fp16.engine | 2 | 4 |" in md
     assert "| 1 | FAIL: min cosine similarity" in md
     assert "| engines/sm87-tensorrt/model.fp16.engine | TensorRT 10.3.0.30 | sm87 | Orin | 61.0s | 12.0 MB | failed |" in md
+
+
+class FakeTensorRT(types.ModuleType):
+    """The slice of TensorRT 10's Python API that exporter.engine.build calls, recording the calls, so the
+    TensorRT path's use of it (strongly typed, profile, timing cache, plugin library, no RTX target) is
+    checked without TensorRT. It proves our calls, not TensorRT's behaviour."""
+
+    def __init__(self):
+        super().__init__("tensorrt")
+        self.__version__ = "10.3.0.30"
+        self.calls = []
+        calls = self.calls
+
+        class ILogger:
+            Severity = types.SimpleNamespace(ERROR=1, INTERNAL_ERROR=0)
+
+            def __init__(self):
+                pass
+
+        class Obj:
+            def __init__(self, name):
+                self._name = name
+
+            def __getattr__(self, attr):
+                def call(*args):
+                    calls.append((f"{self._name}.{attr}", args))
+                    return {"load_library": object(), "set_timing_cache": True, "create_timing_cache": ("cache", args[0] if args else b"")}.get(attr, Obj(attr))
+                return call
+
+        class Network(Obj):
+            num_layers = 7
+
+        class Builder(Obj):
+            def __init__(self, logger):
+                super().__init__("builder")
+
+            def create_network(self, flags):
+                calls.append(("builder.create_network", (flags,)))
+                return Network("network")
+
+            def build_serialized_network(self, network, config):
+                calls.append(("builder.build_serialized_network", ()))
+                return b"PLAN"
+
+        class Config(Obj):
+            def get_timing_cache(self):
+                return types.SimpleNamespace(serialize=lambda: b"TACTICS")
+
+        class Parser:
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                calls.append(("parser.parse_from_file", (Path(path).name,)))
+                return True
+
+        Builder.create_builder_config = lambda self: Config("config")
+        self.ILogger, self.Builder, self.OnnxParser = ILogger, Builder, Parser
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+
+
+def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeypatch, capsys):
+    copy_ = tmp_path / "b"
+    shutil.copytree(bundle, copy_, ignore=shutil.ignore_patterns("engines"))
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(targets, "gpu_present", lambda: Gpu("Orin", "sm87"))
+    assert main(["engine", str(copy_)]) == 0
+    names = [c[0] for c in fake.calls]
+    assert ("builder.create_network", (2,)) in fake.calls  # 1 << STRONGLY_TYPED
+    assert ("parser.parse_from_file", ("model.fp16.onnx",)) in fake.calls
+    shapes = [c[1] for c in fake.calls if c[0] == "create_optimization_profile.set_shape"]
+    assert shapes == [("input", (1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 64, 64))]
+    assert "config.add_optimization_profile" in names and not any("compute_capability" in n for n in names)
+    assert ("config.create_timing_cache", (b"",)) in fake.calls
+    folder = copy_ / "engines" / "sm87-tensorrt"
+    assert (folder / "model.fp16.engine").read_bytes() == b"PLAN" and (folder / "timing.cache").read_bytes() == b"TACTICS"
+    entry = cache.read_folder(folder)["entries"]["model.fp16.onnx"]
+    assert (entry["runtime"], entry["runtime_version"], entry["target"], entry["gpu"]) == ("tensorrt", "10.3.0.30", "sm87", "Orin")
+    assert entry["flags"] == ["STRONGLY_TYPED"] and entry["timing_cache"] == "new"
+    preflight.check(copy_, "sm87-tensorrt", entry, preflight.Present("tensorrt", "10.3.0.30", Gpu("Orin", "sm87")))
+    capsys.readouterr()
+    assert main(["engine", str(copy_), "--target", "sm87"]) == 0 and "cache hit" in capsys.readouterr().err
+    fake.calls.clear()
+    assert main(["engine", str(copy_), "--graph", "fp32"]) == 0
+    assert ("config.create_timing_cache", (b"TACTICS",)) in fake.calls  # the folder's timing cache is reused
+    assert cache.read_folder(folder)["entries"]["model.onnx"]["timing_cache"] == "reused"
+    # the plugin graph loads the bundle's library into the builder's registry before parsing
+    (copy_ / "model.plugins.onnx").write_bytes((copy_ / "model.fp16.onnx").read_bytes())
+    (copy_ / "plugins").mkdir()
+    (copy_ / cache.PLUGIN_LIBRARY).write_bytes(b"\x7fELF stand-in")
+    fake.calls.clear()
+    assert main(["engine", str(copy_), "--graph", "plugins"]) == 0
+    names = [c[0] for c in fake.calls]
+    assert names.index("get_plugin_registry.load_library") < names.index("parser.parse_from_file")
+    assert Path(fake.calls[names.index("get_plugin_registry.load_library")][1][0]) == copy_ / cache.PLUGIN_LIBRARY
+    plugin_entry = cache.read_folder(folder)["entries"]["model.plugins.onnx"]
+    assert plugin_entry["key_fields"]["plugin_sha256"] == artifacts.sha256(copy_ / cache.PLUGIN_LIBRARY)
