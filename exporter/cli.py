@@ -117,13 +117,16 @@ def _add_verify(sub) -> None:
     p.add_argument("--engine", default=None, metavar="TARGET",
                    help="also require this engine (e.g. sm86-tensorrt-rtx, or sm86) to run here on the stored PyTorch "
                    "references; without it, engines that cannot run on this machine are reported as skipped")
+    p.add_argument("--references-only", action="store_true",
+                   help="check only the file hashes, then onnxruntime and the engines on the PyTorch references stored "
+                   "in the bundle: no PyTorch model, weights or network needed (e.g. on a Jetson)")
     p.set_defaults(run=_verify)
 
 
 def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
-    verify(args.bundle, console, args.engine)
+    verify(args.bundle, console, args.engine, args.references_only)
     console.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 

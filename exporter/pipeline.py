@@ -29,6 +29,7 @@ from .methods.flops import count_gmacs
 from .models import create_model, input_size
 from .runtime.rtx import rtx_check
 from .spec import BuildSpec
+from .errors import ExporterError
 from .verify import parity, references
 from .runtime import ort as ort_runtime
 from .verify.compare import compare_graphs, verify_batches
@@ -172,8 +173,9 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     return report
 
 
-def verify(bundle: Path, console: Optional[Console] = None, engine: Optional[str] = None) -> dict:
-    """Re-run the checks of an existing bundle (e.g. after copying it): hashes, graphs, parity."""
+def verify(bundle: Path, console: Optional[Console] = None, engine: Optional[str] = None, references_only: bool = False) -> dict:
+    """Re-run the checks of an existing bundle (e.g. after copying it): hashes, graphs, parity. With
+    `references_only`, only the hashes and the runtimes on the stored PyTorch references (no model needed)."""
     console = console or Console(stderr=True)
     manifest = artifacts.open_bundle(bundle)
     engine_report.preflight_required(bundle, engine)  # `--engine` that cannot run here: refused before any work
@@ -184,15 +186,33 @@ def verify(bundle: Path, console: Optional[Console] = None, engine: Optional[str
         if changed:
             raise BuildFailed(f"files differ from the manifest (modified or missing): {', '.join(changed)}", bundle)
     spec = BuildSpec.from_dict(manifest["spec"])
+    graphs = planned(spec.precision, spec.io_fp16)
+    if references_only:
+        return _verify_stored(spec, bundle, graphs, stage, engine)
     with stage(f"load {spec.model} and apply method {spec.method}"):
         dense, model = prepare(spec)
-    graphs = planned(spec.precision, spec.io_fp16)
     with tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
         if isinstance(model, ReducedViT):
             with stage("export debug graphs (kept-token indices as outputs)"):
                 for g in graphs:
                     export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
         report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"), engine, run_engines=True)
+    if not report["passed"]:
+        raise BuildFailed(_failure_summary(report), bundle)
+    return report
+
+
+def _verify_stored(spec: BuildSpec, bundle: Path, graphs: list[Graph], stage: Stages, engine: Optional[str]) -> dict:
+    """verify --references-only: the build's report, with onnxruntime and the engines re-run on references.npz."""
+    if not (bundle / references.REFERENCES).is_file():
+        raise ExporterError(f"{bundle} has no {references.REFERENCES} (built by an older exporter).",
+                            "Run `python -m exporter verify` without --references-only, or rebuild the bundle.")
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines=True)
+    report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
+    report.update(references=stored, engines=engines)
+    report["passed"] = report["passed"] and all(c["passed"] for c in stored) and all(e["status"] != "failed" for e in engines)
+    artifacts.write_json(bundle / artifacts.REPORT_JSON, report)
+    artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
     return report

@@ -315,6 +315,28 @@ def test_verify_refuses_the_engine_without_a_gpu_and_passes_on_onnxruntime(rtx_b
     assert "skipped" in (rtx_bundle / artifacts.REPORT_MD).read_text()
 
 
+def test_verify_on_the_stored_references_alone(rtx_bundle, tmp_path, capsys, monkeypatch):
+    """--references-only needs no model: create_model is made to fail, and verify still passes."""
+    import exporter.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "prepare", lambda spec: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(targets, "gpu_present", lambda: None)
+    capsys.readouterr()
+    assert main(["verify", str(rtx_bundle), "--references-only"]) == 0
+    report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
+    assert len(report["references"]) == 4 and report["engines"][0]["status"] == "skipped"
+    assert main(["verify", str(rtx_bundle), "--references-only", "--engine", "sm86"]) == 2
+    copy_ = tmp_path / "b"
+    shutil.copytree(rtx_bundle, copy_)
+    refs = np.load(copy_ / "references.npz")
+    arrays = {k: refs[k] for k in refs.files}
+    arrays["logits"] = arrays["logits"] + 1  # a tampered reference is caught by the manifest's hashes
+    np.savez_compressed(copy_ / "references.npz", **arrays)
+    capsys.readouterr()
+    assert main(["verify", str(copy_), "--references-only"]) == 1
+    assert "references.npz" in capsys.readouterr().err
+
+
 # --- bad input: exit 2, one sentence with the fix ------------------------------------------------------
 
 
