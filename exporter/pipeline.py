@@ -210,7 +210,11 @@ def _verify_stored(spec: BuildSpec, bundle: Path, graphs: list[Graph], stage: St
     stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines=True)
     report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
     report.update(references=stored, engines=engines)
-    report["passed"] = report["passed"] and all(c["passed"] for c in stored) and all(e["status"] != "failed" for e in engines)
+    report["passed"] = (  # the build's own checks as recorded, and what ran now
+        all(c["passed"] for c in report["comparisons"]) and not any(report["lint"].values())
+        and all(r["status"] != "failed" for r in report["tensorrt_rtx"].values())
+        and all(c["passed"] for c in stored) and all(e["status"] != "failed" for e in engines)
+    )
     artifacts.write_json(bundle / artifacts.REPORT_JSON, report)
     artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))
     if not report["passed"]:
