@@ -23,6 +23,7 @@ from typing import Optional
 
 import onnx
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .. import artifacts
 from ..errors import ExporterError
@@ -143,8 +144,9 @@ def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSO
     why = _why_miss(cache.read_folder(folder)["entries"].get(p.graph.name), fields, force)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with console.status(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} "
-                        "(one-time, may take minutes)"):
+    # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        bar.add_task(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} (one-time, may take minutes)")
         blob, notes = _build(trt, p, folder / TIMING_CACHE)
     seconds = round(time.perf_counter() - start, 2)
     tmp = folder / f".{engine_name}.tmp"
