@@ -1,4 +1,4 @@
-"""`python -m exporter <command>`: build, verify, methods, bench.
+"""`python -m exporter <command>`: build, engine, verify, methods, bench.
 
 Errors a user can fix print as a short paragraph (problem + fix) with a non-zero exit; pass
 --debug for the traceback.
@@ -124,14 +124,52 @@ def _add_verify(sub) -> None:
     p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
     p.add_argument("--weights", type=Path, default=None, help="the bundle's checkpoint at a new location (it must be the same file)")
     p.add_argument("--report", type=Path, default=None, help="write the report here (.json, else markdown) instead of to stdout")
+    p.add_argument("--engine", default=None, metavar="TARGET",
+                   help="also require this engine (e.g. sm86-tensorrt-rtx, or sm86) to run here on the stored PyTorch "
+                   "references; without it, engines that cannot run on this machine are reported as skipped")
+    p.add_argument("--references-only", action="store_true",
+                   help="check only the file hashes, then onnxruntime and the engines on the PyTorch references stored "
+                   "in the bundle: no PyTorch model, weights or network needed (e.g. on a Jetson)")
     p.set_defaults(run=_verify)
 
 
 def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
-    verify(args.bundle, console, weights=args.weights, report_to=args.report)
+    verify(args.bundle, console, weights=args.weights, report_to=args.report, engine=args.engine,
+           references_only=args.references_only)
     args.stdout.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
+    return 0
+
+
+def _add_engine(sub) -> None:
+    p = sub.add_parser(
+        "engine",
+        help="build (or reuse) a TensorRT / TensorRT-RTX engine from a bundle",
+        description="Build a strongly typed engine from a bundle's ONNX into engines/<target>-<runtime>/, with an "
+        "optimization profile for the bundle's batch range and a timing cache kept there. An engine whose inputs are "
+        "unchanged (same content key) is reused. TensorRT builds for the GPU it runs on; TensorRT-RTX builds here for "
+        "--target, no GPU needed.",
+    )
+    p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
+    p.add_argument("--graph", default=None, help="fp16 | fp32 | plugins (default: fp16 when the bundle has it, else fp32)")
+    p.add_argument("--runtime", default="tensorrt", help="tensorrt (on the target GPU) | tensorrt-rtx (default %(default)s)")
+    p.add_argument("--target", default=None, help="compute capability, e.g. sm86; required for tensorrt-rtx, "
+                   "for tensorrt it must be the GPU present (default: that GPU)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cache has this engine")
+    p.set_defaults(run=_engine)
+
+
+def _engine(args, console: Console) -> int:
+    from .engine import report as engine_report
+    from .engine.build import build_engine
+
+    result = build_engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
+    e = result.entry
+    engine_report.record(args.bundle)
+    state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
+    console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})")
+    console.print(f"[bold green]PASSED[/bold green] | {result.folder} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -258,6 +296,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_build(sub)
+    _add_engine(sub)
     _add_verify(sub)
     _add_methods(sub)
     _add_bench(sub)
@@ -287,9 +326,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExporterError as e:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {e.problem}")
+        from rich.markup import escape  # messages quote pip extras like 'exporter[rtx]'
+
+        console.print(f"[bold red]error:[/bold red] {escape(e.problem)}")
         if e.fix:
-            console.print(f"  [bold]fix:[/bold] {e.fix}")
+            console.print(f"  [bold]fix:[/bold] {escape(e.fix)}")
         return EXIT_USAGE
     except BuildFailed as e:
         if args.debug:

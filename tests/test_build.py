@@ -28,7 +28,8 @@ def fp16_bundle(tmp_path_factory):
 
 def test_bundle_contents(fp16_bundle):
     names = {p.name for p in fp16_bundle.iterdir()}
-    assert names == {"model.onnx", "model.onnx.data", "model.fp16.onnx", "model.fp16.onnx.data", "manifest.json", "report.json", "report.md"}
+    assert names == {"model.onnx", "model.onnx.data", "model.fp16.onnx", "model.fp16.onnx.data", "manifest.json", "report.json",
+                     "report.md", "references.npz", "reproduce.sh", "build_engine.sh"}
     manifest = json.loads((fp16_bundle / "manifest.json").read_text())
     assert fp16_bundle.name == manifest["run_name"] and fp16_bundle.name.startswith(f"{MODEL}-none-fp16-")
     assert manifest["spec"]["weights"] == "random" and manifest["spec"]["batch"] == "1:2:4"

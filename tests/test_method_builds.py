@@ -16,6 +16,7 @@ import pytest
 from exporter.cli import main
 from exporter.export.fold import fold_constants
 from exporter.ops import library
+from exporter.verify import references
 
 CASES = {
     "none": [],
@@ -79,5 +80,11 @@ def test_method_builds(tmp_path, method):
         # the parameters the method ran with, defaults filled in, in the report and the manifest
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["method_params"] == report["method_params"]
+        # PyTorch's answers stored for the target: kept indices per reduction, fp16-sensitive samples; onnxruntime
+        # on them passes, with only fp16-sensitive samples left out
+        refs = references.load(bundle / references.REFERENCES)
+        assert refs.kept and all(k.shape[0] == 16 for k in refs.kept) and refs.fp16_sensitive.shape == (16,)
+        for row in report["references"]:
+            assert row["passed"] and row["left_out"] == (int(refs.fp16_sensitive.sum()) if row["precision"] == "fp16" else 0)
         if method == "tome":
             assert report["method_params"] == {"r": [8] * 6, "prop_attn": True}

@@ -83,12 +83,14 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
 
 
 def bundle_files(bundle: Path) -> set[str]:
-    """Every entry under `bundle` but its directories and the manifest, as relative POSIX paths."""
+    """Every entry under `bundle` but its directories, the manifest and the engines built on targets (they
+    carry manifests of their own: `artifacts.UNHASHED_SUBTREES`), as relative POSIX paths."""
     try:
         entries = list(bundle.rglob("*"))
     except OSError as e:
         raise unreadable(bundle, e) from None
-    names = {p.relative_to(bundle).as_posix() for p in entries if p.is_symlink() or not p.is_dir()}
+    names = {p.relative_to(bundle).as_posix() for p in entries if (p.is_symlink() or not p.is_dir())
+             and p.relative_to(bundle).parts[0] not in artifacts.UNHASHED_SUBTREES}
     return names - {artifacts.MANIFEST}
 
 
