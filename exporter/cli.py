@@ -152,7 +152,7 @@ def _add_engine(sub) -> None:
         "--target, no GPU needed.",
     )
     p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
-    p.add_argument("--graph", default=None, help="fp16 | fp32 | plugins (default: fp16 when the bundle has it, else fp32)")
+    p.add_argument("--graph", default=None, help="fp16 | fp32 | plugins | plugins-fp16 (default: fp16 when the bundle has it, else fp32)")
     p.add_argument("--runtime", default="tensorrt", help="tensorrt (on the target GPU) | tensorrt-rtx (default %(default)s)")
     p.add_argument("--target", default=None, help="compute capability, e.g. sm86; required for tensorrt-rtx, "
                    "for tensorrt it must be the GPU present (default: that GPU)")
@@ -161,12 +161,10 @@ def _add_engine(sub) -> None:
 
 
 def _engine(args, console: Console) -> int:
-    from .engine import report as engine_report
     from .engine.build import build_engine
 
     result = build_engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
     e = result.entry
-    engine_report.record(args.bundle)
     state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
     console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})")
     console.print(f"[bold green]PASSED[/bold green] | {result.folder} | {time.perf_counter() - args.start:.1f}s")

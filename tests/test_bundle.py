@@ -44,7 +44,8 @@ def edit_manifest(bundle, change):
 
 def verify_fails(capsys, bundle, *expected, code=1):
     assert main(["verify", str(bundle)]) == code
-    err = " ".join(capsys.readouterr().err.split())
+    captured = capsys.readouterr()  # the FAILED line and what failed on stdout, progress on stderr
+    err = " ".join((captured.err + captured.out).split())
     assert "Traceback" not in err
     for text in expected:
         assert text in err, (text, err)
@@ -70,7 +71,8 @@ def test_bundle_modes_follow_the_umask(built):
     os.umask(umask)
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o777 & ~umask
     for p in bundle.iterdir():
-        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p.name
+        executable = p.suffix == ".sh"  # reproduce.sh, build_engine.sh
+        assert stat.S_IMODE(p.stat().st_mode) == (0o777 if executable else 0o666) & ~umask, p.name
 
 
 def test_random_weights_are_said_at_the_top_of_report_md():
@@ -194,14 +196,15 @@ def test_verify_never_writes_into_the_bundle(built, tmp_path, capsys, monkeypatc
     report = tmp_path / "verify.json"
     try:
         assert main(["verify", str(copy), "--weights", str(moved), "--report", str(report)]) == 0
-        err = " ".join(capsys.readouterr().err.split())
-        assert "PASSED" in err and "warning" in err and "commit 0000000" in err
+        captured = capsys.readouterr()
+        err = " ".join(captured.err.split())
+        assert "PASSED" in captured.out and "warning" in err and "commit 0000000" in err
         assert json.loads(report.read_text())["passed"] is True
         assert snapshot(copy) == before
         monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)
         assert main(["verify", str(copy), "--weights", str(moved)]) == 1
         captured = capsys.readouterr()
-        assert "FAILED" in captured.err and "✗ verify against PyTorch" in captured.err
+        assert "FAILED" in captured.out and "✗ verify against PyTorch" in captured.err
         assert "**FAILED**" in captured.out  # the report, on stdout
         assert snapshot(copy) == before
     finally:

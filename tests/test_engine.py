@@ -65,7 +65,7 @@ def test_references_are_pytorch_on_the_stored_inputs(bundle):
     assert {"references.npz", "reproduce.sh", "build_engine.sh"} <= set(manifest["files"])
     report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
     stored = report["references"]
-    assert {(r["graph"], r["batch"]) for r in stored} == {(g, b) for g in ("model.onnx", "model.fp16.onnx") for b in (1, 2)}
+    assert {(r["graph"], r["batch"]) for r in stored} == {(g, b) for g in ("model.onnx", "model.fp16.onnx") for b in (1, 2, 4)}
     assert all(r["passed"] and r["runtime"] == "onnxruntime (CPU)" and r["samples"] == 16 for r in stored)
 
 
@@ -158,7 +158,16 @@ def test_build_engine_sh_runs_the_arm_of_the_trtexec_it_finds(bundle, tmp_path, 
 # --- TensorRT-RTX engine, built for real on the CPU ------------------------------------------------
 
 
-def test_rtx_engine_for_sm86_is_built_recorded_and_reused(rtx_bundle, capsys):
+def verify_report(bundle, tmp_path, *extra):
+    """`verify` with its report written to files outside the bundle: (report.json content, report.md text)."""
+    out = tmp_path / "verify"
+    out.mkdir(exist_ok=True)
+    for name in ("report.json", "report.md"):
+        assert main(["verify", str(bundle), *extra, "--report", str(out / name)]) == 0
+    return artifacts.read_json(out / "report.json"), (out / "report.md").read_text()
+
+
+def test_rtx_engine_for_sm86_is_built_recorded_and_reused(rtx_bundle, capsys, tmp_path, monkeypatch):
     import tensorrt_rtx
 
     folder = rtx_bundle / "engines" / "sm86-tensorrt-rtx"
@@ -175,9 +184,9 @@ def test_rtx_engine_for_sm86_is_built_recorded_and_reused(rtx_bundle, capsys):
     assert engine(rtx_bundle) == 0
     assert "cache hit" in capsys.readouterr().err
     assert (folder / "model.fp16.engine").stat().st_mtime_ns == mtime
-    report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
-    assert [(e["folder"], e["status"]) for e in report["engines"]] == [("sm86-tensorrt-rtx", "built")]
-    md = (rtx_bundle / artifacts.REPORT_MD).read_text()
+    monkeypatch.setattr(targets, "gpu_present", lambda: None)
+    report, md = verify_report(rtx_bundle, tmp_path, "--references-only")  # `engine` leaves the build's report as it was
+    assert [(e["folder"], e["status"]) for e in report["engines"]] == [("sm86-tensorrt-rtx", "skipped")]
     order = ["**PASSED**", "## What was built", "## Parity against PyTorch", "## Engines per target", "## Throughput", "## Skipped"]
     assert [md.index(h) for h in order] == sorted(md.index(h) for h in order)
     assert "engines/sm86-tensorrt-rtx/model.fp16.engine" in md
@@ -301,18 +310,17 @@ def test_stale_and_modified_engines_are_refused(rtx_bundle, tmp_path, capsys):
     assert "cache miss (the plan file differs from its manifest), built in" in " ".join(capsys.readouterr().err.split())
 
 
-def test_verify_refuses_the_engine_without_a_gpu_and_passes_on_onnxruntime(rtx_bundle, capsys, monkeypatch):
+def test_verify_refuses_the_engine_without_a_gpu_and_passes_on_onnxruntime(rtx_bundle, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(targets, "gpu_present", lambda: None)
     capsys.readouterr()
     assert main(["verify", str(rtx_bundle), "--engine", "sm86-tensorrt-rtx"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "no CUDA GPU to run it on" in err and "on an sm86 GPU" in err and "Traceback" not in err
-    assert main(["verify", str(rtx_bundle)]) == 0
+    report, md = verify_report(rtx_bundle, tmp_path)
     assert "skipped engines/sm86-tensorrt-rtx/model.fp16.engine: " in " ".join(capsys.readouterr().err.split())
-    report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
     (row,) = report["engines"]
     assert row["status"] == "skipped" and "no CUDA GPU" in row["reason"]
-    assert "skipped" in (rtx_bundle / artifacts.REPORT_MD).read_text()
+    assert "skipped" in md
 
 
 def test_verify_on_the_stored_references_alone(rtx_bundle, tmp_path, capsys, monkeypatch):
@@ -322,9 +330,8 @@ def test_verify_on_the_stored_references_alone(rtx_bundle, tmp_path, capsys, mon
     monkeypatch.setattr(pipeline, "prepare", lambda spec: pytest.fail("the model was loaded"))
     monkeypatch.setattr(targets, "gpu_present", lambda: None)
     capsys.readouterr()
-    assert main(["verify", str(rtx_bundle), "--references-only"]) == 0
-    report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
-    assert len(report["references"]) == 4 and report["engines"][0]["status"] == "skipped"
+    report, _ = verify_report(rtx_bundle, tmp_path, "--references-only")
+    assert len(report["references"]) == 6 and report["engines"][0]["status"] == "skipped"
     assert main(["verify", str(rtx_bundle), "--references-only", "--engine", "sm86"]) == 2
     copy_ = tmp_path / "b"
     shutil.copytree(rtx_bundle, copy_)
@@ -334,7 +341,7 @@ def test_verify_on_the_stored_references_alone(rtx_bundle, tmp_path, capsys, mon
     np.savez_compressed(copy_ / "references.npz", **arrays)
     capsys.readouterr()
     assert main(["verify", str(copy_), "--references-only"]) == 1
-    assert "references.npz" in capsys.readouterr().err
+    assert "references.npz" in capsys.readouterr().out  # what failed: with the FAILED line, on stdout
 
 
 # --- bad input: exit 2, one sentence with the fix ------------------------------------------------------
@@ -433,7 +440,8 @@ def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
                   "runtime_version": "10.3.0.30", "target": "sm87", "gpu": "Orin", "build_seconds": 61.0, "bytes": 12e6,
                   "status": "failed", "reason": "", "comparisons": [bad]}
     report = {"run_name": "r", "passed": False, "schedule": [10, 8], "thresholds": "t", "lint": {}, "tensorrt_rtx": {},
-              "spec": {"model": "m", "method": "tome", "method_params": {}, "precision": "fp16", "batch": 2, "opset": 18},
+              "spec": {"model": "m", "weights": "pretrained", "method": "tome", "method_params": {}, "precision": "fp16",
+                       "batch": 2, "opset": 18},
               "flops": {"gmacs": 1.0, "dense_gmacs": 1.5, "ratio": 1.5}, "comparisons": [{k: v for k, v in good.items() if k not in ("runtime", "left_out")}],
               "references": [good], "engines": [engine_row]}
     md = render(report)

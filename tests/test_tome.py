@@ -12,7 +12,7 @@ import torch
 from exporter.errors import ExporterError
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method, get_method
-from exporter.methods.tome import parse_r, r_per_block
+from exporter.methods.tome import capped, parse_r, r_per_block
 from reference_diffrate_tome import assert_tensorrt_friendly
 from reference_diffrate_tome import tome as reference
 from vits import decisive_vit, images
@@ -146,7 +146,9 @@ def test_command_line_forms():
     assert parse("[13, 12]") == [13, 12]
     assert parse("16:-1") == (16, -1.0)
     assert parse("(16, -0.5)") == (16, -0.5)
-    assert apply_method(decisive_vit(0), "tome", r="16:-1").params["r"] == r_per_block(6, (16, -1))
+    vit = decisive_vit(0)
+    tokens = vit.patch_embed.num_patches + 1  # the params record the r that ran: capped per block
+    assert apply_method(vit, "tome", r="16:-1").params["r"] == capped(tokens, r_per_block(6, (16, -1)))
 
 
 @pytest.mark.parametrize(

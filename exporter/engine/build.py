@@ -87,7 +87,7 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
     wanted = targets.parse_target(target) if target else None
     path = cache.graph_path(bundle, graph)
     plugin = None
-    if path.name == cache.GRAPHS["plugins"]:
+    if cache.has_plugins(path):
         plugin = bundle / cache.PLUGIN_LIBRARY
         if not plugin.is_file():
             raise ExporterError(f"{bundle} has {path.name} but no plugin library {cache.PLUGIN_LIBRARY}.",

@@ -21,7 +21,8 @@ import onnx
 from .. import artifacts
 from ..errors import ExporterError
 
-GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "plugins": "model.plugins.onnx"}
+GRAPHS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "plugins": "model.plugins.onnx",
+          "plugins-fp16": "model.plugins.fp16.onnx"}
 PLUGIN_LIBRARY = "plugins/libexporter_plugins.so"
 ENGINE_JSON = "engine.json"
 
@@ -36,20 +37,26 @@ def graph_path(bundle: Path, choice: Optional[str]) -> Path:
         choice = "fp16" if (bundle / GRAPHS["fp16"]).is_file() else "fp32"
     if choice not in GRAPHS:
         raise ExporterError(f"--graph '{choice}' is not one of {', '.join(GRAPHS)}.",
-                            "Use --graph fp16 (the deployment graph), fp32, or plugins.")
+                            "Use --graph fp16 (the deployment graph), fp32, plugins or plugins-fp16.")
     path = bundle / GRAPHS[choice]
     if not path.is_file():
         how = {
             "fp16": "rebuild it with `python -m exporter build ... --precision fp16`, or pass --graph fp32",
             "fp32": "rebuild the bundle with `python -m exporter build`",
             "plugins": "rebuild it with `python -m exporter build ... --plugins`, or pass --graph fp16",
+            "plugins-fp16": "rebuild it with `python -m exporter build ... --plugins --precision fp16`, or pass --graph fp16",
         }[choice]
         raise ExporterError(f"{bundle} has no {path.name} (the --graph {choice} graph).", how[0].upper() + how[1:] + ".")
     return path
 
 
 def precision_of(graph: Path) -> str:
-    return "fp32" if graph.name == GRAPHS["fp32"] else "fp16"
+    return "fp16" if graph.name.endswith(".fp16.onnx") else "fp32"
+
+
+def has_plugins(graph: Path) -> bool:
+    """A plugin graph: its engine needs the bundle's plugin library."""
+    return graph.name in (GRAPHS["plugins"], GRAPHS["plugins-fp16"])
 
 
 def graph_files(graph: Path) -> list[Path]:

@@ -13,7 +13,6 @@ from typing import Optional
 from .. import artifacts
 from ..errors import ExporterError
 from ..verify import references
-from ..verify.report import render
 from . import cache, preflight, run, targets
 
 
@@ -91,17 +90,3 @@ def built(bundle: Path) -> list[dict]:
     return rows
 
 
-def record(bundle: Path) -> None:
-    """Put the bundle's engines into report.json/report.md (both outside the portable file hashes)."""
-    path = bundle / artifacts.REPORT_JSON
-    if not path.is_file():
-        return
-    report = artifacts.read_json(path)
-    ran = {(r["folder"], r["graph"]): r for r in report.get("engines", []) if r["status"] in ("passed", "failed")}
-    rows = []
-    for row in built(bundle):
-        old = ran.get((row["folder"], row["graph"]))
-        rows.append(old if old and old["sha256"] == row["sha256"] else row)
-    report["engines"] = rows
-    artifacts.write_json(path, report)
-    artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))

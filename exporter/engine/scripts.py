@@ -95,7 +95,7 @@ def build_engine_script(bundle: Path, spec: BuildSpec, graphs: list[str]) -> str
     for name in graphs:
         choice = {v: k for k, v in cache.GRAPHS.items()}[name]
         input_name, shape = _input(bundle / name)
-        commands = trtexec_commands(name, input_name, shape, spec.batch.as_tuple(), choice == "plugins")
+        commands = trtexec_commands(name, input_name, shape, spec.batch.as_tuple(), cache.has_plugins(bundle / name))
         arms += [f"  {major}:{choice}:{action}) {_sh(argv)} ;;" for (major, action), argv in commands.items()]
     default = "fp16" if cache.GRAPHS["fp16"] in graphs else "fp32"
     return "\n".join([
@@ -153,9 +153,7 @@ def reproduce_script(spec: BuildSpec, command: str, commit: str) -> str:
 
 def write(bundle: Path, spec: BuildSpec, command: str, graphs: list, commit: str) -> None:
     names = [g.file if hasattr(g, "file") else str(g) for g in graphs]
-    if (bundle / cache.GRAPHS["plugins"]).is_file() and cache.GRAPHS["plugins"] not in names:
-        names.append(cache.GRAPHS["plugins"])
     for name, text in ((REPRODUCE, reproduce_script(spec, command, commit)),
                        (BUILD_ENGINE, build_engine_script(bundle, spec, names))):
         artifacts.write_text(bundle / name, text)
-        (bundle / name).chmod(0o755)
+        (bundle / name).chmod(0o755)  # executable; artifacts.publish_modes applies the umask

@@ -155,6 +155,10 @@ def _row(c: dict, left_out: bool = False) -> str:
     )
 
 
+def _label(runtime: str) -> str:
+    return {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}.get(runtime, runtime)
+
+
 def warnings(report: dict) -> list[str]:
     """Checks that passed without proving much, one line each (graph, batch: why)."""
     rows = report["comparisons"] + report.get("references", [])
