@@ -13,8 +13,11 @@ s = 1 meaning plain multi-head self-attention through the Lo-Fi path, and maps w
 multiples of s zero-padded at the bottom/right and cropped afterwards, as their detection and
 segmentation backbones do (padded tokens are attended to, unmasked, exactly like theirs).
 
-Export: every tensor keeps the batch as its own axis (no B·windows merge), so the only symbolic
-dimension in the graph is the batch; the Hi-Fi window partition is reshapes/transposes of rank ≤ 6.
+The Hi-Fi window attention (partition, padding, heads, attention, un-partition) is the token op
+`exporter.ops.hilo_attention`: inline standard ops by default (reshapes/transposes of rank ≤ 6, the batch
+its own axis, so the only symbolic dimension in the graph is the batch), one `HiLoAttention` plugin node
+in a plugin graph, a fused kernel on a GPU. Lo-Fi stays standard ops: a plain attention on pooled keys,
+which TensorRT fuses itself.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..errors import ExporterError
 
 __all__ = ["HiLo", "hilo_macs", "msa_macs", "split_heads"]
@@ -89,24 +93,33 @@ class HiLo(nn.Module):
             self.h_qkv = nn.Linear(dim, self.h_dim * 3, bias=qkv_bias)
             self.h_proj = nn.Linear(self.h_dim, self.h_dim)
 
-    def hifi(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention inside each s×s window: [B, H, W, C] -> [B, H, W, h_dim] (H, W multiples of s)."""
-        b, h, w, _ = x.shape
-        s, hg, wg = self.ws, h // self.ws, w // self.ws
-        # The projection is per token, so project first and partition the result.
-        qkv = self.h_qkv(x).reshape(b, hg, s, wg, s, 3 * self.h_dim).transpose(2, 3)
-        qkv = qkv.reshape(b, hg * wg, s * s, 3, self.h_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        out = _attend(qkv[0], qkv[1], qkv[2], self.scale)  # [B, windows, heads, s·s, head_dim]
-        out = out.transpose(2, 3).reshape(b, hg, wg, s, s, self.h_dim).transpose(2, 3)
-        return self.h_proj(out.reshape(b, h, w, self.h_dim))
+    def hifi(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Attention inside each s×s window: [B, H·W, C] -> [B, H·W, h_dim].
 
-    def lofi(self, x: torch.Tensor) -> torch.Tensor:
-        """Every query against keys/values of the s×s average-pooled map: [B, H, W, C] -> [B, H, W, l_dim]."""
-        b, h, w, c = x.shape
-        q = self.l_q(x).reshape(b, h * w, self.l_heads, self.head_dim).transpose(1, 2)
-        pooled = self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2) if self.ws > 1 else x.reshape(b, h * w, c)
-        kv = self.l_kv(pooled).reshape(b, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = _attend(q, kv[0], kv[1], self.scale).transpose(1, 2).reshape(b, h, w, self.l_dim)
+        The projections are per token, so q/k/v are projected on the unpadded map and the window op pads
+        with what a zero token projects to (the bias), and the output projection runs on the kept tokens.
+        """
+        bias = self.h_qkv.bias
+        pad = bias if bias is not None else x.new_zeros(3 * self.h_dim)
+        out = ops.hilo_attention(self.h_qkv(x), pad, *size, self.ws, self.h_heads, self.scale)
+        return self.h_proj(out)
+
+    def lofi(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Every query against keys/values of the s×s average-pooled map: [B, H·W, C] -> [B, H·W, l_dim].
+
+        Queries come from the unpadded map (padded ones would be cropped); the pooling sees the zero padding.
+        """
+        b, n, c = x.shape
+        (h, w), s = size, self.ws
+        q = self.l_q(x).reshape(b, n, self.l_heads, self.head_dim).transpose(1, 2)
+        if s > 1:
+            grid = x.reshape(b, h, w, c)
+            pad_b, pad_r = -h % s, -w % s
+            if pad_b or pad_r:
+                grid = F.pad(grid, (0, 0, 0, pad_r, 0, pad_b))
+            x = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        kv = self.l_kv(x).reshape(b, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = _attend(q, kv[0], kv[1], self.scale).transpose(1, 2).reshape(b, n, self.l_dim)
         return self.l_proj(out)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -118,29 +131,23 @@ class HiLo(nn.Module):
             raise ExporterError(
                 f"HiLo window size {self.ws} does not fit the {h}×{w} feature map it is applied to.",
                 f"Use a window size of at most {min(h, w)}, or a larger image.")
-        x = x.reshape(b, h, w, c)
-        pad_b, pad_r = -h % self.ws, -w % self.ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        branches = ([self.hifi(x)] if self.h_heads else []) + ([self.lofi(x)] if self.l_heads else [])
-        out = torch.cat(branches, dim=-1) if len(branches) > 1 else branches[0]
-        if pad_b or pad_r:
-            out = out[:, :h, :w]
-        return out.reshape(b, n, c)
+        branches = ([self.hifi(x, size)] if self.h_heads else []) + ([self.lofi(x, size)] if self.l_heads else [])
+        return torch.cat(branches, dim=-1) if len(branches) > 1 else branches[0]
 
 
 def hilo_macs(dim: int, num_heads: int, height: int, width: int, window_size: int = 2, alpha: float = 0.5) -> int:
     """Multiply-accumulates of one HiLo layer on a height×width map (projections + the two attention matmuls).
 
-    Counts the padded map when a side is not a multiple of the window, as the computation does.
+    Projections run on the map's own tokens; the attention matmuls of the windows and the pooled keys
+    cover the padded map when a side is not a multiple of the window, as the computation does.
     """
     l_heads, h_heads = split_heads(dim, num_heads, window_size, alpha)
     head_dim, s = dim // num_heads, window_size
-    hp, wp = -(-height // s) * s, -(-width // s) * s
-    n = hp * wp
+    n = height * width
+    padded = -(-height // s) * s * -(-width // s) * s
     l_dim, h_dim = l_heads * head_dim, h_heads * head_dim
-    hifi = n * dim * 3 * h_dim + n * h_dim * h_dim + 2 * n * (s * s) * h_dim
-    m = n // (s * s)  # Lo-Fi keys: pooled tokens (all tokens when s = 1)
+    hifi = n * dim * 3 * h_dim + n * h_dim * h_dim + 2 * padded * (s * s) * h_dim
+    m = padded // (s * s)  # Lo-Fi keys: pooled tokens (all tokens when s = 1)
     lofi = n * dim * l_dim + m * dim * 2 * l_dim + n * l_dim * l_dim + 2 * n * m * l_dim
     return hifi + lofi
 

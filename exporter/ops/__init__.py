@@ -24,7 +24,7 @@ from torch import Tensor
 from . import reference
 from .contracts import load as load_contract
 
-OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce")
+OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention")
 LOWERINGS = ("decompose", "plugin")
 
 # Process-wide switches, set only through the context managers below (plain globals, which torch.compile
@@ -105,6 +105,17 @@ def diffrate_reduce(x: Tensor, size: Optional[Tensor], score: Tensor, keep: int,
     return reference.diffrate_reduce(x, size, score, keep, merge, chosen)
 
 
+def hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: int, heads: int,
+                   scale: Optional[float] = None) -> Tensor:
+    """[B, H*W, D]; see `reference.hilo_attention`. The op (plugin node, fused kernel) has the default
+    scale head_dim ** -0.5 built in, since plugin attributes are integers: an overridden `scale` runs the
+    reference in every lowering."""
+    head_dim = qkv.shape[-1] // 3 // heads
+    if (scale is None or scale == head_dim ** -0.5) and _custom(qkv):
+        return torch.ops.exporter.hilo_attention(qkv, pad, height, width, window, heads)
+    return reference.hilo_attention(qkv, pad, height, width, window, heads, scale)
+
+
 # ---- the custom ops ---------------------------------------------------------------------------------
 # The CPU implementation is the reference; CUDA gets the fused kernel (registered below).
 
@@ -131,6 +142,11 @@ def _tome_merge(x: Tensor, size: Tensor, metric: Tensor, r: int) -> tuple[Tensor
 @torch.library.custom_op("exporter::diffrate_reduce", mutates_args=())
 def _diffrate_reduce(x: Tensor, size: Tensor, score: Tensor, keep: int, merge: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _dense(reference.diffrate_reduce(x, size, score, keep, merge))
+
+
+@torch.library.custom_op("exporter::hilo_attention", mutates_args=())
+def _hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: int, heads: int) -> Tensor:
+    return reference.hilo_attention(qkv, pad, height, width, window, heads).contiguous()
 
 
 def _dense(outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
