@@ -1,0 +1,141 @@
+"""The fused kernel of `hilo_attention` (LITv2 HiLo's Hi-Fi window attention): one pass over q/k/v.
+
+Why one kernel: in standard ops a window attention of s*s = 4 tokens is a padded copy of the map, two
+rank-6 transposes, two batched MatMuls of 4x4 tiles, a softmax and the transposes back, each a full
+memory pass for almost no arithmetic. Here every program reads its windows' q/k/v rows straight from
+the [B, H*W, 3*D] projection (padding tokens read from `pad`, never materialised), attends and writes
+the output rows in map order: one read of qkv, one write of the output.
+
+Layout: one program = WINDOWS consecutive windows (row-major over the window grid) of one head of one
+image; their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r: window r // (s*s), token r % (s*s)),
+so the scores are one [BLOCK_M, BLOCK_M] tensor-core dot masked to the block diagonal of each window.
+For s = 2 that is 16 windows in a 64-row tile: a 16x arithmetic waste that costs nothing next to the
+memory traffic, and tl.dot's 16-row minimum would waste as much on a per-window tile. Scores, softmax and
+accumulation are fp32 (fp32 dots with input_precision="ieee", never TF32); the probabilities are rounded
+to the token dtype for the second dot, as the reference's half-precision softmax output is.
+
+The kernel's non-constexpr parameters, in order, are the launch ABI an AOT launcher passes
+(`hilo_attention_kernel()` returns the JIT function for the generator). CPU tensors run the same kernel
+in Triton's interpreter, in a process started with TRITON_INTERPRET=1 (see `_jit`). This module imports
+triton: the op layer imports it on first use only.
+"""
+import threading
+
+import torch
+import triton
+import triton.language as tl
+
+MIN_ROWS = 64  # rows of a program's tile: windows are packed until about this many tokens
+MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
+NUM_WARPS = 4
+
+_kernels: dict[str, object] = {}
+_lock = threading.RLock()
+
+
+def _hilo_attention_kernel(qkv, pad, out, N, H, W, S, WG, G, D, HD, scale,
+                           WINDOWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """WINDOWS windows of head program_id(1) of image program_id(2): out rows of their real tokens.
+    A plain function, decorated by `_jit` twice: compiled and interpreted."""
+    pid = tl.program_id(0)
+    head = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    T = S * S
+    r = tl.arange(0, BLOCK_M)
+    win = r // T
+    g = pid * WINDOWS + win  # window index in the map's window grid
+    alive = (win < WINDOWS) & (g < G)
+    y = (g // WG) * S + (r % T) // S
+    x = (g % WG) * S + (r % T) % S
+    real = alive & (y < H) & (x < W)  # alive but not real: a padding token (bottom/right)
+    n = (y * W + x).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    dm = d < HD
+    E = 3 * D
+    rows = qkv + b * N * E + n[:, None] * E + head * HD + d[None, :]
+    real_d = real[:, None] & dm[None, :]
+    cols = pad + head * HD + d
+    q = tl.where(real[:, None], tl.load(rows, mask=real_d, other=0.0), tl.load(cols, mask=dm, other=0.0)[None, :])
+    k = tl.where(real[:, None], tl.load(rows + D, mask=real_d, other=0.0), tl.load(cols + D, mask=dm, other=0.0)[None, :])
+    v = tl.where(real[:, None], tl.load(rows + 2 * D, mask=real_d, other=0.0),
+                 tl.load(cols + 2 * D, mask=dm, other=0.0)[None, :])
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [BLOCK_M, BLOCK_M] fp32
+    same = (win[:, None] == win[None, :]) & alive[None, :]
+    s = tl.where(same, s, -1.0e30)  # finite: a dead row's softmax is uniform, not NaN (never stored)
+    p = tl.exp(s - tl.max(s, axis=1)[:, None])
+    p = tl.where(same, p, 0.0)
+    total = tl.where(alive, tl.sum(p, axis=1), 1.0)  # a dead row has no key at all
+    o = tl.dot((p / total[:, None]).to(v.dtype), v, input_precision="ieee")
+    dst = out + b * N * D + n[:, None] * D + head * HD + d[None, :]
+    tl.store(dst, o.to(out.dtype.element_ty), mask=real_d)
+
+
+def _jit(interpret: bool):
+    """triton.jit of the kernel. Interpreted, it calls triton.language's own jit functions (tl.max, tl.sum),
+    which are interpretable only when triton was first imported with TRITON_INTERPRET=1: CPU tensors need
+    a process started with it (the tests run the kernel in such a subprocess)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if interpret and not isinstance(tl.max, InterpretedFunction):
+        raise RuntimeError(
+            "hilo_attention on CPU tensors runs in Triton's interpreter, which needs TRITON_INTERPRET=1 set before "
+            "triton is first imported: run it in a process started with TRITON_INTERPRET=1")
+    kernel = triton.jit(_hilo_attention_kernel)
+    if interpret != isinstance(kernel, InterpretedFunction):
+        raise RuntimeError(f"TRITON_INTERPRET is {'off' if interpret else 'on'}: the kernel cannot run on "
+                           f"{'CPU' if interpret else 'CUDA'} tensors in this process")
+    return kernel
+
+
+def hilo_attention_kernel(interpret: bool = False):
+    """The Triton kernel: JIT-compiled (for CUDA and the AOT generator) or interpreted (CPU tensors)."""
+    key = "interpreter" if interpret else "jit"
+    with _lock:
+        if key not in _kernels:
+            _kernels[key] = _jit(interpret)
+        return _kernels[key]
+
+
+def _pow2(n: int, floor: int) -> int:
+    p = floor
+    while p < n:
+        p *= 2
+    return p
+
+
+def blocks(window: int, head_dim: int) -> dict[str, int]:
+    """The constexprs for windows of `window` x `window` tokens and heads of `head_dim` channels."""
+    tokens = window * window
+    if tokens > MAX_WINDOW_TOKENS:
+        raise ValueError(f"windows of {window}x{window} tokens exceed the kernel's {MAX_WINDOW_TOKENS} tokens a program")
+    block_m = _pow2(tokens, MIN_ROWS)
+    return {"WINDOWS": block_m // tokens, "BLOCK_M": block_m, "BLOCK_D": _pow2(head_dim, 16)}
+
+
+def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int, window: int, heads: int) -> torch.Tensor:
+    """`torch.ops.exporter.hilo_attention` as the fused kernel: [B, H*W, 3*D] q/k/v and [3*D] pad -> [B, H*W, D]."""
+    if qkv.dim() != 3 or qkv.dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"qkv must be [B, N, 3*D] float32 or float16, got {tuple(qkv.shape)} {qkv.dtype}")
+    b, n, e = qkv.shape
+    if n != height * width or e % 3 or (e // 3) % heads or window < 1:
+        raise ValueError(f"qkv {tuple(qkv.shape)} does not fit a {height}x{width} map of {heads} heads in windows of {window}")
+    if pad.shape != (e,) or pad.dtype != qkv.dtype or pad.device != qkv.device:
+        raise ValueError(f"pad must be [{e}] {qkv.dtype} on {qkv.device}, got {tuple(pad.shape)} {pad.dtype} on {pad.device}")
+    d = e // 3
+    head_dim = d // heads
+    qkv, pad = qkv.contiguous(), pad.contiguous()
+    out = torch.empty(b, n, d, dtype=qkv.dtype, device=qkv.device)
+    if b == 0 or n == 0:
+        return out
+    wg = -(-width // window)
+    windows = -(-height // window) * wg
+    meta = blocks(window, head_dim)
+    grid = (-(-windows // meta["WINDOWS"]), heads, b)
+    args = (qkv, pad, out, n, height, width, window, wg, windows, d, head_dim, head_dim ** -0.5)
+    if qkv.is_cuda:
+        with torch.cuda.device(qkv.device):
+            hilo_attention_kernel()[grid](*args, **meta, num_warps=NUM_WARPS)
+    else:
+        with _lock:
+            hilo_attention_kernel(interpret=True)[grid](*args, **meta)
+    return out
