@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from . import __version__, artifacts
+from .errors import ExporterError
 from .export import lint
 from .export.graphs import FP16, PLUGIN_LIBRARY, Graph, export_graph, planned
 from .methods import apply_method, get_method
@@ -83,6 +84,8 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         with stage(f"load {spec.model} and apply method {spec.method}"):
             dense, model = prepare(spec)
             size = input_size(dense)
+            if spec.plugins:
+                _check_token_ops(spec, model, size)
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
         fp16_facts = library_status = None
@@ -189,11 +192,26 @@ def verify(bundle: Path, console: Optional[Console] = None) -> dict:
     return report
 
 
+def _check_token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> None:
+    """--plugins needs at least one token op in the model (a method's, or LITv2's HiLo window attention)."""
+    from . import ops
+
+    if not ops.called(model, torch.zeros(1, 3, *size)):
+        raise ExporterError(
+            f"--plugins lowers token operations to TensorRT plugins, and {spec.model} with method "
+            f"'{spec.method}' calls no token operation.",
+            "Pass --method evit, evovit, diffrate or tome, or a LITv2 model with Hi-Fi heads (HiLo window "
+            "attention), with --plugins; or drop --plugins.",
+        )
+
+
 def build_plugin_library(bundle: Path) -> dict:
     """Compile the plugin library into `bundle`/plugins (needs cmake, nvcc and TensorRT headers), or say
     why not: the plugin graphs are still written and verified, only the TensorRT-RTX build is skipped."""
-    from .ops import library
-
+    try:
+        from .ops import library
+    except ImportError as e:  # a checkout without the plugin library's build code
+        return {"status": "skipped", "reason": f"exporter.ops.library is not available ({e})"}
     reason = library.missing_toolchain()
     if reason:
         return {"status": "skipped", "reason": reason}

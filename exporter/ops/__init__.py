@@ -1,4 +1,5 @@
-"""Token operations: one op per reduction step of a block, what every method is built from.
+"""Token operations: one op per reduction step of a block, what every method is built from, and LITv2's
+HiLo window attention (`hilo_attention`, the Hi-Fi branch: window partition, padding and attention).
 
 Each op is a `torch.library` custom op (`torch.ops.exporter.<name>`) with
 - its reference maths (`reference.py`, the CPU implementation and what everything is held to),
@@ -15,8 +16,9 @@ reference does: verification replays in PyTorch on the CPU.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -56,6 +58,27 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
     (what a decomposed graph computes; benchmarks compare the two)."""
     with _setting("fused", bool(enabled)):
         yield
+
+
+def called(fn: Callable, *args) -> collections.Counter:
+    """How often `fn(*args)` calls each token op: the plugin nodes a plugin graph of it would hold.
+
+    Runs `fn` once as a plugin export would (every op through `torch.ops.exporter`) and counts the
+    ops the dispatcher sees, so it holds for any model, whatever calls the ops.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: collections.Counter = collections.Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "exporter":
+                seen[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), lowering("plugin"), Count():
+        fn(*args)
+    return seen
 
 
 def _custom(x: Tensor) -> bool:
@@ -187,4 +210,4 @@ for _name in OPS:
     torch.library.register_fake(f"exporter::{_name}")(_fake(_name))
     torch.library.register_kernel(f"exporter::{_name}", "cuda")(_fused(_name))
 
-__all__ = ["OPS", "LOWERINGS", "lowering", "fused_kernels", *OPS]
+__all__ = ["OPS", "LOWERINGS", "lowering", "fused_kernels", "called", *OPS]
