@@ -20,17 +20,16 @@ import torch
 from rich.console import Console
 
 from . import __version__, artifacts
+from .checks import graph as graph_check
 from .errors import ExporterError
-from .export import lint
 from .export.graphs import FP16, PLUGIN_LIBRARY, Graph, export_graph, planned
 from .methods import apply_method, get_method
 from .methods.flops import count_gmacs
-from .ops.plugin_nodes import register_schemas
 from .models import create_model, input_size
-from .runtime.rtx import RtxCheck, rtx_check
+from .checks.engine_build import RtxCheck, rtx_check
 from .spec import BuildSpec
-from .verify import parity
-from .verify.compare import compare_graphs
+from .checks import parity
+from .checks.compare import compare_graphs
 from .verify.report import render, warnings
 
 TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "tensorrt-rtx-cu13")
@@ -127,7 +126,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     """Graph checks, parity against PyTorch and the TensorRT-RTX build; writes report.json/.md."""
     size = input_size(dense)
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)"):
-        problems = {g.file: _check(bundle / g.file) for g in graphs}
+        problems = {g.file: graph_check.check_graph(bundle / g.file).problems for g in graphs}
         if fp16_facts and fp16_facts["unguarded_selectors"]:
             problems[FP16].append(
                 f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
@@ -223,24 +222,14 @@ def _rtx(graph: Path, spec: BuildSpec, size, lowering: str, library: Path) -> Rt
     """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded."""
     if lowering == "plugin" and not library.is_file():
         return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
-    return rtx_check(graph, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size),
-                     plugin_library=library if lowering == "plugin" else None)
+    plugins = {"plugin_library": library} if lowering == "plugin" else {}
+    return rtx_check(graph, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **plugins)
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
     dense_gmacs = count_gmacs(dense, size)
     gmacs = count_gmacs(model, size)
     return {"dense_gmacs": round(dense_gmacs, 4), "gmacs": round(gmacs, 4), "ratio": round(dense_gmacs / gmacs, 4)}
-
-
-def _check(path: Path) -> list[str]:
-    """onnx.checker (full check, weights included) plus the static-shape and TensorRT lint."""
-    register_schemas()  # plugin nodes are checked against their schemas, made from the contracts
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as e:
-        return [f"onnx.checker: {str(e).splitlines()[0]}"]
-    return lint.lint(path)
 
 
 def _io(path: Path) -> dict:

@@ -19,7 +19,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from exporter.export.fp16 import export_fp16
-from exporter.export.lint import lint
+from exporter.checks.graph import lint
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method
 from exporter.ops import reference as token_ops

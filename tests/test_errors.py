@@ -101,7 +101,7 @@ def test_debug_shows_traceback(tmp_path):
 
 def test_failed_verification_leaves_no_bundle(tmp_path, capsys, monkeypatch):
     """A graph that misses the thresholds fails the build (exit 1) and is kept only as <run>.failed."""
-    from exporter.verify import parity
+    from exporter.checks import parity
 
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # no real graph matches PyTorch bit for bit
     out = tmp_path / "out"

@@ -7,7 +7,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from exporter.errors import ExporterError
-from exporter.export import lint
+from exporter.checks import graph as lint
 from exporter.export.onnx_export import export_onnx
 
 F = TensorProto.FLOAT

@@ -1,7 +1,7 @@
 """The verification thresholds tell a broken graph from rounding and from near-tie token flips."""
 import numpy as np
 
-from exporter.verify.parity import compare
+from exporter.checks.parity import compare
 
 
 def logits(n=6, classes=10, seed=0):

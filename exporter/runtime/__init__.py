@@ -1,1 +1,51 @@
-"""Runners: PyTorch, onnxruntime, and (lazily imported) TensorRT, behind one call shape."""
+"""Runners: one call shape for every runtime a graph is checked or timed in.
+
+A runner is called with a batch of images (numpy, fp32) and returns every output of the model as
+numpy arrays: the logits first, then, for a token-reduction model's debug graph, the indices each
+reduction kept. `onnx_runner` opens a graph in onnxruntime (its plugin nodes, if any, running the
+token ops' reference: `op_reference`); `torch_runner` runs the PyTorch model itself. Runtimes are
+imported lazily, so a machine without one can still use the others.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
+
+import numpy as np
+
+
+class Runner(Protocol):
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+
+def onnx_runner(path: Path | str, threads: Optional[int] = None) -> Runner:
+    """onnxruntime on the graph at `path`; a plugin graph's plugin nodes run the reference ops."""
+    import onnx
+
+    from . import op_reference, ort
+
+    plugins = op_reference.has_plugins(onnx.load(str(path), load_external_data=False))
+    session = (op_reference.session if plugins else ort.session)(path, threads)
+    return lambda x: ort.run(session, x)
+
+
+def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None) -> Runner:
+    """The PyTorch model's `forward_traced` (logits, then kept indices); with `replay`, indices per
+    reduction for the whole sample set, handed out to the calls in order (wrapping around, as
+    `verify.inputs.batches` pads the last batch)."""
+    import torch
+
+    done = 0
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        nonlocal done
+        rows = (done + np.arange(x.shape[0])) % (len(replay[0]) if replay else 1)
+        done += x.shape[0]
+        chosen = None if replay is None else [torch.from_numpy(r[rows]) for r in replay]
+        with torch.no_grad():
+            return [o.numpy() for o in model.forward_traced(torch.from_numpy(x), chosen)]
+
+    return run
+
+
+__all__ = ["Runner", "onnx_runner", "torch_runner"]

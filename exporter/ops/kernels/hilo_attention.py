@@ -16,14 +16,15 @@ to the token dtype for the second dot, as the reference's half-precision softmax
 
 The kernel's non-constexpr parameters, in order, are the launch ABI an AOT launcher passes
 (`hilo_attention_kernel()` returns the JIT function for the generator). CPU tensors run the same kernel
-in Triton's interpreter, in a process started with TRITON_INTERPRET=1 (see `_jit`). This module imports
-triton: the op layer imports it on first use only.
+in Triton's interpreter (see `_jit` for how the process's Triton mode is chosen). Importing this module
+imports no triton.
 """
+from __future__ import annotations
+
+import contextlib
 import threading
 
 import torch
-import triton
-import triton.language as tl
 
 MIN_ROWS = 64  # rows of a program's tile: windows are packed until about this many tokens
 MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
@@ -36,7 +37,8 @@ _lock = threading.RLock()
 def _hilo_attention_kernel(qkv, pad, out, N, H, W, S, WG, G, D, HD, scale,
                            WINDOWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """WINDOWS windows of head program_id(1) of image program_id(2): out rows of their real tokens.
-    A plain function, decorated by `_jit` twice: compiled and interpreted."""
+    A plain function that `_jit` decorates once triton is imported in the process's mode (the annotations
+    are strings, and `tl` a module global set then)."""
     pid = tl.program_id(0)
     head = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -71,20 +73,31 @@ def _hilo_attention_kernel(qkv, pad, out, N, H, W, S, WG, G, D, HD, scale,
 
 
 def _jit(interpret: bool):
-    """triton.jit of the kernel. Interpreted, it calls triton.language's own jit functions (tl.max, tl.sum),
-    which are interpretable only when triton was first imported with TRITON_INTERPRET=1: CPU tensors need
-    a process started with it (the tests run the kernel in such a subprocess)."""
-    from triton.runtime.interpreter import InterpretedFunction
+    """triton.jit of the kernel, compiled or interpreted. Triton fixes its mode when first imported (its own jit
+    functions, tl.max and tl.sum, are interpreted only if TRITON_INTERPRET=1 then): the first call imports it
+    in the mode it needs, as the other kernels do (`exporter.ops.kernels`), and a call needing the other mode
+    raises (run it in a fresh process)."""
+    from . import _interpreting, triton_mode
 
-    if interpret and not isinstance(tl.max, InterpretedFunction):
-        raise RuntimeError(
-            "hilo_attention on CPU tensors runs in Triton's interpreter, which needs TRITON_INTERPRET=1 set before "
-            "triton is first imported: run it in a process started with TRITON_INTERPRET=1")
-    kernel = triton.jit(_hilo_attention_kernel)
-    if interpret != isinstance(kernel, InterpretedFunction):
-        raise RuntimeError(f"TRITON_INTERPRET is {'off' if interpret else 'on'}: the kernel cannot run on "
-                           f"{'CPU' if interpret else 'CUDA'} tensors in this process")
-    return kernel
+    mode = triton_mode()
+    if mode is None:
+        with _interpreting() if interpret else contextlib.nullcontext():
+            import triton.language  # noqa: F401
+        mode = triton_mode()
+    if (mode == "interpreter") != interpret:
+        raise RuntimeError(f"hilo_attention on {'CPU' if interpret else 'CUDA'} tensors needs Triton in "
+                           f"{'interpreter' if interpret else 'compiled'} mode, but this process imported it in "
+                           f"{mode} mode: call it in a fresh process (TRITON_INTERPRET=1 for the interpreter)")
+    import triton
+    import triton.language as tl
+
+    globals()["tl"] = tl  # what the kernel's body resolves `tl` to
+    if not interpret:
+        return triton.jit(_hilo_attention_kernel)
+    with _interpreting():
+        import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
+
+        return triton.jit(_hilo_attention_kernel)
 
 
 def hilo_attention_kernel(interpret: bool = False):
@@ -136,6 +149,8 @@ def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int
         with torch.cuda.device(qkv.device):
             hilo_attention_kernel()[grid](*args, **meta, num_warps=NUM_WARPS)
     else:
-        with _lock:
+        from . import _interpreting
+
+        with _lock, _interpreting():
             hilo_attention_kernel(interpret=True)[grid](*args, **meta)
     return out

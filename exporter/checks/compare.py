@@ -5,7 +5,7 @@ Plugin graphs run in onnxruntime with their plugin nodes computed by the token o
 indices are compared too, through each graph's debug
 twin (the same export with the chosen indices as extra outputs, see export.graphs), so a sample
 whose logits moved because a near-tie flipped a token is told apart from a broken graph: such a
-sample is compared with PyTorch replaying onnxruntime's choices (see verify.parity).
+sample is compared with PyTorch replaying onnxruntime's choices (see checks.parity).
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from ..export.graphs import Graph
-from ..runtime import op_reference
-from ..runtime import ort as ort_runtime
+from ..runtime import Runner, onnx_runner, torch_runner
 from ..spec import BatchRange
-from .inputs import batches, held_out
+from ..verify.inputs import batches, held_out
 from .parity import Comparison, compare
+
+
+TORCH_BATCH = 8  # PyTorch's result does not depend on the batch, beyond rounding
 
 
 def verify_batches(batch: BatchRange) -> list[int]:
@@ -42,44 +44,35 @@ def compare_graphs(
 ) -> list[Comparison]:
     x, _ = held_out(model, img_size)
     n = x.shape[0]
-    ref, *ref_idx = _torch_outputs(model, x)
+    ref, *ref_idx = _outputs(torch_runner(model), x, TORCH_BATCH)
     sensitive = None
     if ref_idx and any(g.precision == "fp16" for g in graphs):
         # samples on which PyTorch's own half-precision model keeps other tokens than in fp32
-        _, *half_idx = _torch_outputs(copy.deepcopy(model).half(), x.half())
+        _, *half_idx = _outputs(torch_runner(copy.deepcopy(model).half()), x.half(), TORCH_BATCH)
         sensitive = _flipped(n, ref_idx, half_idx)
     results = []
     for g in graphs:
-        open_session = op_reference.session if g.lowering == "plugin" else ort_runtime.session
-        session = open_session(bundle / g.file, threads)
-        debug = open_session(g.debug, threads) if g.debug else None
+        graph = onnx_runner(bundle / g.file, threads)
+        debug = onnx_runner(g.debug, threads) if g.debug else None
         for bs in verify_batches(batch):
-            chunks = batches(x, bs)
-            (out,) = _concat([ort_runtime.run(session, c.numpy()) for c in chunks], n)
+            (out,) = _outputs(graph, x, bs)
             flips = ties = None
             reference = ref
             if debug is not None:
-                ort_idx = _concat([ort_runtime.run(debug, c.numpy())[1:] for c in chunks], n)
+                _, *ort_idx = _outputs(debug, x, bs)
                 flips = _flipped(n, ref_idx, ort_idx)
                 ties = flips & sensitive if g.precision == "fp16" else flips
                 if ties.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
-                    replayed, *_ = _torch_outputs(model, x, replay=ort_idx)
+                    replayed, *_ = _outputs(torch_runner(model, replay=ort_idx), x, TORCH_BATCH)
                     reference = np.where(ties[:, None], replayed, ref)
             results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties))
     return results
 
 
-def _torch_outputs(model: torch.nn.Module, x: torch.Tensor, replay: Optional[list[np.ndarray]] = None) -> list[np.ndarray]:
-    """Logits (then the kept indices per reduction, if the model reduces tokens) of every sample; with
-    `replay` (indices per reduction, as traced), the reductions use those instead of choosing.
-
-    PyTorch runs once per sample set: its result does not depend on the batch, beyond rounding."""
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], 8):
-            chosen = None if replay is None else [torch.from_numpy(r[start : start + 8]) for r in replay]
-            outputs.append(model.forward_traced(x[start : start + 8], chosen))
-    return _concat(outputs)
+def _outputs(runner: Runner, x: torch.Tensor, batch: int) -> list[np.ndarray]:
+    """Every output of `runner` for every sample of `x`, run `batch` samples at a time (the last chunk
+    padded to a full batch, for graphs with a fixed batch; the padding's outputs are dropped)."""
+    return _concat([runner(c.numpy()) for c in batches(x, batch)], x.shape[0])
 
 
 def _concat(chunks: list, n: Optional[int] = None) -> list[np.ndarray]:

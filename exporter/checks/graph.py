@@ -1,4 +1,4 @@
-"""Graph checks every build runs before a bundle is written.
+"""Graph checks every build runs before a bundle is written (`check_graph`).
 
 Two questions, each answered as a list of readable problems (empty = clean):
 
@@ -107,6 +107,31 @@ class OnnxLintError(ExporterError):
             "(see the operator map in the docs), then build again",
         )
         self.problems = problems
+
+
+@dataclass
+class GraphCheck:
+    """The outcome of `check_graph`: one readable line per problem; the graph passed when there are none."""
+
+    graph: str
+    problems: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def check_graph(path: Path | str) -> GraphCheck:
+    """onnx.checker (full check, weights included; plugin nodes against the schemas their contracts
+    give) plus `lint`: everything a build checks on a graph before running it."""
+    from ..ops.plugin_nodes import register_schemas
+
+    register_schemas()
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        return GraphCheck(str(path), [f"onnx.checker: {str(e).splitlines()[0]}"])
+    return GraphCheck(str(path), lint(path))
 
 
 def lint(model: ModelLike, batch_dim: str = "batch", min_trt: tuple[int, int] = (10, 3)) -> list[str]:

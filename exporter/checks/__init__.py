@@ -1,0 +1,9 @@
+"""What a build checks, each check returning a typed result:
+
+- `graph`: onnx.checker, static shapes (only the batch dynamic), TensorRT 10.3 op support, plugin nodes
+  against their contracts (`GraphCheck`);
+- `parity` / `compare`: every graph's outputs and kept tokens against PyTorch on held-out inputs
+  (`Comparison`);
+- `engine_build`: the TensorRT-RTX parse and engine build on the CPU, CI's stand-in for TensorRT
+  (`RtxCheck`).
+"""

@@ -1,0 +1,180 @@
+"""The token ops' fused kernels, one Python function per op with the custom op's signature and results.
+
+CUDA tensors run the Triton kernels (`_triton.py`, JIT-compiled); CPU tensors run the same kernels in
+Triton's interpreter, so they are tested on machines without a GPU. Triton fixes its mode per process:
+triton.language's own functions (tl.zeros, tl.sum, ...) become interpreted or compiled when triton is
+first imported, as TRITON_INTERPRET says then. So the first kernel call imports triton in the mode it
+needs (interpreter for CPU tensors or TRITON_INTERPRET=1, else JIT), and a CPU call in a process whose
+triton is already compiled-mode raises (run it in a fresh process: tests/kernel_checks.KernelWorker).
+The kernels used in interpreter mode are a second copy of `_triton.py` decorated with TRITON_INTERPRET=1,
+so the mode does not depend on who imported `_triton` first. Importing this package imports no triton.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import KERNELS, RESTORE_BLOCK_C, block_for, constexprs, need, num_warps
+
+_modules: dict[str, object] = {}
+_lock = threading.RLock()
+
+
+def triton_mode() -> Optional[str]:
+    """"interpreter" or "jit": how triton was imported in this process; None before it is imported."""
+    if "triton.language" not in sys.modules:
+        return None
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return "interpreter" if isinstance(tl.zeros, InterpretedFunction) else "jit"
+
+
+@contextlib.contextmanager
+def _interpreting():
+    """TRITON_INTERPRET=1 while kernels are imported, decorated and run: triton.jit and parts of the
+    interpreter read it then (e.g. gluon's import asserts it)."""
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+def _kernels(device: torch.device):
+    """(kernel module, interpreted) for a call on `device`."""
+    with _lock:
+        mode = triton_mode()
+        if mode is None:
+            mode = "jit" if device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "interpreter"
+        if mode == "jit" and device.type != "cuda":
+            raise RuntimeError("CPU tensors run the kernels in Triton's interpreter, but triton was imported in "
+                               "compiled mode in this process: set TRITON_INTERPRET=1 before triton is imported, "
+                               "or call the kernels in a fresh process")
+        if mode not in _modules:
+            _modules[mode] = _load(interpret=mode == "interpreter")
+        return _modules[mode], mode == "interpreter"
+
+
+def _load(interpret: bool):
+    if not interpret:
+        from . import _triton
+
+        return _triton
+    spec = importlib.util.spec_from_file_location(f"{__name__}._triton_interpreted", Path(__file__).with_name("_triton.py"))
+    module = importlib.util.module_from_spec(spec)
+    with _interpreting():
+        import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
+
+        spec.loader.exec_module(module)
+    return module
+
+
+def _launch(op: str, device: torch.device, grid: tuple, block_need: int, *args) -> None:
+    block = block_for(block_need)
+    module, interpreted = _kernels(device)
+    kernel = getattr(module, KERNELS[op].name)
+    if interpreted:
+        with _lock, _interpreting():
+            kernel[grid](*args, **constexprs(op, block))
+    else:
+        with torch.cuda.device(device):
+            kernel[grid](*args, **constexprs(op, block), num_warps=num_warps(op, block))
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 3 or x.dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"tokens must be [B, N, C] float32 or float16, got {tuple(x.shape)} {x.dtype}")
+    return x.contiguous()
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def topk_prune(x: torch.Tensor, score: torch.Tensor, k: int, fuse: bool):
+    """(tokens [B, 1 + k + fuse, C], idx [B, k]) as `reference.topk_prune`."""
+    x, score = _tokens(x), _fp32(score)
+    B, N, C = x.shape
+    _check(score.shape == (B, N - 1) and 1 <= k < N - 1, f"topk_prune: score {tuple(score.shape)}, k={k} for N={N}")
+    tokens = x.new_empty(B, 1 + k + int(fuse), C)
+    idx = torch.empty(B, k, dtype=torch.int64, device=x.device)
+    _launch("topk_prune", x.device, (B,), need("topk_prune", N), x, score, tokens, idx, N, C, k, int(fuse))
+    return tokens, idx
+
+
+def evovit_select(x: torch.Tensor, g: torch.Tensor, keep: int):
+    """(tokens [B, keep + 2, C], idx [B, keep]) as `reference.evovit_select`."""
+    x, g = _tokens(x), _fp32(g)
+    B, N, C = x.shape
+    _check(g.shape == (B, N - 1) and 1 <= keep < N - 1, f"evovit_select: g {tuple(g.shape)}, keep={keep} for N={N}")
+    tokens = x.new_empty(B, keep + 2, C)
+    idx = torch.empty(B, keep, dtype=torch.int64, device=x.device)
+    _launch("evovit_select", x.device, (B,), need("evovit_select", N), x, g, tokens, idx, N, C, keep)
+    return tokens, idx
+
+
+def evovit_restore(x: torch.Tensor, tokens: torch.Tensor, moved: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """out [B, N, C] as `reference.evovit_restore` (idx must hold distinct patch positions)."""
+    x = _tokens(x)
+    B, N, C = x.shape
+    K = idx.shape[-1]
+    tokens, moved = tokens.to(x.dtype).contiguous(), moved.to(x.dtype).contiguous()
+    idx = idx.to(torch.int64).contiguous()
+    _check(tokens.shape == (B, K + 2, C) and moved.shape == (B, 1, C) and idx.shape == (B, K),
+           f"evovit_restore: tokens {tuple(tokens.shape)}, moved {tuple(moved.shape)}, idx {tuple(idx.shape)} for x {tuple(x.shape)}")
+    out = torch.empty_like(x)
+    grid = (B, -(-C // RESTORE_BLOCK_C))
+    _launch("evovit_restore", x.device, grid, need("evovit_restore", N, K), x, tokens, moved, idx, out, N, C, K)
+    return out
+
+
+def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int):
+    """(tokens [B, N - r, C], size [B, N - r], src [B, r], dst [B, r]) as `reference.tome_merge`."""
+    x, size = _tokens(x), _fp32(size)
+    B, N, C = x.shape
+    metric = metric.to(x.dtype).contiguous()
+    _check(size.shape == (B, N) and metric.shape[:2] == (B, N) and metric.dim() == 3 and 0 < r <= (N - 1) // 2,
+           f"tome_merge: size {tuple(size.shape)}, metric {tuple(metric.shape)}, r={r} for x {tuple(x.shape)}")
+    tokens = x.new_empty(B, N - r, C)
+    size_out = torch.empty(B, N - r, dtype=torch.float32, device=x.device)
+    src = torch.empty(B, r, dtype=torch.int64, device=x.device)
+    dst = torch.empty(B, r, dtype=torch.int64, device=x.device)
+    _launch("tome_merge", x.device, (B,), need("tome_merge", N), x, size, metric, tokens, size_out, src, dst,
+            N, C, metric.shape[2], r)
+    return tokens, size_out, src, dst
+
+
+def diffrate_reduce(x: torch.Tensor, size: torch.Tensor, score: torch.Tensor, keep: int, merge: int):
+    """(tokens [B, merge, C], size [B, merge], idx [B, keep - 1], dst [B, keep - merge]) as
+    `reference.diffrate_reduce`."""
+    x, size, score = _tokens(x), _fp32(size), _fp32(score)
+    B, N, C = x.shape
+    _check(size.shape == (B, N) and score.shape == (B, N - 1) and 2 <= merge < keep <= N,
+           f"diffrate_reduce: size {tuple(size.shape)}, score {tuple(score.shape)}, keep={keep}, merge={merge} for N={N}")
+    tokens = x.new_empty(B, merge, C)
+    size_out = torch.empty(B, merge, dtype=torch.float32, device=x.device)
+    idx = torch.empty(B, keep - 1, dtype=torch.int64, device=x.device)
+    dst = torch.empty(B, keep - merge, dtype=torch.int64, device=x.device)
+    _launch("diffrate_reduce", x.device, (B,), need("diffrate_reduce", N), x, size, score, tokens, size_out, idx, dst,
+            N, C, keep, merge)
+    return tokens, size_out, idx, dst
+
+
+__all__ = ["topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce"]
