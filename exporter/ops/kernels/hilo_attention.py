@@ -7,7 +7,7 @@ the [B, H*W, 3*D] projection (padding tokens read from `pad`, never materialised
 the output rows in map order: one read of qkv, one write of the output.
 
 Layout: one program = WINDOWS consecutive windows (row-major over the window grid) of one head of one
-image; their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r: window r // (s*s), token r % (s*s)),
+image (grid: window groups x B*heads); their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r: window r // (s*s), token r % (s*s)),
 so the scores are one [BLOCK_M, BLOCK_M] tensor-core dot masked to the block diagonal of each window.
 For s = 2 that is 16 windows in a 64-row tile: a 16x arithmetic waste that costs nothing next to the
 memory traffic, and tl.dot's 16-row minimum would waste as much on a per-window tile. Scores, softmax and
@@ -15,7 +15,7 @@ accumulation are fp32 (fp32 dots with input_precision="ieee", never TF32); the p
 to the token dtype for the second dot, as the reference's half-precision softmax output is.
 
 The kernel's non-constexpr parameters, in order, are the launch ABI an AOT launcher passes
-(`hilo_attention_kernel()` returns the JIT function for the generator). CPU tensors run the same kernel
+(`jit_kernel()` returns the JIT function for the generator; blocks and warps are in `config.py`). CPU tensors run the same kernel
 in Triton's interpreter (see `_jit` for how the process's Triton mode is chosen). Importing this module
 imports no triton.
 """
@@ -26,22 +26,28 @@ import threading
 
 import torch
 
-MIN_ROWS = 64  # rows of a program's tile: windows are packed until about this many tokens
+from .config import HILO_ROWS, block_for, num_warps
+
 MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
-NUM_WARPS = 4
 
 _kernels: dict[str, object] = {}
 _lock = threading.RLock()
 
 
-def _hilo_attention_kernel(qkv, pad, out, N, H, W, S, WG, G, D, HD, scale,
-                           WINDOWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """WINDOWS windows of head program_id(1) of image program_id(2): out rows of their real tokens.
+def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
+                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """WINDOWS windows (row-major over the window grid) from program_id(0) * WINDOWS on, of head
+    program_id(1) % HEADS of image program_id(1) // HEADS: the output rows of their real tokens.
     A plain function that `_jit` decorates once triton is imported in the process's mode (the annotations
     are strings, and `tl` a module global set then)."""
     pid = tl.program_id(0)
-    head = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
+    head = tl.program_id(1) % HEADS
+    b = (tl.program_id(1) // HEADS).to(tl.int64)
+    N = H * W
+    D = HEADS * HD
+    WG = (W + S - 1) // S
+    G = (H + S - 1) // S * WG
+    scale = 1.0 / tl.sqrt_rn(HD.to(tl.float32))  # head_dim ** -0.5, as the reference (to an ulp)
     T = S * S
     r = tl.arange(0, BLOCK_M)
     win = r // T
@@ -93,14 +99,14 @@ def _jit(interpret: bool):
 
     globals()["tl"] = tl  # what the kernel's body resolves `tl` to
     if not interpret:
-        return triton.jit(_hilo_attention_kernel)
+        return triton.jit(hilo_attention_kernel)
     with _interpreting():
         import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
 
-        return triton.jit(_hilo_attention_kernel)
+        return triton.jit(hilo_attention_kernel)
 
 
-def hilo_attention_kernel(interpret: bool = False):
+def jit_kernel(interpret: bool = False):
     """The Triton kernel: JIT-compiled (for CUDA and the AOT generator) or interpreted (CPU tensors)."""
     key = "interpreter" if interpret else "jit"
     with _lock:
@@ -109,20 +115,13 @@ def hilo_attention_kernel(interpret: bool = False):
         return _kernels[key]
 
 
-def _pow2(n: int, floor: int) -> int:
-    p = floor
-    while p < n:
-        p *= 2
-    return p
-
-
-def blocks(window: int, head_dim: int) -> dict[str, int]:
-    """The constexprs for windows of `window` x `window` tokens and heads of `head_dim` channels."""
+def rows(window: int) -> int:
+    """BLOCK_M, the rows of a program's tile: HILO_ROWS (the AOT cubins' tile, windows up to 8x8), more for
+    larger windows (JIT only)."""
     tokens = window * window
     if tokens > MAX_WINDOW_TOKENS:
         raise ValueError(f"windows of {window}x{window} tokens exceed the kernel's {MAX_WINDOW_TOKENS} tokens a program")
-    block_m = _pow2(tokens, MIN_ROWS)
-    return {"WINDOWS": block_m // tokens, "BLOCK_M": block_m, "BLOCK_D": _pow2(head_dim, 16)}
+    return max(HILO_ROWS, block_for(tokens))
 
 
 def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int, window: int, heads: int) -> torch.Tensor:
@@ -140,17 +139,18 @@ def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int
     out = torch.empty(b, n, d, dtype=qkv.dtype, device=qkv.device)
     if b == 0 or n == 0:
         return out
-    wg = -(-width // window)
-    windows = -(-height // window) * wg
-    meta = blocks(window, head_dim)
-    grid = (-(-windows // meta["WINDOWS"]), heads, b)
-    args = (qkv, pad, out, n, height, width, window, wg, windows, d, head_dim, head_dim ** -0.5)
+    block_m = rows(window)
+    per_program = block_m // (window * window)
+    windows = -(-height // window) * -(-width // window)
+    grid = (-(-windows // per_program), b * heads)
+    args = (qkv, pad, out, height, width, window, heads, head_dim, per_program)
+    meta = {"BLOCK_M": block_m, "BLOCK_D": block_for(head_dim)}
     if qkv.is_cuda:
         with torch.cuda.device(qkv.device):
-            hilo_attention_kernel()[grid](*args, **meta, num_warps=NUM_WARPS)
+            jit_kernel()[grid](*args, **meta, num_warps=num_warps("hilo_attention", meta["BLOCK_D"]))
     else:
         from . import _interpreting
 
         with _lock, _interpreting():
-            hilo_attention_kernel(interpret=True)[grid](*args, **meta)
+            jit_kernel(interpret=True)[grid](*args, **meta)
     return out
