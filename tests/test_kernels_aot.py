@@ -93,7 +93,7 @@ def variant(source, op, dtype, block, arch_index):
 def test_exports_the_header_and_needs_no_libcuda(library):
     lib, _, _ = library
     declared = set(re.findall(r"\b(exporter_\w+)\s*\(", HEADER.read_text()))
-    assert len(declared) == 10  # five launchers, five workspace queries
+    assert len(declared) == 12  # six launchers, six workspace queries
     defined = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
     assert declared <= {line.split()[-1] for line in defined.splitlines()}
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True, check=True).stdout
@@ -129,6 +129,24 @@ def test_launch_abi_on_a_fake_sm90(library):
     assert rest["launch"][:3] == [2, 3, 1]  # (B, C tiles of 64)
     assert rest["params"] == [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 17, 130, 5, 0, 0]
     assert too_big["rc"] == 1 and too_big["launches"] == 3  # 39 patches: no compiled block holds them
+
+
+def test_hilo_attention_launch_abi(library):
+    """A 14x14 map in 2x2 windows (49 windows, 16 a program: 4 programs) of 2 heads of 16 channels, 3 images:
+    grid (4, 3 * 2); windows over 8x8 and heads wider than every compiled block are refused."""
+    lib, fake, source = library
+
+    def hilo(C=32, window=2, heads=2):
+        args = [0x10, 1, 3, 14, 14, C, window, heads, 0x1000, 0x2000, 0x3000, 0]
+        return ["exporter_hilo_attention", args, [P] + [I] * 7 + [P] * 4, [P] * 3 + [I] * 6 + [P, P]]
+
+    ok, wide, big = call(lib, fake, [hilo(), hilo(window=9), hilo(C=64)], cc=90)
+    assert ok["rc"] == 0 and ok["function"] == "hilo_attention_kernel"
+    shared, warps = variant(source, "HiloAttention", 1, 16, ARCHS.index(90))
+    assert ok["launch"] == [4, 6, 1, 32 * warps, 1, 1, shared]
+    # qkv, pad, out, H, W, S, HEADS, HD, WINDOWS, then Triton's two scratch pointers
+    assert ok["params"] == [0x1000, 0x2000, 0x3000, 14, 14, 2, 2, 16, 16, 0, 0]
+    assert wide["rc"] == 1 and big["rc"] == 1 and big["launches"] == 1  # head dim 32: only block 16 is built
 
 
 @pytest.mark.parametrize("cc,rc", [(87, 0), (89, 0), (86, 209), (100, 209)])

@@ -109,6 +109,7 @@ def render(variants: list[dict], archs: list[int]) -> str:
         '#include "kernels.h"', "", "namespace {", "",
         "enum Op { " + ", ".join(f"{enum[op]} = {i}" for i, op in enumerate(ops)) + " };",
         f"constexpr int kRestoreBlockC = {config.RESTORE_BLOCK_C};",
+        f"constexpr int kHiloRows = {config.HILO_ROWS};",
         f"constexpr int kNumArchs = {len(archs)};",
         "const int kArchs[kNumArchs] = {" + ", ".join(map(str, archs)) + "};",
         "",

@@ -159,6 +159,7 @@ size_t exporter_evovit_select_workspace(int, int, int, int, int) { return 0; }
 size_t exporter_evovit_restore_workspace(int, int, int, int, int) { return 0; }
 size_t exporter_tome_merge_workspace(int, int, int, int, int, int) { return 0; }
 size_t exporter_diffrate_reduce_workspace(int, int, int, int, int, int) { return 0; }
+size_t exporter_hilo_attention_workspace(int, int, int, int, int, int, int) { return 0; }
 
 int exporter_topk_prune(void* stream, int dtype, int B, int N, int C, int k, int fuse, const void* x,
                         const float* score, void* tokens, int64_t* idx, void*) {
@@ -200,6 +201,21 @@ int exporter_diffrate_reduce(void* stream, int dtype, int B, int N, int C, int k
   CUdeviceptr scratch = 0, profile = 0;
   void* params[] = {&x, &size, &score, &tokens, &size_out, &idx, &dst, &N, &C, &keep, &merge, &scratch, &profile};
   return launch(kDiffrateReduce, dtype, N - 1, B, 1, stream, params);
+}
+
+int exporter_hilo_attention(void* stream, int dtype, int B, int H, int W, int C, int window, int heads, const void* qkv,
+                            const void* pad, void* out, void*) {
+  // the cubins' tile holds kHiloRows tokens: windows up to 8x8; grid y = B * heads (at most 65535)
+  if (bad_dtype(dtype) || B < 0 || H < 1 || W < 1 || heads < 1 || C < heads || C % heads != 0 || window < 1 ||
+      window * window > kHiloRows || static_cast<long long>(B) * heads > 65535)
+    return kInvalidValue;
+  int head_dim = C / heads;
+  int per_program = kHiloRows / (window * window);
+  long long windows = static_cast<long long>((H + window - 1) / window) * ((W + window - 1) / window);
+  CUdeviceptr scratch = 0, profile = 0;
+  void* params[] = {&qkv, &pad, &out, &H, &W, &window, &heads, &head_dim, &per_program, &scratch, &profile};
+  return launch(kHiloAttention, dtype, head_dim, static_cast<unsigned>((windows + per_program - 1) / per_program),
+                static_cast<unsigned>(B * heads), stream, params);
 }
 
 }  // extern "C"
