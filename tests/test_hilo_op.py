@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from timm.models import build_model_with_cfg, register_model
 
 from exporter import ops
 from exporter.cli import main
@@ -135,12 +136,21 @@ def test_plugin_graph_has_one_node_per_hifi_layer(tmp_path, alpha, nodes):
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
 
 
+@register_model
+def litv2_tiny_test(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv2-S's layout at 1/3 of its width and 1-2 blocks a stage (the build test's model: LITv2-S itself takes
+    minutes to export four times and build with TensorRT-RTX twice on a shared CPU): stage 3 has windows of 2,
+    1 Hi-Fi head of 4 (int(4 * 0.9) = 3 Lo-Fi), stage 4 s = 1."""
+    args = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), alpha=0.9, local_ws=(0, 0, 2, 1))
+    return build_model_with_cfg(LITv2, "litv2_tiny_test", pretrained, **dict(args, **kwargs))
+
+
 def test_build_litv2_with_plugins(tmp_path):
-    """`build --model litv2_small --plugins --precision fp16` at 64 px (stage 3 a 2x2 map): plugin graphs
-    written, linted and verified in onnxruntime on the reference; one HiLoAttention node per stage-3 layer
-    (stage 4 has s = 1: plain attention, all heads Lo-Fi, no window op)."""
+    """`build --plugins --precision fp16` of a LITv2 (no method: HiLo's window attention is the token op) at
+    96 px (stage 3 a 6x6 map): plugin graphs written, linted and verified in onnxruntime on the reference; one
+    HiLoAttention node per stage-3 layer (stage 4 has s = 1: plain attention, all heads Lo-Fi, no window op)."""
     out = tmp_path / "out"
-    assert main(["build", "--model", "litv2_small", "--weights", "random", "--img-size", "64", "--precision",
+    assert main(["build", "--model", "litv2_tiny_test", "--weights", "random", "--img-size", "96", "--precision",
                  "fp16", "--batch", "1:2:2", "--plugins", "--out", str(out)]) == 0
     (bundle,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     report = json.loads((bundle / "report.json").read_text())
@@ -149,7 +159,9 @@ def test_build_litv2_with_plugins(tmp_path):
     assert sorted({c["graph"] for c in report["comparisons"]}) == sorted(graphs)
     for graph in graphs[2:]:
         nodes = onnx.load(str(bundle / graph), load_external_data=False).graph.node
-        assert collections.Counter(n.op_type for n in nodes if n.domain == "exporter") == {"HiLoAttention": 6}
+        assert collections.Counter(n.op_type for n in nodes if n.domain == "exporter") == {"HiLoAttention": 2}
+        attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes if n.domain == "exporter"]
+        assert all((a["height"], a["width"], a["window"], a["heads"]) == (6, 6, 2, 1) for a in attrs)
 
 
 def test_plugins_need_a_token_op(tmp_path, capsys):
