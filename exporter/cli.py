@@ -79,8 +79,10 @@ def _given(args) -> dict[str, str]:
 
 def _parsed(method, given: dict[str, str]) -> dict:
     """`given` parsed by `method`'s parsers; names it does not know stay as text for its error."""
+    from .options import parse_param
+
     parsers = {p.name: p.parse for p in method.params}
-    return {k: parsers[k](v) if k in parsers else v for k, v in given.items()}
+    return {k: parse_param(k, parsers[k], v) if k in parsers else v for k, v in given.items()}
 
 
 def _spec_from_args(args):
@@ -120,13 +122,15 @@ def _add_verify(sub) -> None:
         description="Check a bundle's file hashes, graphs and parity against PyTorch again (e.g. after copying it).",
     )
     p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
+    p.add_argument("--weights", type=Path, default=None, help="the bundle's checkpoint at a new location (it must be the same file)")
+    p.add_argument("--report", type=Path, default=None, help="write the report here (.json, else markdown) instead of to stdout")
     p.set_defaults(run=_verify)
 
 
 def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
-    verify(args.bundle, console)
+    verify(args.bundle, console, weights=args.weights, report_to=args.report)
     console.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
@@ -214,7 +218,9 @@ def _add_bench(sub) -> None:
 def _bench(args, console: Console) -> int:
     from .bench import throughput
     from .models import create_model, input_size
+    from .options import check_bench_args
 
+    check_bench_args(args)
     methods = throughput.selected_methods(args.methods)
     dense = create_model(args.model, args.weights, 0, args.img_size)
     size = input_size(dense)
@@ -245,10 +251,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = argv
     console = Console(stderr=True, highlight=False)
     start = args.start = time.perf_counter()
+    from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
     from .pipeline import BuildFailed
 
     try:
-        return args.run(args, console)
+        with terminate_as_interrupt():
+            return args.run(args, console)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (see interrupt.py): cleanup has run on the way out
+        if args.debug:
+            raise
+        console.print(interrupted_message(e), markup=False)
+        return exit_code(e)
     except ExporterError as e:
         if args.debug:
             raise

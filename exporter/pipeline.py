@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import platform
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
@@ -28,8 +27,11 @@ from .methods.flops import count_gmacs
 from .models import create_model, input_size
 from .checks.engine_build import RtxCheck, rtx_check
 from .spec import BuildSpec
+from .checks import graph as graph_check
 from .checks import parity
 from .checks.compare import compare_graphs
+from .export.fold import fold_constants
+from .verify import bundle as bundle_check
 from .verify.report import render, warnings
 
 TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "tensorrt-rtx-cu13")
@@ -45,6 +47,13 @@ class BuildFailed(Exception):
 
 
 @dataclass
+class Outcome:
+    """What a stage found: set `problems` inside the stage and it ends with ✗ and the count, not ✓."""
+
+    problems: int = 0
+
+
+@dataclass
 class Stages:
     """Prints each stage as it runs and keeps its duration for the manifest."""
 
@@ -52,16 +61,21 @@ class Stages:
     durations: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str) -> Iterator[Outcome]:
         start = time.perf_counter()
+        outcome = Outcome()
         with self.console.status(f"{name} ..."):
             try:
-                yield
+                yield outcome
             except BaseException:
                 self.console.print(f"[red]✗[/red] {name}  ({time.perf_counter() - start:.1f}s)")
                 raise
         self.durations[name] = round(time.perf_counter() - start, 3)
-        self.console.print(f"[green]✓[/green] {name}  ({self.durations[name]:.1f}s)")
+        if outcome.problems:
+            found = f"{outcome.problems} problem{'s' if outcome.problems > 1 else ''}"
+            self.console.print(f"[red]✗[/red] {name}  ({self.durations[name]:.1f}s, {found})")
+        else:
+            self.console.print(f"[green]✓[/green] {name}  ({self.durations[name]:.1f}s)")
 
 
 def prepare(spec: BuildSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -79,7 +93,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
     console = console or Console(stderr=True)
     spec = resolve(spec)
     stage = Stages(console)
-    with artifacts.staging(out, spec.run_name) as tmp, tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
+    with artifacts.staging(out, spec.run_name) as tmp, artifacts.debug_dir() as debug:
         with stage(f"load {spec.model} and apply method {spec.method}"):
             dense, model = prepare(spec)
             size = input_size(dense)
@@ -90,14 +104,16 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         fp16_facts = library_status = None
         for g in graphs:
             with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
-                facts = export_graph(model, g, tmp, Path(debug), **kwargs)
+                facts = export_graph(model, g, tmp, debug, **kwargs)
                 fp16_facts = facts if g.file == FP16 else fp16_facts
+                fold_constants(tmp / g.file)
         if spec.plugins:
             with stage("build the plugin library"):
                 library_status = build_plugin_library(tmp)
             if library_status["status"] == "skipped":
                 console.print(f"[yellow]warning[/yellow] plugin library not built: {library_status['reason']}")
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
+        write_reports(tmp, report)  # before the manifest, whose hashes cover them
         if not report["passed"]:
             kept = artifacts.keep_failed(tmp, out, spec.run_name)
             raise BuildFailed(_failure_summary(report), kept)
@@ -116,26 +132,30 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "fp16": fp16_facts,
             "plugin_library": library_status,
             "io": {g.file: _io(tmp / g.file) for g in graphs},
-            "files": artifacts.file_hashes(tmp),
+            **bundle_check.checkpoint_record(spec),
+            "files": artifacts.file_hashes(tmp),  # every file, the reports included
         }
         artifacts.write_json(tmp / artifacts.MANIFEST, manifest)
     return out / spec.run_name
 
 
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None) -> dict:
-    """Graph checks, parity against PyTorch and the TensorRT-RTX build; writes report.json/.md."""
+    """Graph checks, parity against PyTorch and the TensorRT-RTX build; returns the report (writes nothing)."""
     size = input_size(dense)
-    with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)"):
+    with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
         problems = {g.file: graph_check.check_graph(bundle / g.file).problems for g in graphs}
         if fp16_facts and fp16_facts["unguarded_selectors"]:
             problems[FP16].append(
                 f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
             )
-    with stage("verify against PyTorch"):
+        found.problems = sum(map(len, problems.values()))
+    with stage("verify against PyTorch") as found:
         comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
+        found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     library = bundle / PLUGIN_LIBRARY
-    with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")):
+    with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")) as found:
         rtx = {g.file: asdict(_rtx(bundle / g.file, spec, size, g.lowering, library)) for g in graphs}
+        found.problems = sum(r["status"] == "failed" for r in rtx.values())
     passed = (
         all(c.passed for c in comparisons)
         and not any(problems.values())
@@ -159,33 +179,43 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         "comparisons": [c.to_dict() for c in comparisons],
         "lint": problems,
         "tensorrt_rtx": rtx,
+        "notes": list(getattr(model, "notes", [])),  # what the method changed in the request (e.g. ToMe's r cap)
     }
-    artifacts.write_json(bundle / artifacts.REPORT_JSON, report)
-    artifacts.write_text(bundle / artifacts.REPORT_MD, render(report))
-    for line in warnings(report):
+    for line in warnings(report) + report["notes"]:
         stage.console.print(f"[yellow]warning[/yellow] {line}")
     return report
 
 
-def verify(bundle: Path, console: Optional[Console] = None) -> dict:
-    """Re-run the checks of an existing bundle (e.g. after copying it): hashes, graphs, parity."""
+def write_reports(directory: Path, report: dict) -> None:
+    artifacts.write_json(directory / artifacts.REPORT_JSON, report)
+    artifacts.write_text(directory / artifacts.REPORT_MD, render(report))
+
+
+def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Path] = None, report_to: Optional[Path] = None) -> dict:
+    """Re-run the checks of an existing bundle (e.g. after copying it) without changing it: files and the
+    manifest's consistency first, then graphs, parity and TensorRT-RTX. The report goes to `report_to`
+    (.json, else markdown) or stdout; `weights` is the bundle's checkpoint at a new location."""
     console = console or Console(stderr=True)
-    manifest = artifacts.open_bundle(bundle)
+    manifest, spec = bundle_check.read_manifest(bundle)
+    bundle_check.check_report_path(report_to)
     stage = Stages(console)
-    with stage("check file hashes"):
-        actual = artifacts.file_hashes(bundle)
-        changed = sorted(f for f, h in manifest["files"].items() if actual.get(f) != h)
-        if changed:
-            raise BuildFailed(f"files differ from the manifest (modified or missing): {', '.join(changed)}", bundle)
-    spec = BuildSpec.from_dict(manifest["spec"])
+    with stage("check files and manifest") as found:
+        problems = bundle_check.file_problems(bundle, manifest) or bundle_check.consistency_problems(bundle, manifest, spec)
+        found.problems = len(problems)
+    if problems:
+        raise BuildFailed("the bundle does not match its manifest:\n" + "\n".join(f"- {p}" for p in problems), bundle)
+    if (note := bundle_check.version_warning(manifest, __version__, _git_commit())) is not None:
+        console.print(f"[yellow]warning[/yellow] {note}")
+    ckpt = bundle_check.checkpoint(spec, manifest, weights)
     with stage(f"load {spec.model} and apply method {spec.method}"):
-        dense, model = prepare(spec)
+        dense, model = prepare(spec if ckpt is None else replace(spec, weights=str(ckpt)))
     graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
-    with tempfile.TemporaryDirectory(prefix="exporter-debug-") as debug:
+    with artifacts.debug_dir() as debug:
         with stage("export debug graphs (kept-token indices as outputs)"):
             for g in graphs:
-                export_graph(model, g, bundle, Path(debug), write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
+                export_graph(model, g, bundle, debug, write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
         report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
+    bundle_check.write_report(report, report_to)
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
     return report

@@ -27,6 +27,10 @@ def no_bundle(out):
         (["--model", "deit_tiny_patch16_224", "--weights", "random", "--batch", "4:2:8"], ["--batch '4:2:8'", "1:8:32"]),
         (["--model", "deit_tiny_patch16_224", "--weights", "random", "--opset", "12"], ["Opset 12", "TensorRT 10.3"]),
         (["--model", "deit_tiny_patch16_224", "--weights", "random", "--io-fp16"], ["--io-fp16", "--precision fp16"]),
+        # method parameters: every failed parse names its flag and value (issue 13 §1)
+        (["--model", "test_vit", "--weights", "random", "--method", "evit", "--keep-rate", "abc"], ["--keep-rate 'abc' is not a number", "0.7"]),
+        (["--model", "test_vit", "--weights", "random", "--method", "evovit", "--alpha", "x"], ["--alpha 'x' is not a number"]),
+        (["--model", "test_vit", "--weights", "random", "--method", "evit", "--fuse", "maybe"], ["--fuse 'maybe'", "not a boolean", "true or false"]),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, expected):
@@ -60,6 +64,67 @@ def test_checkpoint_with_wrong_keys(tmp_path, capsys):
     assert no_bundle(tmp_path / "out")
 
 
+@pytest.mark.parametrize(
+    "content,expected",
+    [(b"", ["is empty (0 bytes)", "truncated"]), (os.urandom(4096), ["not a torch or safetensors state dict", "not a pickle"])],
+    ids=["empty", "random-bytes"],
+)
+def test_unreadable_checkpoint_is_not_called_a_model_mismatch(tmp_path, capsys, content, expected):
+    ckpt = tmp_path / "bad.pth"
+    ckpt.write_bytes(content)
+    assert run(tmp_path / "out", "--model", "deit_tiny_patch16_224", "--weights", str(ckpt)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for text in expected:
+        assert text in err, (text, err)
+    assert "does not fit" not in err and "--model" not in err and "EOFError: \n" not in err and "weights_only" not in err
+    assert no_bundle(tmp_path / "out")
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--rounds", "--threads", "--iterations"])
+def test_bench_counts_must_be_positive(capsys, flag):
+    assert main(["bench", "--model", "test_vit", flag, "0"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{flag} 0 is not a positive number" in err and "fix:" in err and "Traceback" not in err
+
+
+def test_ctrl_c_is_one_line_and_cleans_up(tmp_path, capsys, monkeypatch):
+    """KeyboardInterrupt mid-build: staging removed, one line, exit 130 (no 90-line traceback)."""
+    from exporter import pipeline
+
+    def interrupted(spec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "prepare", interrupted)
+    out = tmp_path / "out"
+    assert run(out, "--model", "test_vit", "--weights", "random") == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err
+    assert no_bundle(out)
+
+
+def test_tome_r_cap_is_recorded_and_said():
+    """--r 999 runs as the capped r per block: params (hence manifest and report) say what ran, and a note says why."""
+    import timm
+
+    from exporter.methods import apply_method
+
+    model = apply_method(timm.create_model("test_vit").eval(), "tome", r=999)
+    assert model.params["r"] == model.r == [50, 25, 12, 6, 3, 2]
+    assert model.notes and "capped" in model.notes[0] and "999" in model.notes[0]
+    assert not apply_method(timm.create_model("test_vit").eval(), "tome", r=8).notes
+
+
+def test_rtx_batch_hint_uses_the_cli_syntax(tmp_path):
+    from exporter.errors import ExporterError
+    from exporter.checks.engine_build import rtx_check
+
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"")
+    with pytest.raises(ExporterError) as e:
+        rtx_check(graph, batch=(4, 2, 8))
+    assert "--batch 1:8:32" in e.value.fix
+
+
 def test_checkpoint_loads(tmp_path):
     """A timm-layout checkpoint wrapped in {'model': ...} loads into the model it was saved from."""
     import timm
@@ -88,7 +153,8 @@ def test_out_is_a_file(tmp_path, capsys):
     out = tmp_path / "file"
     out.write_text("x")
     assert run(out, "--model", "deit_tiny_patch16_224", "--weights", "random") == 2
-    assert "Cannot write to --out" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Cannot write to --out" in err and "is a file, not a directory" in err
     assert out.read_text() == "x"
 
 
@@ -106,8 +172,30 @@ def test_failed_verification_leaves_no_bundle(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # no real graph matches PyTorch bit for bit
     out = tmp_path / "out"
     assert run(out, "--model", "test_vit", "--weights", "random") == 1
-    err = " ".join(capsys.readouterr().err.split())
+    raw = capsys.readouterr().err
+    err = " ".join(raw.split())
     assert "max abs error" in err and "FAILED" in err
+    # the stage that found the problem says so (issue 13 §2: no ✓ before FAILED)
+    assert "✗ verify against PyTorch" in raw and "✓ verify against PyTorch" not in raw
     (failed,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert failed.name.endswith(".failed") and not (failed / "manifest.json").exists()
     assert "FAIL" in (failed / "report.md").read_text()
+
+
+def test_a_stage_that_found_problems_is_not_ticked():
+    """The ✓ marks must not contradict FAILED: a stage reporting problems ends with ✗ and their count."""
+    import io
+
+    from rich.console import Console
+
+    from exporter.pipeline import Stages
+
+    console = Console(file=io.StringIO(), width=200)
+    stage = Stages(console)
+    with stage("check graphs") as found:
+        found.problems = 2
+    with stage("TensorRT-RTX parse + build"):
+        pass
+    text = console.file.getvalue()
+    assert "✗ check graphs" in text and "2 problems" in text and "✓ check graphs" not in text
+    assert "✓ TensorRT-RTX parse + build" in text

@@ -67,6 +67,15 @@ def test_evovit_select_ties(kernels, dtype):
     check_evovit_select(kernels, tokens(3, 29, 24, dtype), scores(3, 28, ties=True), 7, ties=True)
 
 
+def test_ties_go_to_the_lower_position(kernels):
+    """The kernels' own tie rule (deterministic, the same in every build): equal scores rank by position."""
+    x = tokens(2, 21, 16, torch.float32)
+    _, idx = kernels.topk_prune(x, torch.full((2, 20), 0.5), 6, False)
+    assert idx.tolist() == [list(range(6))] * 2
+    _, _, src, _ = kernels.tome_merge(x, torch.ones(2, 21), torch.ones(2, 21, 16), 4)  # every match equal
+    assert src.tolist() == [[1, 2, 3, 4]] * 2
+
+
 def test_evovit_select_zero_weights(kernels):
     """All placeholders' g underflow to 0: the reference's clamp gives rep = 0, not NaN."""
     g = torch.zeros(1, 20)

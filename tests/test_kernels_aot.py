@@ -93,7 +93,7 @@ def variant(source, op, dtype, block, arch_index):
 def test_exports_the_header_and_needs_no_libcuda(library):
     lib, _, _ = library
     declared = set(re.findall(r"\b(exporter_\w+)\s*\(", HEADER.read_text()))
-    assert len(declared) == 12  # six launchers, six workspace queries
+    assert len(declared) == 13  # six launchers, six workspace queries, the preload
     defined = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
     assert declared <= {line.split()[-1] for line in defined.splitlines()}
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True, check=True).stdout
@@ -147,6 +147,17 @@ def test_hilo_attention_launch_abi(library):
     # qkv, pad, out, H, W, S, HEADS, HD, WINDOWS, then Triton's two scratch pointers
     assert ok["params"] == [0x1000, 0x2000, 0x3000, 14, 14, 2, 2, 16, 16, 0, 0]
     assert wide["rc"] == 1 and big["rc"] == 1 and big["launches"] == 1  # head dim 32: only block 16 is built
+
+
+def test_preload_loads_every_kernel_of_the_gpu_once(library):
+    """After the preload no launch loads a module (a load inside a CUDA-graph capture would fail)."""
+    lib, fake, source = library
+    variants = len(re.findall(r"\{k\w+, \d+, \d+, %d, \"" % ARCHS.index(90), source))
+    preload, launch = call(lib, fake, [["exporter_kernels_preload", [], [], []], topk()], cc=90)
+    assert preload["rc"] == 0 and preload["loads"] == variants == 12  # six ops x two dtypes, one block
+    assert launch["rc"] == 0 and launch["loads"] == variants and launch["launches"] == 1
+    (missing,) = call(lib, fake, [["exporter_kernels_preload", [], [], []]], cc=100)
+    assert missing["rc"] == 209 and missing["loads"] == 0
 
 
 @pytest.mark.parametrize("cc,rc", [(87, 0), (89, 0), (86, 209), (100, 209)])

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import exporter.ops.kernels
 from exporter.ops import aot
-from exporter.ops import kernels as jit_kernels
-from kernel_checks import (check_diffrate_reduce, check_evovit_restore, check_evovit_select, check_tome_merge,
-                           check_topk_prune)
+from kernel_checks import (KernelWorker, check_diffrate_reduce, check_evovit_restore, check_evovit_select,
+                           check_tome_merge, check_topk_prune)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -103,9 +103,23 @@ def aot_kernels(tmp_path_factory):
     return AotKernels(ctypes.CDLL(str(lib)))
 
 
+@pytest.fixture(scope="module")
+def jit_kernels():
+    """The Triton JIT kernels: in this process unless its triton is the interpreter's (test_kernels.py ran
+    first), then in a fresh compiled-mode process."""
+    if exporter.ops.kernels.triton_mode() == "interpreter":
+        worker = KernelWorker(interpret=False)
+        yield worker
+        worker.close()
+    else:
+        exporter.ops.kernels.topk_prune(rand(1, 17, 16), uniform(1, 16), 4, True)
+        assert exporter.ops.kernels.triton_mode() == "jit", "CUDA tensors must run compiled kernels"
+        yield exporter.ops.kernels
+
+
 @pytest.fixture(params=["jit", "aot"])
 def impl(request):
-    return jit_kernels if request.param == "jit" else request.getfixturevalue("aot_kernels")
+    return request.getfixturevalue("jit_kernels" if request.param == "jit" else "aot_kernels")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

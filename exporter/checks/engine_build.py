@@ -49,7 +49,7 @@ def rtx_check(
         raise ExporterError(f"ONNX graph '{onnx_path}' does not exist", "pass the path of an exported .onnx file")
     if not 1 <= batch[0] <= batch[1] <= batch[2]:
         raise ExporterError(f"batch {tuple(batch)} is not (min, opt, max) with 1 <= min <= opt <= max",
-                            "pass e.g. --batch 1,8,32")
+                            "pass e.g. --batch 1:8:32")
     try:
         trt = importlib.import_module("tensorrt_rtx")
     except ImportError:

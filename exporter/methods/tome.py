@@ -130,9 +130,14 @@ class ToMeViT(ReducedViT):
 
     def __init__(self, vit: nn.Module, r: Sequence[int], prop_attn: bool, params: dict):
         tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
-        r = capped(tokens, r)
+        requested, r = list(r), capped(tokens, r)
+        if r != requested:  # record what runs, and say so
+            params = {**params, "r": r}
         super().__init__(vit, [tokens - sum(r[: l + 1]) for l in range(len(r))], params)
         self.r = r
+        self.notes = [] if r == requested else [
+            f"ToMe r {requested} capped to {r}: a block merges at most (tokens - 1) // 2 of its tokens"
+        ]
         self.prop_attn = prop_attn
 
     def forward_blocks(self, x: torch.Tensor, choices: Choices) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

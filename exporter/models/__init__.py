@@ -103,22 +103,54 @@ def _load_checkpoint(model: nn.Module, path: Path) -> None:
             f"--weights '{path}' is neither 'pretrained', 'random' nor an existing checkpoint file.",
             "Pass a path to a .pth/.pt/.safetensors file, or --weights random.",
         )
-    from timm.models import load_checkpoint
+    from timm.models import load_checkpoint, load_state_dict
 
     filter_fn = getattr(model, "checkpoint_filter_fn", None)
     if filter_fn is None:
         from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
         filter_fn = checkpoint_filter_fn if isinstance(model, VisionTransformer) else None
+    if path.suffix.lower() in (".npz", ".npy"):  # timm hands these to the model's own loader
+        try:
+            load_checkpoint(model, str(path), strict=True, filter_fn=filter_fn)
+        except Exception as e:
+            raise ExporterError(f"Could not load checkpoint {path}: {type(e).__name__}: {_summarise_mismatch(str(e))}", _CKPT_FIX) from e
+        return
+    # Reading and fitting are separate steps, so an unreadable file is not reported as a wrong --model.
+    if path.stat().st_size == 0:
+        raise ExporterError(f"Checkpoint {path} is empty (0 bytes).", "Copy or download the checkpoint again; the file was truncated.")
     try:
-        load_checkpoint(model, str(path), strict=True, filter_fn=filter_fn)
+        state = load_state_dict(str(path))
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise TypeError(f"holds a {type(state).__name__} without tensors, not a state dict")
+    except Exception as e:
+        why = _first_line(e) or type(e).__name__
+        raise ExporterError(f"Could not read checkpoint {path}: it is not a torch or safetensors state dict ({why}).", _CKPT_FIX) from e
+    try:
+        if filter_fn is not None:
+            state = filter_fn(state, model)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ExporterError(
             f"Checkpoint {path} does not fit {type(model).__name__}: {_summarise_mismatch(str(e))}",
             "Check that the checkpoint was trained for this --model (same size and patch), in timm's key layout.",
         ) from e
-    except Exception as e:
-        raise ExporterError(f"Could not read checkpoint {path}: {type(e).__name__}: {e}", "Pass a torch or safetensors checkpoint file.") from e
+
+
+_CKPT_FIX = "Pass a .pth/.pt (torch.save of a state dict, optionally under 'model'/'state_dict') or a .safetensors file."
+
+
+def _first_line(e: Exception) -> str:
+    import pickle
+
+    cause = e
+    while cause is not None and not isinstance(cause, pickle.UnpicklingError):
+        cause = cause.__cause__ or cause.__context__
+    # torch (and timm's wrapper) then suggest weights_only=False, which is beside the point for random bytes
+    if cause is not None and "Unsupported global" not in str(cause):
+        return "its bytes are not a pickle written by torch.save"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else ""
 
 
 def _summarise_mismatch(message: str, limit: int = 400) -> str:

@@ -7,6 +7,7 @@ def render(report: dict) -> str:
     lines = [
         f"# {report['run_name']}",
         "",
+        *_weights_note(spec),
         f"**{'PASSED' if report['passed'] else 'FAILED'}** — {spec['model']}, method `{spec['method']}` "
         f"{_params(report.get('method_params', spec['method_params']))}, {spec['precision']}, batch {spec['batch']}, opset {spec['opset']}",
         "",
@@ -32,6 +33,8 @@ def render(report: dict) -> str:
     lines += ["", "Thresholds: " + report["thresholds"], ""]
     if warnings(report):
         lines += [f"**Warning:** {w}  " for w in warnings(report)] + [""]
+    if report.get("notes"):
+        lines += [f"**Note:** {n}  " for n in report["notes"]] + [""]
     lint = report.get("lint", {})
     lines += ["## Graph checks", ""]
     for graph, problems in lint.items():
@@ -48,6 +51,17 @@ def render(report: dict) -> str:
             )
             lines += [f"  - {e}" for e in r.get("parse_errors") or []]
     return "\n".join(lines) + "\n"
+
+
+def _weights_note(spec: dict) -> list[str]:
+    """Random weights pass parity as well as trained ones: say so before the result."""
+    if spec["weights"] != "random":
+        return []
+    return [
+        f"> **Random weights** (seed {spec['seed']}): this bundle checks the export, not a trained model; "
+        "its logits mean nothing. Build with --weights pretrained or --weights PATH to deploy.",
+        "",
+    ]
 
 
 def warnings(report: dict) -> list[str]:

@@ -19,6 +19,11 @@
 extern "C" {
 #endif
 
+// Load every kernel for the current context's GPU now. Launchers otherwise load a kernel's module on
+// its first launch, which must not happen inside a CUDA-graph capture: plugins call this when they
+// are attached to an execution context. Returns 0, or the CUresult of the failed load.
+int exporter_kernels_preload(void);
+
 // Keep the class token and the k patch tokens of highest score (best first); with fuse, append
 // the dropped patches' score-weighted sum. tokens [B, 1+k+fuse, C], idx [B, k] patch positions.
 size_t exporter_topk_prune_workspace(int dtype, int B, int N, int C, int k, int fuse);

@@ -38,17 +38,17 @@ def triton_mode() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _interpreting():
+def _interpreting(value: Optional[str] = "1"):
     """TRITON_INTERPRET=1 while kernels are imported, decorated and run: triton.jit and parts of the
-    interpreter read it then (e.g. gluon's import asserts it)."""
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
+    interpreter read it then (e.g. gluon's import asserts it). value=None: unset (compiled mode)."""
+    before = os.environ.pop("TRITON_INTERPRET", None)
+    if value is not None:
+        os.environ["TRITON_INTERPRET"] = value
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
+        os.environ.pop("TRITON_INTERPRET", None)
+        if before is not None:
             os.environ["TRITON_INTERPRET"] = before
 
 
@@ -69,7 +69,8 @@ def _kernels(device: torch.device):
 
 def _load(interpret: bool):
     if not interpret:
-        from . import _triton
+        with _interpreting(None):  # compiled-mode triton: the kernels must be JITFunctions too
+            from . import _triton
 
         return _triton
     spec = importlib.util.spec_from_file_location(f"{__name__}._triton_interpreted", Path(__file__).with_name("_triton.py"))
@@ -149,8 +150,9 @@ def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int
     """(tokens [B, N - r, C], size [B, N - r], src [B, r], dst [B, r]) as `reference.tome_merge`."""
     x, size = _tokens(x), _fp32(size)
     B, N, C = x.shape
-    metric = metric.to(x.dtype).contiguous()
-    _check(size.shape == (B, N) and metric.shape[:2] == (B, N) and metric.dim() == 3 and 0 < r <= (N - 1) // 2,
+    metric = metric.contiguous()  # its own dtype (the contract's T): similarities are fp32 either way
+    _check(size.shape == (B, N) and metric.dim() == 3 and metric.shape[:2] == (B, N)
+           and metric.dtype in (torch.float32, torch.float16) and 0 < r <= (N - 1) // 2,
            f"tome_merge: size {tuple(size.shape)}, metric {tuple(metric.shape)}, r={r} for x {tuple(x.shape)}")
     tokens = x.new_empty(B, N - r, C)
     size_out = torch.empty(B, N - r, dtype=torch.float32, device=x.device)

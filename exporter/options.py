@@ -1,0 +1,35 @@
+"""Command-line values checked before any work starts, so a typo costs a sentence, not a traceback."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .errors import ExporterError
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_param(name: str, parse: Callable[[str], Any], text: str) -> Any:
+    """`parse(text)` for method parameter `name`; every failure names the flag and the value."""
+    try:
+        return parse(text)
+    except ExporterError as e:
+        if flag(name) in e.problem:
+            raise
+        raise ExporterError(f"{flag(name)} {text!r}: {e.problem}", e.fix) from None
+    except (ValueError, TypeError):
+        kind = "a number" if parse in (float, int) else "a valid value"
+        example = " (e.g. 0.7)" if parse is float else " (e.g. 3)" if parse is int else ""
+        raise ExporterError(
+            f"{flag(name)} {text!r} is not {kind}.",
+            f"Pass {flag(name)} {kind}{example}; `python -m exporter methods` lists each parameter.",
+        ) from None
+
+
+def check_bench_args(args) -> None:
+    """bench's counts must be positive: 0 would reach torch.export, statistics or the thread pool."""
+    for name, what in (("batch", "images per batch"), ("threads", "intra-op threads"), ("rounds", "interleaved rounds"), ("iterations", "batches per round")):
+        value = getattr(args, name)
+        if value < 1:
+            raise ExporterError(f"--{name} {value} is not a positive number of {what}.", f"Pass --{name} 1 or more (default: see `python -m exporter bench --help`).")

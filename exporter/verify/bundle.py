@@ -1,0 +1,249 @@
+"""What `verify` checks before it runs anything, and never changes: the bundle on disk.
+
+1. The manifest is readable JSON with every field verification relies on (else a sentence, exit 2).
+2. Its file list is the directory, exactly: every file under the bundle but the manifest itself, reports
+   and subfolders included, with the recorded sha256 (else FAILED, exit 1).
+3. It agrees with itself: the spec hashes to the run name, the command line gives the spec, the graphs
+   present are those the spec's precision writes, each graph's inputs/outputs and opset are the ones
+   recorded, the reports belong to this run, and a checkpoint build records its checkpoint's sha256.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import onnx
+
+from .. import artifacts
+from ..errors import ExporterError
+from ..spec import BuildSpec
+
+CLI = "python -m exporter "
+DAMAGED = "Copy the bundle again from where it was built, or rebuild it with `python -m exporter build`."
+# field -> type: what verification reads from the manifest
+REQUIRED = {
+    "run_name": str,
+    "command": str,
+    "spec": dict,
+    "opset": int,
+    "io": dict,
+    "files": dict,
+    "exporter_version": str,
+    "git_commit": str,
+}
+NAMED_WEIGHTS = ("pretrained", "random")
+
+
+def unreadable(path: Path, e: OSError) -> ExporterError:
+    return ExporterError(
+        f"Cannot read {path}: {e.strerror or e}.",
+        "Verify a copy you can read (e.g. cp -r the bundle to your home), or ask its owner to make it readable.",
+    )
+
+
+def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
+    """The manifest and its spec, or an ExporterError naming what is wrong with them."""
+    path = bundle / artifacts.MANIFEST
+    if not path.is_file():
+        raise ExporterError(
+            f"{bundle} is not a bundle (no {artifacts.MANIFEST}).",
+            "Pass a directory made by `python -m exporter build`, e.g. artifacts/<run>.",
+        )
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise unreadable(path, e) from None
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise ExporterError(f"{path} is not valid JSON ({getattr(e, 'msg', e)}{where}): the bundle is damaged.", DAMAGED) from None
+    if not isinstance(manifest, dict):
+        raise ExporterError(f"{path} holds a {type(manifest).__name__}, not a manifest: the bundle is damaged.", DAMAGED)
+    missing = [k for k, kind in REQUIRED.items() if not isinstance(manifest.get(k), kind)]
+    if missing:
+        raise ExporterError(f"{path} lacks {', '.join(missing)} (or holds the wrong type): the bundle is damaged.", DAMAGED)
+    try:
+        spec = BuildSpec.from_dict(manifest["spec"])
+    except KeyError as e:
+        raise ExporterError(f"{path}: the spec lacks '{e.args[0]}': the bundle is damaged.", DAMAGED) from None
+    except TypeError as e:
+        raise ExporterError(f"{path}: the spec is malformed ({e}): the bundle is damaged.", DAMAGED) from None
+    except ExporterError as e:
+        raise ExporterError(f"{path}: the spec is invalid ({e.problem}): the bundle is damaged.", DAMAGED) from None
+    return manifest, spec
+
+
+def bundle_files(bundle: Path) -> set[str]:
+    """Every entry under `bundle` but its directories and the manifest, as relative POSIX paths."""
+    try:
+        entries = list(bundle.rglob("*"))
+    except OSError as e:
+        raise unreadable(bundle, e) from None
+    return {p.relative_to(bundle).as_posix() for p in entries if p.is_symlink() or not p.is_dir()} - {artifacts.MANIFEST}
+
+
+def file_problems(bundle: Path, manifest: dict) -> list[str]:
+    """The directory against the manifest's file list: missing, unlisted and modified files."""
+    listed, present = manifest["files"], bundle_files(bundle)
+    problems = []
+    if missing := sorted(set(listed) - present):
+        problems.append(f"missing from the bundle: {', '.join(missing)}")
+    if extra := sorted(present - set(listed)):
+        problems.append(f"not in the manifest (added after the build): {', '.join(extra)}")
+    changed = []
+    for name in sorted(set(listed) & present):
+        path = bundle / name
+        try:
+            if path.is_symlink() or not path.is_file() or artifacts.sha256(path) != listed[name]:
+                changed.append(name)
+        except OSError as e:
+            raise unreadable(path, e) from None
+    if changed:
+        problems.append(f"modified since the build (sha256 differs): {', '.join(changed)}")
+    return problems
+
+
+def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[str]:
+    """The manifest against itself and the (hash-checked) graphs; run after file_problems found none."""
+    from ..export.graphs import planned
+    from ..pipeline import _io
+
+    problems = []
+    if spec.run_name != manifest["run_name"]:
+        problems.append(f"the spec hashes to {spec.run_name}, not the recorded run_name {manifest['run_name']} (spec or run_name edited)")
+    if _command_spec(manifest["command"]) != spec.to_dict():
+        problems.append(f"the recorded command does not build the recorded spec: {manifest['command']}")
+    if manifest["opset"] != spec.opset:
+        problems.append(f"opset {manifest['opset']} differs from the spec's opset {spec.opset}")
+    graphs = [g.file for g in planned(spec.precision, spec.io_fp16, spec.plugins)]
+    files = manifest["files"]
+    if sorted(manifest["io"]) != sorted(graphs):
+        problems.append(f"io describes {', '.join(sorted(manifest['io'])) or 'no graph'}; a {spec.precision} build writes {', '.join(graphs)}")
+    if stray := sorted(f for f in files if f.endswith(".onnx") and f not in manifest["io"]):
+        problems.append(f"graphs the build does not describe: {', '.join(stray)}")
+    for g in graphs:
+        if g not in files:
+            problems.append(f"{g} is missing, but a {spec.precision} build writes it")
+            continue
+        model = onnx.load(str(bundle / g), load_external_data=False)
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset != spec.opset:
+            problems.append(f"{g} is opset {opset}, the spec says {spec.opset}")
+        if manifest["io"].get(g) not in (None, _io(bundle / g)):
+            problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {_io(bundle / g)}")
+    if (manifest.get("fp16") is not None) != (spec.precision == "fp16"):
+        problems.append(f"fp16 facts {'present' if manifest.get('fp16') else 'absent'} in a {spec.precision} build")
+    if spec.weights not in NAMED_WEIGHTS and not isinstance(manifest.get("weights_sha256"), str):
+        problems.append("the checkpoint's sha256 (weights_sha256) is not recorded")
+    problems += _report_problems(bundle, manifest)
+    return problems
+
+
+def _report_problems(bundle: Path, manifest: dict) -> list[str]:
+    missing = [f for f in (artifacts.REPORT_JSON, artifacts.REPORT_MD) if f not in manifest["files"]]
+    if missing:
+        return [f"{', '.join(missing)} missing: a bundle carries its build's report"]
+    try:
+        report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
+    except ValueError:
+        return [f"{artifacts.REPORT_JSON} is not valid JSON"]
+    if not isinstance(report, dict) or report.get("passed") is not True:
+        return [f"{artifacts.REPORT_JSON} does not record a passed build"]
+    if report.get("run_name") != manifest["run_name"] or report.get("spec") != manifest["spec"]:
+        return [f"{artifacts.REPORT_JSON} belongs to another run"]
+    return []
+
+
+def _command_spec(command: str) -> Optional[dict]:
+    """The spec `command` (a recorded `python -m exporter build ...`) builds, or None if it builds none."""
+    from ..cli import _spec_from_args, parser
+    from ..pipeline import resolve
+
+    if not command.startswith(CLI):
+        return None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = parser().parse_args(shlex.split(command[len(CLI):]))
+        if args.command != "build":
+            return None
+        return resolve(_spec_from_args(args)).to_dict()
+    except (SystemExit, ValueError, ExporterError):
+        return None
+
+
+def checkpoint(spec: BuildSpec, manifest: dict, moved: Optional[Path]) -> Optional[Path]:
+    """The checkpoint to rebuild the reference from: the recorded path or `moved`, checked by sha256."""
+    if moved is not None and spec.weights in NAMED_WEIGHTS:
+        raise ExporterError(
+            f"--weights {moved}: this bundle was built with --weights {spec.weights}, not a checkpoint.",
+            "Drop --weights; verify rebuilds the reference model from the bundle's spec.",
+        )
+    if spec.weights in NAMED_WEIGHTS:
+        return None
+    path = moved or Path(manifest.get("weights_path") or spec.weights)
+    if not path.is_file():
+        raise ExporterError(
+            f"The checkpoint {path} {'' if moved else 'this bundle was built from '}does not exist.",
+            "Pass its new location: python -m exporter verify BUNDLE --weights PATH.",
+        )
+    try:
+        digest = artifacts.sha256(path)
+    except OSError as e:
+        raise unreadable(path, e) from None
+    if digest != manifest["weights_sha256"]:
+        raise ExporterError(
+            f"{path} is not the checkpoint this bundle was built from (its sha256 is {digest[:12]}..., "
+            f"the manifest records {manifest['weights_sha256'][:12]}...).",
+            "Pass the original checkpoint with --weights PATH (verify compares the graphs with the model they were exported from).",
+        )
+    return path
+
+
+def version_warning(manifest: dict, version: str, commit: str) -> Optional[str]:
+    """A line when this exporter is not the one that built the bundle (the debug graphs are re-exported)."""
+    built = (manifest["exporter_version"], manifest["git_commit"])
+    if built == (version, commit):
+        return None
+    return (
+        f"built by exporter {built[0]} (commit {built[1]}), verifying with {version} (commit {commit}): the "
+        "reference model and the debug graphs come from this code, so a difference may come from the code"
+    )
+
+
+def check_report_path(path: Optional[Path]) -> None:
+    """Fail before any work if `--report PATH` cannot be written."""
+    if path is not None and (path.is_dir() or not path.parent.is_dir()):
+        raise ExporterError(
+            f"--report {path} is {'a directory' if path.is_dir() else 'in a directory that does not exist'}.",
+            "Pass --report a file path (e.g. verify.json or verify.md) in an existing directory.",
+        )
+
+
+def write_report(report: dict, path: Optional[Path]) -> None:
+    """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
+    from .report import render
+
+    if path is None:
+        sys.stdout.write(render(report))
+        return
+    try:
+        if path.suffix == ".json":
+            artifacts.write_json(path, report)
+        else:
+            artifacts.write_text(path, render(report))
+    except OSError as e:
+        raise ExporterError(f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to.") from None
+
+
+def checkpoint_record(spec: BuildSpec) -> dict:
+    """For a checkpoint build: its absolute path and sha256, so verify can refuse another file by name."""
+    if spec.weights in NAMED_WEIGHTS:
+        return {}
+    path = Path(spec.weights).resolve()
+    return {"weights_path": str(path), "weights_sha256": artifacts.sha256(path)}

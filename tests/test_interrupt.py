@@ -1,0 +1,138 @@
+"""Interruption (issue 13 §3): SIGTERM cleans up like Ctrl-C; a killed build's leftovers are swept by the
+next one; two processes finishing the same spec at once both succeed and leave one intact bundle."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter import artifacts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_build(out: Path, tmp: Path) -> subprocess.Popen:
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "exporter", "build", "--model", "test_vit", "--weights", "random", "--batch", "2", "--out", str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def hidden(out: Path):
+    return [p for p in out.iterdir() if p.name.startswith(".")] if out.exists() else []
+
+
+def debug_dirs(tmp: Path):
+    return [p for p in tmp.iterdir() if p.name.startswith(artifacts.DEBUG_PREFIX)]
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    return out, tmp
+
+
+def test_sigterm_cleans_up_like_ctrl_c(dirs):
+    out, tmp = dirs
+    proc = start_build(out, tmp)
+    wait_for(lambda: hidden(out) and debug_dirs(tmp), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert list(out.iterdir()) == [] and debug_dirs(tmp) == []
+
+
+def test_sigkill_leftovers_are_swept_by_the_next_build(dirs, monkeypatch):
+    out, tmp = dirs
+    proc = start_build(out, tmp)
+    wait_for(lambda: hidden(out) and debug_dirs(tmp), proc)
+    proc.kill()
+    proc.communicate()
+    leftovers = hidden(out) + debug_dirs(tmp)
+    assert leftovers  # SIGKILL cannot be caught
+    owner = artifacts._owner()
+    alive = out / f".other-run.{owner}.abcd1234.partial"  # a build still running: not swept
+    elsewhere = out / f".other-run.{leftovers[0].name.split('.')[-3].split('@')[0]}@00000000.abcd1234.partial"  # another host's
+    alive.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    with artifacts.staging(out, "next") as staging:  # what a build starts with
+        assert not any(p.exists() for p in leftovers) and alive.exists() and elsewhere.exists()
+        (staging / "manifest.json").write_text("{}")
+    assert (out / "next" / "manifest.json").exists()
+
+
+RACE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from exporter import artifacts
+    out, at = Path(sys.argv[1]), float(sys.argv[2])
+    with artifacts.staging(out, "run") as tmp:
+        (tmp / "model.onnx").write_bytes(b"graph" * 1000)
+        (tmp / "report.md").write_text("took " + sys.argv[3])
+        (tmp / "manifest.json").write_text('{"exporter_version": "0", "git_commit": "c", "took": "%s"}' % sys.argv[3])
+        time.sleep(max(0.0, at - time.time()))
+    print("ok")
+""")
+
+
+def test_two_processes_finishing_the_same_spec_at_once(tmp_path):
+    """Both succeed quietly; one bundle in place, byte-identical graphs, no hidden copy left."""
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(5):
+        out = tmp_path / f"out{trial}"
+        at = time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, str(script), str(out), str(at), str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        results = [p.communicate(timeout=60) for p in procs]
+        for p, (stdout, stderr) in zip(procs, results):
+            assert p.returncode == 0 and stdout.strip() == "ok", stderr
+        assert [p.name for p in out.iterdir()] == ["run"]
+        assert (out / "run" / "model.onnx").read_bytes() == b"graph" * 1000
+        took = json.loads((out / "run" / "manifest.json").read_text())["took"]
+        assert (out / "run" / "report.md").read_text() == "took " + took  # one build's files, not a mix
+
+
+def test_a_different_bundle_in_place_is_replaced(tmp_path):
+    out = tmp_path / "out"
+    for content in (b"old", b"new"):
+        with artifacts.staging(out, "run") as tmp:
+            (tmp / "model.onnx").write_bytes(content)
+            (tmp / "manifest.json").write_text('{"exporter_version": "0", "git_commit": "c"}')
+    assert (out / "run" / "model.onnx").read_bytes() == b"new" and [p.name for p in out.iterdir()] == ["run"]
+
+
+def test_the_loser_of_a_finishing_race_succeeds_quietly(tmp_path, monkeypatch):
+    """Deterministic version of the race: the winner's identical bundle appears just before our rename."""
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def winner_first(src, dst):
+        if Path(dst) == out / "run" and not Path(dst).exists():
+            winner = Path(tempfile.mkdtemp(dir=out))
+            for f in Path(src).iterdir():
+                (winner / f.name).write_bytes(f.read_bytes())
+            real_replace(winner, dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", winner_first)
+    with artifacts.staging(out, "run") as tmp:
+        (tmp / "model.onnx").write_bytes(b"graph")
+        (tmp / "manifest.json").write_text('{"exporter_version": "0", "git_commit": "c"}')
+    assert [p.name for p in out.iterdir()] == ["run"] and (out / "run" / "model.onnx").read_bytes() == b"graph"
