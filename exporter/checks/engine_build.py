@@ -8,16 +8,30 @@ type and layer-validation errors of a real parse and build. Its parser is newer 
 
 Networks are strongly typed (TensorRT-RTX's only mode, requested explicitly anyway): an fp16 graph
 builds as fp16, with no precision flags. The engine is built to prove it can be; its bytes are dropped,
-never written into a bundle.
+never written into a bundle. There is no GPU to ask what to build for, so the engine targets one compute
+capability (SM86 unless told otherwise).
+
+With a plugin library (`plugin_library`, the token ops' `libexporter_plugins.so`), its creators are
+registered and the graph's custom nodes parse into PLUGIN_V3 layers. That parse and build run in a
+subprocess: the wheel's ONNX parser opens `libtensorrt_rtx.so` when it meets a plugin node, the wheel ships
+only `libtensorrt_rtx.so.1`, and the process aborts. The subprocess finds a symlink of that name in a temporary
+folder put on its LD_LIBRARY_PATH (site-packages is left alone).
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from exporter.errors import ExporterError
 
@@ -36,6 +50,16 @@ class RtxCheck:
     engine_bytes: int = 0  # size of the serialized engine (the engine itself is discarded)
     version: str = ""  # tensorrt_rtx version
     layer_dtypes: dict[str, int] = field(default_factory=dict)  # output types of the network's layers
+    layer_types: dict[str, int] = field(default_factory=dict)  # layers per type, e.g. {"PLUGIN_V3": 1}
+    num_plugin_layers: int = 0  # PLUGIN_V3 layers (custom nodes parsed into plugins of `plugin_library`)
+    plugin_names: list[str] = field(default_factory=list)  # their plugins' names, one per layer
+    outputs: dict[str, tuple[list[int], str]] = field(default_factory=dict)  # name -> (shape, -1 dynamic), dtype
+    compute_capability: str = ""  # the engine's target, e.g. "SM86"
+    log_errors: list[str] = field(default_factory=list)  # every error TensorRT logged (plugins' messages included)
+    plugin_calls: dict[str, int] = field(default_factory=dict)  # "ToMeMerge::getOutputShapes" -> calls by TensorRT
+
+
+DEFAULT_COMPUTE_CAPABILITY = "SM86"
 
 
 def rtx_check(
@@ -43,8 +67,16 @@ def rtx_check(
     input_name: str = "input",
     batch: tuple[int, int, int] = (1, 1, 1),
     input_shape_tail: Sequence[int] = (3, 224, 224),
+    plugin_library: Optional[Path] = None,
+    compute_capability: str = DEFAULT_COMPUTE_CAPABILITY,
 ) -> RtxCheck:
-    """Parse `onnx_path` (weights beside it) with TensorRT-RTX and build an engine for `batch` = (min, opt, max)."""
+    """Parse `onnx_path` (weights beside it) with TensorRT-RTX and build an engine for `batch` = (min, opt, max).
+
+    `input_name` gets the shapes (b, *input_shape_tail); every other input whose only dynamic dimension is the
+    first takes the same batch range. `plugin_library`: a TensorRT plugin library to load first (the parse and
+    build then run in a subprocess, see the module docstring). `compute_capability`: the engine's target, a
+    `tensorrt_rtx.ComputeCapability` name.
+    """
     if not Path(onnx_path).is_file():
         raise ExporterError(f"ONNX graph '{onnx_path}' does not exist", "pass the path of an exported .onnx file")
     if not 1 <= batch[0] <= batch[1] <= batch[2]:
@@ -54,34 +86,65 @@ def rtx_check(
         trt = importlib.import_module("tensorrt_rtx")
     except ImportError:
         return RtxCheck("skipped", MISSING)
+    if not hasattr(trt, "ComputeCapability") or not hasattr(trt.ComputeCapability, compute_capability):
+        offered = [n for n in dir(getattr(trt, "ComputeCapability", None)) if n.startswith("SM")]
+        raise ExporterError(f"TensorRT-RTX {trt.__version__} cannot target compute capability '{compute_capability}'",
+                            f"pass one of {', '.join(offered) or 'its ComputeCapability names'}")
+    if plugin_library is not None:
+        return _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, Path(plugin_library),
+                                    compute_capability)
+    return _check(trt, onnx_path, input_name, batch, input_shape_tail, None, compute_capability)
+
+
+def _check(trt, onnx_path, input_name, batch, input_shape_tail, plugin_library, compute_capability) -> RtxCheck:
     version = trt.__version__
     logger = _logger(trt)
     builder = trt.Builder(logger)
+    if plugin_library is not None and builder.get_plugin_registry().load_library(str(plugin_library)) is None:
+        return RtxCheck("failed", f"TensorRT-RTX {version} could not load the plugin library {plugin_library}: "
+                        + ("; ".join(logger.errors) or "no error was logged"), version=version)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_parse_error(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors
         return RtxCheck("failed", f"the TensorRT-RTX {version} ONNX parser rejected the graph",
-                        parse_errors=errors, version=version)
-    dtypes = collections.Counter(
-        network.get_layer(i).get_output_type(j).name
-        for i in range(network.num_layers) for j in range(network.get_layer(i).num_outputs))
-    result = RtxCheck("failed", num_layers=network.num_layers, version=version, layer_dtypes=dict(dtypes))
+                        parse_errors=errors, version=version, log_errors=logger.errors)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    dtypes = collections.Counter(layer.get_output_type(j).name for layer in layers for j in range(layer.num_outputs))
+    plugins = [layer for layer in layers if layer.type == trt.LayerType.PLUGIN_V3]
+    outputs = {network.get_output(i).name: (list(network.get_output(i).shape), network.get_output(i).dtype.name)
+               for i in range(network.num_outputs)}
+    result = RtxCheck("failed", num_layers=network.num_layers, version=version, layer_dtypes=dict(dtypes),
+                      layer_types=dict(collections.Counter(layer.type.name for layer in layers)),
+                      num_plugin_layers=len(plugins), plugin_names=[_plugin_name(trt, layer) for layer in plugins],
+                      outputs=outputs, compute_capability=compute_capability, log_errors=logger.errors)
 
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     if input_name not in inputs:
         result.reason = f"the graph has no input '{input_name}' (inputs: {', '.join(inputs)})"
         return result
     config = builder.create_builder_config()
+    if hasattr(config, "num_compute_capabilities"):  # TensorRT-RTX: no GPU here to build for
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, compute_capability), 0)
     shapes = [(b, *input_shape_tail) for b in batch]
     graph_shape = tuple(inputs[input_name].shape)
+    profile = builder.create_optimization_profile()
     if any(d < 0 for d in graph_shape):
-        profile = builder.create_optimization_profile()
         profile.set_shape(input_name, *shapes)
-        config.add_optimization_profile(profile)
     elif batch[0] != batch[2] or graph_shape != shapes[0]:
         result.reason = f"input '{input_name}' is fixed at {list(graph_shape)}, but batch {batch} asks for {shapes}"
         return result
+    for name, tensor in inputs.items():
+        shape = tuple(tensor.shape)
+        if name == input_name or all(d >= 0 for d in shape):
+            continue
+        if any(d < 0 for d in shape[1:]):
+            result.reason = f"input '{name}' has dynamic dimensions besides the batch: {list(shape)}"
+            return result
+        profile.set_shape(name, *[(b, *shape[1:]) for b in batch])
+    if any(any(d < 0 for d in tensor.shape) for tensor in inputs.values()):
+        config.add_optimization_profile(profile)
 
     start = time.perf_counter()
     engine = builder.build_serialized_network(network, config)
@@ -93,6 +156,75 @@ def rtx_check(
     del engine
     result.status = "passed"
     return result
+
+
+def _plugin_name(trt, layer) -> str:
+    """The plugin name of a PLUGIN_V3 layer (its IPluginV3's core capability)."""
+    layer.__class__ = trt.IPluginV3Layer  # the bindings' downcast idiom (get_layer returns an ILayer)
+    return layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE).plugin_name
+
+
+def _tensorrt_rtx_libs() -> Optional[Path]:
+    spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, plugin_library: Path,
+                         compute_capability: str) -> RtxCheck:
+    """`_check` with the plugin library, in a child process that can open `libtensorrt_rtx.so`."""
+    if not plugin_library.is_file():
+        raise ExporterError(f"plugin library '{plugin_library}' does not exist",
+                            "build it with exporter.ops.library.build_library (needs cmake, CUDA and TensorRT headers)")
+    libs = _tensorrt_rtx_libs()
+    if libs is None or not (libs / "libtensorrt_rtx.so.1").is_file():
+        return RtxCheck("failed", "the tensorrt_rtx wheel has no tensorrt_rtx_libs/libtensorrt_rtx.so.1 to link to")
+    request = {"onnx_path": str(Path(onnx_path).resolve()), "input_name": input_name, "batch": list(batch),
+               "input_shape_tail": list(input_shape_tail), "plugin_library": str(plugin_library.resolve()),
+               "compute_capability": compute_capability}
+    with tempfile.TemporaryDirectory(prefix="exporter-rtx-") as folder:
+        (Path(folder) / "libtensorrt_rtx.so").symlink_to(libs / "libtensorrt_rtx.so.1")
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (folder, env.get("LD_LIBRARY_PATH", "")) if p)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        env["EXPORTER_PLUGINS_TRACE"] = "1"  # libexporter_plugins.so names every call it gets on stderr
+        try:
+            child = subprocess.run([sys.executable, "-m", "exporter.runtime.rtx", json.dumps(request)], env=env,
+                                   capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return RtxCheck("failed", f"the TensorRT-RTX check with {plugin_library.name} took over "
+                            f"{_CHILD_TIMEOUT_S} s", compute_capability=compute_capability)
+    lines = [line for line in child.stdout.splitlines() if line.startswith(_RESULT)]
+    if child.returncode != 0 or not lines:
+        tail = (child.stderr.strip().splitlines() or ["no output"])[-3:]
+        return RtxCheck("failed", f"the TensorRT-RTX check with {plugin_library.name} ended with exit status "
+                        f"{child.returncode}: " + " | ".join(tail), compute_capability=compute_capability)
+    fields = json.loads(lines[-1][len(_RESULT):])
+    fields["outputs"] = {k: (list(v[0]), v[1]) for k, v in fields["outputs"].items()}
+    fields["plugin_calls"] = dict(collections.Counter(
+        line.split(_TRACE, 1)[1].strip() for line in child.stderr.splitlines() if _TRACE in line))
+    # TensorRT-RTX 1.7's logger finder finds no logger while parsing and building: the library's messages
+    # reach stderr instead
+    fields["log_errors"] += [line[4:] for line in child.stderr.splitlines()
+                             if line.startswith(("[E] [exporter", "[F] [exporter"))]
+    return RtxCheck(**fields)
+
+
+_RESULT = "RTXCHECK "
+_CHILD_TIMEOUT_S = 900
+_TRACE = "[exporter plugins] trace "
+
+
+def _child_main(argv: list[str]) -> int:
+    """The subprocess of `_check_in_subprocess`: one check, printed as one JSON line."""
+    request = json.loads(argv[0])
+    trt = importlib.import_module("tensorrt_rtx")
+    result = _check(trt, request["onnx_path"], request["input_name"], tuple(request["batch"]),
+                    tuple(request["input_shape_tail"]), Path(request["plugin_library"]), request["compute_capability"])
+    print(_RESULT + json.dumps(dataclasses.asdict(result)), flush=True)
+    return 0
 
 
 def _parse_error(error) -> str:
@@ -113,3 +245,7 @@ def _logger(trt):
                 self.errors.append(msg)
 
     return Collect()
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
