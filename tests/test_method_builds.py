@@ -58,7 +58,7 @@ def test_method_builds(tmp_path, method):
             assert collections.Counter(n.op_type for n in nodes if n.domain == "exporter") == PLUGIN_NODES[method]
             assert len(nodes) < len(onnx.load(str(bundle / graph.replace(".plugins", "")), load_external_data=False).graph.node)
         if built and rtx == "passed":
-            plugin_layers = report["tensorrt_rtx"]["model.plugins.onnx"]["plugin_layers"]
+            plugin_layers = report["tensorrt_rtx"]["model.plugins.onnx"]["plugin_names"]
             assert collections.Counter(plugin_layers) == PLUGIN_NODES[method]
     fp32 = [c for c in report["comparisons"] if c["precision"] == "fp32"]
     assert [c["batch"] for c in fp32] == [1, 2]

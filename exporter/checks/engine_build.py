@@ -191,7 +191,7 @@ def _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, plugin_
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         env["EXPORTER_PLUGINS_TRACE"] = "1"  # libexporter_plugins.so names every call it gets on stderr
         try:
-            child = subprocess.run([sys.executable, "-m", "exporter.runtime.rtx", json.dumps(request)], env=env,
+            child = subprocess.run([sys.executable, "-m", "exporter.checks.engine_build", json.dumps(request)], env=env,
                                    capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return RtxCheck("failed", f"the TensorRT-RTX check with {plugin_library.name} took over "

@@ -11,6 +11,7 @@ include folder: a library built against TensorRT 10 headers must be rebuilt for 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -27,7 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGINS_DIR = REPO_ROOT / "plugins"
 LIBRARY_NAME = "libexporter_plugins.so"
 HOST_TEST_NAME = "exporter_plugins_host_test"
-DEFAULT_ARCHS = (87, 89, 90, 100, 120)  # Orin, Ada, Hopper, Blackwell datacenter, Blackwell RTX
+# A100, RTX 30xx/A10, Jetson Orin, Ada, Hopper, Blackwell datacenter, Blackwell RTX. A cubin runs only on
+# its own architecture or a later minor of the same major below 9.0, so 8.0 and 8.6 need their own.
+DEFAULT_ARCHS = (80, 86, 87, 89, 90, 100, 120)
+# What kernels.cpp is generated from: a change to any of these makes a new one.
+_KERNEL_SOURCES = ("exporter/ops/aot.py", "exporter/ops/kernels/_triton.py", "exporter/ops/kernels/config.py",
+                   "exporter/ops/kernels/launchers.cpp.in", "plugins/common/kernels.h")
 
 
 def header_versions() -> dict[str, Path]:
@@ -96,13 +102,15 @@ def build_library(
         raise ExporterError(f"The TensorRT plugin library cannot be built here: {problem}.",
                             "install cmake, a C++ compiler and the CUDA toolkit, and pass trt_include= (or set "
                             "TRT_INCLUDE_DIR) to a TensorRT include folder")
+    archs = tuple(archs or DEFAULT_ARCHS)
+    kernels = kernels or generated_kernels(archs, jobs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="exporter-plugins-") as scratch:
         build = Path(build_dir) if build_dir else Path(scratch)
         configure = [
             "cmake", "-S", str(PLUGINS_DIR), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-            f"-DTRT_INCLUDE_DIR={include}", f"-DCUDA_ARCHS={';'.join(str(a) for a in archs or DEFAULT_ARCHS)}",
+            f"-DTRT_INCLUDE_DIR={include}", f"-DCUDA_ARCHS={';'.join(str(a) for a in archs)}",
             f"-DPython3_EXECUTABLE={sys.executable}", f"-DEXPORTER_PLUGINS_TESTS={'ON' if host_test else 'OFF'}",
             f"-DEXPORTER_PLUGINS_WERROR={'ON' if werror else 'OFF'}",
             f"-DEXPORTER_KERNELS_CPP={kernels.resolve() if kernels else ''}",
@@ -117,6 +125,28 @@ def build_library(
         if host_test:
             shutil.copy2(build / HOST_TEST_NAME, out / HOST_TEST_NAME)
     return library
+
+
+def generated_kernels(archs: Sequence[int], jobs: int = 2) -> Path:
+    """kernels.cpp for `archs`, generated once per content of its sources and Triton version, in the user's
+    cache (`$XDG_CACHE_HOME/exporter/kernels/<key>/`): generating takes minutes of CPU, compiling the
+    library seconds, so every build after the first reuses it."""
+    import triton
+
+    digest = hashlib.sha256(f"{triton.__version__} {sorted(archs)}".encode())
+    for name in _KERNEL_SOURCES:
+        digest.update((REPO_ROOT / name).read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "exporter" / "kernels" / digest.hexdigest()[:16]
+    target = cache / "kernels.cpp"
+    if not target.is_file():
+        from . import aot
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".generating-") as scratch:
+            generated = aot.build(Path(scratch), sorted(archs), jobs=max(1, jobs))
+            cache.mkdir(exist_ok=True)
+            os.replace(generated, target)  # atomic: a concurrent build sees the whole file or none
+    return target
 
 
 def _run(command: list[str], step: str) -> None:

@@ -1,4 +1,5 @@
 #include "tokenPlugin.h"
+#include "kernels.h"
 #include "pluginLogging.h"
 
 #include <exception>
@@ -16,6 +17,8 @@ namespace plugin
 {
 namespace
 {
+constexpr int kNoKernelForGpu = 209; // CUDA_ERROR_NO_BINARY_FOR_GPU, as kernels.h returns it
+
 bool isTokenType(DataType type) noexcept
 {
     return type == DataType::kFLOAT || type == DataType::kHALF;
@@ -342,6 +345,20 @@ int32_t TokenPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc
 nvinfer1::IPluginV3* TokenPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept
 {
     trace(mSpec->name, "attachToContext");
+    // Load the kernels now: a first launch would load them inside enqueue, which must not happen while
+    // the engine is captured into a CUDA graph.
+    int const status = exporter_kernels_preload();
+    if (status == kNoKernelForGpu)
+    {
+        logError(std::string(mSpec->name) + ": the plugin library has no kernels for this GPU's architecture; "
+            "rebuild it with this GPU in CUDA_ARCHS (cmake -DCUDA_ARCHS=...)");
+        return nullptr;
+    }
+    if (status != 0)
+    {
+        logWarning(std::string(mSpec->name) + ": preloading the kernels failed with CUDA driver status "
+            + std::to_string(status) + "; they load at their first launch instead");
+    }
     return clone();
 }
 
