@@ -7,17 +7,18 @@ the [B, H*W, 3*D] projection (padding tokens read from `pad`, never materialised
 the output rows in map order: one read of qkv, one write of the output.
 
 Layout: one program = WINDOWS consecutive windows (row-major over the window grid) of one head of one
-image (grid: window groups x B*heads); their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r: window r // (s*s), token r % (s*s)),
-so the scores are one [BLOCK_M, BLOCK_M] tensor-core dot masked to the block diagonal of each window.
+image (grid: window groups x B*heads); their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r:
+window r // (s*s), token r % (s*s)), so the scores are one [BLOCK_M, BLOCK_M] tensor-core dot masked to
+the block diagonal of each window.
 For s = 2 that is 16 windows in a 64-row tile: a 16x arithmetic waste that costs nothing next to the
 memory traffic, and tl.dot's 16-row minimum would waste as much on a per-window tile. Scores, softmax and
 accumulation are fp32 (fp32 dots with input_precision="ieee", never TF32); the probabilities are rounded
 to the token dtype for the second dot, as the reference's half-precision softmax output is.
 
 The kernel's non-constexpr parameters, in order, are the launch ABI an AOT launcher passes
-(`jit_kernel()` returns the JIT function for the generator; blocks and warps are in `config.py`). CPU tensors run the same kernel
-in Triton's interpreter (see `_jit` for how the process's Triton mode is chosen). Importing this module
-imports no triton.
+(`jit_kernel()` returns the JIT function for the generator; blocks and warps are in `config.py`). CPU
+tensors run the same kernel in Triton's interpreter (see `_jit` for how the process's Triton mode is
+chosen). Importing this module imports no triton.
 """
 from __future__ import annotations
 
