@@ -159,7 +159,8 @@ def hilo_agreement(calls: dict, pair: tuple[str, str], images: torch.Tensor) -> 
         want = fn(x).float()
     got = fn(x).float()
     top1 = f"top-1 {(want.argmax(-1) == got.argmax(-1)).float().mean().item():.1%}, " if want.dim() == 2 else ""
-    return f"{label.removesuffix(', standard ops')}: fused vs standard ops: {top1}max |Δ| {(got - want).abs().max().item():.3g}"
+    diff = (got - want).abs().max().item()
+    return f"{label.removesuffix(', standard ops')}: fused vs standard ops: {top1}max |Δ| {diff:.3g}"
 
 
 def main() -> int:

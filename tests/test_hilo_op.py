@@ -160,7 +160,8 @@ def test_build_litv2_with_plugins(tmp_path):
     for graph in graphs[2:]:
         nodes = onnx.load(str(bundle / graph), load_external_data=False).graph.node
         assert collections.Counter(n.op_type for n in nodes if n.domain == "exporter") == {"HiLoAttention": 2}
-        attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes if n.domain == "exporter"]
+        attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+                 for n in nodes if n.domain == "exporter"]
         assert all((a["height"], a["width"], a["window"], a["heads"]) == (6, 6, 2, 1) for a in attrs)
 
 

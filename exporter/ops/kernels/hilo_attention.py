@@ -65,7 +65,8 @@ def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
     real_d = real[:, None] & dm[None, :]
     cols = pad + head * HD + d
     q = tl.where(real[:, None], tl.load(rows, mask=real_d, other=0.0), tl.load(cols, mask=dm, other=0.0)[None, :])
-    k = tl.where(real[:, None], tl.load(rows + D, mask=real_d, other=0.0), tl.load(cols + D, mask=dm, other=0.0)[None, :])
+    k = tl.where(real[:, None], tl.load(rows + D, mask=real_d, other=0.0),
+                 tl.load(cols + D, mask=dm, other=0.0)[None, :])
     v = tl.where(real[:, None], tl.load(rows + 2 * D, mask=real_d, other=0.0),
                  tl.load(cols + 2 * D, mask=dm, other=0.0)[None, :])
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [BLOCK_M, BLOCK_M] fp32
@@ -121,19 +122,23 @@ def rows(window: int) -> int:
     larger windows (JIT only)."""
     tokens = window * window
     if tokens > MAX_WINDOW_TOKENS:
-        raise ValueError(f"windows of {window}x{window} tokens exceed the kernel's {MAX_WINDOW_TOKENS} tokens a program")
+        raise ValueError(f"windows of {window}x{window} tokens exceed the kernel's {MAX_WINDOW_TOKENS} tokens "
+                         "a program")
     return max(HILO_ROWS, block_for(tokens))
 
 
-def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int, window: int, heads: int) -> torch.Tensor:
+def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int, window: int,
+                   heads: int) -> torch.Tensor:
     """`torch.ops.exporter.hilo_attention` as the fused kernel: [B, H*W, 3*D] q/k/v and [3*D] pad -> [B, H*W, D]."""
     if qkv.dim() != 3 or qkv.dtype not in (torch.float32, torch.float16):
         raise ValueError(f"qkv must be [B, N, 3*D] float32 or float16, got {tuple(qkv.shape)} {qkv.dtype}")
     b, n, e = qkv.shape
     if n != height * width or e % 3 or (e // 3) % heads or window < 1:
-        raise ValueError(f"qkv {tuple(qkv.shape)} does not fit a {height}x{width} map of {heads} heads in windows of {window}")
+        raise ValueError(f"qkv {tuple(qkv.shape)} does not fit a {height}x{width} map of {heads} heads in "
+                         f"windows of {window}")
     if pad.shape != (e,) or pad.dtype != qkv.dtype or pad.device != qkv.device:
-        raise ValueError(f"pad must be [{e}] {qkv.dtype} on {qkv.device}, got {tuple(pad.shape)} {pad.dtype} on {pad.device}")
+        raise ValueError(f"pad must be [{e}] {qkv.dtype} on {qkv.device}, "
+                         f"got {tuple(pad.shape)} {pad.dtype} on {pad.device}")
     d = e // 3
     head_dim = d // heads
     qkv, pad = qkv.contiguous(), pad.contiguous()
