@@ -1,6 +1,7 @@
 """The `hilo_attention` token op (HiLo's Hi-Fi window attention): its fused Triton kernel against the reference
 in Triton's interpreter, its plugin node in LITv2 plugin graphs, and `build --plugins` on LITv2."""
 import collections
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from exporter.cli import main
 from exporter.export.onnx_export import export_onnx
 from exporter.models.hilo import HiLo
 from exporter.models.litv2 import LITv2
-from exporter.ops import contracts, reference
+from exporter.ops import contracts, library, reference
 from exporter.runtime import op_reference, ort
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +164,15 @@ def test_build_litv2_with_plugins(tmp_path):
         attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
                  for n in nodes if n.domain == "exporter"]
         assert all((a["height"], a["width"], a["window"], a["heads"]) == (6, 6, 2, 1) for a in attrs)
+    # TensorRT-RTX parses and builds every graph, the plugin graphs with the bundle's library (where it can be built)
+    rtx = "passed" if importlib.util.find_spec("tensorrt_rtx") else "skipped"
+    built = library.missing_toolchain() is None
+    assert (bundle / "plugins" / "libexporter_plugins.so").is_file() == built
+    for graph, result in report["tensorrt_rtx"].items():
+        assert result["status"] == (rtx if graph in graphs[:2] or built else "skipped"), (graph, result)
+    if built and rtx == "passed":
+        for graph in graphs[2:]:
+            assert report["tensorrt_rtx"][graph]["plugin_names"] == ["HiLoAttention"] * 2
 
 
 def test_plugins_need_a_token_op(tmp_path, capsys):
