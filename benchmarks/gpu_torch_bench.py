@@ -34,6 +34,7 @@ weights: with static token counts, speed does not depend on them. FLOPs are torc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -44,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from exporter import ops  # noqa: E402
-from exporter.bench.throughput import candidates, interleaved, ratios, selected_methods  # noqa: E402
+from exporter.bench.throughput import candidates, interleaved, local, ratios, selected_methods, table  # noqa: E402
 from exporter.models import create_model, input_size  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -198,14 +199,14 @@ def main() -> int:
     with torch.no_grad():
         for batch in (int(b) for b in args.batch.split(",")):
             x = torch.randn(batch, 3, *size, device="cuda", dtype=DTYPES[args.precision])
-            calls, gmacs = {}, {}
+            calls, rows = {}, []
             for c in cands:
                 if c.method != "none":
                     print(f"batch {batch}, {c.method}: fused vs standard ops: {agreement(c.model, x)}", flush=True)
                 for label, (fn, fused) in variants(c, batch in compile_at).items():
                     with ops.fused_kernels(fused):
-                        calls[label] = synced((lambda f=fn: f(x)) if args.eager else graphed(fn, x))
-                    gmacs[label] = c.gmacs
+                        calls[label] = local(synced((lambda f=fn: f(x)) if args.eager else graphed(fn, x)))
+                    rows.append(dataclasses.replace(c, label=label))
             hilo_calls, pairs, seen = {}, [], set()
             for name, model in litv2.items():
                 more, more_pairs = hilo_variants(name, model, batch, DTYPES[args.precision], seen)
@@ -216,17 +217,12 @@ def main() -> int:
             for label, (fn, inp, fused) in hilo_calls.items():
                 inp = x if inp is None else inp
                 with ops.fused_kernels(fused):
-                    calls[label] = synced((lambda f=fn, i=inp: f(i)) if args.eager else graphed(fn, inp))
+                    calls[label] = local(synced((lambda f=fn, i=inp: f(i)) if args.eager else graphed(fn, inp)))
             times = interleaved(calls, args.rounds, args.iterations, log=lambda _: None)
+            for row in rows:
+                row.torch_ms = times[row.label]
             print(f"\nbatch {batch}\n")
-            print("| model | GMACs | FLOPs ratio | ms/batch | img/s | speedup vs dense | speedup / FLOPs ratio |")
-            print("|---|---|---|---|---|---|---|")
-            for label in gmacs:
-                ms = statistics.median(times[label])
-                per_round = ratios(times["dense"], times[label])
-                speedup, flops_ratio = statistics.median(per_round), gmacs["dense"] / gmacs[label]
-                print(f"| {label} | {gmacs[label]:.2f} | {flops_ratio:.2f}x | {ms:.2f} | {batch * 1000 / ms:.0f} | "
-                      f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} |")
+            print(table(rows, batch))
             if pairs:
                 print(f"\nbatch {batch}, LITv2: HiLo's Hi-Fi window attention as standard ops vs the fused kernel\n")
                 print(f"| what | standard ms | fused ms | fused speedup | standard img/s | fused img/s | "
@@ -237,10 +233,11 @@ def main() -> int:
                     per_round = ratios(times[standard], times[fused])
                     whole = standard in litv2_labels(litv2)
                     rate = (lambda ms: f"{batch * 1000 / ms:.0f}") if whole else (lambda ms: "")
-                    vs_dense = (f"{statistics.median(times['dense']) / a:.2f}x / {statistics.median(times['dense']) / b:.2f}x"
-                                if whole and "dense" in times else "")
-                    print(f"| {standard.removesuffix(', standard ops')} | {a:.3f} | {b:.3f} | {statistics.median(per_round):.2f}x "
-                          f"({min(per_round):.2f}–{max(per_round):.2f}) | {rate(a)} | {rate(b)} | {vs_dense} |")
+                    dense_ms = statistics.median(times["dense"]) if "dense" in times else None
+                    vs_dense = f"{dense_ms / a:.2f}x / {dense_ms / b:.2f}x" if whole and dense_ms else ""
+                    print(f"| {standard.removesuffix(', standard ops')} | {a:.3f} | {b:.3f} | "
+                          f"{statistics.median(per_round):.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | "
+                          f"{rate(a)} | {rate(b)} | {vs_dense} |")
     return 0
 
 

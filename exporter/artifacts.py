@@ -23,6 +23,10 @@ from .errors import ExporterError
 MANIFEST = "manifest.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+ENGINES_DIR = "engines"
+# Subtrees outside the portable file hashes: engines/<target>-<runtime>/ holds plans built after the
+# bundle, on (or for) one GPU and runtime, each with its own manifest (engine.json, exporter/engine).
+UNHASHED_SUBTREES = (ENGINES_DIR,)
 
 
 def check_writable(out: Path) -> None:
@@ -217,6 +221,7 @@ def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[st
         name: sha256(p)
         for p in sorted(bundle.rglob("*"))
         if p.is_file() and (name := p.relative_to(bundle).as_posix()) not in exclude
+        and p.relative_to(bundle).parts[0] not in UNHASHED_SUBTREES
     }
 
 

@@ -1,4 +1,4 @@
-"""`python -m exporter <command>`: build, verify, methods, bench.
+"""`python -m exporter <command>`: build, engine, verify, methods, bench.
 
 Errors a user can fix print as a short paragraph (problem + fix) with a non-zero exit; pass
 --debug for the traceback.
@@ -111,7 +111,7 @@ def _build(args, console: Console) -> int:
     spec = _spec_from_args(args)
     command = "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = build(spec, args.out, command, console)
-    console.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -124,14 +124,52 @@ def _add_verify(sub) -> None:
     p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
     p.add_argument("--weights", type=Path, default=None, help="the bundle's checkpoint at a new location (it must be the same file)")
     p.add_argument("--report", type=Path, default=None, help="write the report here (.json, else markdown) instead of to stdout")
+    p.add_argument("--engine", default=None, metavar="TARGET",
+                   help="also require this engine (e.g. sm86-tensorrt-rtx, or sm86) to run here on the stored PyTorch "
+                   "references; without it, engines that cannot run on this machine are reported as skipped")
+    p.add_argument("--references-only", action="store_true",
+                   help="check only the file hashes, then onnxruntime and the engines on the PyTorch references stored "
+                   "in the bundle: no PyTorch model, weights or network needed (e.g. on a Jetson)")
     p.set_defaults(run=_verify)
 
 
 def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
-    verify(args.bundle, console, weights=args.weights, report_to=args.report)
-    console.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
+    verify(args.bundle, console, weights=args.weights, report_to=args.report, engine=args.engine,
+           references_only=args.references_only)
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
+    return 0
+
+
+def _add_engine(sub) -> None:
+    p = sub.add_parser(
+        "engine",
+        help="build (or reuse) a TensorRT / TensorRT-RTX engine from a bundle",
+        description="Build a strongly typed engine from a bundle's ONNX into engines/<target>-<runtime>/, with an "
+        "optimization profile for the bundle's batch range and a timing cache kept there. An engine whose inputs are "
+        "unchanged (same content key) is reused. TensorRT builds for the GPU it runs on; TensorRT-RTX builds here for "
+        "--target, no GPU needed.",
+    )
+    p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
+    p.add_argument("--graph", default=None, help="fp16 | fp32 | plugins (default: fp16 when the bundle has it, else fp32)")
+    p.add_argument("--runtime", default="tensorrt", help="tensorrt (on the target GPU) | tensorrt-rtx (default %(default)s)")
+    p.add_argument("--target", default=None, help="compute capability, e.g. sm86; required for tensorrt-rtx, "
+                   "for tensorrt it must be the GPU present (default: that GPU)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cache has this engine")
+    p.set_defaults(run=_engine)
+
+
+def _engine(args, console: Console) -> int:
+    from .engine import report as engine_report
+    from .engine.build import build_engine
+
+    result = build_engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
+    e = result.entry
+    engine_report.record(args.bundle)
+    state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
+    console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})")
+    console.print(f"[bold green]PASSED[/bold green] | {result.folder} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 
@@ -161,7 +199,7 @@ def _methods(args, console: Console) -> int:
         table = Table("method", "parameters (default)", "what it does")
         for m in methods:
             table.add_row(m.name, "\n".join(f"{p.flag} ({p.default}): {p.help}" for p in m.params) or "—", m.summary)
-        console.print(table)
+        args.stdout.print(table)
         return 0
     from .methods.flops import count_gmacs
     from .models import create_model, input_size
@@ -191,20 +229,27 @@ def _methods(args, console: Console) -> int:
             f"{gmacs:.3f}",
             f"{dense_gmacs / gmacs:.2f}x",
         )
-    console.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs")
-    console.print(table)
+    args.stdout.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs")
+    args.stdout.print(table)
     return 0
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="onnxruntime throughput of each method vs the dense model (and vs PyTorch)",
-        description="Export every method (at its default parameters) with a static batch, run them in onnxruntime "
-        "and PyTorch on the CPU with the same thread settings, interleaved, and print measured speedups next to "
-        "FLOPs ratios and the share of time spent in the token-reduction machinery and size bias.",
+        help="onnxruntime throughput of each method (and model) vs the first dense model, and vs PyTorch",
+        description="Export every method (at its default parameters) of every model with a static batch, run them "
+        "in onnxruntime and PyTorch on the CPU, each runtime in a process of its own with the same thread settings, "
+        "taking turns round by round, and print measured speedups next to FLOPs ratios and the share of time spent "
+        "in the token-reduction machinery and size bias.",
     )
-    p.add_argument("--model", default="deit_small_patch16_224")
+    p.add_argument(
+        "--models",
+        "--model",
+        default="deit_small_patch16_224",
+        help="comma-separated timm names; a variant as name(arg=value, ...), e.g. litv2_small(alpha=0.0) "
+        "(default %(default)s)",
+    )
     p.add_argument("--weights", default="random", help="timing does not depend on the weights (default %(default)s)")
     p.add_argument("--methods", default=None, help="comma-separated (default: all, dense first)")
     p.add_argument("--img-size", type=int, default=None)
@@ -222,12 +267,24 @@ def _bench(args, console: Console) -> int:
 
     check_bench_args(args)
     methods = throughput.selected_methods(args.methods)
-    dense = create_model(args.model, args.weights, 0, args.img_size)
-    size = input_size(dense)
-    results = throughput.run(dense, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print)
-    print(f"{args.model}, batch {args.batch}, {args.threads} threads, onnxruntime CPU, medians of {args.rounds} rounds x {args.iterations} batches\n")
+    models = {}
+    for label, (name, kwargs) in throughput.parse_models(args.models).items():
+        models[label] = create_model(name, args.weights, 0, args.img_size, **kwargs)
+    sizes = {label: input_size(m) for label, m in models.items()}
+    if len(set(sizes.values())) > 1:
+        raise ExporterError(f"The models take different input sizes: {sizes}.", "Pass --img-size for all of them.")
+    size = next(iter(sizes.values()))
+    results = throughput.run(
+        models, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print
+    )
+    import onnxruntime
+
+    print(f"{args.models}, batch {args.batch}, {size[0]}x{size[1]}, {args.threads} threads, onnxruntime "
+          f"{onnxruntime.__version__} CPU, fp32, medians of {args.rounds} rounds x {args.iterations} batches\n")
     print(throughput.table(results, args.batch))
-    print("\n" + throughput.profile_note(results))
+    for note in (throughput.lone_note(results), throughput.profile_note(results)):
+        if note:
+            print("\n" + note)
     return 0
 
 
@@ -239,9 +296,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_build(sub)
+    _add_engine(sub)
     _add_verify(sub)
     _add_methods(sub)
     _add_bench(sub)
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 
@@ -249,7 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False)  # progress, warnings and errors
+    args.stdout = Console(highlight=False)  # results: tables, the PASSED/FAILED line
     start = args.start = time.perf_counter()
     from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
     from .pipeline import BuildFailed
@@ -265,15 +326,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExporterError as e:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {e.problem}")
+        from rich.markup import escape  # messages quote pip extras like 'exporter[rtx]'
+
+        console.print(f"[bold red]error:[/bold red] {escape(e.problem)}")
         if e.fix:
-            console.print(f"  [bold]fix:[/bold] {e.fix}")
+            console.print(f"  [bold]fix:[/bold] {escape(e.fix)}")
         return EXIT_USAGE
     except BuildFailed as e:
         if args.debug:
             raise
-        console.print(str(e), markup=False)
-        console.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
+        args.stdout.print(str(e), markup=False)
+        args.stdout.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
         return EXIT_FAILED
 
 

@@ -17,7 +17,8 @@ def parse_param(name: str, parse: Callable[[str], Any], text: str) -> Any:
     except ExporterError as e:
         if flag(name) in e.problem:
             raise
-        raise ExporterError(f"{flag(name)} {text!r}: {e.problem}", e.fix) from None
+        quoted = e.problem.startswith("'")  # "'maybe' is not a boolean." -> "--fuse 'maybe' is not a boolean."
+        raise ExporterError(f"{flag(name)} {e.problem}" if quoted else f"{flag(name)} {text!r}: {e.problem}", e.fix) from None
     except (ValueError, TypeError):
         kind = "a number" if parse in (float, int) else "a valid value"
         example = " (e.g. 0.7)" if parse is float else " (e.g. 3)" if parse is int else ""
@@ -29,7 +30,12 @@ def parse_param(name: str, parse: Callable[[str], Any], text: str) -> Any:
 
 def check_bench_args(args) -> None:
     """bench's counts must be positive: 0 would reach torch.export, statistics or the thread pool."""
-    for name, what in (("batch", "images per batch"), ("threads", "intra-op threads"), ("rounds", "interleaved rounds"), ("iterations", "batches per round")):
+    counts = {"batch": "images per batch", "threads": "intra-op threads", "rounds": "interleaved rounds",
+              "iterations": "batches per round"}
+    for name, what in counts.items():
         value = getattr(args, name)
         if value < 1:
-            raise ExporterError(f"--{name} {value} is not a positive number of {what}.", f"Pass --{name} 1 or more (default: see `python -m exporter bench --help`).")
+            raise ExporterError(
+                f"--{name} {value} is not a positive number of {what}.",
+                f"Pass --{name} 1 or more (default: see `python -m exporter bench --help`).",
+            )

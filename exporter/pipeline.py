@@ -17,21 +17,25 @@ from typing import Iterator, Optional
 import onnx
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__, artifacts
 from .checks import graph as graph_check
+from .checks import parity
+from .checks.compare import compare_graphs, verify_batches
+from .checks.engine_build import RtxCheck, rtx_check
+from .engine import report as engine_report
+from .engine import scripts
 from .errors import ExporterError
+from .export.fold import fold_constants
 from .export.graphs import FP16, PLUGIN_LIBRARY, Graph, export_graph, planned
 from .methods import apply_method, get_method
 from .methods.flops import count_gmacs
 from .models import create_model, input_size
-from .checks.engine_build import RtxCheck, rtx_check
+from .runtime import onnx_runner
 from .spec import BuildSpec
-from .checks import graph as graph_check
-from .checks import parity
-from .checks.compare import compare_graphs
-from .export.fold import fold_constants
 from .verify import bundle as bundle_check
+from .verify import references
 from .verify.report import render, warnings
 
 TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "tensorrt-rtx-cu13")
@@ -55,7 +59,8 @@ class Outcome:
 
 @dataclass
 class Stages:
-    """Prints each stage as it runs and keeps its duration for the manifest."""
+    """Prints each stage as it runs and keeps its duration for the manifest. On a terminal the running
+    stage is a spinner; elsewhere (a CI log) its name is printed when it starts, and again when it ends."""
 
     console: Console
     durations: dict[str, float] = field(default_factory=dict)
@@ -64,6 +69,8 @@ class Stages:
     def __call__(self, name: str) -> Iterator[Outcome]:
         start = time.perf_counter()
         outcome = Outcome()
+        if not self.console.is_terminal:
+            self.console.print(f"{name} ...")
         with self.console.status(f"{name} ..."):
             try:
                 yield outcome
@@ -112,6 +119,9 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
                 library_status = build_plugin_library(tmp)
             if library_status["status"] == "skipped":
                 console.print(f"[yellow]warning[/yellow] plugin library not built: {library_status['reason']}")
+        with stage("store PyTorch references (references.npz) and reproduce.sh, build_engine.sh"):
+            references.store(model, size, tmp / references.REFERENCES)
+            scripts.write(tmp, spec, command, graphs, _git_commit())
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         write_reports(tmp, report)  # before the manifest, whose hashes cover them
         if not report["passed"]:
@@ -139,8 +149,10 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
     return out / spec.run_name
 
 
-def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None) -> dict:
-    """Graph checks, parity against PyTorch and the TensorRT-RTX build; returns the report (writes nothing)."""
+def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None,
+             engine: Optional[str] = None, run_engines: bool = False) -> dict:
+    """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
+    engines; returns the report (writes nothing)."""
     size = input_size(dense)
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
         problems = {g.file: graph_check.check_graph(bundle / g.file).problems for g in graphs}
@@ -156,8 +168,11 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")) as found:
         rtx = {g.file: asdict(_rtx(bundle / g.file, spec, size, g.lowering, library)) for g in graphs}
         found.problems = sum(r["status"] == "failed" for r in rtx.values())
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
     passed = (
         all(c.passed for c in comparisons)
+        and all(c["passed"] for c in stored)
+        and all(e["status"] != "failed" for e in engines)
         and not any(problems.values())
         and all(r["status"] != "failed" for r in rtx.values())
     )
@@ -180,6 +195,8 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         "lint": problems,
         "tensorrt_rtx": rtx,
         "notes": list(getattr(model, "notes", [])),  # what the method changed in the request (e.g. ToMe's r cap)
+        "references": stored,
+        "engines": engines,
     }
     for line in warnings(report) + report["notes"]:
         stage.console.print(f"[yellow]warning[/yellow] {line}")
@@ -191,13 +208,17 @@ def write_reports(directory: Path, report: dict) -> None:
     artifacts.write_text(directory / artifacts.REPORT_MD, render(report))
 
 
-def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Path] = None, report_to: Optional[Path] = None) -> dict:
+def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Path] = None, report_to: Optional[Path] = None,
+           engine: Optional[str] = None, references_only: bool = False) -> dict:
     """Re-run the checks of an existing bundle (e.g. after copying it) without changing it: files and the
-    manifest's consistency first, then graphs, parity and TensorRT-RTX. The report goes to `report_to`
-    (.json, else markdown) or stdout; `weights` is the bundle's checkpoint at a new location."""
+    manifest's consistency first, then graphs, parity, TensorRT-RTX, the stored references and the engines
+    that can run here. The report goes to `report_to` (.json, else markdown) or stdout; `weights` is the
+    bundle's checkpoint at a new location. With `references_only`, only the files and the runtimes on the
+    stored PyTorch references (no model, weights or network needed)."""
     console = console or Console(stderr=True)
     manifest, spec = bundle_check.read_manifest(bundle)
     bundle_check.check_report_path(report_to)
+    engine_report.preflight_required(bundle, engine)  # `--engine` that cannot run here: refused before any work
     stage = Stages(console)
     with stage("check files and manifest") as found:
         problems = bundle_check.file_problems(bundle, manifest) or bundle_check.consistency_problems(bundle, manifest, spec)
@@ -206,15 +227,18 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
         raise BuildFailed("the bundle does not match its manifest:\n" + "\n".join(f"- {p}" for p in problems), bundle)
     if (note := bundle_check.version_warning(manifest, __version__, _git_commit())) is not None:
         console.print(f"[yellow]warning[/yellow] {note}")
-    ckpt = bundle_check.checkpoint(spec, manifest, weights)
-    with stage(f"load {spec.model} and apply method {spec.method}"):
-        dense, model = prepare(spec if ckpt is None else replace(spec, weights=str(ckpt)))
     graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
-    with artifacts.debug_dir() as debug:
-        with stage("export debug graphs (kept-token indices as outputs)"):
-            for g in graphs:
-                export_graph(model, g, bundle, debug, write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
-        report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"))
+    if references_only:
+        report = _verify_stored(spec, bundle, graphs, stage, engine)
+    else:
+        ckpt = bundle_check.checkpoint(spec, manifest, weights)
+        with stage(f"load {spec.model} and apply method {spec.method}"):
+            dense, model = prepare(spec if ckpt is None else replace(spec, weights=str(ckpt)))
+        with artifacts.debug_dir() as debug:
+            with stage("export debug graphs (kept-token indices as outputs)"):
+                for g in graphs:
+                    export_graph(model, g, bundle, debug, write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
+            report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"), engine, run_engines=True)
     bundle_check.write_report(report, report_to)
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
@@ -234,13 +258,47 @@ def _check_token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> None:
         )
 
 
+def _verify_stored(spec: BuildSpec, bundle: Path, graphs: list[Graph], stage: Stages, engine: Optional[str]) -> dict:
+    """verify --references-only: the build's report, with onnxruntime and the engines re-run on references.npz."""
+    if not (bundle / references.REFERENCES).is_file():
+        raise ExporterError(f"{bundle} has no {references.REFERENCES} (built by an older exporter).",
+                            "Run `python -m exporter verify` without --references-only, or rebuild the bundle.")
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines=True)
+    report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
+    report.update(references=stored, engines=engines)
+    report["passed"] = (  # the build's own checks as recorded, and what ran now
+        all(c["passed"] for c in report["comparisons"]) and not any(report["lint"].values())
+        and all(r["status"] != "failed" for r in report["tensorrt_rtx"].values())
+        and all(c["passed"] for c in stored) and all(e["status"] != "failed" for e in engines)
+    )
+    return report
+
+
+def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tuple[list[dict], list[dict]]:
+    """onnxruntime on the stored PyTorch references, and (verify) every engine that can run here."""
+    refs = references.load(bundle / references.REFERENCES)
+    stored = []
+    if refs is not None:
+        with stage("onnxruntime on the stored PyTorch references"):
+            for g in graphs:
+                runner = onnx_runner(bundle / g.file)
+                stored += references.check(refs, lambda x, r=runner: r(x)[0], g.file, g.precision,
+                                           verify_batches(spec.batch), "onnxruntime (CPU)")
+    if not run_engines:
+        return stored, engine_report.built(bundle)
+    with stage("engines on the stored PyTorch references"):
+        engines = engine_report.check_engines(bundle, verify_batches(spec.batch), engine)
+    for e in engines:
+        if e["status"] == "skipped":
+            stage.console.print(f"[yellow]skipped[/yellow] engines/{e['folder']}/{e['engine']}: {escape(e['reason'])}")
+    return stored, engines
+
+
 def build_plugin_library(bundle: Path) -> dict:
     """Compile the plugin library into `bundle`/plugins (needs cmake, nvcc and TensorRT headers), or say
     why not: the plugin graphs are still written and verified, only the TensorRT-RTX build is skipped."""
-    try:
-        from .ops import library
-    except ImportError as e:  # a checkout without the plugin library's build code
-        return {"status": "skipped", "reason": f"exporter.ops.library is not available ({e})"}
+    from .ops import library
+
     reason = library.missing_toolchain()
     if reason:
         return {"status": "skipped", "reason": reason}
@@ -288,16 +346,31 @@ def _failure_summary(report: dict) -> str:
     for graph, r in report["tensorrt_rtx"].items():
         if r["status"] == "failed":
             lines.append(f"{graph}: TensorRT-RTX {r['reason']}")
+    for c in report.get("references", []):
+        lines += [f"{c['graph']} ({c['runtime']}) on the stored references at batch {c['batch']}: {f}" for f in c["failures"]]
+    for e in report.get("engines", []):
+        for c in e.get("comparisons", []):
+            lines += [f"engines/{e['folder']}/{e['engine']} at batch {c['batch']}: {f}" for f in c["failures"]]
     return "\n".join(lines)
 
 
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
+def _git_commit(package: Path = Path(__file__).resolve().parent, timeout: float = 5.0) -> str:
+    """The commit of the checkout `package` runs from ('+dirty' with uncommitted changes). 'unknown' unless
+    `package` is the `exporter/` directory at the root of a git work tree (an installed copy, e.g. in a
+    virtualenv inside another repository, must not record that repository's commit), or when git is
+    missing or takes longer than `timeout` seconds."""
+    root = package.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=timeout)
+        return done.stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+        if package.name != "exporter" or Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 

@@ -1,5 +1,21 @@
-"""Tests never touch the network: timm's hub is offline and models are built with random weights."""
+"""Tests never touch the network: timm's hub is offline and models are built with random weights.
+
+Shared fixtures live here; small test models and inputs in `vits.py`."""
 import os
+
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of tiny models: one torch thread is faster, and far faster when other processes share the
+    cores. Restored afterwards. Use with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,50 +6,14 @@ overrides ignore but our modules honour). Besides logits they log, per reduction
 original token ids for DiffRate, in the authors' A/B index frames for ToMe) and the margins by which it was
 chosen, so tests can insist on decisive inputs before comparing discrete choices.
 
-Also: `make_vit`, small timm ViTs with weights random enough that attention is not uniform; the
-`single_thread` fixture; `assert_tensorrt_friendly` for exported graphs.
+Also: `assert_tensorrt_friendly` for exported graphs.
 """
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These models are tiny: one thread is faster, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_vit(seed: int = 0, **kwargs) -> VisionTransformer:
-    """A small timm ViT whose weights are drawn at unit gain (timm's init, std 0.02, makes attention almost
-    uniform and token scores almost tied)."""
-    config = dict(img_size=64, patch_size=8, embed_dim=96, depth=6, num_heads=3, num_classes=10)
-    config.update(kwargs)
-    vit = VisionTransformer(**config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in vit.named_parameters():
-            if p.dim() >= 2 and "pos_embed" not in name and "cls_token" not in name:
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
-            elif name.endswith(".gamma"):  # LayerScale
-                p.copy_(0.5 + 0.5 * torch.rand(p.shape, generator=gen))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-    return vit
-
-
-def images(seed: int, batch: int, vit: VisionTransformer) -> torch.Tensor:
-    h, w = vit.patch_embed.img_size
-    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 def _embed(vit, img):

@@ -1,6 +1,6 @@
 """Plain re-implementations of EViT and Evo-ViT inference, written the way the authors' code does
 it (materialised attention maps, sort, scatter-based complement index, in-place writes), for
-checking the export-friendly modules. Also: small timm ViTs whose class attention is decisive.
+checking the export-friendly modules. The small timm ViTs and their inputs are `vits.py`'s.
 
 Each reference returns (logits, kept indices per reduction, margins per reduction). Kept indices
 are what the module records: EViT's index the tokens of that moment, Evo-ViT's are patch positions.
@@ -16,13 +16,13 @@ import math
 import onnx
 import onnxruntime as ort
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 from exporter.export.fp16 import export_fp16
 from exporter.checks.graph import lint
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method
 from exporter.ops import reference as token_ops
+from vits import decisive_vit, images  # noqa: F401  (re-exported for the EViT and Evo-ViT tests)
 
 PATCHES = 64  # decisive_vit()'s default: 8x8 patches, depth 6
 FP32_MARGIN = 1e-4  # fp32 scores differ by ~1e-6 relative between these implementations and runtimes
@@ -33,42 +33,6 @@ CASE_IDS = ["deit-b1", "deit-b3", "layerscale-b3", "avgpool-b3"]
 
 
 # ---- models ----------------------------------------------------------------------------------
-
-def decisive_vit(seed: int = 0, qk_gain: float = 2.0, **config) -> VisionTransformer:
-    """A random timm VisionTransformer whose class-token attention is far from uniform.
-
-    timm's init (std 0.02) makes every attention row nearly uniform, so the top-k cutoff falls
-    between near-equal scores. Scaling the query and key weights spreads the attention logits; a
-    larger gain spreads them more but also raises the fp16 error of the scores (measured: gain 2
-    gives about 0.7% relative fp16 error against a median 3.5% gap between neighbouring scores).
-    """
-    cfg = dict(img_size=64, patch_size=8, embed_dim=48, depth=6, num_heads=3, num_classes=10)
-    cfg.update(config)
-    torch.manual_seed(seed)
-    vit = VisionTransformer(**cfg).eval()
-    with torch.no_grad():
-        for p in vit.parameters():
-            p.normal_(0.0, 0.3)  # random LayerNorm affines, biases, embeddings too
-        for blk in vit.blocks:
-            dim = blk.attn.qkv.in_features
-            blk.attn.qkv.weight.normal_(0.0, dim**-0.5)
-            blk.attn.qkv.weight[: 2 * dim] *= qk_gain**0.5
-            for lin in (blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2):
-                lin.weight.normal_(0.0, lin.in_features**-0.5)
-            if hasattr(blk.ls1, "gamma"):
-                blk.ls1.gamma.uniform_(0.05, 0.2)
-                blk.ls2.gamma.uniform_(0.05, 0.2)
-        for norm in [m for m in vit.modules() if isinstance(m, torch.nn.LayerNorm)]:
-            norm.weight.uniform_(0.5, 1.5)
-        vit.head.weight.normal_(0.0, 0.3 * vit.head.in_features**-0.5)  # logits of order 1
-    return vit
-
-
-def images(vit: VisionTransformer, batch: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    h, w = vit.patch_embed.img_size
-    return torch.randn(batch, 3, h, w, generator=g)
-
 
 def decisive_images(vit, reference, params: dict, batch: int, min_margin: float, seed: int = 0) -> torch.Tensor:
     """`batch` images (drawn from seeds `seed`, `seed` + 1, ...) whose every top-k cut has a relative

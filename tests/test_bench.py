@@ -12,6 +12,7 @@ import timm
 import torch
 
 from exporter.bench import throughput
+from exporter.errors import ExporterError
 from exporter.bench.throughput import _node_medians, _origins, overhead_nodes, profile_overheads
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import apply_method
@@ -67,13 +68,32 @@ def test_machinery_is_the_method_code_only(tome_graph):
     assert len(bias) == 5 and {by_name[name].op_type for name in bias} == {"Add"}
 
 
+def test_profile_shares_are_the_profiled_time_of_each_kind(tome_graph, monkeypatch):
+    """Each share is the node time charged to that kind's exported nodes over all node time. Checked with
+    given node times (every node that ran: 10 µs, less a 2 µs profiler cost), so the expected shares are
+    node counts and the test does not depend on how busy the machine is."""
+    path, graph = tome_graph
+    x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
+    medians, optimized = _node_medians(path, x, threads=1, runs=1)
+    origin = _origins(optimized, graph)
+    kinds = overhead_nodes(graph)
+    monkeypatch.setattr(throughput, "_node_medians", lambda *args: ({name: 10.0 for name in medians}, optimized))
+    monkeypatch.setattr(throughput, "profiler_cost", lambda threads: 2.0)
+    profile = profile_overheads(path, x, threads=1, sessions=2, runs=1)
+    for kind, names in kinds.items():
+        expected = sum(origin.get(name) in names for name in medians) / len(medians)
+        assert profile.shares[kind] == pytest.approx(expected) and 0.0 < expected < 1.0, kind
+    assert profile.node_ms == pytest.approx(8.0 * len(medians) / 1000) and profile.profiler_us == 2.0
+
+
 def test_profile_shares_are_fractions(tome_graph):
+    """A real profiled run: whatever the machine's load, shares are fractions of the node time."""
     path, _ = tome_graph
     x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
     profile = profile_overheads(path, x, threads=1, sessions=1, runs=2)
     assert set(profile.shares) == {"machinery", "size bias"}
-    assert 0.0 < profile.shares["machinery"] < 0.5 and 0.0 < profile.shares["size bias"] < 0.5
-    assert profile.node_ms > 0 and profile.profiler_us > 0
+    assert all(0.0 <= share <= 1.0 for share in profile.shares.values()) and sum(profile.shares.values()) <= 1.0
+    assert profile.node_ms >= 0 and profile.profiler_us >= 0
 
 
 def test_the_profilers_own_cost_is_taken_off_every_node(tome_graph, monkeypatch):
@@ -126,3 +146,60 @@ def test_gpu_bench_without_a_gpu_says_where_to_run_it():
     assert done.returncode == 2, done.stderr
     assert "No CUDA GPU" in done.stderr and "exporter bench" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_each_runtime_is_timed_in_a_process_of_its_own(tome_graph):
+    """onnxruntime and PyTorch never share a process (or the parent's): each has its own thread pool, and
+    onnxruntime's threads do not spin after a run, so a runtime waiting for its turn leaves the cores alone."""
+    path, _ = tome_graph
+    x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
+    assert throughput.timing_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit").eval()
+    with throughput.Runtime("ort", {"a": path}, x, 1) as ort_rt, \
+            throughput.Runtime("torch", {"a": model}, x, 1) as torch_rt:
+        assert len({os.getpid(), ort_rt.pid, torch_rt.pid}) == 3
+        assert ort_rt.time("a", 2) > 0 and torch_rt.time("a", 1) > 0
+        with pytest.raises(RuntimeError, match="KeyError"):
+            ort_rt.time("missing", 1)
+
+
+def test_bench_run_leaves_the_callers_torch_alone_and_checks_a_lone_run():
+    """`run` does not change the caller's torch threads or RNG, and times the first row once more alone."""
+    torch.manual_seed(0)
+    dense = timm.create_model("test_vit").eval()
+    threads, state = torch.get_num_threads(), torch.get_rng_state()
+    torch.set_num_threads(1)
+    try:
+        cands = throughput.run({"test_vit": dense}, ["none"], (160, 160), batch=1, threads=2, rounds=2, iterations=1,
+                               log=lambda _: None)
+        assert torch.get_num_threads() == 1 and torch.equal(torch.get_rng_state(), state)
+    finally:
+        torch.set_num_threads(threads)
+    (first,) = cands
+    assert len(first.ort_ms) == len(first.torch_ms) == len(first.ort_alone_ms) == len(first.torch_alone_ms) == 2
+    note = throughput.lone_note(cands)
+    assert note.startswith("none timed alone in a fresh process: onnxruntime ") and "PyTorch" in note
+
+
+def test_models_list_with_variants():
+    text = "deit_small_patch16_224, litv2_small(alpha=0.0),litv2_small(local_ws=(0, 0, 1, 1))"
+    assert throughput.parse_models(text) == {
+        "deit_small_patch16_224": ("deit_small_patch16_224", {}),
+        "litv2_small(alpha=0.0)": ("litv2_small", {"alpha": 0.0}),
+        "litv2_small(local_ws=(0, 0, 1, 1))": ("litv2_small", {"local_ws": (0, 0, 1, 1)}),
+    }
+    with pytest.raises(ExporterError, match="neither a model name"):
+        throughput.parse_models("litv2_small(alpha=os.system)")
+
+
+def test_one_table_for_every_runtime():
+    """The GPU script's table (PyTorch times only, no profile) comes from the same printer, with its columns."""
+    from exporter.bench.throughput import Candidate, table
+
+    dense = Candidate("none", "none", {}, None, gmacs=4.0, schedule=None, torch_ms=[2.0, 4.0])
+    tome = Candidate("tome", "tome", {}, None, gmacs=2.0, schedule=[1], torch_ms=[1.0, 2.5])
+    lines = table([dense, tome], batch=64).splitlines()
+    assert lines[0] == ("| method | GMACs | FLOPs ratio | PyTorch ms/batch | PyTorch img/s | measured speedup "
+                        "| speedup / FLOPs ratio |")
+    assert lines[-1] == "| tome | 2.00 | 2.00x | 1.75 | 36571.4 | 1.80x (1.60–2.00) | 0.90 |"

@@ -28,7 +28,8 @@ def fp16_bundle(tmp_path_factory):
 
 def test_bundle_contents(fp16_bundle):
     names = {p.name for p in fp16_bundle.iterdir()}
-    assert names == {"model.onnx", "model.onnx.data", "model.fp16.onnx", "model.fp16.onnx.data", "manifest.json", "report.json", "report.md"}
+    assert names == {"model.onnx", "model.onnx.data", "model.fp16.onnx", "model.fp16.onnx.data", "manifest.json", "report.json",
+                     "report.md", "references.npz", "reproduce.sh", "build_engine.sh"}
     manifest = json.loads((fp16_bundle / "manifest.json").read_text())
     assert fp16_bundle.name == manifest["run_name"] and fp16_bundle.name.startswith(f"{MODEL}-none-fp16-")
     assert manifest["spec"]["weights"] == "random" and manifest["spec"]["batch"] == "1:2:4"
@@ -46,7 +47,7 @@ def test_bundle_contents(fp16_bundle):
     report = json.loads((fp16_bundle / "report.json").read_text())
     assert report["passed"]
     precisions = {(c["precision"], c["batch"]) for c in report["comparisons"]}
-    assert precisions == {("fp32", 1), ("fp32", 2), ("fp16", 1), ("fp16", 2)}
+    assert precisions == {(p, b) for p in ("fp32", "fp16") for b in (1, 2, 4)}  # min, opt and max of 1:2:4
     assert "PASSED" in (fp16_bundle / "report.md").read_text()
 
 
@@ -80,7 +81,7 @@ def test_same_spec_gives_identical_onnx(fp16_bundle, tmp_path):
 
 def test_verify_command(fp16_bundle, tmp_path, capsys):
     assert main(["verify", str(fp16_bundle)]) == 0
-    assert "PASSED" in capsys.readouterr().err
+    assert "PASSED" in capsys.readouterr().out  # a result: stdout
     import shutil
 
     copy = tmp_path / "copy"
@@ -88,4 +89,4 @@ def test_verify_command(fp16_bundle, tmp_path, capsys):
     data = copy / "model.onnx.data"
     data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\1")
     assert main(["verify", str(copy)]) == 1
-    assert "model.onnx.data" in capsys.readouterr().err
+    assert "model.onnx.data" in capsys.readouterr().out

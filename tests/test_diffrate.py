@@ -13,11 +13,13 @@ from exporter.errors import ExporterError
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method, get_method
 from exporter.methods.diffrate import FAMILIES, family_of, published
-from reference_diffrate_tome import assert_tensorrt_friendly, images, make_vit
-from reference_diffrate_tome import single_thread  # noqa: F401 (autouse fixture)
+from reference_diffrate_tome import assert_tensorrt_friendly
 from reference_diffrate_tome import diffrate as reference
+from vits import decisive_vit, images
 
-N = 65  # tokens of make_vit(): 8x8 patches + class token
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+N = 65  # tokens of decisive_vit(): 8x8 patches + class token
 # Covers every kind of block: nothing (0, 2), prune + merge (1, 5), prune only (3), merge only (4).
 PRUNE = [65, 60, 65, 40, 40, 25]
 MERGE = [65, 50, 65, 45, 30, 10]
@@ -84,11 +86,11 @@ def run_traced(reduced, img):
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("seed, batch", [(0, 1), (3, 3)])
 def test_matches_authors_algorithm(kind, seed, batch):
-    vit = make_vit(seed, **MODELS[kind])
+    vit = decisive_vit(seed, **MODELS[kind])
     reduced = apply_method(vit, "diffrate", prune_kept=PRUNE, merge_kept=MERGE)
     assert reduced.schedule == [65, 50, 50, 40, 30, 10]
     assert [s is None for s in reduced.steps] == [True, False, True, False, False, False]
-    img = images(100 + seed, batch, vit)
+    img = images(vit, batch, 100 + seed)
     expected, log = reference(vit, img, PRUNE, MERGE)
     assert_decisive(log)
     logits, trace = run_traced(reduced, img)
@@ -98,10 +100,10 @@ def test_matches_authors_algorithm(kind, seed, batch):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_keeping_everything_is_the_dense_model(kind):
-    vit = make_vit(1, **MODELS[kind])
+    vit = decisive_vit(1, **MODELS[kind])
     reduced = apply_method(vit, "diffrate", prune_kept=[N] * 6, merge_kept=[N] * 6)
     assert reduced.schedule == [N] * 6 and reduced.steps == [None] * 6
-    img = images(7, 2, vit)
+    img = images(vit, 2, 7)
     with torch.no_grad():
         torch.testing.assert_close(reduced(img), vit(img), atol=1e-5, rtol=1e-5)
 
@@ -115,9 +117,9 @@ def test_keeping_everything_is_the_dense_model(kind):
     ],
 )
 def test_extreme_schedules_match_authors_algorithm(kind, prune, merge):
-    vit = make_vit(2, **MODELS[kind])
+    vit = decisive_vit(2, **MODELS[kind])
     reduced = apply_method(vit, "diffrate", prune_kept=prune, merge_kept=merge)
-    img = images(5, 3, vit)
+    img = images(vit, 3, 5)
     expected, log = reference(vit, img, prune, merge)
     assert_decisive(log)
     logits, trace = run_traced(reduced, img)
@@ -127,7 +129,7 @@ def test_extreme_schedules_match_authors_algorithm(kind, prune, merge):
 
 def test_negative_sizes_give_no_nan():
     """Tokens whose best cosine similarity is -1 make the authors' sizes negative and their log NaN."""
-    vit = make_vit(4, depth=3)
+    vit = decisive_vit(4, depth=3)
     with torch.no_grad():
         for block in vit.blocks[:2]:  # blocks 0-1 leave the tokens as embedded: x = pos_embed + cls_token
             for p in [*block.attn.proj.parameters(), *block.mlp.fc2.parameters()]:
@@ -144,24 +146,24 @@ def test_negative_sizes_give_no_nan():
         with torch.no_grad():
             vit.pos_embed[0, 1:] = signs[:, None] * direction
             vit.pos_embed[0, 0] = torch.randn(vit.embed_dim)
-        return reference(vit, images(0, 1, vit), prune, merge)[0].isnan().any()
+        return reference(vit, images(vit, 1, 0), prune, merge)[0].isnan().any()
 
     # Which sign wins the class attention depends on the random weights: make the winner the minority,
     # so the merged size is 1 + (23 same-sign) - (40 opposite) < 0.
     assert nan_in_reference(1) or nan_in_reference(-1), "construction failed to make a negative size"
     reduced = apply_method(vit, "diffrate", prune_kept=prune, merge_kept=merge)
     with torch.no_grad():
-        assert torch.isfinite(reduced(images(0, 1, vit))).all()
+        assert torch.isfinite(reduced(images(vit, 1, 0))).all()
 
 
 def test_onnx_matches_torch(tmp_path):
-    vit = make_vit(0)
+    vit = decisive_vit(0)
     reduced = apply_method(vit, "diffrate", prune_kept=PRUNE, merge_kept=MERGE)
     path = export_onnx(Traced(reduced), tmp_path / "diffrate.onnx", img_size=64, batch=(1, 2, 4))
     assert_tensorrt_friendly(onnx.load(str(path), load_external_data=False))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, seed in [(1, 11), (3, 12)]:
-        img = images(seed, batch, vit)
+        img = images(vit, batch, seed)
         assert_decisive(reference(vit, img, PRUNE, MERGE)[1])
         logits, trace = run_traced(reduced, img)
         got = session.run(None, {"input": img.numpy()})
@@ -267,4 +269,4 @@ def test_command_line_parsers():
 
 def test_average_pooling_needs_a_patch_token():
     with pytest.raises(ExporterError, match="only the class token after block 2"):
-        apply_method(make_vit(0, global_pool="avg"), "diffrate", prune_kept=[65, 30, 1, 1, 1, 1])
+        apply_method(decisive_vit(0, global_pool="avg"), "diffrate", prune_kept=[65, 30, 1, 1, 1, 1])

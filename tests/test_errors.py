@@ -172,11 +172,11 @@ def test_failed_verification_leaves_no_bundle(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # no real graph matches PyTorch bit for bit
     out = tmp_path / "out"
     assert run(out, "--model", "test_vit", "--weights", "random") == 1
-    raw = capsys.readouterr().err
-    err = " ".join(raw.split())
-    assert "max abs error" in err and "FAILED" in err
+    captured = capsys.readouterr()
+    stdout = " ".join(captured.out.split())  # the result, with the failed checks
+    assert "max abs error" in stdout and "FAILED" in stdout
     # the stage that found the problem says so (issue 13 §2: no ✓ before FAILED)
-    assert "✗ verify against PyTorch" in raw and "✓ verify against PyTorch" not in raw
+    assert "✗ verify against PyTorch" in captured.err and "✓ verify against PyTorch" not in captured.err
     (failed,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert failed.name.endswith(".failed") and not (failed / "manifest.json").exists()
     assert "FAIL" in (failed / "report.md").read_text()

@@ -8,12 +8,15 @@ timm's 6-block `test_vit` (160 px, 101 tokens) keeps this fast; the deit_small b
 import collections
 import importlib.util
 import json
+import shutil
 
 import onnx
 import pytest
 
 from exporter.cli import main
+from exporter.export.fold import fold_constants
 from exporter.ops import library
+from exporter.verify import references
 
 CASES = {
     "none": [],
@@ -46,6 +49,12 @@ def test_method_builds(tmp_path, method):
     graphs = GRAPHS + (PLUGIN_GRAPHS if plugins else [])
     assert report["lint"] == {g: [] for g in graphs}
     assert sorted({c["graph"] for c in report["comparisons"]}) == sorted(graphs)
+    for graph in graphs:  # constant subgraphs were folded before writing (issue 13 §7)
+        copy = tmp_path / "fold" / graph
+        copy.parent.mkdir(exist_ok=True)
+        for f in (graph, graph + ".data"):
+            shutil.copy(bundle / f, copy.parent / f)
+        assert fold_constants(copy) == 0, graph
     rtx = "passed" if importlib.util.find_spec("tensorrt_rtx") else "skipped"
     built = plugins and library.missing_toolchain() is None
     assert (bundle / "plugins" / "libexporter_plugins.so").is_file() == bool(built)
@@ -60,9 +69,9 @@ def test_method_builds(tmp_path, method):
         if built and rtx == "passed":
             plugin_layers = report["tensorrt_rtx"]["model.plugins.onnx"]["plugin_names"]
             assert collections.Counter(plugin_layers) == PLUGIN_NODES[method]
-    fp32 = [c for c in report["comparisons"] if c["precision"] == "fp32"]
-    assert [c["batch"] for c in fp32] == [1, 2]
-    assert all(c["max_abs"] <= 1e-4 for c in fp32)
+    fp32 = [c for c in report["comparisons"] if c["graph"] == "model.onnx"]
+    assert [c["batch"] for c in fp32] == [1, 2, 4]
+    assert all(c["max_abs"] <= 1e-4 for c in report["comparisons"] if c["precision"] == "fp32")  # plugin graphs too
     if method == "none":
         assert report["schedule"] is None and report["flops"]["ratio"] == 1
     else:
@@ -71,5 +80,11 @@ def test_method_builds(tmp_path, method):
         # the parameters the method ran with, defaults filled in, in the report and the manifest
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["method_params"] == report["method_params"]
+        # PyTorch's answers stored for the target: kept indices per reduction, fp16-sensitive samples; onnxruntime
+        # on them passes, with only fp16-sensitive samples left out
+        refs = references.load(bundle / references.REFERENCES)
+        assert refs.kept and all(k.shape[0] == 16 for k in refs.kept) and refs.fp16_sensitive.shape == (16,)
+        for row in report["references"]:
+            assert row["passed"] and row["left_out"] == (int(refs.fp16_sensitive.sum()) if row["precision"] == "fp16" else 0)
         if method == "tome":
             assert report["method_params"] == {"r": [8] * 6, "prop_attn": True}

@@ -79,7 +79,7 @@ def test_fp16_without_decisive_samples_warns_and_report_says_so():
     c = compare(ref, ref + np.float32(1e-3), "model.fp16.onnx", "fp16", 2, np.ones(6, dtype=bool), np.ones(6, dtype=bool))
     assert c.passed and c.decisive == 0 and "top-1 agreement not checked" in c.warnings[0]
     report = {"run_name": "r", "passed": True, "schedule": None, "thresholds": "t", "lint": {}, "tensorrt_rtx": {},
-              "spec": {"model": "m", "method": "diffrate", "method_params": {}, "precision": "fp16", "batch": 2,
+              "spec": {"model": "m", "weights": "pretrained", "method": "diffrate", "method_params": {}, "precision": "fp16", "batch": 2,
                        "opset": 18},
               "flops": {"gmacs": 1.0, "dense_gmacs": 1.0, "ratio": 1.0}, "comparisons": [c.to_dict()]}
     md = render(report)

@@ -13,9 +13,11 @@ from exporter.errors import ExporterError
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import Traced, apply_method, get_method
 from exporter.methods.tome import parse_r, r_per_block
-from reference_diffrate_tome import assert_tensorrt_friendly, images, make_vit
-from reference_diffrate_tome import single_thread  # noqa: F401 (autouse fixture)
+from reference_diffrate_tome import assert_tensorrt_friendly
 from reference_diffrate_tome import tome as reference
+from vits import decisive_vit, images
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 RANK_GAP = 1e-5  # cosine gap at the r cut; fp32 paths here differ by ~1e-6
 MATCH_GAP = 1e-5  # cosine gap between a merged token's best and second-best partner
@@ -64,15 +66,15 @@ def assert_matches_reference(reduced, vit, img):
 @pytest.mark.parametrize("seed, batch", [(0, 1), (2, 3)])
 @pytest.mark.parametrize("r", [8, (10, -1)])
 def test_matches_authors_algorithm(kind, seed, batch, r):
-    vit = make_vit(seed, **MODELS[kind])
+    vit = decisive_vit(seed, **MODELS[kind])
     reduced = apply_method(vit, "tome", r=r)
     assert reduced.prop_attn == (kind != "avg")
-    assert_matches_reference(reduced, vit, images(100 + seed, batch, vit))
+    assert_matches_reference(reduced, vit, images(vit, batch, 200 + seed))  # decisive inputs for these models
 
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_r_at_the_cap_merges_down_to_two_tokens(kind):
-    vit = make_vit(3, **MODELS[kind])
+    vit = decisive_vit(3, **MODELS[kind])
     reduced = apply_method(vit, "tome", r=[99] * 6)
     n = reduced.num_tokens
     expected = []
@@ -80,34 +82,34 @@ def test_r_at_the_cap_merges_down_to_two_tokens(kind):
         n -= (n - 1) // 2
         expected.append(n)
     assert reduced.schedule == expected and expected[-1] == 2
-    assert_matches_reference(reduced, vit, images(4, 3, vit))
+    assert_matches_reference(reduced, vit, images(vit, 3, 4))
 
 
 def test_proportional_attention_can_be_switched():
-    vit = make_vit(0)
+    vit = decisive_vit(0)
     reduced = apply_method(vit, "tome", r=8, prop_attn=False)
     assert not reduced.prop_attn
-    assert_matches_reference(reduced, vit, images(100, 3, vit))
+    assert_matches_reference(reduced, vit, images(vit, 3, 100))
 
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_r_zero_is_the_dense_model(kind):
-    vit = make_vit(1, **MODELS[kind])
+    vit = decisive_vit(1, **MODELS[kind])
     reduced = apply_method(vit, "tome", r=0)
     assert reduced.schedule == [reduced.num_tokens] * 6
-    img = images(7, 2, vit)
+    img = images(vit, 2, 7)
     with torch.no_grad():
         torch.testing.assert_close(reduced(img), vit(img), atol=1e-5, rtol=1e-5)
 
 
 def test_onnx_matches_torch(tmp_path):
-    vit = make_vit(0)
+    vit = decisive_vit(0)
     reduced = apply_method(vit, "tome", r=[8, 8, 8, 8, 20, 99])  # the last block merges at the cap
     path = export_onnx(Traced(reduced), tmp_path / "tome.onnx", img_size=64, batch=(1, 2, 4))
     assert_tensorrt_friendly(onnx.load(str(path), load_external_data=False))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, seed in [(1, 11), (3, 12)]:
-        img = images(seed, batch, vit)
+        img = images(vit, batch, seed)
         assert_decisive(reference(vit, img, reduced.r, reduced.prop_attn)[1])
         logits, trace = run(reduced, img)
         got = session.run(None, {"input": img.numpy()})
@@ -144,7 +146,7 @@ def test_command_line_forms():
     assert parse("[13, 12]") == [13, 12]
     assert parse("16:-1") == (16, -1.0)
     assert parse("(16, -0.5)") == (16, -0.5)
-    assert apply_method(make_vit(0), "tome", r="16:-1").params["r"] == r_per_block(6, (16, -1))
+    assert apply_method(decisive_vit(0), "tome", r="16:-1").params["r"] == r_per_block(6, (16, -1))
 
 
 @pytest.mark.parametrize(
@@ -162,5 +164,5 @@ def test_command_line_forms():
 )
 def test_bad_input(r, message):
     with pytest.raises(ExporterError) as info:
-        apply_method(make_vit(0), "tome", r=r)
+        apply_method(decisive_vit(0), "tome", r=r)
     assert message in str(info.value)

@@ -1,8 +1,13 @@
-"""Side-by-side throughput: every method against the dense model, onnxruntime against PyTorch.
+"""Side-by-side throughput: every method (and model) against the first dense model, onnxruntime against PyTorch.
 
-All candidates run in one process with the same thread settings, interleaved round by round (so
-a slow minute of the machine hits every method alike); each ratio comes from medians of the same
-rounds. The reduction machinery's share (scores, top-k, gathers, merging) and the share of the
+Each runtime holds its models in a process of its own (`Runtime`), so the two never fight over the
+cores: while one is timed, the other waits in a blocking read with its threads asleep (onnxruntime
+without spinning, OpenMP's wait policy passive). Candidates take turns round by round, with the same
+thread settings (so a slow minute of the machine hits every one alike); each ratio comes from medians
+of the same rounds. The first row is timed once more alone in a fresh process per runtime
+(`lone_note`), which checks the absolute numbers.
+
+The reduction machinery's share (scores, top-k, gathers, merging) and the share of the
 size bias some methods add to attention are measured with onnxruntime's per-node profiler on the
 optimised session the bench times, less the profiler's own cost per node (`profiler_cost`),
 attributing nodes through the module path the exporter records: method code runs outside timm's
@@ -13,18 +18,23 @@ from __future__ import annotations
 
 import ast
 import bisect
+import contextlib
 import json
+import multiprocessing
+import os
 import statistics
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import onnx
 import torch
 
+from ..errors import ExporterError
 from ..export.onnx_export import export_onnx
 from ..methods import apply_method, get_method
 from ..methods.flops import count_gmacs
@@ -45,6 +55,8 @@ class Candidate:
     ort_ms: list[float] = field(default_factory=list)
     torch_ms: list[float] = field(default_factory=list)
     profile: Optional["Profile"] = None  # where onnxruntime's node time goes (reduced models only)
+    ort_alone_ms: list[float] = field(default_factory=list)  # the first row only: timed alone (`lone_note`)
+    torch_alone_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -254,6 +266,33 @@ def _origins(optimized: onnx.ModelProto, exported: onnx.ModelProto) -> dict[str,
     return origins
 
 
+def parse_models(text: str) -> dict[str, tuple[str, dict]]:
+    """`--models a,b(arg=value, ...)` as label -> (timm name, constructor arguments); values are Python
+    literals, e.g. `litv2_small(local_ws=(0, 0, 1, 1))`."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += (ch in "([") - (ch in ")]")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    out = {}
+    for part in filter(None, parts):
+        try:
+            call = ast.parse(part, mode="eval").body
+            if isinstance(call, ast.Name):
+                out[part] = (call.id, {})
+                continue
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and not call.args):
+                raise ValueError
+            out[part] = (call.func.id, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
+        except (SyntaxError, ValueError) as e:
+            raise ExporterError(
+                f"--models entry '{part}' is neither a model name nor name(arg=value, ...).",
+                "Write e.g. --models deit_small_patch16_224,litv2_small(alpha=0.0).",
+            ) from e
+    return out
+
+
 def selected_methods(text: Optional[str]) -> list[str]:
     """`--methods a,b` as the methods to run, dense first (all when None); an unknown name fails here."""
     from ..methods import list_methods
@@ -264,13 +303,27 @@ def selected_methods(text: Optional[str]) -> list[str]:
     return methods
 
 
-def candidates(dense: torch.nn.Module, methods: list[str], img_size: tuple[int, int]) -> list[Candidate]:
+def candidates(
+    dense: torch.nn.Module,
+    methods: list[str],
+    img_size: tuple[int, int],
+    prefix: str = "",
+    log: Optional[Callable[[str], None]] = None,
+) -> list[Candidate]:
+    """Every method at its defaults on `dense`, labelled `prefix` + method and parameters. With `log`, a
+    method that does not apply to the model is skipped with a line; without, its ExporterError is raised."""
     out = []
     for name in methods:
         params = get_method(name).resolve({})
-        model = apply_method(dense, name, **params)
+        try:
+            model = apply_method(dense, name, **params)
+        except ExporterError as e:
+            if log is None:
+                raise
+            log(f"skipping {prefix}{name}: {e.problem}")
+            continue
         schedule, shown = model.schedule, model.params  # as resolved by the method
-        label = name + "".join(f" {k}={_short(v)}" for k, v in shown.items() if v is not None)
+        label = prefix + name + "".join(f" {k}={_short(v)}" for k, v in shown.items() if v is not None)
         out.append(Candidate(label, name, params, model, count_gmacs(model, img_size), schedule))
     return out
 
@@ -285,7 +338,7 @@ def _short(value) -> str:
 
 
 def run(
-    dense: torch.nn.Module,
+    models: dict[str, torch.nn.Module],
     methods: list[str],
     img_size: tuple[int, int],
     batch: int,
@@ -295,39 +348,161 @@ def run(
     opset: int = 18,
     log: Callable[[str], None] = print,
 ) -> list[Candidate]:
-    torch.set_num_threads(threads)
-    cands = candidates(dense, methods, img_size)
-    x = torch.randn(batch, 3, *img_size, generator=torch.Generator().manual_seed(0))
+    """Time every method on every model (label -> dense model; all take `img_size`) in onnxruntime and
+    PyTorch, each runtime in its own process (`Runtime`), then profile the reduced models' graphs.
+    The caller's torch settings (threads included) are left as they were."""
+    cands = []
+    for name, dense in models.items():
+        several = len(models) > 1  # then rows are labelled by model, and a method a model cannot take is skipped
+        cands += candidates(dense, methods, img_size, f"{name} " if several else "", log if several else None)
+    x = torch.randn(batch, 3, *img_size, generator=torch.Generator().manual_seed(0)).numpy()
     with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
-        calls = {}
-        for c in cands:
+        for i, c in enumerate(cands):
             log(f"exporting {c.label}")
-            c.onnx_path = export_onnx(c.model, Path(tmp) / f"{c.method}.onnx", img_size, (batch, batch, batch), opset)
-            session = ort_runtime.session(c.onnx_path, threads)
-            calls[("ort", c.method)] = lambda s=session: ort_runtime.run(s, x.numpy())
-            calls[("torch", c.method)] = lambda m=c.model: m(x)
-        with torch.no_grad():
-            times = interleaved(calls, rounds, iterations, log)
+            path = Path(tmp) / f"{i}-{c.method}.onnx"
+            c.onnx_path = export_onnx(c.model, path, img_size, (batch, batch, batch), opset)
+        log("starting one process per runtime")
+        with Runtime("ort", {i: c.onnx_path for i, c in enumerate(cands)}, x, threads) as ort_rt, \
+                Runtime("torch", {i: c.model for i, c in enumerate(cands)}, x, threads) as torch_rt:
+            timers = {}
+            for i in range(len(cands)):
+                timers[("ort", i)] = lambda n, i=i: ort_rt.time(i, n)
+                timers[("torch", i)] = lambda n, i=i: torch_rt.time(i, n)
+            times = interleaved(timers, rounds, iterations, log)
+        for i, c in enumerate(cands):
+            c.ort_ms, c.torch_ms = times[("ort", i)], times[("torch", i)]
+        first = cands[0]
+        log(f"timing {first.label} alone")
+        for kind, model in (("ort", first.onnx_path), ("torch", first.model)):
+            with Runtime(kind, {0: model}, x, threads) as alone:
+                alone_ms = interleaved({0: lambda n: alone.time(0, n)}, rounds, iterations, lambda _: None)[0]
+            setattr(first, f"{kind}_alone_ms", alone_ms)
         for c in cands:
-            c.ort_ms, c.torch_ms = times[("ort", c.method)], times[("torch", c.method)]
             if c.schedule is not None:
                 log(f"profiling {c.label}")
-                c.profile = profile_overheads(c.onnx_path, x.numpy(), threads)
+                c.profile = profile_overheads(c.onnx_path, x, threads)
     return cands
 
 
-def interleaved(calls: dict, rounds: int, iterations: int, log: Callable[[str], None] = print) -> dict:
-    """Milliseconds per call of every entry of `calls` (key -> no-argument function), one value per
-    round. After one untimed call each, every round times the entries in turn, so a slow minute
-    of the machine hits them alike; compare them with medians of per-round `ratios`."""
-    for fn in calls.values():
-        fn()
-    times: dict = {key: [] for key in calls}
+def timing_options(threads: int):
+    """onnxruntime session options for timing: `threads` intra-op threads that sleep as soon as a run ends
+    (no spinning), so nothing of a session keeps a core busy while another runtime is timed."""
+    options = ort_runtime.session_options(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class Runtime:
+    """One runtime's models in a process of its own: `time(key, iterations)` returns the mean ms per call
+    of `iterations` back-to-back calls, measured in that process.
+
+    kind 'ort': `models` maps keys to ONNX paths, run with `timing_options(threads)`; kind 'torch': keys to
+    modules (pickled to the process), run under no_grad with torch's `threads` intra-op threads and
+    OpenMP's passive wait policy (its threads sleep between parallel regions). Every call takes `x`.
+    Use as a context manager: the process ends on exit.
+    """
+
+    def __init__(self, kind: str, models: dict, x: np.ndarray, threads: int):
+        self.kind = kind
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no thread pool inherited
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(child, kind, models, x, threads), daemon=True)
+        with _environ(OMP_WAIT_POLICY="PASSIVE"):  # read by OpenMP when the process loads torch
+            self._process.start()
+        child.close()
+        self.pid = self._ask("pid")  # answered once the models are loaded
+
+    def time(self, key, iterations: int) -> float:
+        return self._ask("time", key, iterations)
+
+    def _ask(self, *message):
+        self._conn.send(message)
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the {self.kind} benchmark process died (exit code {self._process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"the {self.kind} benchmark process failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(("close",))
+            self._process.join(timeout=60)
+            if self._process.is_alive():
+                self._process.kill()
+        self._conn.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """`values` set in os.environ (what a spawned process starts with) for the block, then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _serve(conn, kind: str, models: dict, x: np.ndarray, threads: int) -> None:
+    """A `Runtime`'s process: build the calls, then answer requests until ('close',)."""
+    try:
+        if kind == "ort":
+            sessions = {key: ort_runtime.session(path, options=timing_options(threads)) for key, path in models.items()}
+            calls = {key: (lambda s=s: ort_runtime.run(s, x)) for key, s in sessions.items()}
+        else:
+            torch.set_num_threads(threads)
+            tensor = torch.from_numpy(x)
+            calls = {key: (lambda m=m.eval(): m(tensor)) for key, m in models.items()}
+    except Exception:
+        conn.recv()
+        conn.send(("error", traceback.format_exc()))
+        return
+    with torch.no_grad():
+        while True:
+            message = conn.recv()
+            try:
+                if message[0] == "close":
+                    return
+                if message[0] == "pid":
+                    conn.send(("ok", os.getpid()))
+                else:
+                    _, key, iterations = message
+                    conn.send(("ok", _time(calls[key], iterations)))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+
+
+def interleaved(timers: dict, rounds: int, iterations: int, log: Callable[[str], None] = print) -> dict:
+    """Milliseconds per call of every entry of `timers` (key -> function of a number of iterations returning
+    the mean ms per call; `local` makes one of a plain call), one value per round. After one untimed
+    iteration each, every round times the entries in turn, so a slow minute of the machine hits them
+    alike; compare them with medians of per-round `ratios`."""
+    for timer in timers.values():
+        timer(1)
+    times: dict = {key: [] for key in timers}
     for r in range(rounds):
         log(f"round {r + 1}/{rounds}")
-        for key, fn in calls.items():
-            times[key].append(_time(fn, iterations))
+        for key, timer in timers.items():
+            times[key].append(timer(iterations))
     return times
+
+
+def local(fn: Callable[[], object]) -> Callable[[int], float]:
+    """A timer for `interleaved` of a call made in this process."""
+    return lambda iterations: _time(fn, iterations)
 
 
 def _time(fn, iterations: int) -> float:
@@ -339,27 +514,52 @@ def _time(fn, iterations: int) -> float:
 
 
 def table(cands: list[Candidate], batch: int) -> str:
-    """Markdown: per method, FLOPs ratio next to the measured speedups. Times are medians over rounds;
-    each ratio is the median of its per-round ratios, so a drift of the machine's speed between rounds
-    (which hits both sides of a round alike) cancels. The speedup's range over rounds is shown beside
-    it: how far one round can be trusted."""
-    dense = next(c for c in cands if c.method == "none")
-    lines = [
-        "| method | GMACs | FLOPs ratio | ORT ms/batch | ORT img/s | measured speedup | speedup / FLOPs ratio | machinery share | size-bias share | PyTorch ms/batch | ORT vs PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """Markdown: per candidate, FLOPs ratio next to the measured speedups, both against the first row. Times
+    are medians over rounds; each ratio is the median of its per-round ratios, so a drift of the machine's
+    speed between rounds (which hits both sides of a round alike) cancels. The speedup's range over rounds
+    is shown beside it: how far one round can be trusted. The main runtime is onnxruntime when it was
+    timed (then PyTorch is compared with it), else PyTorch; share columns appear when a row was profiled."""
+    ref = cands[0]
+    main, runtime = ("ort_ms", "ORT") if ref.ort_ms else ("torch_ms", "PyTorch")
+    both = bool(ref.ort_ms and ref.torch_ms)
+    profiled = any(c.profile for c in cands)
+    head = ["method", "GMACs", "FLOPs ratio", f"{runtime} ms/batch", f"{runtime} img/s", "measured speedup",
+            "speedup / FLOPs ratio"]
+    head += ["machinery share", "size-bias share"] if profiled else []
+    head += ["PyTorch ms/batch", "ORT vs PyTorch"] if both else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cands:
-        ort_ms, torch_ms = statistics.median(c.ort_ms), statistics.median(c.torch_ms)
-        flops_ratio = dense.gmacs / c.gmacs
-        per_round = ratios(dense.ort_ms, c.ort_ms)
+        ms = statistics.median(getattr(c, main))
+        flops_ratio = ref.gmacs / c.gmacs
+        per_round = ratios(getattr(ref, main), getattr(c, main))
         speedup = statistics.median(per_round)
-        measured = c.profile.shares if c.profile else {}
-        shares = " | ".join(f"{measured[k]:.1%}" if measured.get(k) else "—" for k in OVERHEADS)
-        lines.append(
-            f"| {c.label} | {c.gmacs:.2f} | {flops_ratio:.2f}x | {ort_ms:.1f} | {batch * 1000 / ort_ms:.1f} | "
-            f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f}) | {speedup / flops_ratio:.2f} | {shares} | {torch_ms:.1f} | {statistics.median(ratios(c.torch_ms, c.ort_ms)):.2f}x |"
-        )
+        row = [c.label, f"{c.gmacs:.2f}", f"{flops_ratio:.2f}x", _ms(ms), f"{batch * 1000 / ms:.1f}",
+               f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f})", f"{speedup / flops_ratio:.2f}"]
+        if profiled:
+            measured = c.profile.shares if c.profile else {}
+            row += [f"{measured[k]:.1%}" if measured.get(k) else "—" for k in OVERHEADS]
+        if both:
+            row += [_ms(statistics.median(c.torch_ms)), f"{statistics.median(ratios(c.torch_ms, c.ort_ms)):.2f}x"]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _ms(value: float) -> str:
+    """Milliseconds to 0.1 ms, or 0.01 ms below 10 ms (GPU batches)."""
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def lone_note(cands: list[Candidate]) -> str:
+    """The first row's medians when it ran alone, in a fresh process per runtime, next to its medians in
+    the interleaved rounds: the check that taking turns did not change the absolute numbers."""
+    first = cands[0]
+    parts = []
+    runtimes = (("onnxruntime", first.ort_alone_ms, first.ort_ms), ("PyTorch", first.torch_alone_ms, first.torch_ms))
+    for name, alone, together in runtimes:
+        if alone and together:
+            a, t = statistics.median(alone), statistics.median(together)
+            parts.append(f"{name} {_ms(a)} ms alone, {_ms(t)} ms interleaved ({t / a - 1:+.0%})")
+    return f"{first.label} timed alone in a fresh process: " + "; ".join(parts) + "." if parts else ""
 
 
 def profile_note(cands: list[Candidate]) -> str:

@@ -9,7 +9,7 @@ Token-reduction models choose tokens discretely. A sample whose kept-token sets 
 the two runtimes is a *token flip*: an exact tie or a bug in fp32 (the runtimes differ by ~1e-6),
 and in fp16 also a near-tie that rounding of the hidden states legitimately tips (common with
 random weights, whose attention is nearly uniform). A flip taken for a tie is checked against
-PyTorch *replaying* the graph's choices (`ReducedViT.replay`), so every sample is held to the
+PyTorch *replaying* the graph's choices (`forward_traced` with `replay`), so every sample is held to the
 thresholds: the graph must compute what PyTorch computes with the same tokens. A flip is taken
 for a tie in fp32 unless flips are on most samples (then it is a bug, and the check fails); in
 fp16 only with evidence that fp16 itself changes that choice: PyTorch's model run in half

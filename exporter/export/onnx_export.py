@@ -6,7 +6,6 @@ same module twice gives byte-identical files.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import warnings
 from pathlib import Path
@@ -91,19 +90,18 @@ def onnx_ir_shape(shape):
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter prints progress lines and warnings of its own; our progress display replaces them."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        level = logging.getLogger("torch.onnx").level
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    """Hide what the dynamo exporter itself reports (its `torch.onnx` logger below ERROR, warnings issued
+    from `torch.onnx.*` modules); our progress display replaces them. Everything else passes: the model's
+    own prints and warnings, and anything other threads write."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"torch\.onnx(\.|$)")
+        logger = logging.getLogger("torch.onnx")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
         try:
             yield
         finally:
-            logging.getLogger("torch.onnx").setLevel(level)
-
-
-def load(path: Path | str, with_data: bool = True) -> onnx.ModelProto:
-    return onnx.load(str(path), load_external_data=with_data)
+            logger.setLevel(level)
 
 
 def keep_outputs(src: Path, dst: Path, names: Sequence[str]) -> Path:

@@ -38,7 +38,6 @@ class Method:
     summary: str
     params: tuple[Param, ...]
     apply: Callable[..., nn.Module]
-    paper: str = ""
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, unknown names rejected with the list of valid ones."""
@@ -56,11 +55,11 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, params: Sequence[Param] = (), paper: str = ""):
+def register(name: str, summary: str, params: Sequence[Param] = ()):
     """Decorator for a method's `apply(model, **params)` function."""
 
     def wrap(fn):
-        REGISTRY[name] = Method(name, summary, tuple(params), fn, paper)
+        REGISTRY[name] = Method(name, summary, tuple(params), fn)
         return fn
 
     return wrap

@@ -251,7 +251,6 @@ def _flops(text: str) -> float:
         Param("prune_kept", int_list, None, "tokens kept by pruning after each block, class token included"),
         Param("merge_kept", int_list, None, "tokens kept by merging after each block, class token included"),
     ],
-    paper="Chen et al., DiffRate: Differentiable Compression Rate for Efficient Vision Transformers, ICCV 2023",
 )
 def apply(
     model: nn.Module,

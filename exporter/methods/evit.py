@@ -101,7 +101,6 @@ class EViT(ReducedViT):
         Param("locations", int_list, (3, 6, 9), "blocks that reduce tokens, strictly increasing"),
         Param("fuse", boolean, True, "append one token fusing the dropped ones (attention-weighted sum)"),
     ],
-    paper="https://arxiv.org/abs/2202.07800",
 )
 def apply(model, keep_rate: float = 0.7, locations=(3, 6, 9), fuse: bool = True) -> EViT:
     check_vit(model)

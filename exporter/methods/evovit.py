@@ -124,7 +124,6 @@ def run_block(blk, x: torch.Tensor, score: bool):
         Param("stages", int_list, (4, 8), "blocks that start a stage, strictly increasing, first >= 1"),
         Param("alpha", float, 0.5, "weight of the previous global class attention in its update, in [0, 1]"),
     ],
-    paper="https://arxiv.org/abs/2108.01390",
 )
 def apply(model, keep_rate: float = 0.5, stages=(4, 8), alpha: float = 0.5) -> EvoViT:
     check_vit(model)

@@ -165,7 +165,6 @@ class ToMeViT(ReducedViT):
             "proportional attention (+log size); default: on for class-token, off for average-pooling models",
         ),
     ],
-    paper="Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023",
 )
 def apply(model: nn.Module, r: RSpec = 13, prop_attn: Optional[bool] = None) -> ToMeViT:
     """ToMe with r per block: an int, a per-block list, (r, inflection), or their command-line text."""

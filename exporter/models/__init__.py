@@ -23,8 +23,13 @@ def is_supported(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer) or getattr(model, "exporter_family", None) == "litv2"
 
 
-def create_model(name: str, weights: str = "pretrained", seed: int = 0, img_size: Optional[int] = None) -> nn.Module:
-    """Build `name` in eval mode with `weights`: 'pretrained' (timm hub), 'random' (seeded), or a checkpoint path."""
+def create_model(
+    name: str, weights: str = "pretrained", seed: int = 0, img_size: Optional[int] = None, **model_args
+) -> nn.Module:
+    """Build `name` in eval mode with `weights`: 'pretrained' (timm hub), 'random' (seeded), or a checkpoint path.
+
+    `model_args` go to the model's constructor (e.g. LITv2's alpha). Random weights come from a generator
+    seeded with `seed` inside a fork of torch's RNG: the caller's random state is left as it was."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         raise ExporterError(
@@ -32,10 +37,11 @@ def create_model(name: str, weights: str = "pretrained", seed: int = 0, img_size
             (f"Did you mean {', '.join(close)}? " if close else "")
             + "Use a timm model name (python -c \"import timm; print(timm.list_models('deit*'))\") or litv2_small/medium/base.",
         )
-    kwargs = {} if img_size is None else {"img_size": img_size}
-    torch.manual_seed(seed)
+    kwargs = dict(model_args) if img_size is None else {**model_args, "img_size": img_size}
     try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=False, **kwargs)
     except (AssertionError, ValueError, RuntimeError, TypeError) as e:
         raise ExporterError(
             f"Could not build {name} at image size {img_size}: {e}",

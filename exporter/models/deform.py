@@ -22,9 +22,13 @@ only difference is rounding: positions go through grid_sample's normalised coord
 sample by at most a few ulp of the map size (~1e-6 px at 56²).
 
 NOTE fp16: the sampling positions are pixel coordinates up to the map size; in fp16 they are only
-1/32 px exact at 32–64. Keep the offset conv and the grid math in fp32 when converting a graph to fp16.
+1/32 px exact at 32–64. So the offset conv, the grid math and the bilinear sampling run in fp32 whatever
+the input's dtype (in a half-precision model and its fp16 ONNX graph, Casts around them); only the
+convolution over the sampled taps runs in the input's dtype.
 """
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,16 +55,36 @@ def deform_conv2d(
             tap k = ki·kw + kj, the layout of torchvision and of the authors' DCN kernel.
         weight: [O, C/groups, kh, kw].
     """
-    b, _, h, w = x.shape
-    _, _, kh, kw = weight.shape
-    _, _, ho, wo = offset.shape
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    return _deform_conv2d(x, offset, weight, bias, _pair(stride), _pair(padding), _pair(dilation))
+
+
+def _deform_conv2d(
+        x: torch.Tensor,
+        offset: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        stride: Tuple[int, int],
+        padding: Tuple[int, int],
+        dilation: Tuple[int, int],
+) -> torch.Tensor:
+    """`deform_conv2d` with pairs only (TorchScript cannot narrow an int-or-pair argument).
+
+    Shapes are read by index, not unpacked, so torch.fx can trace it."""
+    b, h, w = x.shape[0], x.shape[2], x.shape[3]
+    kh, kw = weight.shape[2], weight.shape[3]
+    ho, wo = offset.shape[2], offset.shape[3]
+    sh, sw = stride
+    ph, pw = padding
+    dh, dw = dilation
+    # Positions and sampling in fp32 at least, whatever x's dtype (see the module's NOTE fp16).
+    fp = torch.promote_types(x.dtype, torch.float32)
+    offset = offset.to(fp)
     # Undeformed tap positions in input pixels, laid out like the sampled map: [Ho·kh, Wo·kw].
     dev = x.device
     rows = (torch.arange(ho, device=dev) * sh - ph)[:, None] + torch.arange(kh, device=dev)[None, :] * dh
     cols = (torch.arange(wo, device=dev) * sw - pw)[:, None] + torch.arange(kw, device=dev)[None, :] * dw
-    rows = rows.reshape(ho * kh, 1).to(x.dtype)
-    cols = cols.reshape(1, wo * kw).to(x.dtype)
+    rows = rows.reshape(ho * kh, 1).to(fp)
+    cols = cols.reshape(1, wo * kw).to(fp)
     # [B, kh, kw, 2, Ho, Wo] -> per shift [B, Ho, kh, Wo, kw] -> [B, Ho·kh, Wo·kw] (rank ≤ 6 throughout).
     shift = offset.reshape(b, kh, kw, 2, ho, wo)
     dy = shift[:, :, :, 0].permute(0, 3, 1, 4, 2).reshape(b, ho * kh, wo * kw)
@@ -69,7 +93,7 @@ def deform_conv2d(
     gy = (2 * (rows + dy) + 1) / h - 1
     gx = (2 * (cols + dx) + 1) / w - 1
     grid = torch.stack((gx, gy), dim=-1)
-    sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(x.to(fp), grid, mode="bilinear", padding_mode="zeros", align_corners=False).to(x.dtype)
     groups = x.shape[1] // weight.shape[1]
     return F.conv2d(sampled, weight, bias, stride=(kh, kw), groups=groups)
 
@@ -83,7 +107,9 @@ class DeformConv2dPack(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.kernel_size: Tuple[int, int] = _pair(kernel_size)
+        self.stride: Tuple[int, int] = _pair(stride)
+        self.padding: Tuple[int, int] = _pair(padding)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         kh, kw = self.kernel_size
@@ -99,7 +125,12 @@ class DeformConv2dPack(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return deform_conv2d(x, self.conv_offset(x), self.weight, self.bias, self.stride, self.padding)
+        # The offsets are positions: computed in fp32 (see the module's NOTE fp16).
+        fp = torch.promote_types(x.dtype, torch.float32)
+        bias = self.conv_offset.bias
+        bias = None if bias is None else bias.to(fp)
+        offset = F.conv2d(x.to(fp), self.conv_offset.weight.to(fp), bias, self.stride, self.padding)
+        return _deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, (1, 1))
 
 
 class DTM(nn.Module):
@@ -111,9 +142,8 @@ class DTM(nn.Module):
         self.norm_layer = nn.BatchNorm2d(dim * 2)
         self.act_layer = nn.GELU()
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
         h, w = size
-        b, _, c = x.shape
-        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        x = x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
         x = self.act_layer(self.norm_layer(self.dconv(x)))
         return x.flatten(2).transpose(1, 2), (h // 2, w // 2)

@@ -21,14 +21,17 @@ which TensorRT fuses itself.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
 from .. import ops
 from ..errors import ExporterError
 
-__all__ = ["HiLo", "hilo_macs", "msa_macs", "split_heads"]
+__all__ = ["HiLo", "split_heads"]
 
 
 def split_heads(dim: int, num_heads: int, window_size: int, alpha: float) -> tuple[int, int]:
@@ -51,6 +54,41 @@ def split_heads(dim: int, num_heads: int, window_size: int, alpha: float) -> tup
     return l_heads, num_heads - l_heads
 
 
+@register_notrace_function  # timm's fx tracer: a leaf (its checks branch on sizes)
+def _check_map(n: int, h: int, w: int, ws: int) -> None:
+    """Raise ExporterError unless `n` tokens form the h×w map and a ws×ws window fits in it."""
+    if n != h * w:
+        raise ExporterError(f"HiLo got {n} tokens for a {h}×{w} map.", "Pass the map size the tokens come from.")
+    if ws > h or ws > w:
+        raise ExporterError(
+            f"HiLo window size {ws} does not fit the {h}×{w} feature map it is applied to.",
+            f"Use a window size of at most {min(h, w)}, or a larger image.")
+
+
+@register_notrace_function
+def _pad_to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """[B, H, W, C] zero-padded at the bottom/right to multiples of ws (unchanged when they are)."""
+    pad_b, pad_r = -x.shape[1] % ws, -x.shape[2] % ws
+    if pad_b > 0 or pad_r > 0:
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    return x
+
+
+@register_notrace_function
+@torch.jit.ignore  # TorchScript calls it in Python: the op layer dispatches on lowering and device
+def _window_attention(qkv: torch.Tensor, bias: Optional[torch.Tensor], size: Tuple[int, int], window: int, heads: int,
+                      scale: float) -> torch.Tensor:
+    """`ops.hilo_attention` on the unpadded map's q/k/v, padding tokens projecting to `bias` (or 0)."""
+    pad = bias if bias is not None else qkv.new_zeros(qkv.shape[-1])
+    return ops.hilo_attention(qkv, pad, size[0], size[1], window, heads, scale)
+
+
+# torch.fx.symbolic_trace without timm's tracer: the same functions as leaves
+torch.fx.wrap("_check_map")
+torch.fx.wrap("_pad_to_windows")
+torch.fx.wrap("_window_attention")
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     # Written out (not SDPA) so the graph has the scaled-Q MatMul-Softmax-MatMul pattern TensorRT fuses.
     return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
@@ -68,6 +106,9 @@ class HiLo(nn.Module):
         alpha: share of heads given to Lo-Fi.
     """
 
+    # Constants for TorchScript: the branch of a missing path is not compiled.
+    __constants__ = ["has_hifi", "has_lofi", "pooled"]
+
     def __init__(
             self,
             dim: int,
@@ -83,6 +124,7 @@ class HiLo(nn.Module):
         self.l_dim, self.h_dim = self.l_heads * self.head_dim, self.h_heads * self.head_dim
         self.dim, self.num_heads, self.ws, self.alpha = dim, num_heads, window_size, alpha
         self.scale = qk_scale or self.head_dim ** -0.5
+        self.has_hifi, self.has_lofi, self.pooled = self.h_heads > 0, self.l_heads > 0, window_size > 1
         if self.l_heads:
             if window_size > 1:
                 self.sr = nn.AvgPool2d(kernel_size=window_size, stride=window_size)
@@ -93,65 +135,37 @@ class HiLo(nn.Module):
             self.h_qkv = nn.Linear(dim, self.h_dim * 3, bias=qkv_bias)
             self.h_proj = nn.Linear(self.h_dim, self.h_dim)
 
-    def hifi(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def hifi(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """Attention inside each s×s window: [B, H·W, C] -> [B, H·W, h_dim].
 
-        The projections are per token, so q/k/v are projected on the unpadded map and the window op pads
-        with what a zero token projects to (the bias), and the output projection runs on the kept tokens.
+        The projections are per token, so q/k/v are projected on the unpadded map, the window op pads with
+        what a zero token projects to (the bias), and the output projection runs on the map's own tokens.
         """
-        bias = self.h_qkv.bias
-        pad = bias if bias is not None else x.new_zeros(3 * self.h_dim)
-        out = ops.hilo_attention(self.h_qkv(x), pad, *size, self.ws, self.h_heads, self.scale)
+        out = _window_attention(self.h_qkv(x), self.h_qkv.bias, size, self.ws, self.h_heads, self.scale)
         return self.h_proj(out)
 
-    def lofi(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def lofi(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """Every query against keys/values of the s×s average-pooled map: [B, H·W, C] -> [B, H·W, l_dim].
 
         Queries come from the unpadded map (padded ones would be cropped); the pooling sees the zero padding.
         """
-        b, n, c = x.shape
-        (h, w), s = size, self.ws
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
         q = self.l_q(x).reshape(b, n, self.l_heads, self.head_dim).transpose(1, 2)
-        if s > 1:
-            grid = x.reshape(b, h, w, c)
-            pad_b, pad_r = -h % s, -w % s
-            if pad_b or pad_r:
-                grid = F.pad(grid, (0, 0, 0, pad_r, 0, pad_b))
-            x = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
-        kv = self.l_kv(x).reshape(b, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.pooled:
+            grid = _pad_to_windows(x.reshape(b, size[0], size[1], c), self.ws)
+            pooled = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        else:
+            pooled = x
+        kv = self.l_kv(pooled).reshape(b, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = _attend(q, kv[0], kv[1], self.scale).transpose(1, 2).reshape(b, n, self.l_dim)
         return self.l_proj(out)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         h, w = size
-        b, n, c = x.shape
-        if n != h * w:
-            raise ExporterError(f"HiLo got {n} tokens for a {h}×{w} map.", "Pass the map size the tokens come from.")
-        if self.ws > h or self.ws > w:
-            raise ExporterError(
-                f"HiLo window size {self.ws} does not fit the {h}×{w} feature map it is applied to.",
-                f"Use a window size of at most {min(h, w)}, or a larger image.")
-        branches = ([self.hifi(x, size)] if self.h_heads else []) + ([self.lofi(x, size)] if self.l_heads else [])
-        return torch.cat(branches, dim=-1) if len(branches) > 1 else branches[0]
-
-
-def hilo_macs(dim: int, num_heads: int, height: int, width: int, window_size: int = 2, alpha: float = 0.5) -> int:
-    """Multiply-accumulates of one HiLo layer on a height×width map (projections + the two attention matmuls).
-
-    Projections run on the map's own tokens; the attention matmuls of the windows and the pooled keys
-    cover the padded map when a side is not a multiple of the window, as the computation does.
-    """
-    l_heads, h_heads = split_heads(dim, num_heads, window_size, alpha)
-    head_dim, s = dim // num_heads, window_size
-    n = height * width
-    padded = -(-height // s) * s * -(-width // s) * s
-    l_dim, h_dim = l_heads * head_dim, h_heads * head_dim
-    hifi = n * dim * 3 * h_dim + n * h_dim * h_dim + 2 * padded * (s * s) * h_dim
-    m = padded // (s * s)  # Lo-Fi keys: pooled tokens (all tokens when s = 1)
-    lofi = n * dim * l_dim + m * dim * 2 * l_dim + n * l_dim * l_dim + 2 * n * m * l_dim
-    return hifi + lofi
-
-
-def msa_macs(dim: int, num_heads: int, height: int, width: int) -> int:
-    """Multiply-accumulates of standard global multi-head self-attention on the same map (HiLo with s = 1)."""
-    return hilo_macs(dim, num_heads, height, width, window_size=1)
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        _check_map(n, h, w, self.ws)
+        if self.has_hifi and self.has_lofi:
+            return torch.cat([self.hifi(x, size), self.lofi(x, size)], dim=-1)
+        if self.has_hifi:
+            return self.hifi(x, size)
+        return self.lofi(x, size)

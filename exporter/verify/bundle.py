@@ -62,12 +62,15 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
         manifest = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise ExporterError(f"{path} is not valid JSON ({getattr(e, 'msg', e)}{where}): the bundle is damaged.", DAMAGED) from None
+        why = f"{getattr(e, 'msg', e)}{where}"
+        raise ExporterError(f"{path} is not valid JSON ({why}): the bundle is damaged.", DAMAGED) from None
     if not isinstance(manifest, dict):
-        raise ExporterError(f"{path} holds a {type(manifest).__name__}, not a manifest: the bundle is damaged.", DAMAGED)
+        kind = type(manifest).__name__
+        raise ExporterError(f"{path} holds a {kind}, not a manifest: the bundle is damaged.", DAMAGED)
     missing = [k for k, kind in REQUIRED.items() if not isinstance(manifest.get(k), kind)]
     if missing:
-        raise ExporterError(f"{path} lacks {', '.join(missing)} (or holds the wrong type): the bundle is damaged.", DAMAGED)
+        fields = ", ".join(missing)
+        raise ExporterError(f"{path} lacks {fields} (or holds the wrong type): the bundle is damaged.", DAMAGED)
     try:
         spec = BuildSpec.from_dict(manifest["spec"])
     except KeyError as e:
@@ -80,12 +83,15 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
 
 
 def bundle_files(bundle: Path) -> set[str]:
-    """Every entry under `bundle` but its directories and the manifest, as relative POSIX paths."""
+    """Every entry under `bundle` but its directories, the manifest and the engines built on targets (they
+    carry manifests of their own: `artifacts.UNHASHED_SUBTREES`), as relative POSIX paths."""
     try:
         entries = list(bundle.rglob("*"))
     except OSError as e:
         raise unreadable(bundle, e) from None
-    return {p.relative_to(bundle).as_posix() for p in entries if p.is_symlink() or not p.is_dir()} - {artifacts.MANIFEST}
+    names = {p.relative_to(bundle).as_posix() for p in entries if (p.is_symlink() or not p.is_dir())
+             and p.relative_to(bundle).parts[0] not in artifacts.UNHASHED_SUBTREES}
+    return names - {artifacts.MANIFEST}
 
 
 def file_problems(bundle: Path, manifest: dict) -> list[str]:
@@ -116,7 +122,9 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
 
     problems = []
     if spec.run_name != manifest["run_name"]:
-        problems.append(f"the spec hashes to {spec.run_name}, not the recorded run_name {manifest['run_name']} (spec or run_name edited)")
+        problems.append(
+            f"the spec hashes to {spec.run_name}, not the recorded run_name {manifest['run_name']} (spec or run_name edited)"
+        )
     if _command_spec(manifest["command"]) != spec.to_dict():
         problems.append(f"the recorded command does not build the recorded spec: {manifest['command']}")
     if manifest["opset"] != spec.opset:
@@ -124,7 +132,8 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
     graphs = [g.file for g in planned(spec.precision, spec.io_fp16, spec.plugins)]
     files = manifest["files"]
     if sorted(manifest["io"]) != sorted(graphs):
-        problems.append(f"io describes {', '.join(sorted(manifest['io'])) or 'no graph'}; a {spec.precision} build writes {', '.join(graphs)}")
+        described = ", ".join(sorted(manifest["io"])) or "no graph"
+        problems.append(f"io describes {described}; a {spec.precision} build writes {', '.join(graphs)}")
     if stray := sorted(f for f in files if f.endswith(".onnx") and f not in manifest["io"]):
         problems.append(f"graphs the build does not describe: {', '.join(stray)}")
     for g in graphs:
@@ -200,7 +209,7 @@ def checkpoint(spec: BuildSpec, manifest: dict, moved: Optional[Path]) -> Option
         raise ExporterError(
             f"{path} is not the checkpoint this bundle was built from (its sha256 is {digest[:12]}..., "
             f"the manifest records {manifest['weights_sha256'][:12]}...).",
-            "Pass the original checkpoint with --weights PATH (verify compares the graphs with the model they were exported from).",
+            "Pass the original checkpoint with --weights PATH (verify compares the graphs with the model they came from).",
         )
     return path
 
@@ -238,7 +247,9 @@ def write_report(report: dict, path: Optional[Path]) -> None:
         else:
             artifacts.write_text(path, render(report))
     except OSError as e:
-        raise ExporterError(f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to.") from None
+        raise ExporterError(
+            f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to."
+        ) from None
 
 
 def checkpoint_record(spec: BuildSpec) -> dict:

@@ -1,0 +1,279 @@
+"""`python -m exporter engine`: a bundle's ONNX to a TensorRT or TensorRT-RTX plan in engines/<target>-<runtime>/.
+
+One code path for TensorRT 10.x, 11.x and TensorRT-RTX (their Python APIs agree on everything used
+here): the network is strongly typed (fp16 comes from the fp16 ONNX graph; TensorRT 11 has no fp16
+builder flag, and on 10.x STRONGLY_TYPED makes the graph's types binding), an optimization profile
+spans the bundle's batch range, TensorRT's timing cache (engines/<target>-tensorrt/timing.cache) is
+loaded before and saved after every build (TensorRT-RTX 1.2+ makes timing-cache calls no-ops, so its
+builds skip it), and for the plugin graph the bundle's plugin library is loaded
+into the builder's plugin registry first.
+
+TensorRT builds for the GPU it runs on. TensorRT-RTX builds ahead of time, on any x86-64 machine,
+for the compute capability passed with --target.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import onnx
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .. import artifacts
+from ..errors import ExporterError
+from ..spec import BatchRange, BuildSpec
+from . import cache, targets
+from .targets import LABEL, TENSORRT, TENSORRT_RTX
+
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass
+class EngineResult:
+    folder: Path
+    entry: dict
+    cache_hit: bool
+    why: str = ""  # why the cache missed
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `build_engine` needs to know before any TensorRT call (and what the cache key covers)."""
+
+    bundle: Path
+    graph: Path
+    plugin: Optional[Path]
+    runtime: str
+    version: str
+    target: str
+    gpu: str  # the GPU built on, or how an ahead-of-time RTX build was made
+    input_name: str
+    input_shape: tuple[int, ...]  # without the batch axis
+    batch: BatchRange
+
+    @property
+    def flags(self) -> list[str]:
+        # Strongly typed everywhere; kept in the key so a change of flags is a cache miss.
+        return ["STRONGLY_TYPED"] + ([f"compute_capability={self.target}"] if self.runtime == TENSORRT_RTX else [])
+
+    def key_fields(self) -> dict:
+        return {
+            "graph": self.graph.name,
+            "graph_sha256": cache.graph_sha256(self.graph),
+            "plugin_sha256": artifacts.sha256(self.plugin) if self.plugin else None,
+            "precision": cache.precision_of(self.graph),
+            "input": self.input_name,
+            "profile": {"min": self.batch.min, "opt": self.batch.opt, "max": self.batch.max, "shape": list(self.input_shape)},
+            "runtime": self.runtime,
+            "runtime_version": self.version,
+            "target": self.target,
+            "flags": self.flags,
+        }
+
+    def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        return tuple((b, *self.input_shape) for b in self.batch.as_tuple())  # type: ignore[return-value]
+
+
+def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]) -> tuple[Plan, object]:
+    """Check every argument against the bundle, the runtime and the GPU present; (plan, runtime module)."""
+    manifest = artifacts.open_bundle(bundle)
+    runtime = targets.check_runtime_name(runtime)
+    wanted = targets.parse_target(target) if target else None
+    path = cache.graph_path(bundle, graph)
+    plugin = None
+    if path.name == cache.GRAPHS["plugins"]:
+        plugin = bundle / cache.PLUGIN_LIBRARY
+        if not plugin.is_file():
+            raise ExporterError(f"{bundle} has {path.name} but no plugin library {cache.PLUGIN_LIBRARY}.",
+                                "Rebuild the bundle with `python -m exporter build ... --plugins`.")
+    trt = targets.import_runtime(runtime)
+    version = trt.__version__
+    if runtime == TENSORRT_RTX:
+        offered = targets.rtx_targets(trt)
+        if wanted is None:
+            raise ExporterError("TensorRT-RTX builds ahead of time and needs the GPU's compute capability.",
+                                f"Pass --target, one of {', '.join(offered)} (e.g. sm86 for an RTX 30xx).")
+        targets.check_rtx_target(wanted, offered, version)
+        gpu = f"no GPU (ahead of time, {platform.machine()} host)"
+    else:
+        found = targets.gpu_present()
+        if found is None:
+            raise ExporterError(f"TensorRT {version} builds an engine for the GPU it runs on, and this machine has no CUDA GPU.",
+                                "Run this command on the target (Jetson or datacenter GPU), or build for an RTX GPU here "
+                                "with --runtime tensorrt-rtx --target sm86.")
+        if wanted and wanted != found.target:
+            raise ExporterError(f"--target {wanted} asks for another GPU than this one ({found.name}, {found.target}); "
+                                "TensorRT builds for the GPU it runs on.",
+                                f"Run on an {wanted} GPU, or drop --target to build for {found.target}.")
+        wanted, gpu = found.target, found.name
+    spec = BuildSpec.from_dict(manifest["spec"])
+    name, shape = _input(path)
+    return Plan(bundle, path, plugin, runtime, version, wanted, gpu, name, shape, spec.batch), trt
+
+
+def _input(graph: Path) -> tuple[str, tuple[int, ...]]:
+    model = onnx.load(str(graph), load_external_data=False)
+    (inp,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][:1] or [None]
+    if inp is None:
+        raise ExporterError(f"{graph} has no input.", "Rebuild the bundle with `python -m exporter build`.")
+    dims = inp.type.tensor_type.shape.dim[1:]
+    if any(not d.dim_value for d in dims):
+        raise ExporterError(f"{graph.name}: input '{inp.name}' has a dynamic dimension other than the batch.",
+                            "Rebuild the bundle with `python -m exporter build` (only the batch axis may be dynamic).")
+    return inp.name, tuple(d.dim_value for d in dims)
+
+
+def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSORRT, target: Optional[str] = None,
+                 force: bool = False, console: Optional[Console] = None) -> EngineResult:
+    console = console or Console(stderr=True)
+    p, trt = plan(bundle, graph, runtime, target)
+    fields = p.key_fields()
+    wanted = cache.key(fields)
+    folder = cache.engines_dir(bundle) / targets.folder(p.target, p.runtime)
+    engine_name = p.graph.name.removesuffix(".onnx") + ".engine"
+    if not force:
+        hit = cache.lookup(folder, p.graph.name, wanted)
+        if hit:
+            return EngineResult(folder, hit, True)
+    why = _why_miss(cache.read_folder(folder)["entries"].get(p.graph.name), fields, force)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        bar.add_task(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} (one-time, may take minutes)")
+        blob, notes = _build(trt, p, folder / TIMING_CACHE)
+    seconds = round(time.perf_counter() - start, 2)
+    tmp = folder / f".{engine_name}.tmp"
+    tmp.write_bytes(blob)
+    os.replace(tmp, folder / engine_name)
+    entry = {
+        "engine": engine_name,
+        "graph": p.graph.name,
+        "key": wanted,
+        "key_fields": fields,
+        "runtime": p.runtime,
+        "runtime_version": p.version,
+        "target": p.target,
+        "gpu": p.gpu,
+        "flags": p.flags,
+        "timing_cache": notes["timing_cache"],
+        "num_layers": notes["num_layers"],
+        "plugin_library": cache.PLUGIN_LIBRARY if p.plugin else None,
+        "build_seconds": seconds,
+        "bytes": len(blob),
+        "sha256": artifacts.sha256(folder / engine_name),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": f"{platform.machine()} {platform.node()}",
+    }
+    cache.write_entry(folder, p.graph.name, entry)
+    return EngineResult(folder, entry, False, why)
+
+
+def _why_miss(old: Optional[dict], fields: dict, force: bool) -> str:
+    if force:
+        return "--force"
+    if not old:
+        return "no engine for this graph and target yet"
+    changed = [k for k in fields if old.get("key_fields", {}).get(k) != fields[k]]
+    return ("changed: " + ", ".join(changed)) if changed else "the plan file differs from its manifest"
+
+
+def _build(trt, p: Plan, timing_cache: Path) -> tuple[bytes, dict]:
+    """Parse, configure (strongly typed, profile, timing cache, target) and build; (plan bytes, notes)."""
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise ExporterError(f"{LABEL[p.runtime]} could not create a builder: {'; '.join(logger.errors) or 'no error was logged'}.",
+                            "Check the CUDA driver and the runtime's installation.")
+    if p.plugin:
+        _load_plugin(trt, builder, p)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # TensorRT 11 accepts and ignores it
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(p.graph)):
+        errors = [f"node '{e.node_name()}' ({e.node_operator()}): {e.desc()}" for e in (parser.get_error(i) for i in range(parser.num_errors))]
+        raise ExporterError(f"The {LABEL[p.runtime]} {p.version} ONNX parser rejected {p.graph.name}: {'; '.join(errors or logger.errors)}.",
+                            "Rebuild the bundle with `python -m exporter build` (its TensorRT-RTX check names the node), or use another --graph.")
+    config = builder.create_builder_config()
+    if p.runtime == TENSORRT_RTX:
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, p.target.upper()), 0)
+    if p.batch.dynamic:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(p.input_name, *p.shapes())
+        config.add_optimization_profile(profile)
+    note = "not used (timing-cache operations are no-ops in TensorRT-RTX since 1.2)"
+    if p.runtime == TENSORRT:
+        note = _use_timing_cache(config, timing_cache)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise ExporterError(f"The {LABEL[p.runtime]} {p.version} builder failed on {p.graph.name}: "
+                            f"{'; '.join(logger.errors) or 'no error was logged'}.",
+                            "Check the graph with `python -m exporter verify`; report the error with the bundle's manifest.json.")
+    if p.runtime == TENSORRT:
+        serialized = config.get_timing_cache().serialize()
+        tmp = timing_cache.with_name(f".{timing_cache.name}.tmp")
+        tmp.write_bytes(bytes(serialized))
+        os.replace(tmp, timing_cache)
+    return bytes(blob), {"timing_cache": note, "num_layers": network.num_layers}
+
+
+def _use_timing_cache(config, path: Path) -> str:
+    """Load the folder's timing cache into `config` (a fresh one when absent or unfit); what happened."""
+    old = path.read_bytes() if path.is_file() else b""
+    tcache = config.create_timing_cache(old)
+    if old and tcache is not None and config.set_timing_cache(tcache, False):
+        return "reused"
+    tcache = config.create_timing_cache(b"")
+    config.set_timing_cache(tcache, False)
+    return "replaced (the stored one did not fit this TensorRT or GPU)" if old else "new"
+
+
+def _load_plugin(trt, builder, p: Plan) -> None:
+    if p.runtime == TENSORRT_RTX and not _rtx_parser_can_open_plugins(trt):
+        raise ExporterError(
+            "TensorRT-RTX's ONNX parser opens libtensorrt_rtx.so for plugin nodes, which the wheel lacks (it has only .so.1).",
+            f"Create it once: ln -s libtensorrt_rtx.so.1 {_rtx_lib_dir(trt)}/libtensorrt_rtx.so, then rerun.",
+        )
+    handle = builder.get_plugin_registry().load_library(str(p.plugin))
+    if handle is None:
+        raise ExporterError(f"{LABEL[p.runtime]} could not load the plugin library {cache.PLUGIN_LIBRARY}.",
+                            f"Rebuild it for this machine (it must export getCreators and setLoggerFinder), then rerun with --force.")
+
+
+def _rtx_lib_dir(trt) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    return Path(spec.origin).parent if spec and spec.origin else Path(trt.__file__).parent
+
+
+def _rtx_parser_can_open_plugins(trt) -> bool:
+    """The parser dlopens 'libtensorrt_rtx.so' when it meets a plugin node (a wheel packaging bug)."""
+    if (_rtx_lib_dir(trt) / "libtensorrt_rtx.so").exists():
+        return True
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    return any((Path(d) / "libtensorrt_rtx.so").exists() for d in dirs)
+
+
+def _logger(trt):
+    """A logger that keeps errors (for the message) and drops the rest."""
+
+    class Collect(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(msg)
+
+    return Collect()

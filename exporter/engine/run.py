@@ -1,0 +1,107 @@
+"""Run an engine on the GPU present, for verify. Only call this after `preflight.check` passed.
+
+- TensorRT with Polygraphy installed (the `trt` extra): Polygraphy's `TrtRunner` on the deserialized
+  engine. It manages device buffers through the CUDA runtime itself, so it also works where torch has no
+  CUDA (a Jetson's PyPI torch is CPU-only).
+- Otherwise (TensorRT-RTX, which Polygraphy does not drive, or TensorRT without Polygraphy): buffers
+  are torch CUDA tensors; set the input shape, bind every I/O tensor's address, `execute_async_v3` on
+  torch's current stream.
+
+Written against TensorRT's and Polygraphy's documented Python APIs (Runtime.deserialize_cuda_engine,
+ICudaEngine.get_tensor_name/get_tensor_mode/get_tensor_dtype, IExecutionContext.set_input_shape,
+set_tensor_address, execute_async_v3; polygraphy.backend.trt.TrtRunner.infer); neither has run on a
+GPU in this project yet.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from ..errors import ExporterError
+from . import cache, targets
+from .build import _logger
+
+
+def uses_polygraphy(entry: dict) -> bool:
+    return entry["runtime"] == targets.TENSORRT and importlib.util.find_spec("polygraphy") is not None
+
+
+def cannot_run(entry: dict) -> Optional[ExporterError]:
+    """Why verify could not feed this engine here even though pre-flight passed (no buffer provider)."""
+    if uses_polygraphy(entry):
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    except Exception:
+        pass
+    extra = "pip install polygraphy (Polygraphy drives TensorRT engines without torch CUDA), or " if entry["runtime"] == targets.TENSORRT else ""
+    return ExporterError(f"verify feeds {targets.LABEL[entry['runtime']]} engines through torch CUDA tensors, and this torch "
+                         "has no CUDA.", f"Run {extra}install a CUDA build of torch.")
+
+
+@contextlib.contextmanager
+def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+    """A function from a batch of fp32 inputs (numpy) to the engine's first output (numpy fp32)."""
+    trt = targets.import_runtime(entry["runtime"])
+    logger = _logger(trt)
+    runtime = trt.Runtime(logger)
+    if entry.get("plugin_library"):
+        runtime.get_plugin_registry().load_library(str(bundle / cache.PLUGIN_LIBRARY))
+    plan = (cache.engines_dir(bundle) / folder / entry["engine"]).read_bytes()
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise ExporterError(f"{targets.LABEL[entry['runtime']]} could not deserialize {entry['engine']}: "
+                            f"{'; '.join(logger.errors) or 'no error was logged'}.",
+                            f"Rebuild it with `python -m exporter engine {bundle} --runtime {entry['runtime']} --force`.")
+    if uses_polygraphy(entry):
+        from polygraphy.backend.trt import TrtRunner
+
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inp = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT][0]
+        out = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT][0]
+        dtype = np.float16 if engine.get_tensor_dtype(inp).name == "HALF" else np.float32
+        with TrtRunner(engine) as trt_runner:
+            yield lambda x: np.asarray(trt_runner.infer({inp: x.astype(dtype)})[out], dtype=np.float32)
+        return
+    yield _torch_runner(trt, engine, entry, logger)
+
+
+def _torch_runner(trt, engine, entry: dict, logger) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    dtypes = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32, "INT64": torch.int64, "BF16": torch.bfloat16}
+
+    def dtype(name):
+        kind = engine.get_tensor_dtype(name).name
+        if kind not in dtypes:
+            raise ExporterError(f"{entry['engine']}: tensor '{name}' has type {kind}, which verify cannot feed.",
+                                "Rebuild the bundle with fp32 or fp16 inputs and outputs.")
+        return dtypes[kind]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        stream = torch.cuda.current_stream()
+        inp = torch.from_numpy(x).to("cuda").to(dtype(inputs[0])).contiguous()
+        context.set_input_shape(inputs[0], tuple(inp.shape))
+        context.set_tensor_address(inputs[0], inp.data_ptr())
+        outs = {}
+        for name in outputs:
+            outs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype(name), device="cuda")
+            context.set_tensor_address(name, outs[name].data_ptr())
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise ExporterError(f"{entry['engine']} failed to run: {'; '.join(logger.errors) or 'no error was logged'}.",
+                                "Check the GPU with nvidia-smi, then rebuild the engine with --force.")
+        stream.synchronize()
+        return outs[outputs[0]].float().cpu().numpy()
+
+    return run

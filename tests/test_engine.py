@@ -1,0 +1,541 @@
+"""Engines: TensorRT-RTX built for real on the CPU (SM86), the content cache, pre-flight refusals with
+fabricated manifests, bad input (exit 2), stored references, reproduce.sh and build_engine.sh parsed back."""
+import copy
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exporter import artifacts
+from exporter.cli import _spec_from_args, main, parser
+from exporter.engine import cache, preflight, scripts, targets
+from exporter.engine import run as run_module
+from exporter.engine.build import Plan
+from exporter.engine.targets import Gpu
+from exporter.errors import ExporterError
+from exporter.models import create_model
+from exporter.spec import BatchRange
+from exporter.verify import references
+
+MODEL = "deit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    args = ["build", "--model", MODEL, "--weights", "random", "--batch", "1:2:4", "--img-size", "64",
+            "--precision", "fp16", "--out", str(out)]
+    assert main(args) == 0
+    (b,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    return b
+
+
+def engine(bundle, *extra):
+    return main(["engine", str(bundle), "--runtime", "tensorrt-rtx", "--target", "sm86", *extra])
+
+
+@pytest.fixture(scope="module")
+def rtx_bundle(bundle):
+    pytest.importorskip("tensorrt_rtx")
+    assert engine(bundle) == 0
+    return bundle
+
+
+# --- stored references, reproduce.sh, build_engine.sh ----------------------------------------------
+
+
+def test_references_are_pytorch_on_the_stored_inputs(bundle):
+    refs = references.load(bundle / references.REFERENCES)
+    assert refs.inputs.dtype == np.float16 and refs.inputs.shape == (16, 3, 64, 64)
+    assert refs.labels[0] == "photo:astronaut" and refs.kept == [] and refs.fp16_sensitive is None
+    model = create_model(MODEL, "random", 0, 64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(refs.inputs.astype(np.float32))).numpy()
+    np.testing.assert_allclose(refs.logits, expected, atol=1e-5, rtol=0)
+    manifest = artifacts.read_json(bundle / artifacts.MANIFEST)
+    assert {"references.npz", "reproduce.sh", "build_engine.sh"} <= set(manifest["files"])
+    report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
+    stored = report["references"]
+    assert {(r["graph"], r["batch"]) for r in stored} == {(g, b) for g in ("model.onnx", "model.fp16.onnx") for b in (1, 2)}
+    assert all(r["passed"] and r["runtime"] == "onnxruntime (CPU)" and r["samples"] == 16 for r in stored)
+
+
+def test_fp16_rule_leaves_out_sensitive_samples_only():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 10)).astype(np.float32)
+    logits[np.arange(6), rng.integers(0, 10, 6)] += 8  # decisive samples
+    sensitive = np.array([True, False, False, False, False, True])
+    refs = references.References(rng.normal(size=(6, 3, 4, 4)).astype(np.float16), [str(i) for i in range(6)], logits,
+                                 [np.zeros((6, 2), np.int16)], sensitive)
+
+    def answer(wrong):
+        state = {"start": 0}
+
+        def run(x):
+            out = logits[state["start"]:state["start"] + len(x)].copy()
+            for i in range(len(x)):
+                if state["start"] + i in wrong:
+                    out[i] = -out[i]
+            state["start"] = (state["start"] + len(x)) % 6
+            return out
+        return run
+
+    ok = references.check(refs, answer({0, 5}), "model.fp16.onnx", "fp16", [2], "fake")[0]
+    assert ok["passed"] and ok["left_out"] == 2 and ok["samples"] == 4 and "2/6 samples left out" in ok["warnings"][0]
+    bad = references.check(refs, answer({1}), "model.fp16.onnx", "fp16", [2], "fake")[0]
+    assert not bad["passed"]
+    fp32 = references.check(refs, answer({0}), "model.onnx", "fp32", [2], "fake")[0]
+    assert not fp32["passed"] and fp32["left_out"] == 0  # fp32: every sample is held to the thresholds
+
+
+def test_reproduce_sh_is_the_build_command(bundle):
+    text = (bundle / scripts.REPRODUCE).read_text()
+    (line,) = [l for l in text.splitlines() if l.startswith("python -m exporter ")]
+    argv = shlex.split(line)[3:]
+    from exporter.pipeline import resolve
+
+    assert resolve(_spec_from_args(parser().parse_args(argv))).run_name == bundle.name
+    assert line == artifacts.read_json(bundle / artifacts.MANIFEST)["command"]
+    assert subprocess.run(["sh", "-n", str(bundle / scripts.REPRODUCE)]).returncode == 0
+
+
+def test_build_engine_sh_uses_only_flags_each_trtexec_accepts(bundle):
+    text = (bundle / scripts.BUILD_ENGINE).read_text()
+    arms = scripts.parse_build_engine(text)
+    assert set(arms) == {(m, g, a) for m in ("10", "11") for g in ("fp32", "fp16") for a in ("build", "time")}
+    for (major, graph, action), argv in arms.items():
+        assert argv[0] == "$TRTEXEC"
+        assert scripts.flag_problems(argv, major) == [], (major, graph, action)
+        flags = dict(a.split("=", 1) if "=" in a else (a, "") for a in argv[1:])
+        assert "--fp16" not in flags  # strongly typed: the fp16 graph carries the precision
+        if action == "build":
+            assert (bundle / flags["--onnx"]).is_file()
+            assert ("--stronglyTyped" in flags) == (major == "10")
+            assert [flags[f"--{k}Shapes"] for k in ("min", "opt", "max")] == [f"input:{b}x3x64x64" for b in (1, 2, 4)]
+        else:
+            assert flags["--shapes"] == "input:2x3x64x64"
+            assert ("--useCudaGraph" in flags) == (major == "10")
+    assert subprocess.run(["bash", "-n", str(bundle / scripts.BUILD_ENGINE)]).returncode == 0
+
+
+def test_flag_table_catches_what_a_version_lacks():
+    assert scripts.flag_problems(["$TRTEXEC", "--onnx=m.onnx", "--fp16"], "11") == ["--fp16: trtexec 11.1 has no such flag"]
+    assert scripts.flag_problems(["$TRTEXEC", "--stronglyTyped"], "11") == ["--stronglyTyped: deprecated (a no-op) in trtexec 11.1"]
+    assert scripts.flag_problems(["$TRTEXEC", "--noCudaGraph"], "10") == [
+        "--noCudaGraph: trtexec 10.3 has no such flag", "--noCudaGraph: trtexec 10.13 has no such flag"]
+    assert scripts.flag_problems(["$TRTEXEC", "onnx=m.onnx"], "10") == ["onnx=m.onnx: not a --flag[=value] argument"]
+
+
+@pytest.mark.parametrize("banner,major", [("[TensorRT v100300]", "10"), ("[TensorRT v110100]", "11")])
+def test_build_engine_sh_runs_the_arm_of_the_trtexec_it_finds(bundle, tmp_path, banner, major):
+    """A stand-in trtexec records its arguments: the script picks the arm from the version banner."""
+    log = tmp_path / "args"
+    fake = tmp_path / "trtexec"
+    fake.write_text(f'#!/bin/sh\necho "&&&& RUNNING TensorRT.trtexec {banner} # trtexec $*"\n'
+                    f'[ "$1" = --help ] && exit 0\nfor a in "$@"; do echo "$a" >> {log}; done\n')
+    fake.chmod(0o755)
+    copy_ = tmp_path / "bundle"
+    shutil.copytree(bundle, copy_, ignore=shutil.ignore_patterns("*.data", "engines"))
+    env = {**os.environ, "TRTEXEC": str(fake)}
+    env.pop("TRT_MAJOR", None)
+    subprocess.run(["bash", str(copy_ / scripts.BUILD_ENGINE), "fp16", "build"], env=env, check=True)
+    expected = scripts.parse_build_engine((bundle / scripts.BUILD_ENGINE).read_text())[major, "fp16", "build"][1:]
+    assert log.read_text().split("\n")[:-1] == [a.replace("$TRT_MAJOR", major) for a in expected]
+    assert (copy_ / "engines" / "trtexec").is_dir()
+    wrong = subprocess.run(["bash", str(copy_ / scripts.BUILD_ENGINE), "plugins"], env=env, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "no command for TensorRT" in wrong.stderr
+
+
+# --- TensorRT-RTX engine, built for real on the CPU ------------------------------------------------
+
+
+def test_rtx_engine_for_sm86_is_built_recorded_and_reused(rtx_bundle, capsys):
+    import tensorrt_rtx
+
+    folder = rtx_bundle / "engines" / "sm86-tensorrt-rtx"
+    data = json.loads((folder / "engine.json").read_text())
+    entry = data["entries"]["model.fp16.onnx"]
+    assert entry["runtime"] == "tensorrt-rtx" and entry["runtime_version"] == tensorrt_rtx.__version__
+    assert entry["target"] == "sm86" and entry["flags"] == ["STRONGLY_TYPED", "compute_capability=sm86"]
+    assert entry["sha256"] == artifacts.sha256(folder / "model.fp16.engine") and entry["bytes"] > 1_000_000
+    assert entry["build_seconds"] > 0 and entry["key_fields"]["profile"] == {"min": 1, "opt": 2, "max": 4, "shape": [3, 64, 64]}
+    assert entry["timing_cache"].startswith("not used") and not (folder / "timing.cache").exists()  # no-ops in RTX
+    assert not any(k.startswith("engines/") for k in artifacts.file_hashes(rtx_bundle))
+    mtime = (folder / "model.fp16.engine").stat().st_mtime_ns
+    capsys.readouterr()
+    assert engine(rtx_bundle) == 0
+    assert "cache hit" in capsys.readouterr().err
+    assert (folder / "model.fp16.engine").stat().st_mtime_ns == mtime
+    report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
+    assert [(e["folder"], e["status"]) for e in report["engines"]] == [("sm86-tensorrt-rtx", "built")]
+    md = (rtx_bundle / artifacts.REPORT_MD).read_text()
+    order = ["**PASSED**", "## What was built", "## Parity against PyTorch", "## Engines per target", "## Throughput", "## Skipped"]
+    assert [md.index(h) for h in order] == sorted(md.index(h) for h in order)
+    assert "engines/sm86-tensorrt-rtx/model.fp16.engine" in md
+
+
+def test_force_rebuilds(rtx_bundle, tmp_path, capsys):
+    copy_ = tmp_path / "b"
+    shutil.copytree(rtx_bundle, copy_)
+    assert engine(copy_, "--graph", "fp32") == 0  # another graph, same folder: a miss
+    capsys.readouterr()
+    assert engine(copy_, "--graph", "fp32", "--force") == 0
+    assert "cache miss (--force), built in" in capsys.readouterr().err
+    folder = copy_ / "engines" / "sm86-tensorrt-rtx"
+    entries = cache.read_folder(folder)["entries"]
+    assert set(entries) == {"model.onnx", "model.fp16.onnx"}
+    old = dict(entries["model.fp16.onnx"], key="0" * 64)  # as if built by another TensorRT-RTX
+    old["key_fields"] = dict(old["key_fields"], runtime_version="1.6.0.1")
+    cache.write_entry(folder, "model.fp16.onnx", old)
+    capsys.readouterr()
+    assert engine(copy_) == 0
+    assert "cache miss (changed: runtime_version), built in" in " ".join(capsys.readouterr().err.split())
+    assert entries["model.onnx"]["key"] != entries["model.fp16.onnx"]["key"]
+
+
+def test_tensorrt_timing_cache_is_reused_or_replaced(tmp_path):
+    from exporter.engine.build import _use_timing_cache
+
+    class Config:  # the two IBuilderConfig calls, with a cache that fits only this "GPU"
+        def __init__(self, fits):
+            self.fits, self.given = fits, []
+
+        def create_timing_cache(self, blob):
+            return ("cache", blob)
+
+        def set_timing_cache(self, tcache, ignore_mismatch):
+            assert ignore_mismatch is False
+            self.given.append(tcache[1])
+            return self.fits or tcache[1] == b""
+
+    path = tmp_path / "timing.cache"
+    assert _use_timing_cache(Config(True), path) == "new"
+    path.write_bytes(b"tactics")
+    config = Config(True)
+    assert _use_timing_cache(config, path) == "reused" and config.given == [b"tactics"]
+    config = Config(False)
+    assert _use_timing_cache(config, path).startswith("replaced") and config.given == [b"tactics", b""]
+
+
+def test_cache_key_covers_every_input(bundle):
+    base = Plan(bundle, bundle / "model.fp16.onnx", None, "tensorrt-rtx", "1.7.1.116", "sm86", "x", "input", (3, 64, 64),
+                BatchRange(1, 2, 4))
+    key = cache.key(base.key_fields())
+    assert cache.key(base.key_fields()) == key
+    changes = [dict(graph=bundle / "model.onnx"), dict(version="1.7.2"), dict(target="sm89"), dict(runtime="tensorrt"),
+               dict(batch=BatchRange(1, 4, 4)), dict(input_shape=(3, 32, 32)), dict(plugin=bundle / "reproduce.sh")]
+    keys = {cache.key(replace(base, **c).key_fields()) for c in changes}
+    assert key not in keys and len(keys) == len(changes)
+
+
+def test_graph_content_is_in_the_key(bundle, tmp_path):
+    copy_ = tmp_path / "b"
+    shutil.copytree(bundle, copy_, ignore=shutil.ignore_patterns("engines"))
+    before = cache.graph_sha256(copy_ / "model.fp16.onnx")
+    data = copy_ / "model.fp16.onnx.data"
+    data.write_bytes(data.read_bytes()[:-2] + b"\1\1")  # the weights, not the graph file
+    assert cache.graph_sha256(copy_ / "model.fp16.onnx") != before
+
+
+# --- pre-flight --------------------------------------------------------------------------------------
+
+
+def _entry(bundle):
+    return cache.read_folder(bundle / "engines" / "sm86-tensorrt-rtx")["entries"]["model.fp16.onnx"]
+
+
+def test_preflight_names_both_sides_and_the_rebuild(rtx_bundle):
+    entry = _entry(rtx_bundle)
+    v = entry["runtime_version"]
+    ok = preflight.Present("tensorrt-rtx", v, Gpu("NVIDIA GeForce RTX 3090", "sm86"))
+    preflight.check(rtx_bundle, "sm86-tensorrt-rtx", entry, ok)
+    cases = [
+        (replace(ok, version="1.8.0.1"), [f"TensorRT-RTX {v} for sm86", "TensorRT-RTX 1.8.0.1 on sm86 (NVIDIA GeForce RTX 3090)",
+                                           "--runtime tensorrt-rtx --target sm86 --force"]),
+        (replace(ok, gpu=Gpu("NVIDIA GeForce RTX 4090", "sm89")), ["for sm86", "on sm89 (NVIDIA GeForce RTX 4090)", "--target sm89 --force"]),
+        (replace(ok, gpu=None), ["no CUDA GPU", "--engine sm86-tensorrt-rtx"]),
+        (replace(ok, version=None), ["TensorRT-RTX is not installed here", "pip install"]),
+    ]
+    for here, words in cases:
+        with pytest.raises(ExporterError) as e:
+            preflight.check(rtx_bundle, "sm86-tensorrt-rtx", entry, here)
+        text = e.value.problem + " " + e.value.fix
+        assert all(w in text for w in words), (text, words)
+
+
+def test_preflight_on_a_fabricated_tensorrt_manifest(rtx_bundle):
+    """A TensorRT 10.13 engine for an H100 brought to a JetPack 6 Orin."""
+    entry = dict(_entry(rtx_bundle), runtime="tensorrt", runtime_version="10.13.3.9", target="sm90", gpu="NVIDIA H100")
+    with pytest.raises(ExporterError) as e:
+        preflight.check(rtx_bundle, "sm86-tensorrt-rtx", entry, preflight.Present("tensorrt", "10.3.0.30", Gpu("Orin", "sm87")))
+    assert e.value.problem.endswith("was built with TensorRT 10.13.3.9 for sm90, but this machine has TensorRT 10.3.0.30 on sm87 (Orin).")
+    assert f"python -m exporter engine {rtx_bundle} --graph fp16 --runtime tensorrt --target sm87 --force" in e.value.fix
+
+
+def test_stale_and_modified_engines_are_refused(rtx_bundle, tmp_path, capsys):
+    copy_ = tmp_path / "b"
+    shutil.copytree(rtx_bundle, copy_)
+    entry = _entry(copy_)
+    here = preflight.Present("tensorrt-rtx", entry["runtime_version"], Gpu("RTX 3090", "sm86"))
+    stale = copy.deepcopy(entry)
+    stale["key_fields"]["graph_sha256"] = "0" * 64
+    with pytest.raises(ExporterError, match="is stale: it was built from another model.fp16.onnx"):
+        preflight.check(copy_, "sm86-tensorrt-rtx", stale, here)
+    plan = copy_ / "engines" / "sm86-tensorrt-rtx" / "model.fp16.engine"
+    plan.write_bytes(plan.read_bytes()[:-1] + b"\0")
+    capsys.readouterr()
+    assert main(["verify", str(copy_), "--engine", "sm86"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "differs from its manifest" in err and "--force" in err and "Traceback" not in err
+    capsys.readouterr()
+    assert engine(copy_) == 0  # the cache notices the modified plan and rebuilds it
+    assert "cache miss (the plan file differs from its manifest), built in" in " ".join(capsys.readouterr().err.split())
+
+
+def test_verify_refuses_the_engine_without_a_gpu_and_passes_on_onnxruntime(rtx_bundle, capsys, monkeypatch):
+    monkeypatch.setattr(targets, "gpu_present", lambda: None)
+    capsys.readouterr()
+    assert main(["verify", str(rtx_bundle), "--engine", "sm86-tensorrt-rtx"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no CUDA GPU to run it on" in err and "on an sm86 GPU" in err and "Traceback" not in err
+    assert main(["verify", str(rtx_bundle)]) == 0
+    assert "skipped engines/sm86-tensorrt-rtx/model.fp16.engine: " in " ".join(capsys.readouterr().err.split())
+    report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
+    (row,) = report["engines"]
+    assert row["status"] == "skipped" and "no CUDA GPU" in row["reason"]
+    assert "skipped" in (rtx_bundle / artifacts.REPORT_MD).read_text()
+
+
+def test_verify_on_the_stored_references_alone(rtx_bundle, tmp_path, capsys, monkeypatch):
+    """--references-only needs no model: create_model is made to fail, and verify still passes."""
+    import exporter.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "prepare", lambda spec: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(targets, "gpu_present", lambda: None)
+    capsys.readouterr()
+    assert main(["verify", str(rtx_bundle), "--references-only"]) == 0
+    report = artifacts.read_json(rtx_bundle / artifacts.REPORT_JSON)
+    assert len(report["references"]) == 4 and report["engines"][0]["status"] == "skipped"
+    assert main(["verify", str(rtx_bundle), "--references-only", "--engine", "sm86"]) == 2
+    copy_ = tmp_path / "b"
+    shutil.copytree(rtx_bundle, copy_)
+    refs = np.load(copy_ / "references.npz")
+    arrays = {k: refs[k] for k in refs.files}
+    arrays["logits"] = arrays["logits"] + 1  # a tampered reference is caught by the manifest's hashes
+    np.savez_compressed(copy_ / "references.npz", **arrays)
+    capsys.readouterr()
+    assert main(["verify", str(copy_), "--references-only"]) == 1
+    assert "references.npz" in capsys.readouterr().err
+
+
+# --- bad input: exit 2, one sentence with the fix ------------------------------------------------------
+
+
+def _fails(capsys, argv, *words):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err and "fix:" in err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
+    b = str(bundle)
+    _fails(capsys, ["engine", str(tmp_path), "--runtime", "tensorrt-rtx", "--target", "sm86"], "is not a bundle")
+    _fails(capsys, ["engine", b, "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"],
+           "has no model.plugins.onnx", "--plugins")
+    _fails(capsys, ["engine", b, "--graph", "int8", "--runtime", "tensorrt-rtx", "--target", "sm86"], "is not one of fp32")
+    _fails(capsys, ["engine", b, "--runtime", "tensorrt-rtx", "--target", "ampere"], "not a compute capability", "--target sm86")
+    _fails(capsys, ["engine", b, "--runtime", "onnxruntime"], "--runtime 'onnxruntime' is not one of")
+    _fails(capsys, ["verify", b, "--engine", "sm75"], "has no engine for 'sm75'", "python -m exporter engine")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    _fails(capsys, ["engine", b], "TensorRT is not installed here", "pip install 'exporter[trt]'")
+
+
+def test_tensorrt_without_a_gpu_or_on_another_gpu(bundle, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0.30"))
+    monkeypatch.setattr(targets, "gpu_present", lambda: None)
+    _fails(capsys, ["engine", str(bundle)], "TensorRT 10.3.0.30 builds an engine for the GPU it runs on", "--runtime tensorrt-rtx")
+    monkeypatch.setattr(targets, "gpu_present", lambda: Gpu("Orin", "sm87"))
+    _fails(capsys, ["engine", str(bundle), "--target", "sm90"], "--target sm90 asks for another GPU", "drop --target")
+
+
+def test_rtx_target_names(bundle, capsys):
+    pytest.importorskip("tensorrt_rtx")
+    _fails(capsys, ["engine", str(bundle), "--runtime", "tensorrt-rtx", "--target", "sm87"],
+           "cannot build for sm87 (Jetson Orin)", "sm75, sm80, sm86, sm89, sm120, sm121", "--runtime tensorrt")
+    _fails(capsys, ["engine", str(bundle), "--runtime", "tensorrt-rtx"], "needs the GPU's compute capability", "Pass --target")
+    assert targets.parse_target("SM_86") == targets.parse_target("8.6") == targets.parse_target("86") == "sm86"
+
+
+FAKE_LIBCUDA = r"""
+#include <string.h>
+int cuInit(unsigned flags) { return FAIL_INIT; }
+int cuDeviceGet(int *d, int ordinal) { *d = ordinal; return 0; }
+int cuDeviceGetName(char *name, int len, int d) { strncpy(name, "Orin", len); return 0; }
+int cuDeviceGetAttribute(int *v, int attr, int d) { *v = attr == 75 ? 8 : attr == 76 ? 7 : -1; return 0; }
+"""
+
+
+@pytest.mark.parametrize("fail_init", [0, 100])
+def test_gpu_from_the_cuda_driver(tmp_path, fail_init):
+    """The driver-API probe (for a Jetson, whose PyPI torch has no CUDA) against a stand-in libcuda."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no C compiler for the stand-in libcuda")
+    src = tmp_path / "cuda.c"
+    src.write_text(FAKE_LIBCUDA.replace("FAIL_INIT", str(fail_init)))
+    lib = tmp_path / "libcuda.so.1"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    assert targets._driver_gpu(str(lib)) == (Gpu("Orin", "sm87") if fail_init == 0 else None)
+    assert targets._driver_gpu(str(tmp_path / "absent.so")) is None
+
+
+def test_verify_needs_a_buffer_provider_for_the_engine(rtx_bundle, capsys, monkeypatch):
+    """Pre-flight passes (right runtime, right GPU) but torch has no CUDA: refused in one sentence, not a traceback."""
+    entry = _entry(rtx_bundle)
+    monkeypatch.setattr(preflight, "present", lambda runtime: preflight.Present(runtime, entry["runtime_version"], Gpu("RTX 3090", "sm86")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _fails(capsys, ["verify", str(rtx_bundle), "--engine", "sm86"], "torch has no CUDA", "CUDA build of torch")
+    problem = run_module.cannot_run(dict(entry, runtime="tensorrt"))
+    assert problem is None or "pip install polygraphy" in problem.fix
+
+
+def test_plugin_graph_commands_load_the_library_on_both_versions():
+    commands = scripts.trtexec_commands("model.plugins.onnx", "input", (3, 224, 224), (1, 8, 32), plugins=True)
+    for (major, action), argv in commands.items():
+        assert scripts.flag_problems(argv, major) == [], (major, action)
+        assert f"--dynamicPlugins={cache.PLUGIN_LIBRARY}" in argv
+    fixed = scripts.trtexec_commands("model.onnx", "input", (3, 224, 224), (8, 8, 8), plugins=False)
+    assert not any(a.startswith(("--minShapes", "--shapes")) for argv in fixed.values() for a in argv)  # static graph
+
+
+def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
+    from exporter.checks.parity import compare
+    from exporter.verify.report import render
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(4, 10)).astype(np.float32)
+    good = {**compare(ref, ref, "model.fp16.onnx", "fp16", 2).to_dict(), "runtime": "onnxruntime (CPU)", "left_out": 0}
+    bad = {**compare(ref, -ref, "model.fp16.engine", "fp16", 2).to_dict(), "runtime": "TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner)",
+           "left_out": 1}
+    engine_row = {"folder": "sm87-tensorrt", "engine": "model.fp16.engine", "graph": "model.fp16.onnx", "runtime": "tensorrt",
+                  "runtime_version": "10.3.0.30", "target": "sm87", "gpu": "Orin", "build_seconds": 61.0, "bytes": 12e6,
+                  "status": "failed", "reason": "", "comparisons": [bad]}
+    report = {"run_name": "r", "passed": False, "schedule": [10, 8], "thresholds": "t", "lint": {}, "tensorrt_rtx": {},
+              "spec": {"model": "m", "method": "tome", "method_params": {}, "precision": "fp16", "batch": 2, "opset": 18},
+              "flops": {"gmacs": 1.0, "dense_gmacs": 1.5, "ratio": 1.5}, "comparisons": [{k: v for k, v in good.items() if k not in ("runtime", "left_out")}],
+              "references": [good], "engines": [engine_row]}
+    md = render(report)
+    assert "Do not ship" in md and "Engines checked on their GPU: sm87-tensorrt/model.fp16.engine failed." in md
+    assert "| TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner) | model.fp16.engine | 2 | 4 |" in md
+    assert "| 1 | FAIL: min cosine similarity" in md
+    assert "| engines/sm87-tensorrt/model.fp16.engine | TensorRT 10.3.0.30 | sm87 | Orin | 61.0s | 12.0 MB | failed |" in md
+
+
+class FakeTensorRT(types.ModuleType):
+    """The slice of TensorRT 10's Python API that exporter.engine.build calls, recording the calls, so the
+    TensorRT path's use of it (strongly typed, profile, timing cache, plugin library, no RTX target) is
+    checked without TensorRT. It proves our calls, not TensorRT's behaviour."""
+
+    def __init__(self):
+        super().__init__("tensorrt")
+        self.__version__ = "10.3.0.30"
+        self.calls = []
+        calls = self.calls
+
+        class ILogger:
+            Severity = types.SimpleNamespace(ERROR=1, INTERNAL_ERROR=0)
+
+            def __init__(self):
+                pass
+
+        class Obj:
+            def __init__(self, name):
+                self._name = name
+
+            def __getattr__(self, attr):
+                def call(*args):
+                    calls.append((f"{self._name}.{attr}", args))
+                    return {"load_library": object(), "set_timing_cache": True, "create_timing_cache": ("cache", args[0] if args else b"")}.get(attr, Obj(attr))
+                return call
+
+        class Network(Obj):
+            num_layers = 7
+
+        class Builder(Obj):
+            def __init__(self, logger):
+                super().__init__("builder")
+
+            def create_network(self, flags):
+                calls.append(("builder.create_network", (flags,)))
+                return Network("network")
+
+            def build_serialized_network(self, network, config):
+                calls.append(("builder.build_serialized_network", ()))
+                return b"PLAN"
+
+        class Config(Obj):
+            def get_timing_cache(self):
+                return types.SimpleNamespace(serialize=lambda: b"TACTICS")
+
+        class Parser:
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                calls.append(("parser.parse_from_file", (Path(path).name,)))
+                return True
+
+        Builder.create_builder_config = lambda self: Config("config")
+        self.ILogger, self.Builder, self.OnnxParser = ILogger, Builder, Parser
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+
+
+def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeypatch, capsys):
+    copy_ = tmp_path / "b"
+    shutil.copytree(bundle, copy_, ignore=shutil.ignore_patterns("engines"))
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(targets, "gpu_present", lambda: Gpu("Orin", "sm87"))
+    assert main(["engine", str(copy_)]) == 0
+    names = [c[0] for c in fake.calls]
+    assert ("builder.create_network", (2,)) in fake.calls  # 1 << STRONGLY_TYPED
+    assert ("parser.parse_from_file", ("model.fp16.onnx",)) in fake.calls
+    shapes = [c[1] for c in fake.calls if c[0] == "create_optimization_profile.set_shape"]
+    assert shapes == [("input", (1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 64, 64))]
+    assert "config.add_optimization_profile" in names and not any("compute_capability" in n for n in names)
+    assert ("config.create_timing_cache", (b"",)) in fake.calls
+    folder = copy_ / "engines" / "sm87-tensorrt"
+    assert (folder / "model.fp16.engine").read_bytes() == b"PLAN" and (folder / "timing.cache").read_bytes() == b"TACTICS"
+    entry = cache.read_folder(folder)["entries"]["model.fp16.onnx"]
+    assert (entry["runtime"], entry["runtime_version"], entry["target"], entry["gpu"]) == ("tensorrt", "10.3.0.30", "sm87", "Orin")
+    assert entry["flags"] == ["STRONGLY_TYPED"] and entry["timing_cache"] == "new"
+    preflight.check(copy_, "sm87-tensorrt", entry, preflight.Present("tensorrt", "10.3.0.30", Gpu("Orin", "sm87")))
+    capsys.readouterr()
+    assert main(["engine", str(copy_), "--target", "sm87"]) == 0 and "cache hit" in capsys.readouterr().err
+    fake.calls.clear()
+    assert main(["engine", str(copy_), "--graph", "fp32"]) == 0
+    assert ("config.create_timing_cache", (b"TACTICS",)) in fake.calls  # the folder's timing cache is reused
+    assert cache.read_folder(folder)["entries"]["model.onnx"]["timing_cache"] == "reused"
+    # the plugin graph loads the bundle's library into the builder's registry before parsing
+    (copy_ / "model.plugins.onnx").write_bytes((copy_ / "model.fp16.onnx").read_bytes())
+    (copy_ / "plugins").mkdir()
+    (copy_ / cache.PLUGIN_LIBRARY).write_bytes(b"\x7fELF stand-in")
+    fake.calls.clear()
+    assert main(["engine", str(copy_), "--graph", "plugins"]) == 0
+    names = [c[0] for c in fake.calls]
+    assert names.index("get_plugin_registry.load_library") < names.index("parser.parse_from_file")
+    assert Path(fake.calls[names.index("get_plugin_registry.load_library")][1][0]) == copy_ / cache.PLUGIN_LIBRARY
+    plugin_entry = cache.read_folder(folder)["entries"]["model.plugins.onnx"]
+    assert plugin_entry["key_fields"]["plugin_sha256"] == artifacts.sha256(copy_ / cache.PLUGIN_LIBRARY)

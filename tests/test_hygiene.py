@@ -1,0 +1,118 @@
+"""No global side effects, results on stdout, and version bounds that say what the code needs."""
+import io
+import re
+import subprocess
+import tomllib
+import warnings
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from rich.console import Console
+
+from exporter.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_create_model_leaves_the_callers_rng_alone():
+    from exporter.models import create_model
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = create_model("test_vit", "random", seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    b = create_model("test_vit", "random", seed=0)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # still seeded
+
+
+def test_export_shows_the_models_own_prints_and_warnings(tmp_path, capsys):
+    """Only the exporter's own chatter is hidden: what the model's code prints or warns comes through."""
+    from exporter.export.onnx_export import export_onnx
+
+    class Talks(torch.nn.Module):
+        def forward(self, x):
+            print("the model speaks")
+            warnings.warn("the model warns", UserWarning)
+            return x * 2
+
+    with pytest.warns(UserWarning, match="the model warns"):
+        export_onnx(Talks(), tmp_path / "talks.onnx", 8, (1, 1, 1))
+    assert "the model speaks" in capsys.readouterr().out
+
+
+def _repo(path: Path) -> str:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    return git("rev-parse", "HEAD")
+
+
+def test_git_commit_only_of_the_packages_own_checkout(tmp_path):
+    """A copy of the package installed inside some other repository (a venv in it) records no commit;
+    a checkout whose root holds exporter/ records its own."""
+    from exporter.pipeline import _git_commit
+
+    other = tmp_path / "other"
+    (other / ".venv/lib/site-packages/exporter").mkdir(parents=True)
+    _repo(other)
+    assert _git_commit(other / ".venv/lib/site-packages/exporter") == "unknown"
+    ours = tmp_path / "ours"
+    (ours / "exporter").mkdir(parents=True)
+    commit = _repo(ours)
+    assert _git_commit(ours / "exporter") == commit
+    assert _git_commit(tmp_path / "nowhere" / "exporter") == "unknown"
+
+
+def test_verify_batches_reach_both_ends_of_the_range():
+    from exporter.spec import BatchRange
+    from exporter.checks.compare import verify_batches
+
+    assert verify_batches(BatchRange.parse("1:8:32")) == [1, 8, 32]
+    assert verify_batches(BatchRange.parse("8:8:16")) == [8, 16]
+    assert verify_batches(BatchRange.parse("4")) == [4]
+
+
+def test_methods_table_is_on_stdout_and_debug_goes_anywhere(capsys):
+    assert main(["methods", "--debug"]) == 0
+    captured = capsys.readouterr()
+    assert "tome" in captured.out and "evit" in captured.out and captured.err == ""
+    assert main(["--debug", "methods", "--method", "tome"]) == 0
+    assert "tome" in capsys.readouterr().out
+
+
+def test_stage_names_print_when_they_start_outside_a_terminal():
+    from exporter.pipeline import Stages
+
+    log = io.StringIO()
+    stage = Stages(Console(file=log, force_terminal=False))
+    with stage("export fp32 ONNX"):
+        assert log.getvalue().strip() == "export fp32 ONNX ..."
+    assert "✓ export fp32 ONNX" in log.getvalue()
+
+
+def test_lowest_supported_versions_are_the_bounds():
+    """pyproject's lower bounds are the README's lowest supported versions, and timm's is one whose
+    Attention has what `attend()` passes it (attn_dim from 1.0.23, gate from 1.0.28)."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = dict(re.match(r"([\w-]+)>=([\d.]+)", d).groups() for d in deps)
+    assert tuple(map(int, bounds["timm"].split("."))) >= (1, 0, 28)
+    readme = (ROOT / "README.md").read_text()
+    for name in ("torch", "timm", "onnx", "onnxruntime", "onnxscript"):
+        assert f"{name} {bounds[name]}" in readme, name
+    attn = timm.layers.Attention(64, num_heads=4)
+    assert attn.attn_dim == 64 and attn.gate is None
+
+
+def test_readme_lists_every_method_parameter():
+    from exporter.methods import get_method, list_methods
+
+    readme = (ROOT / "README.md").read_text()
+    listed = readme[readme.index("## Command line"):readme.index("## Python API")]
+    for name in list_methods():
+        for param in get_method(name).params:
+            assert f"`{param.flag}`" in listed, (name, param.flag)
