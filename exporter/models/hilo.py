@@ -83,6 +83,10 @@ def _window_attention(qkv: torch.Tensor, bias: Optional[torch.Tensor], size: Tup
     return ops.hilo_attention(qkv, pad, size[0], size[1], window, heads, scale)
 
 
+# TorchScript cannot resolve this module's string annotations (future import) for an ignored function: real types
+_window_attention.__annotations__ = {"qkv": torch.Tensor, "bias": Optional[torch.Tensor], "size": Tuple[int, int],
+                                     "window": int, "heads": int, "scale": float, "return": torch.Tensor}
+
 # torch.fx.symbolic_trace without timm's tracer: the same functions as leaves
 torch.fx.wrap("_check_map")
 torch.fx.wrap("_pad_to_windows")
