@@ -152,7 +152,8 @@ def reproduce_script(spec: BuildSpec, command: str, commit: str) -> str:
 
 
 def write(bundle: Path, spec: BuildSpec, command: str, graphs: list, commit: str) -> None:
-    names = [g.file if hasattr(g, "file") else str(g) for g in graphs]
+    # the graphs build_engine.sh offers (cache.GRAPHS): the fp16 plugin graph is not one of them
+    names = [n for n in (g.file if hasattr(g, "file") else str(g) for g in graphs) if n in cache.GRAPHS.values()]
     if (bundle / cache.GRAPHS["plugins"]).is_file() and cache.GRAPHS["plugins"] not in names:
         names.append(cache.GRAPHS["plugins"])
     for name, text in ((REPRODUCE, reproduce_script(spec, command, commit)),
