@@ -255,6 +255,13 @@ def hilo_attention(
     rows and columns of `pad` tokens, which queries attend to, unmasked. scale: head_dim ** -0.5 when None.
     Returns [B, H*W, D], channels (head, head_dim).
 
+    Why this op and these inputs: the Hi-Fi branch is many memory passes (padding, rank-6 transposes, 4x4
+    MatMuls for s = 2) for little arithmetic, which one kernel does in one read and one write. Lo-Fi is a
+    plain attention on pooled keys that TensorRT fuses itself, and the projections are GEMMs it runs at
+    full speed: both stay outside. Taking the projected q/k/v plus `pad` (rather than x and the weights)
+    keeps the projection a GEMM and pads exactly (with a bias, a padding token's q/k/v is the bias, not 0)
+    without any padded tensor.
+
     The partition is the reshapes/transposes (rank <= 6) of the authors' code, with the batch its own
     axis so it stays the graph's only symbolic dimension.
     """
