@@ -104,6 +104,8 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         with stage(f"load {spec.model} and apply method {spec.method}"):
             dense, model = prepare(spec)
             size = input_size(dense)
+            if spec.plugins:
+                _check_token_ops(spec, model, size)
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
         fp16_facts = library_status = None
@@ -241,6 +243,19 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)
     return report
+
+
+def _check_token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> None:
+    """--plugins needs at least one token op in the model (a method's, or LITv2's HiLo window attention)."""
+    from . import ops
+
+    if not ops.called(model, torch.zeros(1, 3, *size)):
+        raise ExporterError(
+            f"--plugins lowers token operations to TensorRT plugins, and {spec.model} with method "
+            f"'{spec.method}' calls no token operation.",
+            "Pass --method evit, evovit, diffrate or tome, or a LITv2 model with Hi-Fi heads (HiLo window "
+            "attention), with --plugins; or drop --plugins.",
+        )
 
 
 def _verify_stored(spec: BuildSpec, bundle: Path, graphs: list[Graph], stage: Stages, engine: Optional[str]) -> dict:

@@ -112,14 +112,14 @@ def _counted_macs(module, *args) -> int:
 
 
 def hilo_macs(dim: int, num_heads: int, height: int, width: int, window_size: int = 2, alpha: float = 0.5) -> int:
-    """Multiply-accumulates of one HiLo layer by hand (projections + the two attention matmuls), on the map padded
-    to multiples of the window as the computation pads it."""
+    """Multiply-accumulates of one HiLo layer by hand (projections + the two attention matmuls): projections on the
+    map's own tokens, window attention and pooled keys on the map padded to multiples of the window."""
     l_heads, h_heads = split_heads(dim, num_heads, window_size, alpha)
     head_dim, s = dim // num_heads, window_size
-    n = -(-height // s) * s * -(-width // s) * s
+    n, padded = height * width, -(-height // s) * s * -(-width // s) * s
     l_dim, h_dim = l_heads * head_dim, h_heads * head_dim
-    hifi = n * dim * 3 * h_dim + n * h_dim * h_dim + 2 * n * (s * s) * h_dim
-    m = n // (s * s)  # Lo-Fi keys: pooled tokens (all tokens when s = 1)
+    hifi = n * dim * 3 * h_dim + n * h_dim * h_dim + 2 * padded * (s * s) * h_dim
+    m = padded // (s * s)  # Lo-Fi keys: pooled tokens (all tokens when s = 1)
     return hifi + n * dim * l_dim + m * dim * 2 * l_dim + n * l_dim * l_dim + 2 * n * m * l_dim
 
 

@@ -93,7 +93,7 @@ def variant(source, op, dtype, block, arch_index):
 def test_exports_the_header_and_needs_no_libcuda(library):
     lib, _, _ = library
     declared = set(re.findall(r"\b(exporter_\w+)\s*\(", HEADER.read_text()))
-    assert len(declared) == 11  # five launchers, five workspace queries, the preload
+    assert len(declared) == 13  # six launchers, six workspace queries, the preload
     defined = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
     assert declared <= {line.split()[-1] for line in defined.splitlines()}
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True, check=True).stdout
@@ -131,12 +131,30 @@ def test_launch_abi_on_a_fake_sm90(library):
     assert too_big["rc"] == 1 and too_big["launches"] == 3  # 39 patches: no compiled block holds them
 
 
+def test_hilo_attention_launch_abi(library):
+    """A 14x14 map in 2x2 windows (49 windows, 16 a program: 4 programs) of 2 heads of 16 channels, 3 images:
+    grid (4, 3 * 2); windows over 8x8 and heads wider than every compiled block are refused."""
+    lib, fake, source = library
+
+    def hilo(C=32, window=2, heads=2):
+        args = [0x10, 1, 3, 14, 14, C, window, heads, 0x1000, 0x2000, 0x3000, 0]
+        return ["exporter_hilo_attention", args, [P] + [I] * 7 + [P] * 4, [P] * 3 + [I] * 6 + [P, P]]
+
+    ok, wide, big = call(lib, fake, [hilo(), hilo(window=9), hilo(C=64)], cc=90)
+    assert ok["rc"] == 0 and ok["function"] == "hilo_attention_kernel"
+    shared, warps = variant(source, "HiloAttention", 1, 16, ARCHS.index(90))
+    assert ok["launch"] == [4, 6, 1, 32 * warps, 1, 1, shared]
+    # qkv, pad, out, H, W, S, HEADS, HD, WINDOWS, then Triton's two scratch pointers
+    assert ok["params"] == [0x1000, 0x2000, 0x3000, 14, 14, 2, 2, 16, 16, 0, 0]
+    assert wide["rc"] == 1 and big["rc"] == 1 and big["launches"] == 1  # head dim 32: only block 16 is built
+
+
 def test_preload_loads_every_kernel_of_the_gpu_once(library):
     """After the preload no launch loads a module (a load inside a CUDA-graph capture would fail)."""
     lib, fake, source = library
     variants = len(re.findall(r"\{k\w+, \d+, \d+, %d, \"" % ARCHS.index(90), source))
     preload, launch = call(lib, fake, [["exporter_kernels_preload", [], [], []], topk()], cc=90)
-    assert preload["rc"] == 0 and preload["loads"] == variants == 10  # five ops x two dtypes, one block
+    assert preload["rc"] == 0 and preload["loads"] == variants == 12  # six ops x two dtypes, one block
     assert launch["rc"] == 0 and launch["loads"] == variants and launch["launches"] == 1
     (missing,) = call(lib, fake, [["exporter_kernels_preload", [], [], []]], cc=100)
     assert missing["rc"] == 209 and missing["loads"] == 0

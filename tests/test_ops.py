@@ -30,6 +30,8 @@ def inputs(name: str, dtype=torch.float32):
         return x, tokens + 1, torch.randn(B, 1, C, generator=g).to(dtype), idx
     if name == "tome_merge":
         return x, size, torch.randn(B, N, 4, generator=g).to(dtype), 5
+    if name == "hilo_attention":  # a 3x5 map (N = 15) in windows of 2 (padded), 2 heads of 4 channels
+        return torch.randn(B, 15, 24, generator=g).to(dtype), torch.randn(24, generator=g).to(dtype), 3, 5, 2, 2
     return x, size, score, 9, 6  # diffrate_reduce
 
 

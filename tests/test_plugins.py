@@ -24,15 +24,18 @@ from exporter.checks import engine_build as rtx
 
 VERSIONS = ("10.13.3", "10.3.0", "11.1")
 ARCHS = library.DEFAULT_ARCHS  # the builds' own: kernels.cpp is generated once (cached) for all of them
-SIZES = {"N": 197, "C": 64, "Cm": 32, "K": 48}  # DeiT at 224 px: 197 tokens; K: Evo-ViT's informative tokens
+SIZES = {"N": 197, "C": 64, "Cm": 32, "K": 48,  # DeiT at 224 px: 197 tokens; K: Evo-ViT's informative tokens
+         "E": 192}  # HiLo's q/k/v channels: LITv2-S stage 3, 2 Hi-Fi heads of 32
 ATTRIBUTES = {  # valid values for N = 197
     "TopKPrune": {"k": 98, "fuse": 1},
     "EvoViTSelect": {"keep": 98},
     "EvoViTRestore": {},
     "ToMeMerge": {"r": 16},
     "DiffRateReduce": {"keep": 120, "merge": 80},
+    "HiLoAttention": {"height": 14, "width": 14, "window": 2, "heads": 2},
 }
-INVALID = {"TopKPrune": "fuse=2", "EvoViTSelect": "keep=0", "ToMeMerge": "r=0", "DiffRateReduce": "merge=120"}
+INVALID = {"TopKPrune": "fuse=2", "EvoViTSelect": "keep=0", "ToMeMerge": "r=0", "DiffRateReduce": "merge=120",
+           "HiLoAttention": "window=9"}
 ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
 RTX_TYPES = {"float32": "FLOAT", "float16": "HALF", "int64": "INT64"}
 
@@ -171,7 +174,7 @@ def _expected_shapes(contract):
 @pytest.mark.parametrize("contract", CONTRACTS, ids=[c.plugin for c in CONTRACTS])
 def test_plugin_node_parses_and_builds(built, trt, tmp_path, contract, token):
     path = plugin_graph(contract, token, tmp_path / f"{contract.op}.onnx")
-    result = rtx.rtx_check(path, "x", batch=(1, 4, 8), input_shape_tail=_input_shapes(contract)[0][1:],
+    result = rtx.rtx_check(path, contract.inputs[0].name, batch=(1, 4, 8), input_shape_tail=_input_shapes(contract)[0][1:],
                            plugin_library=built["10.13.3"][0])
     assert result.status == "passed", result
     assert result.num_layers == 1 and result.layer_types == {"PLUGIN_V3": 1}

@@ -13,18 +13,22 @@ s = 1 meaning plain multi-head self-attention through the Lo-Fi path, and maps w
 multiples of s zero-padded at the bottom/right and cropped afterwards, as their detection and
 segmentation backbones do (padded tokens are attended to, unmasked, exactly like theirs).
 
-Export: every tensor keeps the batch as its own axis (no B·windows merge), so the only symbolic
-dimension in the graph is the batch; the Hi-Fi window partition is reshapes/transposes of rank ≤ 6.
+The Hi-Fi window attention (partition, padding, heads, attention, un-partition) is the token op
+`exporter.ops.hilo_attention`: inline standard ops by default (reshapes/transposes of rank ≤ 6, the batch
+its own axis, so the only symbolic dimension in the graph is the batch), one `HiLoAttention` plugin node
+in a plugin graph, a fused kernel on a GPU. Lo-Fi stays standard ops: a plain attention on pooled keys,
+which TensorRT fuses itself.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
+from .. import ops
 from ..errors import ExporterError
 
 __all__ = ["HiLo", "split_heads"]
@@ -71,17 +75,22 @@ def _pad_to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
 
 
 @register_notrace_function
-def _crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """[B, H', W', C] cropped to its first h×w (unchanged when it is that size)."""
-    if x.shape[1] != h or x.shape[2] != w:
-        x = x[:, :h, :w]
-    return x
+@torch.jit.ignore  # TorchScript calls it in Python: the op layer dispatches on lowering and device
+def _window_attention(qkv: torch.Tensor, bias: Optional[torch.Tensor], size: Tuple[int, int], window: int, heads: int,
+                      scale: float) -> torch.Tensor:
+    """`ops.hilo_attention` on the unpadded map's q/k/v, padding tokens projecting to `bias` (or 0)."""
+    pad = bias if bias is not None else qkv.new_zeros(qkv.shape[-1])
+    return ops.hilo_attention(qkv, pad, size[0], size[1], window, heads, scale)
 
+
+# TorchScript cannot resolve this module's string annotations (future import) for an ignored function: real types
+_window_attention.__annotations__ = {"qkv": torch.Tensor, "bias": Optional[torch.Tensor], "size": Tuple[int, int],
+                                     "window": int, "heads": int, "scale": float, "return": torch.Tensor}
 
 # torch.fx.symbolic_trace without timm's tracer: the same functions as leaves
 torch.fx.wrap("_check_map")
 torch.fx.wrap("_pad_to_windows")
-torch.fx.wrap("_crop")
+torch.fx.wrap("_window_attention")
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -130,38 +139,37 @@ class HiLo(nn.Module):
             self.h_qkv = nn.Linear(dim, self.h_dim * 3, bias=qkv_bias)
             self.h_proj = nn.Linear(self.h_dim, self.h_dim)
 
-    def hifi(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention inside each s×s window: [B, H, W, C] -> [B, H, W, h_dim] (H, W multiples of s)."""
-        b, h, w = x.shape[0], x.shape[1], x.shape[2]
-        s, hg, wg = self.ws, h // self.ws, w // self.ws
-        # The projection is per token, so project first and partition the result.
-        qkv = self.h_qkv(x).reshape(b, hg, s, wg, s, 3 * self.h_dim).transpose(2, 3)
-        qkv = qkv.reshape(b, hg * wg, s * s, 3, self.h_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        out = _attend(qkv[0], qkv[1], qkv[2], self.scale)  # [B, windows, heads, s·s, head_dim]
-        out = out.transpose(2, 3).reshape(b, hg, wg, s, s, self.h_dim).transpose(2, 3)
-        return self.h_proj(out.reshape(b, h, w, self.h_dim))
+    def hifi(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Attention inside each s×s window: [B, H·W, C] -> [B, H·W, h_dim].
 
-    def lofi(self, x: torch.Tensor) -> torch.Tensor:
-        """Every query against keys/values of the s×s average-pooled map: [B, H, W, C] -> [B, H, W, l_dim]."""
-        b, h, w, c = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-        q = self.l_q(x).reshape(b, h * w, self.l_heads, self.head_dim).transpose(1, 2)
+        The projections are per token, so q/k/v are projected on the unpadded map, the window op pads with
+        what a zero token projects to (the bias), and the output projection runs on the map's own tokens.
+        """
+        out = _window_attention(self.h_qkv(x), self.h_qkv.bias, size, self.ws, self.h_heads, self.scale)
+        return self.h_proj(out)
+
+    def lofi(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Every query against keys/values of the s×s average-pooled map: [B, H·W, C] -> [B, H·W, l_dim].
+
+        Queries come from the unpadded map (padded ones would be cropped); the pooling sees the zero padding.
+        """
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        q = self.l_q(x).reshape(b, n, self.l_heads, self.head_dim).transpose(1, 2)
         if self.pooled:
-            pooled = self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+            grid = _pad_to_windows(x.reshape(b, size[0], size[1], c), self.ws)
+            pooled = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
         else:
-            pooled = x.reshape(b, h * w, c)
+            pooled = x
         kv = self.l_kv(pooled).reshape(b, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = _attend(q, kv[0], kv[1], self.scale).transpose(1, 2).reshape(b, h, w, self.l_dim)
+        out = _attend(q, kv[0], kv[1], self.scale).transpose(1, 2).reshape(b, n, self.l_dim)
         return self.l_proj(out)
 
     def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         h, w = size
         b, n, c = x.shape[0], x.shape[1], x.shape[2]
         _check_map(n, h, w, self.ws)
-        x = _pad_to_windows(x.reshape(b, h, w, c), self.ws)
         if self.has_hifi and self.has_lofi:
-            out = torch.cat([self.hifi(x), self.lofi(x)], dim=-1)
-        elif self.has_hifi:
-            out = self.hifi(x)
-        else:
-            out = self.lofi(x)
-        return _crop(out, h, w).reshape(b, n, c)
+            return torch.cat([self.hifi(x, size), self.lofi(x, size)], dim=-1)
+        if self.has_hifi:
+            return self.hifi(x, size)
+        return self.lofi(x, size)

@@ -1,4 +1,5 @@
-"""Token operations: one op per reduction step of a block, what every method is built from.
+"""Token operations: one op per reduction step of a block, what every method is built from, and LITv2's
+HiLo window attention (`hilo_attention`, the Hi-Fi branch: window partition, padding and attention).
 
 Each op is a `torch.library` custom op (`torch.ops.exporter.<name>`) with
 - its reference maths (`reference.py`, the CPU implementation and what everything is held to),
@@ -15,8 +16,9 @@ reference does: verification replays in PyTorch on the CPU.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -24,7 +26,7 @@ from torch import Tensor
 from . import reference
 from .contracts import load as load_contract
 
-OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce")
+OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention")
 LOWERINGS = ("decompose", "plugin")
 
 # Process-wide switches, set only through the context managers below (plain globals, which torch.compile
@@ -56,6 +58,27 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
     (what a decomposed graph computes; benchmarks compare the two)."""
     with _setting("fused", bool(enabled)):
         yield
+
+
+def called(fn: Callable, *args) -> collections.Counter:
+    """How often `fn(*args)` calls each token op: the plugin nodes a plugin graph of it would hold.
+
+    Runs `fn` once as a plugin export would (every op through `torch.ops.exporter`) and counts the
+    ops the dispatcher sees, so it holds for any model, whatever calls the ops.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: collections.Counter = collections.Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "exporter":
+                seen[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), lowering("plugin"), Count():
+        fn(*args)
+    return seen
 
 
 def _custom(x: Tensor) -> bool:
@@ -105,6 +128,17 @@ def diffrate_reduce(x: Tensor, size: Optional[Tensor], score: Tensor, keep: int,
     return reference.diffrate_reduce(x, size, score, keep, merge, chosen)
 
 
+def hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: int, heads: int,
+                   scale: Optional[float] = None) -> Tensor:
+    """[B, H*W, D]; see `reference.hilo_attention`. The op (plugin node, fused kernel) has the default
+    scale head_dim ** -0.5 built in, since plugin attributes are integers: an overridden `scale` runs the
+    reference in every lowering."""
+    head_dim = qkv.shape[-1] // 3 // heads
+    if (scale is None or scale == head_dim ** -0.5) and _custom(qkv):
+        return torch.ops.exporter.hilo_attention(qkv, pad, height, width, window, heads)
+    return reference.hilo_attention(qkv, pad, height, width, window, heads, scale)
+
+
 # ---- the custom ops ---------------------------------------------------------------------------------
 # The CPU implementation is the reference; CUDA gets the fused kernel (registered below).
 
@@ -131,6 +165,11 @@ def _tome_merge(x: Tensor, size: Tensor, metric: Tensor, r: int) -> tuple[Tensor
 @torch.library.custom_op("exporter::diffrate_reduce", mutates_args=())
 def _diffrate_reduce(x: Tensor, size: Tensor, score: Tensor, keep: int, merge: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _dense(reference.diffrate_reduce(x, size, score, keep, merge))
+
+
+@torch.library.custom_op("exporter::hilo_attention", mutates_args=())
+def _hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: int, heads: int) -> Tensor:
+    return reference.hilo_attention(qkv, pad, height, width, window, heads).contiguous()
 
 
 def _dense(outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -171,4 +210,4 @@ for _name in OPS:
     torch.library.register_fake(f"exporter::{_name}")(_fake(_name))
     torch.library.register_kernel(f"exporter::{_name}", "cuda")(_fused(_name))
 
-__all__ = ["OPS", "LOWERINGS", "lowering", "fused_kernels", *OPS]
+__all__ = ["OPS", "LOWERINGS", "lowering", "fused_kernels", "called", *OPS]

@@ -42,6 +42,18 @@ def _signature(kernel, fn, dtype: str) -> dict[str, str]:
     return sig
 
 
+def _jit_function(kernel: config.Kernel):
+    """The kernel's JIT function: from _triton.py, or from its op's own module (kernels/<op>.py, whose
+    `jit_kernel()` decorates it in compiled mode)."""
+    import importlib
+
+    from .kernels import _triton
+
+    if hasattr(_triton, kernel.name):
+        return getattr(_triton, kernel.name)
+    return importlib.import_module(f"{__package__}.kernels.{kernel.op}").jit_kernel()
+
+
 def compile_variant(op: str, dtype: str, block: int, arch: int) -> dict:
     """One cubin and what its launch needs; raises if its ABI is not what launchers.cpp.in passes."""
     import triton
@@ -49,11 +61,9 @@ def compile_variant(op: str, dtype: str, block: int, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .kernels import _triton
-
     knobs.compilation.disable_line_info = True  # line tables tripled the cubins
     kernel = config.KERNELS[op]
-    fn = getattr(_triton, kernel.name)
+    fn = _jit_function(kernel)
     sig = _signature(kernel, fn, dtype)
     params = tuple(n for n in fn.arg_names if sig[n] != "constexpr")
     if params != kernel.params:
@@ -99,6 +109,7 @@ def render(variants: list[dict], archs: list[int]) -> str:
         '#include "kernels.h"', "", "namespace {", "",
         "enum Op { " + ", ".join(f"{enum[op]} = {i}" for i, op in enumerate(ops)) + " };",
         f"constexpr int kRestoreBlockC = {config.RESTORE_BLOCK_C};",
+        f"constexpr int kHiloRows = {config.HILO_ROWS};",
         f"constexpr int kNumArchs = {len(archs)};",
         "const int kArchs[kNumArchs] = {" + ", ".join(map(str, archs)) + "};",
         "",

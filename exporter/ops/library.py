@@ -33,7 +33,8 @@ HOST_TEST_NAME = "exporter_plugins_host_test"
 DEFAULT_ARCHS = (80, 86, 87, 89, 90, 100, 120)
 # What kernels.cpp is generated from: a change to any of these makes a new one.
 _KERNEL_SOURCES = ("exporter/ops/aot.py", "exporter/ops/kernels/_triton.py", "exporter/ops/kernels/config.py",
-                   "exporter/ops/kernels/launchers.cpp.in", "plugins/common/kernels.h")
+                   "exporter/ops/kernels/hilo_attention.py", "exporter/ops/kernels/launchers.cpp.in",
+                   "plugins/common/kernels.h")
 
 
 def header_versions() -> dict[str, Path]:

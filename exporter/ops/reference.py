@@ -233,3 +233,54 @@ def log_size(size: torch.Tensor) -> torch.Tensor:
     """DiffRate's attention bias log(size), of max(size, smallest normal fp32): a size <= 0 (a negative
     best similarity) gives about -87 instead of -inf/NaN."""
     return size.clamp_min(_TINY).log()
+
+
+# ---- LITv2 (HiLo's Hi-Fi branch) ---------------------------------------------------------------
+
+def hilo_attention(
+    qkv: torch.Tensor,
+    pad: torch.Tensor,
+    height: int,
+    width: int,
+    window: int,
+    heads: int,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """HiLo's Hi-Fi branch: multi-head attention inside every non-overlapping window x window patch of the
+    height x width map, before the output projection (per token, so it is applied after).
+
+    qkv [B, H*W, 3*D]: the Hi-Fi q/k/v projection of the map's tokens (row-major), channels laid out as
+    (q/k/v, head, head_dim); pad [3*D]: what a padding token projects to (the projection's bias, or 0),
+    since the authors zero-pad the map *before* projecting: maps the window does not tile get bottom/right
+    rows and columns of `pad` tokens, which queries attend to, unmasked. scale: head_dim ** -0.5 when None.
+    Returns [B, H*W, D], channels (head, head_dim).
+
+    Why this op and these inputs: the Hi-Fi branch is many memory passes (padding, rank-6 transposes, 4x4
+    MatMuls for s = 2) for little arithmetic, which one kernel does in one read and one write. Lo-Fi is a
+    plain attention on pooled keys that TensorRT fuses itself, and the projections are GEMMs it runs at
+    full speed: both stay outside. Taking the projected q/k/v plus `pad` (rather than x and the weights)
+    keeps the projection a GEMM and pads exactly (with a bias, a padding token's q/k/v is the bias, not 0)
+    without any padded tensor.
+
+    The partition is the reshapes/transposes (rank <= 6) of the authors' code, with the batch its own
+    axis so it stays the graph's only symbolic dimension.
+    """
+    b, _, e = qkv.shape
+    d, s = e // 3, window
+    head_dim = d // heads
+    scale = head_dim ** -0.5 if scale is None else scale
+    hg, wg = -(-height // s), -(-width // s)
+    grid = qkv.reshape(b, height, width, e)
+    if wg * s > width:  # pad tokens' projections, concatenated: exact, unlike a Pad of (qkv - pad) + pad
+        grid = torch.cat([grid, pad.expand(b, height, wg * s - width, e)], dim=2)
+    if hg * s > height:
+        grid = torch.cat([grid, pad.expand(b, hg * s - height, wg * s, e)], dim=1)
+    grid = grid.reshape(b, hg, s, wg, s, e).transpose(2, 3)
+    grid = grid.reshape(b, hg * wg, s * s, 3, heads, head_dim).permute(3, 0, 1, 4, 2, 5)
+    q, k, v = grid[0], grid[1], grid[2]  # [B, windows, heads, s*s, head_dim]
+    # written out (not SDPA): the scaled-Q MatMul-Softmax-MatMul pattern TensorRT fuses
+    out = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    out = out.transpose(2, 3).reshape(b, hg, wg, s, s, d).transpose(2, 3).reshape(b, hg * s, wg * s, d)
+    if hg * s > height or wg * s > width:
+        out = out[:, :height, :width]
+    return out.reshape(b, height * width, d)

@@ -18,8 +18,9 @@ EXPORTER_PLUGINS_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32
     static TokenPluginCreator evoViTRestore{evoViTRestoreSpec()};
     static TokenPluginCreator toMeMerge{toMeMergeSpec()};
     static TokenPluginCreator diffRateReduce{diffRateReduceSpec()};
+    static TokenPluginCreator hiLoAttention{hiLoAttentionSpec()};
     static nvinfer1::IPluginCreatorInterface* const creators[]{
-        &topKPrune, &evoViTSelect, &evoViTRestore, &toMeMerge, &diffRateReduce};
+        &topKPrune, &evoViTSelect, &evoViTRestore, &toMeMerge, &diffRateReduce, &hiLoAttention};
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }

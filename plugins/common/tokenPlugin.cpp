@@ -168,7 +168,7 @@ bool TokenPlugin::checkDims(InputDims const& dims, char const* when) const noexc
                 problem = std::string("input '") + io.name + "' has rank " + std::to_string(dims[i].size())
                     + ", the contract says " + std::to_string(io.rank);
             }
-            else if (i > 0)
+            else if (i > 0 && io.batched)
             {
                 problem = expectDim(dims, *mSpec, static_cast<int32_t>(i), 0, dims[0][0], "the batch B");
             }

@@ -40,6 +40,7 @@ struct IoSpec
     char const* name;
     IoType type;
     int32_t rank;
+    bool batched{true}; //!< dimension 0 is the batch B (false: one tensor for every image, e.g. HiLo's pad)
 };
 
 //! The inputs' dimensions as far as they are known: kUNKNOWN_DIM for a dynamic one.
@@ -159,6 +160,7 @@ TokenOpSpec const& evoViTSelectSpec() noexcept;
 TokenOpSpec const& evoViTRestoreSpec() noexcept;
 TokenOpSpec const& toMeMergeSpec() noexcept;
 TokenOpSpec const& diffRateReduceSpec() noexcept;
+TokenOpSpec const& hiLoAttentionSpec() noexcept;
 
 } // namespace plugin
 } // namespace exporter

@@ -179,4 +179,6 @@ def diffrate_reduce(x: torch.Tensor, size: torch.Tensor, score: torch.Tensor, ke
     return tokens, size_out, idx, dst
 
 
-__all__ = ["topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce"]
+from .hilo_attention import hilo_attention  # noqa: E402  (its own module: it needs the helpers above)
+
+__all__ = ["topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention"]

@@ -14,11 +14,12 @@ MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 AOT_BLOCKS = (16, 32, 64, 128, 256)  # the AOT library serves need <= 256: N <= 257 tokens (ToMe: N <= 256)
 BLOCK_J = 16  # positions ranked at a time (a [BLOCK_J, BLOCK] comparison)
 TAIL_BLOCK = 16  # DiffRate tail tokens matched at a time
+HILO_ROWS = 64  # hilo_attention: window tokens packed into one program's tile (16 windows of 2x2)
 
 
 @dataclass(frozen=True)
 class Kernel:
-    name: str  # the @triton.jit function in _triton.py, and the C launcher's `exporter_<op>`
+    name: str  # the kernel function in _triton.py (or kernels/<op>.py), and the C launcher's `exporter_<op>`
     op: str
     params: tuple[str, ...]  # non-constexpr parameters, in order: the launch ABI
     pointers: dict  # parameter -> Triton pointer type ("T" = the token dtype)
@@ -40,6 +41,10 @@ KERNELS = {
                               ("x", "size", "score", "tokens", "size_out", "idx", "dst", "N", "C", "keep", "merge"),
                               {"x": "T", "size": "fp32", "score": "fp32", "tokens": "T", "size_out": "fp32",
                                "idx": "i64", "dst": "i64"}),
+    # in kernels/hilo_attention.py; its BLOCK covers the head dim (windows of up to 8x8 fill a HILO_ROWS tile)
+    "hilo_attention": Kernel("hilo_attention_kernel", "hilo_attention",
+                             ("qkv", "pad", "out", "H", "W", "S", "HEADS", "HD", "WINDOWS"),
+                             {"qkv": "T", "pad": "T", "out": "T"}),
 }
 
 RESTORE_BLOCK_C = 64  # restore's grid is (B, ceil(C / 64))
@@ -64,13 +69,15 @@ def constexprs(op: str, block: int) -> dict[str, int]:
         return {"BLOCK_A": block, "BLOCK_C": tile, "BLOCK_S": 16}
     if op == "diffrate_reduce":
         return {"BLOCK_N": block, "BLOCK_T": TAIL_BLOCK, "BLOCK_C": tile, "BLOCK_J": BLOCK_J}
+    if op == "hilo_attention":
+        return {"BLOCK_M": HILO_ROWS, "BLOCK_D": block}
     raise KeyError(op)
 
 
 def aot_blocks(op: str, blocks=AOT_BLOCKS) -> tuple[int, ...]:
     """The blocks compiled ahead of time: ToMe stops at 128 (its [BLOCK, BLOCK] fp32 matrices at 256
-    would spill), the others at 256."""
-    return tuple(b for b in blocks if op != "tome_merge" or b <= 128)
+    would spill), HiLo's head dim at 128, the others at 256."""
+    return tuple(b for b in blocks if op not in ("tome_merge", "hilo_attention") or b <= 128)
 
 
 def num_warps(op: str, block: int) -> int:
@@ -79,7 +86,8 @@ def num_warps(op: str, block: int) -> int:
 
 
 def need(op: str, N: int, K: int = 0) -> int:
-    """What `op`'s block must cover: patches (N - 1), kept slots K (restore) or ceil(N / 2) (ToMe)."""
+    """What `op`'s block must cover: patches (N - 1), kept slots K (restore) or ceil(N / 2) (ToMe);
+    (hilo_attention's is its head dim: kernels/hilo_attention.py)."""
     if op == "evovit_restore":
         return K
     if op == "tome_merge":

@@ -1,0 +1,162 @@
+"""The fused kernel of `hilo_attention` (LITv2 HiLo's Hi-Fi window attention): one pass over q/k/v.
+
+Why one kernel: in standard ops a window attention of s*s = 4 tokens is a padded copy of the map, two
+rank-6 transposes, two batched MatMuls of 4x4 tiles, a softmax and the transposes back, each a full
+memory pass for almost no arithmetic. Here every program reads its windows' q/k/v rows straight from
+the [B, H*W, 3*D] projection (padding tokens read from `pad`, never materialised), attends and writes
+the output rows in map order: one read of qkv, one write of the output.
+
+Layout: one program = WINDOWS consecutive windows (row-major over the window grid) of one head of one
+image (grid: window groups x B*heads); their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r:
+window r // (s*s), token r % (s*s)), so the scores are one [BLOCK_M, BLOCK_M] tensor-core dot masked to
+the block diagonal of each window.
+For s = 2 that is 16 windows in a 64-row tile: a 16x arithmetic waste that costs nothing next to the
+memory traffic, and tl.dot's 16-row minimum would waste as much on a per-window tile. Scores, softmax and
+accumulation are fp32 (fp32 dots with input_precision="ieee", never TF32); the probabilities are rounded
+to the token dtype for the second dot, as the reference's half-precision softmax output is.
+
+The kernel's non-constexpr parameters, in order, are the launch ABI an AOT launcher passes
+(`jit_kernel()` returns the JIT function for the generator; blocks and warps are in `config.py`). CPU
+tensors run the same kernel in Triton's interpreter (see `_jit` for how the process's Triton mode is
+chosen). Importing this module imports no triton.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+
+from .config import HILO_ROWS, block_for, num_warps
+
+MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
+
+_kernels: dict[str, object] = {}
+_lock = threading.RLock()
+
+
+def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
+                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """WINDOWS windows (row-major over the window grid) from program_id(0) * WINDOWS on, of head
+    program_id(1) % HEADS of image program_id(1) // HEADS: the output rows of their real tokens.
+    A plain function that `_jit` decorates once triton is imported in the process's mode (the annotations
+    are strings, and `tl` a module global set then)."""
+    pid = tl.program_id(0)
+    head = tl.program_id(1) % HEADS
+    b = (tl.program_id(1) // HEADS).to(tl.int64)
+    N = H * W
+    D = HEADS * HD
+    WG = (W + S - 1) // S
+    G = (H + S - 1) // S * WG
+    scale = 1.0 / tl.sqrt_rn(HD.to(tl.float32))  # head_dim ** -0.5, as the reference (to an ulp)
+    T = S * S
+    r = tl.arange(0, BLOCK_M)
+    win = r // T
+    g = pid * WINDOWS + win  # window index in the map's window grid
+    alive = (win < WINDOWS) & (g < G)
+    y = (g // WG) * S + (r % T) // S
+    x = (g % WG) * S + (r % T) % S
+    real = alive & (y < H) & (x < W)  # alive but not real: a padding token (bottom/right)
+    n = (y * W + x).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    dm = d < HD
+    E = 3 * D
+    rows = qkv + b * N * E + n[:, None] * E + head * HD + d[None, :]
+    real_d = real[:, None] & dm[None, :]
+    cols = pad + head * HD + d
+    q = tl.where(real[:, None], tl.load(rows, mask=real_d, other=0.0), tl.load(cols, mask=dm, other=0.0)[None, :])
+    k = tl.where(real[:, None], tl.load(rows + D, mask=real_d, other=0.0),
+                 tl.load(cols + D, mask=dm, other=0.0)[None, :])
+    v = tl.where(real[:, None], tl.load(rows + 2 * D, mask=real_d, other=0.0),
+                 tl.load(cols + 2 * D, mask=dm, other=0.0)[None, :])
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [BLOCK_M, BLOCK_M] fp32
+    same = (win[:, None] == win[None, :]) & alive[None, :]
+    s = tl.where(same, s, -1.0e30)  # finite: a dead row's softmax is uniform, not NaN (never stored)
+    p = tl.exp(s - tl.max(s, axis=1)[:, None])
+    p = tl.where(same, p, 0.0)
+    total = tl.where(alive, tl.sum(p, axis=1), 1.0)  # a dead row has no key at all
+    o = tl.dot((p / total[:, None]).to(v.dtype), v, input_precision="ieee")
+    dst = out + b * N * D + n[:, None] * D + head * HD + d[None, :]
+    tl.store(dst, o.to(out.dtype.element_ty), mask=real_d)
+
+
+def _jit(interpret: bool):
+    """triton.jit of the kernel, compiled or interpreted. Triton fixes its mode when first imported (its own jit
+    functions, tl.max and tl.sum, are interpreted only if TRITON_INTERPRET=1 then): the first call imports it
+    in the mode it needs, as the other kernels do (`exporter.ops.kernels`), and a call needing the other mode
+    raises (run it in a fresh process)."""
+    from . import _interpreting, triton_mode
+
+    mode = triton_mode()
+    if mode is None:
+        with _interpreting() if interpret else contextlib.nullcontext():
+            import triton.language  # noqa: F401
+        mode = triton_mode()
+    if (mode == "interpreter") != interpret:
+        raise RuntimeError(f"hilo_attention on {'CPU' if interpret else 'CUDA'} tensors needs Triton in "
+                           f"{'interpreter' if interpret else 'compiled'} mode, but this process imported it in "
+                           f"{mode} mode: call it in a fresh process (TRITON_INTERPRET=1 for the interpreter)")
+    import triton
+    import triton.language as tl
+
+    globals()["tl"] = tl  # what the kernel's body resolves `tl` to
+    if not interpret:
+        return triton.jit(hilo_attention_kernel)
+    with _interpreting():
+        import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
+
+        return triton.jit(hilo_attention_kernel)
+
+
+def jit_kernel(interpret: bool = False):
+    """The Triton kernel: JIT-compiled (for CUDA and the AOT generator) or interpreted (CPU tensors)."""
+    key = "interpreter" if interpret else "jit"
+    with _lock:
+        if key not in _kernels:
+            _kernels[key] = _jit(interpret)
+        return _kernels[key]
+
+
+def rows(window: int) -> int:
+    """BLOCK_M, the rows of a program's tile: HILO_ROWS (the AOT cubins' tile, windows up to 8x8), more for
+    larger windows (JIT only)."""
+    tokens = window * window
+    if tokens > MAX_WINDOW_TOKENS:
+        raise ValueError(f"windows of {window}x{window} tokens exceed the kernel's {MAX_WINDOW_TOKENS} tokens "
+                         "a program")
+    return max(HILO_ROWS, block_for(tokens))
+
+
+def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int, window: int,
+                   heads: int) -> torch.Tensor:
+    """`torch.ops.exporter.hilo_attention` as the fused kernel: [B, H*W, 3*D] q/k/v and [3*D] pad -> [B, H*W, D]."""
+    if qkv.dim() != 3 or qkv.dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"qkv must be [B, N, 3*D] float32 or float16, got {tuple(qkv.shape)} {qkv.dtype}")
+    b, n, e = qkv.shape
+    if n != height * width or e % 3 or (e // 3) % heads or window < 1:
+        raise ValueError(f"qkv {tuple(qkv.shape)} does not fit a {height}x{width} map of {heads} heads in "
+                         f"windows of {window}")
+    if pad.shape != (e,) or pad.dtype != qkv.dtype or pad.device != qkv.device:
+        raise ValueError(f"pad must be [{e}] {qkv.dtype} on {qkv.device}, "
+                         f"got {tuple(pad.shape)} {pad.dtype} on {pad.device}")
+    d = e // 3
+    head_dim = d // heads
+    qkv, pad = qkv.contiguous(), pad.contiguous()
+    out = torch.empty(b, n, d, dtype=qkv.dtype, device=qkv.device)
+    if b == 0 or n == 0:
+        return out
+    block_m = rows(window)
+    per_program = block_m // (window * window)
+    windows = -(-height // window) * -(-width // window)
+    grid = (-(-windows // per_program), b * heads)
+    args = (qkv, pad, out, height, width, window, heads, head_dim, per_program)
+    meta = {"BLOCK_M": block_m, "BLOCK_D": block_for(head_dim)}
+    if qkv.is_cuda:
+        with torch.cuda.device(qkv.device):
+            jit_kernel()[grid](*args, **meta, num_warps=num_warps("hilo_attention", meta["BLOCK_D"]))
+    else:
+        from . import _interpreting
+
+        with _lock, _interpreting():
+            jit_kernel(interpret=True)[grid](*args, **meta)
+    return out
