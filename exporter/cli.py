@@ -111,16 +111,28 @@ def _add_verify(sub) -> None:
     p = sub.add_parser(
         "verify",
         help="re-check an existing bundle against PyTorch",
-        description="Check a bundle's file hashes, graphs and parity against PyTorch again (e.g. after copying it).",
+        description="Check a bundle's file hashes, graphs and parity against PyTorch again (e.g. after copying it); "
+        "with --data, also measure its accuracy on labelled images.",
     )
     p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
+    p.add_argument(
+        "--data", type=Path, default=None, metavar="DIR",
+        help="also report top-1/top-5 of PyTorch and every graph on labelled images: DIR/<class>/<image> "
+        "(classes in sorted order, as torchvision's ImageFolder)",
+    )
     p.set_defaults(run=_verify)
 
 
 def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
+    if args.data is not None:  # a wrong folder fails before minutes of verification
+        from .verify import accuracy
+
+        accuracy.check(args.bundle, args.data)
     verify(args.bundle, console)
+    if args.data is not None:
+        print(accuracy.table(accuracy.measure(args.bundle, args.data, console)))
     console.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 

@@ -47,6 +47,10 @@ def render(report: dict) -> str:
                 + (f"; {r['reason']}" if r.get("reason") else "")
             )
             lines += [f"  - {e}" for e in r.get("parse_errors") or []]
+    if report.get("accuracy"):  # added by `verify --data`
+        from .accuracy import table
+
+        lines += ["", "## Accuracy on labelled images", "", table(report["accuracy"])]
     return "\n".join(lines) + "\n"
 
 
