@@ -2,9 +2,9 @@
 
 Pretrained weights and ImageNet cannot be downloaded in CI, so exported accuracy is checked on a model trained
 here (`python -m exporter.fixtures.digits train`) on real scans that scikit-learn ships (1,797 8x8 digits).
-The 8x8 scans are upscaled to 56x56 and cut into 4x4 patches: 14x14 = 196 patch tokens plus the class token,
-the token grid of DeiT at 224 px, so every method's defaults (tuned for DeiT) give the schedules they give on
-DeiT-S. Importing this module registers the model with timm.
+The 8x8 scans are upscaled to 32x32 and cut into 4x4 patches, so each of the 64 patch tokens (plus the class
+token) carries one pixel of the scan; 12 blocks, so every method's default locations and stages exist.
+Importing this module registers the model with timm.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ default_cfgs = generate_default_cfgs({"vit_digits.sklearn": _cfg()})
 
 @register_model
 def vit_digits(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """ViT for 56x56 upscaled digits: patch 4 (197 tokens), 12 blocks of width 48, 3 heads, 10 classes."""
+    """ViT for 32x32 upscaled digits: patch 4 (65 tokens), 12 blocks of width 64, 4 heads, 10 classes."""
     model_args = dict(img_size=32, patch_size=4, embed_dim=64, depth=12, num_heads=4, num_classes=10)
     return build_model_with_cfg(
         VisionTransformer, "vit_digits", pretrained, pretrained_filter_fn=checkpoint_filter_fn,
