@@ -61,7 +61,8 @@ def check(bundle: Path, data: Path):
 
 def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads: Optional[int] = None) -> dict:
     """Top-1/top-5 of PyTorch (the bundle's model, and the dense one if reduced) and of every graph on `data`;
-    stored as report.json's `accuracy` (and in report.md)."""
+    stored as report.json's `accuracy` (and in report.md). `threads` sets PyTorch's and onnxruntime's intra-op
+    threads for the run (default: theirs)."""
     from timm.data import create_transform, resolve_data_config
 
     from ..models import input_size
@@ -77,19 +78,25 @@ def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads
     runners = {"pytorch": _torch(model)}
     if model is not dense:
         runners["pytorch (dense)"] = _torch(dense)
-    for graph in manifest["io"]:
+    for graph in sorted(manifest["io"], key=lambda g: ("fp16" in g, g)):  # fp32 first
         runners[graph] = _onnx(ort_runtime.session(bundle / graph, threads), spec.batch.opt)
     batch = spec.batch.opt
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
     labels, logits = [], {name: [] for name in runners}
     columns = (TextColumn("accuracy on {task.fields[data]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("images", total=len(dataset), data=data)
-        for x, y in loader:
-            labels.append(y.numpy())
-            for name, run in runners.items():
-                logits[name].append(run(x))
-            progress.advance(task, len(y))
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("images", total=len(dataset), data=data)
+            for x, y in loader:
+                labels.append(y.numpy())
+                for name, run in runners.items():
+                    logits[name].append(run(x))
+                progress.advance(task, len(y))
+    finally:
+        torch.set_num_threads(saved)
     y = np.concatenate(labels)
     outputs = {name: np.concatenate(chunks) for name, chunks in logits.items()}
     reference = outputs["pytorch"].argmax(1)
