@@ -119,7 +119,8 @@ def _add_verify(sub) -> None:
     p = sub.add_parser(
         "verify",
         help="re-check an existing bundle against PyTorch",
-        description="Check a bundle's file hashes, graphs and parity against PyTorch again (e.g. after copying it).",
+        description="Check a bundle's file hashes, graphs and parity against PyTorch again (e.g. after copying it); "
+        "with --data, also measure its accuracy on labelled images.",
     )
     p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
     p.add_argument("--weights", type=Path, default=None, help="the bundle's checkpoint at a new location (it must be the same file)")
@@ -130,14 +131,23 @@ def _add_verify(sub) -> None:
     p.add_argument("--references-only", action="store_true",
                    help="check only the file hashes, then onnxruntime and the engines on the PyTorch references stored "
                    "in the bundle: no PyTorch model, weights or network needed (e.g. on a Jetson)")
+    p.add_argument(
+        "--data", type=Path, default=None, metavar="DIR",
+        help="also report top-1/top-5 of PyTorch and every graph on labelled images: DIR/<class>/<image> "
+        "(classes in sorted order, as torchvision's ImageFolder)",
+    )
     p.set_defaults(run=_verify)
 
 
 def _verify(args, console: Console) -> int:
     from .pipeline import verify
 
+    if args.data is not None:  # a wrong folder fails before minutes of verification
+        from .verify import accuracy
+
+        accuracy.check(args.bundle, args.data)
     verify(args.bundle, console, weights=args.weights, report_to=args.report, engine=args.engine,
-           references_only=args.references_only)
+           references_only=args.references_only, data=args.data)
     args.stdout.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
     return 0
 

@@ -209,12 +209,13 @@ def write_reports(directory: Path, report: dict) -> None:
 
 
 def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Path] = None, report_to: Optional[Path] = None,
-           engine: Optional[str] = None, references_only: bool = False) -> dict:
+           engine: Optional[str] = None, references_only: bool = False, data: Optional[Path] = None) -> dict:
     """Re-run the checks of an existing bundle (e.g. after copying it) without changing it: files and the
     manifest's consistency first, then graphs, parity, TensorRT-RTX, the stored references and the engines
     that can run here. The report goes to `report_to` (.json, else markdown) or stdout; `weights` is the
     bundle's checkpoint at a new location. With `references_only`, only the files and the runtimes on the
-    stored PyTorch references (no model, weights or network needed)."""
+    stored PyTorch references (no model, weights or network needed). `data`, a folder of labelled images,
+    adds top-1/top-5 of PyTorch and every graph to the report."""
     console = console or Console(stderr=True)
     manifest, spec = bundle_check.read_manifest(bundle)
     bundle_check.check_report_path(report_to)
@@ -239,6 +240,10 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
                 for g in graphs:
                     export_graph(model, g, bundle, debug, write_deliverable=False, img_size=input_size(dense), batch=spec.batch.as_tuple(), opset=spec.opset)
             report = evaluate(spec, dense, model, bundle, graphs, stage, manifest.get("fp16"), engine, run_engines=True)
+    if data is not None:
+        from .verify import accuracy
+
+        report["accuracy"] = accuracy.measure(bundle, data, console)
     bundle_check.write_report(report, report_to)
     if not report["passed"]:
         raise BuildFailed(_failure_summary(report), bundle)

@@ -19,3 +19,20 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_SUMMARY = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def terminal_summary(request) -> list:
+    """Lines a test wants shown after the run, without -s or -rP (e.g. the digits accuracy table)."""
+    return request.config.stash.setdefault(_SUMMARY, [])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_SUMMARY, [])
+    if lines:
+        terminalreporter.section("exported accuracy")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ..errors import ExporterError
-from . import litv2  # noqa: F401  registers litv2_small/medium/base with timm
+from . import digits, litv2  # noqa: F401  register vit_digits and litv2_small/medium/base with timm
 
-SUPPORTED = "timm VisionTransformer models (deit_*, vit_*) and litv2_small/medium/base"
+SUPPORTED = "timm VisionTransformer models (deit_*, vit_*, the trained fixture vit_digits) and litv2_small/medium/base"
 
 
 def is_supported(model: nn.Module) -> bool:

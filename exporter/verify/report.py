@@ -83,6 +83,10 @@ def render(report: dict) -> str:
         lines.append("- none built: `python -m exporter engine <bundle> --runtime tensorrt` on the target GPU, or "
                      "`--runtime tensorrt-rtx --target sm86` for an RTX GPU from any x86-64 machine; "
                      "`./build_engine.sh` does the same with trtexec alone.")
+    if report.get("accuracy"):  # added by `verify --data`
+        from .accuracy import table
+
+        lines += ["", "## Accuracy on labelled images", "", table(report["accuracy"])]
     lines += [
         "",
         "## Throughput",

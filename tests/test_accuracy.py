@@ -1,0 +1,163 @@
+"""Exported accuracy on real images: the trained digits fixture built with every method, fp32 and fp16.
+
+Random weights prove parity; these tests show that each exported reduced graph classifies the 360 held-out scans
+as its PyTorch model does (top-1 within one image, fp16 within one image of fp32), and print each method's
+accuracy and its drop against dense after the run. Each bundle is built once per session, at one batch size.
+"""
+import json
+
+import pytest
+
+from exporter.cli import main
+from exporter.fixtures import digits
+from exporter.verify import accuracy
+
+METHODS = list(digits.SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def split_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits-test")
+    assert digits.export_split(out) == digits.TEST_SIZE
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory):
+    """method -> bundle, built lazily (a test asking for one method builds only that one)."""
+    built = {}
+
+    def get(method):
+        if method not in built:
+            out = tmp_path_factory.mktemp(f"digits-{method}")
+            built[method] = digits.build(out, method, digits.SETTINGS[method][0])
+        return built[method]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def measured(bundles, split_dir, terminal_summary):
+    """method -> `accuracy.measure` result on the held-out split; adds a row to the printed table per method."""
+    results = {}
+
+    def get(method):
+        if method not in results:
+            results[method] = accuracy.measure(bundles(method), split_dir, threads=1)
+            _summarise(terminal_summary, results)
+        return results[method]
+
+    return get
+
+
+def _top1(result, runtime):
+    (row,) = [r for r in result["results"] if r["runtime"] == runtime]
+    return row
+
+
+def _summarise(lines, results):
+    """The table printed after the run: top-1 per runtime and the drop against dense PyTorch."""
+    dense = _top1(results["none"], "pytorch")["top1"] if "none" in results else None
+    lines[:] = [
+        f"vit_digits, {digits.TEST_SIZE} held-out scans, top-1 % (drop vs dense PyTorch)",
+        f"{'method':<10} {'parameters':<36} {'PyTorch':>16} {'fp32 ONNX':>10} {'fp16 ONNX':>10}",
+    ]
+    for method in METHODS:
+        if method not in results:
+            continue
+        r = results[method]
+        torch_top1 = _top1(r, "pytorch")["top1"]
+        drop = "" if dense is None else f" ({torch_top1 - dense:+.2f})"
+        params = " ".join(digits.SETTINGS[method][0]) or "defaults"
+        params = params if len(params) <= 36 else params[:33] + "..."
+        lines.append(
+            f"{method:<10} {params:<36} {f'{torch_top1:.2f}{drop}':>16} "
+            f"{_top1(r, 'model.onnx')['top1']:>10.2f} {_top1(r, 'model.fp16.onnx')['top1']:>10.2f}"
+        )
+
+
+def test_export_split_layout(split_dir):
+    folders = sorted(p.name for p in split_dir.iterdir())
+    assert folders == [str(d) for d in range(10)]
+    counts = [len(list((split_dir / f).glob("*.png"))) for f in folders]
+    assert sum(counts) == digits.TEST_SIZE and min(counts) >= 35  # stratified: 35-37 per digit
+
+
+def test_fixture_is_trained_and_held_out(measured):
+    """The committed checkpoint classifies unseen scans well, with room left to see a method's cost."""
+    dense = _top1(measured("none"), "pytorch")
+    assert 88.0 <= dense["top1"] < 100.0, dense
+    assert dense["top5"] >= 98.0
+    train, test = digits.split()["train"], digits.split()["test"]
+    assert len(train[0]) + len(test[0]) == 1797
+    train_pixels = {im.tobytes() for im in train[0]}
+    assert sum(im.tobytes() in train_pixels for im in test[0]) < 5  # only duplicate scans, if any, overlap
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_exported_accuracy_matches_pytorch(measured, method):
+    result = measured(method)
+    assert result["images"] == digits.TEST_SIZE and result["classes"] == 10
+    torch_row, fp32, fp16 = (_top1(result, r) for r in ("pytorch", "model.onnx", "model.fp16.onnx"))
+    assert abs(fp32["correct_top1"] - torch_row["correct_top1"]) <= 1, result
+    assert abs(fp16["correct_top1"] - fp32["correct_top1"]) <= 1, result
+    # near-ties aside, the graphs make PyTorch's predictions image by image
+    assert fp32["top1_agreement"] >= digits.TEST_SIZE - 1 and fp16["top1_agreement"] >= digits.TEST_SIZE - 2
+    if method != "none":
+        dense = _top1(result, "pytorch (dense)")
+        assert dense["correct_top1"] == _top1(measured("none"), "pytorch")["correct_top1"]
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "none"])
+def test_methods_reduce_the_fixture(bundles, method):
+    """Every method removes a real share of the 65 tokens, so its accuracy cost is measured, not assumed."""
+    report = json.loads((bundles(method) / "report.json").read_text())
+    assert report["passed"] and report["flops"]["ratio"] > 1.2
+    assert min(report["schedule"]) <= 40
+
+
+def test_verify_data_command(bundles, split_dir, capsys):
+    """The command re-verifies the bundle, then prints and stores the accuracy of PyTorch and both graphs."""
+    bundle = bundles("none")  # dense: no debug graphs to re-export, the cheapest full verify
+    assert main(["verify", str(bundle), "--data", str(split_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "PASSED" in captured.err
+    assert "| model.fp16.onnx |" in captured.out and f"/{digits.TEST_SIZE} |" in captured.out
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["passed"]
+    assert [r["runtime"] for r in report["accuracy"]["results"]] == ["pytorch", "model.onnx", "model.fp16.onnx"]
+    assert "## Accuracy on labelled images" in (bundle / "report.md").read_text()
+
+
+def _flat(tmp_path, split_dir):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, png in enumerate(sorted(split_dir.glob("*/*.png"))[:12]):
+        (flat / f"{i}.png").write_bytes(png.read_bytes())
+    return flat
+
+
+def _nine_classes(tmp_path, split_dir):
+    import shutil
+
+    nine = tmp_path / "nine"
+    for d in range(9):
+        shutil.copytree(split_dir / str(d), nine / str(d))
+    return nine
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (_flat, ["has no class sub-folders", "12 files", "export-split"]),
+        (_nine_classes, ["has 9 class folders but the model predicts 10 classes", "sorted order"]),
+        (lambda tmp_path, split_dir: tmp_path / "missing", ["is not a directory"]),
+    ],
+)
+def test_verify_data_wrong_layout(bundles, split_dir, tmp_path, capsys, make, expected):
+    """A folder of another layout fails at once (exit 2, problem and fix), before any verification runs."""
+    assert main(["verify", str(bundles("none")), "--data", str(make(tmp_path, split_dir))]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "fix:" in err and "Traceback" not in err and "check file hashes" not in err
+    for text in expected:
+        assert text in " ".join(err.split()), (text, err)
