@@ -98,7 +98,7 @@ def rtx_check(
 
 def _check(trt, onnx_path, input_name, batch, input_shape_tail, plugin_library, compute_capability) -> RtxCheck:
     version = trt.__version__
-    logger = _logger(trt)
+    logger = error_logger(trt)
     builder = trt.Builder(logger)
     if plugin_library is not None and builder.get_plugin_registry().load_library(str(plugin_library)) is None:
         return RtxCheck("failed", f"TensorRT-RTX {version} could not load the plugin library {plugin_library}: "
@@ -232,7 +232,7 @@ def _parse_error(error) -> str:
     return f"node '{error.node_name()}' ({error.node_operator()}): {error.desc()} [{code}]"
 
 
-def _logger(trt):
+def error_logger(trt):
     """A TensorRT logger that keeps error messages (for the failure reason) and drops the rest."""
 
     class Collect(trt.ILogger):

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .. import artifacts
+from ..checks.engine_build import error_logger
 from ..errors import ExporterError
 from ..spec import BatchRange, BuildSpec
 from . import cache, targets
@@ -186,7 +187,7 @@ def _why_miss(old: Optional[dict], fields: dict, force: bool) -> str:
 
 def _build(trt, p: Plan, timing_cache: Path) -> tuple[bytes, dict]:
     """Parse, configure (strongly typed, profile, timing cache, target) and build; (plan bytes, notes)."""
-    logger = _logger(trt)
+    logger = error_logger(trt)
     builder = trt.Builder(logger)
     if builder is None:
         raise ExporterError(f"{LABEL[p.runtime]} could not create a builder: {'; '.join(logger.errors) or 'no error was logged'}.",
@@ -262,18 +263,3 @@ def _rtx_parser_can_open_plugins(trt) -> bool:
         return True
     dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
     return any((Path(d) / "libtensorrt_rtx.so").exists() for d in dirs)
-
-
-def _logger(trt):
-    """A logger that keeps errors (for the message) and drops the rest."""
-
-    class Collect(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(msg)
-
-    return Collect()

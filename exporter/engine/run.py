@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ExporterError
 from . import cache, targets
-from .build import _logger
+from ..checks.engine_build import error_logger
 
 
 def uses_polygraphy(entry: dict) -> bool:
@@ -50,7 +50,7 @@ def cannot_run(entry: dict) -> Optional[ExporterError]:
 def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
     """A function from a batch of fp32 inputs (numpy) to the engine's first output (numpy fp32)."""
     trt = targets.import_runtime(entry["runtime"])
-    logger = _logger(trt)
+    logger = error_logger(trt)
     runtime = trt.Runtime(logger)
     if entry.get("plugin_library"):
         runtime.get_plugin_registry().load_library(str(bundle / cache.PLUGIN_LIBRARY))
