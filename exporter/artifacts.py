@@ -15,8 +15,9 @@ import shutil
 import socket
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from .errors import ExporterError
 
@@ -201,6 +202,17 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+T = TypeVar("T")
+
+
+def from_record(cls: type[T], record: dict) -> T:
+    """The dataclass `cls` from a JSON record written from one (`asdict`): keys it has no field for
+    (derived ones such as 'passed') are dropped, fields the record lacks (an older exporter's) keep their
+    defaults."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})
 
 
 def read_json(path: Path) -> Any:

@@ -23,8 +23,10 @@ from . import __version__, artifacts
 from .checks import graph as graph_check
 from .checks import parity
 from .checks.compare import compare_graphs, verify_batches
+from .checks.parity import StoredComparison
 from .checks.engine_build import RtxCheck, rtx_check
 from .engine import report as engine_report
+from .engine.report import EngineRow
 from .engine import scripts
 from .errors import ExporterError
 from .export.fold import fold_constants
@@ -36,7 +38,7 @@ from .runtime import onnx_runner
 from .spec import BuildSpec
 from .verify import bundle as bundle_check
 from .verify import references
-from .verify.report import render, warnings
+from .verify.report import Flops, Report
 
 TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "tensorrt-rtx-cu13")
 
@@ -124,9 +126,9 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             scripts.write(tmp, spec, command, graphs, _git_commit())
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         write_reports(tmp, report)  # before the manifest, whose hashes cover them
-        if not report["passed"]:
+        if not report.passed:
             kept = artifacts.keep_failed(tmp, out, spec.run_name)
-            raise BuildFailed(_failure_summary(report), kept)
+            raise BuildFailed("\n".join(report.failures()), kept)
         manifest = {
             "exporter_version": __version__,
             "run_name": spec.run_name,
@@ -136,9 +138,9 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "tools": _tool_versions(),
             "opset": spec.opset,
             "stages_seconds": stage.durations,
-            "schedule": report["schedule"],
-            "method_params": report["method_params"],
-            "flops": report["flops"],
+            "schedule": report.schedule,
+            "method_params": report.method_params,
+            "flops": asdict(report.flops),
             "fp16": fp16_facts,
             "plugin_library": library_status,
             "io": {g.file: _io(tmp / g.file) for g in graphs},
@@ -150,7 +152,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
 
 
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None,
-             engine: Optional[str] = None, run_engines: bool = False) -> dict:
+             engine: Optional[str] = None, run_engines: bool = False) -> Report:
     """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
     engines; returns the report (writes nothing)."""
     size = input_size(dense)
@@ -166,50 +168,41 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     library = bundle / PLUGIN_LIBRARY
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")) as found:
-        rtx = {g.file: asdict(_rtx(bundle / g.file, spec, size, g.lowering, library)) for g in graphs}
-        found.problems = sum(r["status"] == "failed" for r in rtx.values())
+        rtx = {g.file: _rtx(bundle / g.file, spec, size, g.lowering, library) for g in graphs}
+        found.problems = sum(r.status == "failed" for r in rtx.values())
     stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
-    passed = (
-        all(c.passed for c in comparisons)
-        and all(c["passed"] for c in stored)
-        and all(e["status"] != "failed" for e in engines)
-        and not any(problems.values())
-        and all(r["status"] != "failed" for r in rtx.values())
-    )
-    report = {
-        "run_name": spec.run_name,
-        "spec": spec.to_dict(),
-        "passed": passed,
-        "schedule": model.schedule,
-        # what the method ran with, defaults resolved (e.g. DiffRate's flops budget and its counts)
-        "method_params": model.params,
-        "flops": _flops(dense, model, size),
-        "thresholds": (
+    report = Report(
+        run_name=spec.run_name,
+        spec=spec,
+        schedule=model.schedule,
+        method_params=model.params,  # defaults resolved (e.g. DiffRate's flops budget and its counts)
+        flops=_flops(dense, model, size),
+        thresholds=(
             f"fp32: max abs <= {parity.FP32_MAX_ABS:g}, top-1 agreement 100%; fp16: min cosine >= "
             f"{parity.FP16_MIN_COSINE}, top-1 agreement 100% on decisive samples (top-1/top-2 margin > 2x error); "
             f"a sample with token flips (replayed) is compared with PyTorch replaying onnxruntime's choices: in fp32 "
             f"on at most {parity.MAX_FLIP_FRACTION:.0%} of the samples, in fp16 where PyTorch's own half-precision "
             "model changes the kept tokens too"
         ),
-        "comparisons": [c.to_dict() for c in comparisons],
-        "lint": problems,
-        "tensorrt_rtx": rtx,
-        "notes": list(getattr(model, "notes", [])),  # what the method changed in the request (e.g. ToMe's r cap)
-        "references": stored,
-        "engines": engines,
-    }
-    for line in warnings(report) + report["notes"]:
+        comparisons=comparisons,
+        lint=problems,
+        tensorrt_rtx=rtx,
+        notes=list(getattr(model, "notes", [])),
+        references=stored,
+        engines=engines,
+    )
+    for line in report.warnings() + report.notes:
         stage.console.print(f"[yellow]warning[/yellow] {line}")
     return report
 
 
-def write_reports(directory: Path, report: dict) -> None:
-    artifacts.write_json(directory / artifacts.REPORT_JSON, report)
-    artifacts.write_text(directory / artifacts.REPORT_MD, render(report))
+def write_reports(directory: Path, report: Report) -> None:
+    artifacts.write_json(directory / artifacts.REPORT_JSON, report.to_dict())
+    artifacts.write_text(directory / artifacts.REPORT_MD, report.markdown())
 
 
 def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Path] = None, report_to: Optional[Path] = None,
-           engine: Optional[str] = None, references_only: bool = False, data: Optional[Path] = None) -> dict:
+           engine: Optional[str] = None, references_only: bool = False, data: Optional[Path] = None) -> Report:
     """Re-run the checks of an existing bundle (e.g. after copying it) without changing it: files and the
     manifest's consistency first, then graphs, parity, TensorRT-RTX, the stored references and the engines
     that can run here. The report goes to `report_to` (.json, else markdown) or stdout; `weights` is the
@@ -243,10 +236,10 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     if data is not None:
         from .verify import accuracy
 
-        report["accuracy"] = accuracy.measure(bundle, data, console)
+        report.accuracy = accuracy.measure(bundle, data, console)
     bundle_check.write_report(report, report_to)
-    if not report["passed"]:
-        raise BuildFailed(_failure_summary(report), bundle)
+    if not report.passed:
+        raise BuildFailed("\n".join(report.failures()), bundle)
     return report
 
 
@@ -263,39 +256,32 @@ def _check_token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> None:
         )
 
 
-def _verify_stored(spec: BuildSpec, bundle: Path, graphs: list[Graph], stage: Stages, engine: Optional[str]) -> dict:
-    """verify --references-only: the build's report, with onnxruntime and the engines re-run on references.npz."""
+def _verify_stored(spec: BuildSpec, bundle: Path, graphs: list[Graph], stage: Stages, engine: Optional[str]) -> Report:
+    """verify --references-only: the build's report (its own checks as recorded), with onnxruntime and the
+    engines re-run on references.npz."""
     if not (bundle / references.REFERENCES).is_file():
         raise ExporterError(f"{bundle} has no {references.REFERENCES} (built by an older exporter).",
                             "Run `python -m exporter verify` without --references-only, or rebuild the bundle.")
     stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines=True)
-    report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
-    report.update(references=stored, engines=engines)
-    report["passed"] = (  # the build's own checks as recorded, and what ran now
-        all(c["passed"] for c in report["comparisons"]) and not any(report["lint"].values())
-        and all(r["status"] != "failed" for r in report["tensorrt_rtx"].values())
-        and all(c["passed"] for c in stored) and all(e["status"] != "failed" for e in engines)
-    )
-    return report
+    return replace(Report.load(bundle / artifacts.REPORT_JSON), references=stored, engines=engines)
 
 
-def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tuple[list[dict], list[dict]]:
+def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tuple[list[StoredComparison], list[EngineRow]]:
     """onnxruntime on the stored PyTorch references, and (verify) every engine that can run here."""
     refs = references.load(bundle / references.REFERENCES)
     stored = []
     if refs is not None:
         with stage("onnxruntime on the stored PyTorch references"):
             for g in graphs:
-                runner = onnx_runner(bundle / g.file)
-                stored += references.check(refs, lambda x, r=runner: r(x)[0], g.file, g.precision,
+                stored += references.check(refs, onnx_runner(bundle / g.file), g.file, g.precision,
                                            verify_batches(spec.batch), "onnxruntime (CPU)")
     if not run_engines:
         return stored, engine_report.built(bundle)
     with stage("engines on the stored PyTorch references"):
         engines = engine_report.check_engines(bundle, verify_batches(spec.batch), engine)
     for e in engines:
-        if e["status"] == "skipped":
-            stage.console.print(f"[yellow]skipped[/yellow] engines/{e['folder']}/{e['engine']}: {escape(e['reason'])}")
+        if e.status == "skipped":
+            stage.console.print(f"[yellow]skipped[/yellow] engines/{e.folder}/{e.engine}: {escape(e.reason)}")
     return stored, engines
 
 
@@ -319,10 +305,10 @@ def _rtx(graph: Path, spec: BuildSpec, size, lowering: str, library: Path) -> Rt
     return rtx_check(graph, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **plugins)
 
 
-def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> dict:
+def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> Flops:
     dense_gmacs = count_gmacs(dense, size)
     gmacs = count_gmacs(model, size)
-    return {"dense_gmacs": round(dense_gmacs, 4), "gmacs": round(gmacs, 4), "ratio": round(dense_gmacs / gmacs, 4)}
+    return Flops(round(dense_gmacs, 4), round(gmacs, 4), round(dense_gmacs / gmacs, 4))
 
 
 def _io(path: Path) -> dict:
@@ -339,24 +325,6 @@ def _io(path: Path) -> dict:
         ]
 
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
-
-
-def _failure_summary(report: dict) -> str:
-    lines = []
-    for c in report["comparisons"]:
-        for f in c["failures"]:
-            lines.append(f"{c['graph']} at batch {c['batch']}: {f}")
-    for graph, problems in report["lint"].items():
-        lines += [f"{graph}: {p}" for p in problems]
-    for graph, r in report["tensorrt_rtx"].items():
-        if r["status"] == "failed":
-            lines.append(f"{graph}: TensorRT-RTX {r['reason']}")
-    for c in report.get("references", []):
-        lines += [f"{c['graph']} ({c['runtime']}) on the stored references at batch {c['batch']}: {f}" for f in c["failures"]]
-    for e in report.get("engines", []):
-        for c in e.get("comparisons", []):
-            lines += [f"engines/{e['folder']}/{e['engine']} at batch {c['batch']}: {f}" for f in c["failures"]]
-    return "\n".join(lines)
 
 
 def _git_commit(package: Path = Path(__file__).resolve().parent, timeout: float = 5.0) -> str:

@@ -50,14 +50,9 @@ def measured(bundles, split_dir, terminal_summary):
     return get
 
 
-def _top1(result, runtime):
-    (row,) = [r for r in result["results"] if r["runtime"] == runtime]
-    return row
-
-
 def _summarise(lines, results):
     """The table printed after the run: top-1 per runtime and the drop against dense PyTorch."""
-    dense = _top1(results["none"], "pytorch")["top1"] if "none" in results else None
+    dense = results["none"].score("pytorch").top1 if "none" in results else None
     lines[:] = [
         f"vit_digits, {digits.TEST_SIZE} held-out scans, top-1 % (drop vs dense PyTorch)",
         f"{'method':<10} {'parameters':<36} {'PyTorch':>16} {'fp32 ONNX':>10} {'fp16 ONNX':>10}",
@@ -66,13 +61,13 @@ def _summarise(lines, results):
         if method not in results:
             continue
         r = results[method]
-        torch_top1 = _top1(r, "pytorch")["top1"]
+        torch_top1 = r.score("pytorch").top1
         drop = "" if dense is None else f" ({torch_top1 - dense:+.2f})"
         params = " ".join(digits.SETTINGS[method][0]) or "defaults"
         params = params if len(params) <= 36 else params[:33] + "..."
         lines.append(
             f"{method:<10} {params:<36} {f'{torch_top1:.2f}{drop}':>16} "
-            f"{_top1(r, 'model.onnx')['top1']:>10.2f} {_top1(r, 'model.fp16.onnx')['top1']:>10.2f}"
+            f"{r.score('model.onnx').top1:>10.2f} {r.score('model.fp16.onnx').top1:>10.2f}"
         )
 
 
@@ -85,9 +80,9 @@ def test_export_split_layout(split_dir):
 
 def test_fixture_is_trained_and_held_out(measured):
     """The committed checkpoint classifies unseen scans well, with room left to see a method's cost."""
-    dense = _top1(measured("none"), "pytorch")
-    assert 88.0 <= dense["top1"] < 100.0, dense
-    assert dense["top5"] >= 98.0
+    dense = measured("none").score("pytorch")
+    assert 88.0 <= dense.top1 < 100.0, dense
+    assert dense.top5 >= 98.0
     train, test = digits.split()["train"], digits.split()["test"]
     assert len(train[0]) + len(test[0]) == 1797
     train_pixels = {im.tobytes() for im in train[0]}
@@ -97,15 +92,15 @@ def test_fixture_is_trained_and_held_out(measured):
 @pytest.mark.parametrize("method", METHODS)
 def test_exported_accuracy_matches_pytorch(measured, method):
     result = measured(method)
-    assert result["images"] == digits.TEST_SIZE and result["classes"] == 10
-    torch_row, fp32, fp16 = (_top1(result, r) for r in ("pytorch", "model.onnx", "model.fp16.onnx"))
-    assert abs(fp32["correct_top1"] - torch_row["correct_top1"]) <= 1, result
-    assert abs(fp16["correct_top1"] - fp32["correct_top1"]) <= 1, result
+    assert result.images == digits.TEST_SIZE and result.classes == 10
+    torch_row, fp32, fp16 = (result.score(r) for r in ("pytorch", "model.onnx", "model.fp16.onnx"))
+    assert abs(fp32.correct_top1 - torch_row.correct_top1) <= 1, result
+    assert abs(fp16.correct_top1 - fp32.correct_top1) <= 1, result
     # near-ties aside, the graphs make PyTorch's predictions image by image
-    assert fp32["top1_agreement"] >= digits.TEST_SIZE - 1 and fp16["top1_agreement"] >= digits.TEST_SIZE - 2
+    assert fp32.top1_agreement >= digits.TEST_SIZE - 1 and fp16.top1_agreement >= digits.TEST_SIZE - 2
     if method != "none":
-        dense = _top1(result, "pytorch (dense)")
-        assert dense["correct_top1"] == _top1(measured("none"), "pytorch")["correct_top1"]
+        dense = result.score("pytorch (dense)")
+        assert dense.correct_top1 == measured("none").score("pytorch").correct_top1
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "none"])

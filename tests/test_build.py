@@ -10,6 +10,7 @@ from exporter import artifacts
 from exporter.cli import main
 from exporter.models import create_model
 from exporter.runtime import ort as ort_runtime
+from exporter.verify.report import Report
 
 MODEL = "deit_tiny_patch16_224"
 
@@ -45,7 +46,7 @@ def test_bundle_contents(fp16_bundle):
     for name, digest in manifest["files"].items():
         assert artifacts.sha256(fp16_bundle / name) == digest
     report = json.loads((fp16_bundle / "report.json").read_text())
-    assert report["passed"]
+    assert report["passed"] and Report.load(fp16_bundle / "report.json").to_dict() == report  # nothing lost in the type
     precisions = {(c["precision"], c["batch"]) for c in report["comparisons"]}
     assert precisions == {(p, b) for p in ("fp32", "fp16") for b in (1, 2, 4)}  # min, opt and max of 1:2:4
     assert "PASSED" in (fp16_bundle / "report.md").read_text()

@@ -76,17 +76,11 @@ def test_bundle_modes_follow_the_umask(built):
 
 
 def test_random_weights_are_said_at_the_top_of_report_md():
-    from exporter.verify.report import render
+    from reports import report
 
-    report = json.loads(json.dumps({
-        "run_name": "r", "passed": True, "spec": {"model": "m", "method": "none", "method_params": {}, "precision": "fp32",
-        "batch": "2", "opset": 18, "weights": "random", "seed": 3}, "flops": {"gmacs": 1, "dense_gmacs": 1, "ratio": 1},
-        "thresholds": "", "comparisons": [],
-    }))
-    head = render(report).split("**PASSED**")[0]
+    head = report(spec={"weights": "random", "seed": 3}).markdown().split("**PASSED**")[0]
     assert "Random weights" in head and "seed 3" in head
-    report["spec"]["weights"] = "/ckpt.pth"
-    assert "Random weights" not in render(report)
+    assert "Random weights" not in report(spec={"weights": "/ckpt.pth"}).markdown()
 
 
 @pytest.mark.parametrize(
@@ -127,6 +121,27 @@ def test_edited_fp32_spec_with_fp16_graph_added(copy, capsys):
 )
 def test_edited_files_are_refused(copy, capsys, name, tamper, expected):
     tamper(copy)
+    verify_fails(capsys, copy, "does not match its manifest", *expected)
+
+
+def _fail_first_comparison(report: dict) -> None:
+    report["comparisons"][0]["failures"] = ["max abs error 1 > 0.0001"]  # its stored "passed" still says true
+
+
+@pytest.mark.parametrize(
+    "name,rewrite,expected",
+    [
+        ("failed-check", _fail_first_comparison, ["report.json does not record a passed build"]),
+        ("not-a-report", lambda r: r.pop("comparisons"), ["report.json is not a report written by", "KeyError"]),
+        ("other-run", lambda r: r.update(run_name="another"), ["report.json belongs to another run"]),
+    ],
+)
+def test_rewritten_report_json_is_refused(copy, capsys, name, rewrite, expected):
+    """report.json rewritten and re-hashed in the manifest: whether it passed is derived from its checks."""
+    report = json.loads((copy / "report.json").read_text())
+    rewrite(report)
+    (copy / "report.json").write_text(json.dumps(report))
+    edit_manifest(copy, lambda m: m["files"].update({"report.json": artifacts.sha256(copy / "report.json")}))
     verify_fails(capsys, copy, "does not match its manifest", *expected)
 
 

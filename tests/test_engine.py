@@ -18,13 +18,14 @@ import torch
 from exporter import artifacts
 from exporter.cli import _spec_from_args, main, parser
 from exporter.engine import cache, preflight, scripts, targets
-from exporter.engine import run as run_module
+from exporter.runtime import tensorrt as run_module
 from exporter.engine.build import Plan
 from exporter.engine.targets import Gpu
 from exporter.errors import ExporterError
 from exporter.models import create_model
 from exporter.spec import BatchRange
 from exporter.verify import references
+from exporter.verify.report import Report
 
 MODEL = "deit_tiny_patch16_224"
 
@@ -63,10 +64,9 @@ def test_references_are_pytorch_on_the_stored_inputs(bundle):
     np.testing.assert_allclose(refs.logits, expected, atol=1e-5, rtol=0)
     manifest = artifacts.read_json(bundle / artifacts.MANIFEST)
     assert {"references.npz", "reproduce.sh", "build_engine.sh"} <= set(manifest["files"])
-    report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
-    stored = report["references"]
-    assert {(r["graph"], r["batch"]) for r in stored} == {(g, b) for g in ("model.onnx", "model.fp16.onnx") for b in (1, 2, 4)}
-    assert all(r["passed"] and r["runtime"] == "onnxruntime (CPU)" and r["samples"] == 16 for r in stored)
+    stored = Report.load(bundle / artifacts.REPORT_JSON).references
+    assert {(r.graph, r.batch) for r in stored} == {(g, b) for g in ("model.onnx", "model.fp16.onnx") for b in (1, 2, 4)}
+    assert all(r.passed and r.runtime == "onnxruntime (CPU)" and r.samples == 16 for r in stored)
 
 
 def test_fp16_rule_leaves_out_sensitive_samples_only():
@@ -86,15 +86,15 @@ def test_fp16_rule_leaves_out_sensitive_samples_only():
                 if state["start"] + i in wrong:
                     out[i] = -out[i]
             state["start"] = (state["start"] + len(x)) % 6
-            return out
+            return [out]
         return run
 
     ok = references.check(refs, answer({0, 5}), "model.fp16.onnx", "fp16", [2], "fake")[0]
-    assert ok["passed"] and ok["left_out"] == 2 and ok["samples"] == 4 and "2/6 samples left out" in ok["warnings"][0]
+    assert ok.passed and ok.left_out == 2 and ok.samples == 4 and "2/6 samples left out" in ok.warnings[0]
     bad = references.check(refs, answer({1}), "model.fp16.onnx", "fp16", [2], "fake")[0]
-    assert not bad["passed"]
+    assert not bad.passed
     fp32 = references.check(refs, answer({0}), "model.onnx", "fp32", [2], "fake")[0]
-    assert not fp32["passed"] and fp32["left_out"] == 0  # fp32: every sample is held to the thresholds
+    assert not fp32.passed and fp32.left_out == 0  # fp32: every sample is held to the thresholds
 
 
 def test_reproduce_sh_is_the_build_command(bundle):
@@ -428,27 +428,29 @@ def test_plugin_graph_commands_load_the_library_on_both_versions():
 
 
 def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
-    from exporter.checks.parity import compare
-    from exporter.verify.report import render
+    from reports import report
+
+    from exporter.checks.parity import StoredComparison, compare
+    from exporter.engine.report import EngineRow
 
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(4, 10)).astype(np.float32)
-    good = {**compare(ref, ref, "model.fp16.onnx", "fp16", 2).to_dict(), "runtime": "onnxruntime (CPU)", "left_out": 0}
-    bad = {**compare(ref, -ref, "model.fp16.engine", "fp16", 2).to_dict(), "runtime": "TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner)",
-           "left_out": 1}
-    engine_row = {"folder": "sm87-tensorrt", "engine": "model.fp16.engine", "graph": "model.fp16.onnx", "runtime": "tensorrt",
-                  "runtime_version": "10.3.0.30", "target": "sm87", "gpu": "Orin", "build_seconds": 61.0, "bytes": 12e6,
-                  "status": "failed", "reason": "", "comparisons": [bad]}
-    report = {"run_name": "r", "passed": False, "schedule": [10, 8], "thresholds": "t", "lint": {}, "tensorrt_rtx": {},
-              "spec": {"model": "m", "weights": "pretrained", "method": "tome", "method_params": {}, "precision": "fp16",
-                       "batch": 2, "opset": 18},
-              "flops": {"gmacs": 1.0, "dense_gmacs": 1.5, "ratio": 1.5}, "comparisons": [{k: v for k, v in good.items() if k not in ("runtime", "left_out")}],
-              "references": [good], "engines": [engine_row]}
-    md = render(report)
+    ran = compare(ref, ref, "model.fp16.onnx", "fp16", 2)
+    good = StoredComparison(**vars(compare(ref, ref, "model.fp16.onnx", "fp16", 2)), runtime="onnxruntime (CPU)")
+    bad = StoredComparison(**vars(compare(ref, -ref, "model.fp16.engine", "fp16", 2)),
+                           runtime="TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner)", left_out=1)
+    engine_row = EngineRow(folder="sm87-tensorrt", engine="model.fp16.engine", graph="model.fp16.onnx", runtime="tensorrt",
+                           runtime_version="10.3.0.30", target="sm87", gpu="Orin", build_seconds=61.0, bytes=12_000_000,
+                           status="failed", comparisons=[bad])
+    r = report(spec={"method": "tome", "precision": "fp16"}, schedule=[10, 8], comparisons=[ran], references=[good],
+               engines=[engine_row])
+    md = r.markdown()
+    assert not r.passed and r.failures()[0].startswith("engines/sm87-tensorrt/model.fp16.engine at batch 2: min cosine")
     assert "Do not ship" in md and "Engines checked on their GPU: sm87-tensorrt/model.fp16.engine failed." in md
     assert "| TensorRT 10.3.0.30 (Orin, Polygraphy TrtRunner) | model.fp16.engine | 2 | 4 |" in md
     assert "| 1 | FAIL: min cosine similarity" in md
     assert "| engines/sm87-tensorrt/model.fp16.engine | TensorRT 10.3.0.30 | sm87 | Orin | 61.0s | 12.0 MB | failed |" in md
+    assert Report.from_dict(json.loads(json.dumps(r.to_dict()))) == r  # report.json holds the whole report
 
 
 class FakeTensorRT(types.ModuleType):

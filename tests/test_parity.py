@@ -72,16 +72,13 @@ def test_fp16_flip_is_replayed_only_when_pytorch_half_flips_too():
 
 
 def test_fp16_without_decisive_samples_warns_and_report_says_so():
-    from exporter.verify.report import render, warnings
+    from reports import report
 
     ref = logits()
     ref[:, 1] = ref[:, 0]  # every sample an exact tie between classes 0 and 1: top-1 proves nothing
     c = compare(ref, ref + np.float32(1e-3), "model.fp16.onnx", "fp16", 2, np.ones(6, dtype=bool), np.ones(6, dtype=bool))
     assert c.passed and c.decisive == 0 and "top-1 agreement not checked" in c.warnings[0]
-    report = {"run_name": "r", "passed": True, "schedule": None, "thresholds": "t", "lint": {}, "tensorrt_rtx": {},
-              "spec": {"model": "m", "weights": "pretrained", "method": "diffrate", "method_params": {}, "precision": "fp16", "batch": 2,
-                       "opset": 18},
-              "flops": {"gmacs": 1.0, "dense_gmacs": 1.0, "ratio": 1.0}, "comparisons": [c.to_dict()]}
-    md = render(report)
-    assert "| 0 (—) | 6 (6 replayed) | pass |" in md and warnings(report)[0] in md
+    r = report(spec={"method": "diffrate", "precision": "fp16"}, comparisons=[c])
+    md = r.markdown()
+    assert r.passed and "| 0 (—) | 6 (6 replayed) | pass |" in md and r.warnings()[0] in md
     assert not compare(logits(), logits(), "g", "fp16", 2).warnings

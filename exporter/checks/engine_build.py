@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from exporter.artifacts import from_record
 from exporter.errors import ExporterError
 
 MISSING = "tensorrt_rtx is not installed (pip install 'exporter[rtx]' / tensorrt-rtx-cu13)"
@@ -57,6 +58,10 @@ class RtxCheck:
     compute_capability: str = ""  # the engine's target, e.g. "SM86"
     log_errors: list[str] = field(default_factory=list)  # every error TensorRT logged (plugins' messages included)
     plugin_calls: dict[str, int] = field(default_factory=dict)  # "ToMeMerge::getOutputShapes" -> calls by TensorRT
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "RtxCheck":
+        return from_record(cls, record)
 
 
 DEFAULT_COMPUTE_CAPABILITY = "SM86"

@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..artifacts import from_record
+
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COSINE = 0.999
 MAX_FLIP_FRACTION = 0.5
@@ -52,6 +54,19 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "Comparison":
+        return from_record(cls, record)
+
+
+@dataclass
+class StoredComparison(Comparison):
+    """A runtime on the PyTorch references stored in the bundle (verify.references): which runtime ran, and
+    how many samples were left out of the thresholds (fp16 near-ties a deployment graph cannot show)."""
+
+    runtime: str = ""
+    left_out: int = 0
 
 
 def compare(

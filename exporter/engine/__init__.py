@@ -4,7 +4,8 @@
 - `cache`: the content key, the per-target manifest (engines/<target>/engine.json), cache lookups.
 - `preflight`: the engine's manifest against the runtime and GPU present, refused in one sentence.
 - `build`: the build itself (strongly typed, a batch profile, the timing cache, the plugin library).
-- `run`: run an engine on a GPU (used by verify).
+- `report`: the report's rows for the bundle's engines, and verify's engine stage (runs them through
+  `runtime.engine_runner`).
 - `scripts`: reproduce.sh and build_engine.sh (trtexec for TensorRT 10 and 11), written into every bundle.
 
 Every TensorRT import is lazy: without it, the commands that need it say so and exit 2.

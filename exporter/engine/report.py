@@ -7,13 +7,50 @@ asked for it with `verify --engine`, which refuses (exit 2) with the pre-flight 
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from .. import artifacts
+from ..artifacts import from_record
+from ..checks.parity import StoredComparison
 from ..errors import ExporterError
+from ..runtime import engine_runner
+from ..runtime import tensorrt as trt_runtime
 from ..verify import references
-from . import cache, preflight, run, targets
+from . import cache, preflight, targets
+
+
+@dataclass
+class EngineRow:
+    """One engine of the bundle: its manifest facts (engine.json), and whether it ran here."""
+
+    folder: str  # engines/<folder>, e.g. sm86-tensorrt-rtx
+    engine: str
+    graph: str
+    runtime: str
+    runtime_version: str
+    target: str
+    gpu: Any  # the GPU it was built on (or "none": TensorRT-RTX builds without one)
+    flags: Any = None
+    build_seconds: float = 0.0
+    bytes: int = 0
+    sha256: str = ""
+    status: str = "built"  # built (not run) | passed | failed | skipped
+    reason: str = ""
+    comparisons: list[StoredComparison] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, folder: str, entry: dict) -> "EngineRow":
+        return from_record(cls, {**entry, "folder": folder})
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "EngineRow":
+        row = from_record(cls, record)
+        row.comparisons = [StoredComparison.from_dict(c) for c in record.get("comparisons", [])]
+        return row
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "comparisons": [c.to_dict() for c in self.comparisons]}
 
 
 def entries_for(bundle: Path, name: str) -> list[tuple[str, dict]]:
@@ -35,58 +72,49 @@ def preflight_required(bundle: Path, name: Optional[str]) -> None:
         return
     for folder, entry in entries_for(bundle, name):
         preflight.check(bundle, folder, entry, preflight.present(entry["runtime"]))
-        problem = run.cannot_run(entry)
+        problem = trt_runtime.cannot_run(entry)
         if problem:
             raise problem
 
 
-def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] = None) -> list[dict]:
-    """One row per engine: its manifest facts, status (passed/failed/skipped/built) and parity rows."""
+def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] = None) -> list[EngineRow]:
+    """One row per engine: its manifest facts, status (passed/failed/skipped) and parity rows."""
     wanted = {f + "/" + e["graph"] for f, e in entries_for(bundle, required)} if required else set()
     refs = references.load(bundle / references.REFERENCES)
     here = {}
     rows = []
     for folder, entry in cache.all_entries(bundle):
-        row = _row(folder, entry)
+        row = EngineRow.of(folder, entry)
+        rows.append(row)
         if entry["runtime"] not in here:
             here[entry["runtime"]] = preflight.present(entry["runtime"])
         try:
             preflight.check(bundle, folder, entry, here[entry["runtime"]])
-            problem = run.cannot_run(entry)
+            problem = trt_runtime.cannot_run(entry)
             if problem:
                 raise problem
         except ExporterError as e:
             if folder + "/" + entry["graph"] in wanted:
                 raise
-            row.update(status="skipped", reason=e.problem)
-            rows.append(row)
+            row.status, row.reason = "skipped", e.problem
             continue
         if refs is None:
-            row.update(status="skipped", reason=f"the bundle has no {references.REFERENCES} (built by an older exporter)")
-            rows.append(row)
+            row.status, row.reason = "skipped", f"the bundle has no {references.REFERENCES} (built by an older exporter)"
             continue
-        via = "Polygraphy TrtRunner" if run.uses_polygraphy(entry) else "torch CUDA buffers"
+        via = "Polygraphy TrtRunner" if trt_runtime.uses_polygraphy(entry) else "torch CUDA buffers"
         label = f"{targets.LABEL[entry['runtime']]} {entry['runtime_version']} ({here[entry['runtime']].gpu.name}, {via})"
-        with run.runner(bundle, folder, entry) as runner:
-            row["comparisons"] = references.check(refs, runner, entry["engine"], cache.precision_of(bundle / entry["graph"]),
-                                                  batch_sizes, label)
-        row["status"] = "passed" if all(c["passed"] for c in row["comparisons"]) else "failed"
-        rows.append(row)
+        with engine_runner(bundle, folder, entry) as runner:
+            row.comparisons = references.check(refs, runner, entry["engine"], cache.precision_of(bundle / entry["graph"]),
+                                               batch_sizes, label)
+        row.status = "passed" if all(c.passed for c in row.comparisons) else "failed"
     return rows
 
 
-def _row(folder: str, entry: dict) -> dict:
-    keep = ("engine", "graph", "runtime", "runtime_version", "target", "gpu", "flags", "build_seconds", "bytes", "sha256")
-    return {"folder": folder, **{k: entry.get(k) for k in keep}, "status": "built", "reason": "", "comparisons": []}
-
-
-def built(bundle: Path) -> list[dict]:
-    """Rows for the engines the bundle holds, not run (what `engine` records in the report)."""
+def built(bundle: Path) -> list[EngineRow]:
+    """Rows for the engines the bundle holds, not run (what `build` records in the report)."""
     rows = []
     for folder, entry in cache.all_entries(bundle):
-        row = _row(folder, entry)
-        row["reason"] = f"not run yet: `python -m exporter verify {bundle} --engine {folder}` on an {entry['target']} GPU"
+        row = EngineRow.of(folder, entry)
+        row.reason = f"not run yet: `python -m exporter verify {bundle} --engine {folder}` on an {entry['target']} GPU"
         rows.append(row)
     return rows
-
-

@@ -3,13 +3,14 @@
 A runner is called with a batch of images (numpy, fp32) and returns every output of the model as
 numpy arrays: the logits first, then, for a token-reduction model's debug graph, the indices each
 reduction kept. `onnx_runner` opens a graph in onnxruntime (its plugin nodes, if any, running the
-token ops' reference: `op_reference`); `torch_runner` runs the PyTorch model itself. Runtimes are
+token ops' reference: `op_reference`); `torch_runner` runs the PyTorch model itself; `engine_runner`
+runs a bundle's TensorRT or TensorRT-RTX engine on the GPU present (`tensorrt`). Runtimes are
 imported lazily, so a machine without one can still use the others.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import ContextManager, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -48,4 +49,12 @@ def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None) -> Runner
     return run
 
 
-__all__ = ["Runner", "onnx_runner", "torch_runner"]
+def engine_runner(bundle: Path, folder: str, entry: dict) -> ContextManager[Runner]:
+    """The engine `entry` of `bundle`/engines/`folder` (a context manager: it holds the engine and its
+    device buffers while open). Only after `engine.preflight.check` passed."""
+    from .tensorrt import runner
+
+    return runner(bundle, folder, entry)
+
+
+__all__ = ["Runner", "engine_runner", "onnx_runner", "torch_runner"]

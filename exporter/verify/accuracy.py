@@ -8,6 +8,7 @@ Field names follow timm's validate.py (top1, top1_err, top5, top5_err, in percen
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,42 @@ from .. import artifacts
 from ..errors import ExporterError
 from ..runtime import onnx_runner
 from ..spec import BuildSpec
+
+
+
+@dataclass
+class Score:
+    """One runtime's accuracy (timm's validate.py fields, percent) and counts, so 'within one image' can be
+    checked exactly."""
+
+    runtime: str  # "pytorch", "pytorch (dense)" or a graph's file name
+    top1: float
+    top1_err: float
+    top5: float
+    top5_err: float
+    correct_top1: int
+    correct_top5: int
+    top1_agreement: int  # images with the same top-1 as the bundle's PyTorch model
+
+
+@dataclass
+class Accuracy:
+    data: str
+    images: int
+    classes: int
+    batch: int
+    results: list[Score]
+
+    def score(self, runtime: str) -> Score:
+        return next(r for r in self.results if r.runtime == runtime)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Accuracy":
+        return cls(**{**d, "results": [Score(**r) for r in d["results"]]})
+
 
 LAYOUT = "one sub-folder per class holding its images (ImageNet layout: DIR/<class>/<image>)"
 
@@ -59,7 +96,7 @@ def check(bundle: Path, data: Path):
     return manifest, open_folder(data, num_classes(manifest))
 
 
-def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads: Optional[int] = None) -> dict:
+def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads: Optional[int] = None) -> Accuracy:
     """Top-1/top-5 of PyTorch (the bundle's model, and the dense one if reduced) and of every graph on `data`
     (plugin graphs on the token ops' reference), for the report's `accuracy`. `threads` sets PyTorch's and onnxruntime's intra-op
     threads for the run (default: theirs)."""
@@ -100,9 +137,7 @@ def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads
     outputs = {name: np.concatenate(chunks) for name, chunks in logits.items()}
     reference = outputs["pytorch"].argmax(1)
     results = [_scores(name, out, y, reference) for name, out in outputs.items()]
-    accuracy = {"data": str(data), "images": int(len(y)), "classes": len(dataset.classes), "batch": batch,
-                "results": results}
-    return accuracy
+    return Accuracy(str(data), int(len(y)), len(dataset.classes), batch, results)
 
 
 def _torch(model: torch.nn.Module):
@@ -124,37 +159,33 @@ def _onnx(runner, batch: int):
     return run
 
 
-def _scores(name: str, logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict:
-    """timm's validate.py fields (percent) plus counts, so 'within one image' can be checked exactly."""
+def _scores(name: str, logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> Score:
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1)[:, :k]
     correct1 = int((top[:, 0] == labels).sum())
     correct5 = int((top == labels[:, None]).any(axis=1).sum())
     n = len(labels)
-    return {
-        "runtime": name,
-        "top1": round(100 * correct1 / n, 3),
-        "top1_err": round(100 - 100 * correct1 / n, 3),
-        "top5": round(100 * correct5 / n, 3),
-        "top5_err": round(100 - 100 * correct5 / n, 3),
-        "correct_top1": correct1,
-        "correct_top5": correct5,
-        "top1_agreement": int((top[:, 0] == reference).sum()),  # same top-1 as the bundle's PyTorch model
-    }
+    return Score(
+        runtime=name,
+        top1=round(100 * correct1 / n, 3),
+        top1_err=round(100 - 100 * correct1 / n, 3),
+        top5=round(100 * correct5 / n, 3),
+        top5_err=round(100 - 100 * correct5 / n, 3),
+        correct_top1=correct1,
+        correct_top5=correct5,
+        top1_agreement=int((top[:, 0] == reference).sum()),
+    )
 
 
-def table(accuracy: dict) -> str:
+def table(accuracy: Accuracy) -> str:
     """Markdown table of `measure`'s result (also report.md's accuracy section)."""
     lines = [
-        f"Accuracy on {accuracy['data']} ({accuracy['images']} images, {accuracy['classes']} classes, "
-        f"batch {accuracy['batch']})",
+        f"Accuracy on {accuracy.data} ({accuracy.images} images, {accuracy.classes} classes, batch {accuracy.batch})",
         "",
         "| runtime | top1 | top5 | correct (top-1) | same top-1 as PyTorch |",
         "|---|---|---|---|---|",
     ]
-    for r in accuracy["results"]:
-        lines.append(
-            f"| {r['runtime']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['correct_top1']}/{accuracy['images']} | "
-            f"{r['top1_agreement']}/{accuracy['images']} |"
-        )
+    for r in accuracy.results:
+        lines.append(f"| {r.runtime} | {r.top1:.2f} | {r.top5:.2f} | {r.correct_top1}/{accuracy.images} | "
+                     f"{r.top1_agreement}/{accuracy.images} |")
     return "\n".join(lines)

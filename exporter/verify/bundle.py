@@ -15,13 +15,16 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import onnx
 
 from .. import artifacts
 from ..errors import ExporterError
 from ..spec import BuildSpec
+
+if TYPE_CHECKING:
+    from .report import Report
 
 CLI = "python -m exporter "
 DAMAGED = "Copy the bundle again from where it was built, or rebuild it with `python -m exporter build`."
@@ -158,13 +161,15 @@ def _report_problems(bundle: Path, manifest: dict) -> list[str]:
     missing = [f for f in (artifacts.REPORT_JSON, artifacts.REPORT_MD) if f not in manifest["files"]]
     if missing:
         return [f"{', '.join(missing)} missing: a bundle carries its build's report"]
+    from .report import Report
+
     try:
-        report = artifacts.read_json(bundle / artifacts.REPORT_JSON)
-    except ValueError:
-        return [f"{artifacts.REPORT_JSON} is not valid JSON"]
-    if not isinstance(report, dict) or report.get("passed") is not True:
+        report = Report.load(bundle / artifacts.REPORT_JSON)
+    except ExporterError as e:
+        return [e.problem]
+    if not report.passed:
         return [f"{artifacts.REPORT_JSON} does not record a passed build"]
-    if report.get("run_name") != manifest["run_name"] or report.get("spec") != manifest["spec"]:
+    if report.run_name != manifest["run_name"] or report.spec.to_dict() != manifest["spec"]:
         return [f"{artifacts.REPORT_JSON} belongs to another run"]
     return []
 
@@ -234,18 +239,16 @@ def check_report_path(path: Optional[Path]) -> None:
         )
 
 
-def write_report(report: dict, path: Optional[Path]) -> None:
+def write_report(report: "Report", path: Optional[Path]) -> None:
     """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
-    from .report import render
-
     if path is None:
-        sys.stdout.write(render(report))
+        sys.stdout.write(report.markdown())
         return
     try:
         if path.suffix == ".json":
-            artifacts.write_json(path, report)
+            artifacts.write_json(path, report.to_dict())
         else:
-            artifacts.write_text(path, render(report))
+            artifacts.write_text(path, report.markdown())
     except OSError as e:
         raise ExporterError(
             f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to."

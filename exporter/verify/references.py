@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from ..checks.parity import Comparison, compare
-from ..runtime import torch_runner
+from ..checks.parity import Comparison, StoredComparison, compare
+from ..runtime import Runner, torch_runner
 from .inputs import batches, held_out
 
 REFERENCES = "references.npz"
@@ -73,22 +73,22 @@ def load(path: Path) -> Optional[References]:
 
 def check(
     refs: References,
-    run: Callable[[np.ndarray], np.ndarray],
+    run: Runner,
     graph: str,
     precision: str,
     batch_sizes: list[int],
     runtime: str,
-) -> list[dict]:
-    """Comparison rows (report dicts with `runtime` and `left_out`) of `run` (a batch of fp32 inputs ->
-    logits) against the stored PyTorch logits, once per batch size."""
+) -> list[StoredComparison]:
+    """`run`'s logits (its first output) against the stored PyTorch logits, once per batch size."""
     x = torch.from_numpy(refs.inputs.astype(np.float32))
     n = x.shape[0]
     held = np.ones(n, dtype=bool)
     if precision == "fp16" and refs.fp16_sensitive is not None:
         held = ~refs.fp16_sensitive.astype(bool)
+    left_out = int((~held).sum())
     rows = []
     for bs in batch_sizes:
-        out = np.concatenate([np.asarray(run(c.numpy()), dtype=np.float32) for c in batches(x, bs)])[:n]
+        out = np.concatenate([np.asarray(run(c.numpy())[0], dtype=np.float32) for c in batches(x, bs)])[:n]
         if held.any():
             result = compare(refs.logits[held], out[held], graph, precision, bs)
         else:
@@ -96,9 +96,8 @@ def check(
             result.warnings.append("no sample held to the thresholds: PyTorch's fp16 model keeps other tokens on all of them")
         if not np.isfinite(out).all() and "output contains NaN or Inf" not in result.failures:
             result.failures.append("output contains NaN or Inf")
-        left_out = int((~held).sum())
         if left_out:
             result.warnings.append(f"{left_out}/{n} samples left out: PyTorch's own fp16 model keeps other tokens on them, "
                                    "and this runtime's token choices are not observable")
-        rows.append({**result.to_dict(), "runtime": runtime, "left_out": left_out})
+        rows.append(StoredComparison(**vars(result), runtime=runtime, left_out=left_out))
     return rows

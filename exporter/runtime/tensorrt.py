@@ -1,4 +1,5 @@
-"""Run an engine on the GPU present, for verify. Only call this after `preflight.check` passed.
+"""A TensorRT or TensorRT-RTX engine as a runner (`runtime.Runner`): a batch of fp32 images in, every
+output as numpy fp32 out. Only open one after `engine.preflight.check` passed.
 
 - TensorRT with Polygraphy installed (the `trt` extra): Polygraphy's `TrtRunner` on the deserialized
   engine. It manages device buffers through the CUDA runtime itself, so it also works where torch has no
@@ -17,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
-from ..errors import ExporterError
-from . import cache, targets
 from ..checks.engine_build import error_logger
+from ..engine import cache, targets
+from ..errors import ExporterError
+from . import Runner
 
 
 def uses_polygraphy(entry: dict) -> bool:
@@ -47,8 +49,8 @@ def cannot_run(entry: dict) -> Optional[ExporterError]:
 
 
 @contextlib.contextmanager
-def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
-    """A function from a batch of fp32 inputs (numpy) to the engine's first output (numpy fp32)."""
+def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Runner]:
+    """The engine `entry` of `bundle`/engines/`folder` as a runner, its device buffers held while open."""
     trt = targets.import_runtime(entry["runtime"])
     logger = error_logger(trt)
     runtime = trt.Runtime(logger)
@@ -63,23 +65,30 @@ def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Callable[[np.ndar
     if uses_polygraphy(entry):
         from polygraphy.backend.trt import TrtRunner
 
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inp = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT][0]
-        out = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT][0]
-        dtype = np.float16 if engine.get_tensor_dtype(inp).name == "HALF" else np.float32
+        inp, outputs = _io_names(trt, engine)
+        dtype = np.float16 if engine.get_tensor_dtype(inp[0]).name == "HALF" else np.float32
         with TrtRunner(engine) as trt_runner:
-            yield lambda x: np.asarray(trt_runner.infer({inp: x.astype(dtype)})[out], dtype=np.float32)
+            def run(x: np.ndarray) -> list[np.ndarray]:
+                got = trt_runner.infer({inp[0]: x.astype(dtype)})
+                return [np.asarray(got[name], dtype=np.float32) for name in outputs]
+
+            yield run
         return
     yield _torch_runner(trt, engine, entry, logger)
 
 
-def _torch_runner(trt, engine, entry: dict, logger) -> Callable[[np.ndarray], np.ndarray]:
+def _io_names(trt, engine) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) in the engine's order: the logits are the first output, as in the ONNX graph."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    return ([n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT],
+            [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT])
+
+
+def _torch_runner(trt, engine, entry: dict, logger) -> Runner:
     import torch
 
     context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    inputs, outputs = _io_names(trt, engine)
     dtypes = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32, "INT64": torch.int64, "BF16": torch.bfloat16}
 
     def dtype(name):
@@ -89,7 +98,7 @@ def _torch_runner(trt, engine, entry: dict, logger) -> Callable[[np.ndarray], np
                                 "Rebuild the bundle with fp32 or fp16 inputs and outputs.")
         return dtypes[kind]
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> list[np.ndarray]:
         stream = torch.cuda.current_stream()
         inp = torch.from_numpy(x).to("cuda").to(dtype(inputs[0])).contiguous()
         context.set_input_shape(inputs[0], tuple(inp.shape))
@@ -102,6 +111,6 @@ def _torch_runner(trt, engine, entry: dict, logger) -> Callable[[np.ndarray], np
             raise ExporterError(f"{entry['engine']} failed to run: {'; '.join(logger.errors) or 'no error was logged'}.",
                                 "Check the GPU with nvidia-smi, then rebuild the engine with --force.")
         stream.synchronize()
-        return outs[outputs[0]].float().cpu().numpy()
+        return [outs[name].float().cpu().numpy() for name in outputs]
 
     return run
