@@ -287,4 +287,4 @@ def _load_plugin(trt, builder, p: Plan) -> None:
     handle = builder.get_plugin_registry().load_library(str(p.plugin))
     if handle is None:
         raise ExporterError(f"{LABEL[p.runtime]} could not load the plugin library {cache.PLUGIN_LIBRARY}.",
-                            f"Rebuild it for this machine (it must export getCreators and setLoggerFinder), then rerun with --force.")
+                            "Rebuild it for this machine (it must export getCreators and setLoggerFinder), then rerun with --force.")
