@@ -12,10 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-from exporter import artifacts
+from exporter import artifacts, rtx_child
 from exporter.cli import _spec_from_args, main, parser
 from exporter.engine import cache, preflight, scripts, targets
 from exporter.runtime import tensorrt as run_module
@@ -23,6 +24,7 @@ from exporter.engine.build import Plan
 from exporter.engine.targets import Gpu
 from exporter.errors import ExporterError
 from exporter.models import create_model
+from exporter.ops import library
 from exporter.spec import BatchRange
 from exporter.verify import references
 from exporter.verify.report import Report
@@ -344,6 +346,114 @@ def test_verify_on_the_stored_references_alone(rtx_bundle, tmp_path, capsys, mon
     assert "references.npz" in capsys.readouterr().out  # what failed: with the FAILED line, on stdout
 
 
+# --- the plugin graph on TensorRT-RTX: built in a child process that can open libtensorrt_rtx.so -----------
+
+
+@pytest.fixture(scope="module")
+def plugin_bundle(tmp_path_factory):
+    """timm's test_vit with EViT's two TopKPrune plugin nodes, and the plugin library (kernels cached per user)."""
+    pytest.importorskip("tensorrt_rtx")
+    missing = library.missing_toolchain()
+    if missing:
+        pytest.skip(f"the plugin library cannot be built here: {missing}")
+    out = tmp_path_factory.mktemp("plugins-out")
+    assert main(["build", "--model", "test_vit", "--weights", "random", "--method", "evit", "--keep-rate", "0.7",
+                 "--locations", "1,3", "--batch", "1:2:4", "--plugins", "--out", str(out)]) == 0
+    (b,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    return b
+
+
+@pytest.fixture
+def in_child(monkeypatch):
+    """Force the child-process build even where a libtensorrt_rtx.so link resolves in this process."""
+    monkeypatch.setattr(rtx_child, "link_resolvable", lambda: False)
+
+
+def _plugin_entry(bundle):
+    return cache.read_folder(bundle / "engines" / "sm86-tensorrt-rtx")["entries"]["model.plugins.onnx"]
+
+
+def test_rtx_plugin_engine_is_built_reused_and_forced(plugin_bundle, in_child, tmp_path, capsys, monkeypatch):
+    b = tmp_path / "b"
+    shutil.copytree(plugin_bundle, b)
+    assert engine(b, "--graph", "plugins") == 0
+    folder = b / "engines" / "sm86-tensorrt-rtx"
+    entry = _plugin_entry(b)
+    check = artifacts.read_json(b / artifacts.REPORT_JSON)["tensorrt_rtx"]["model.plugins.onnx"]  # the build's own check
+    assert entry["plugin_layers"] == check["num_plugin_layers"] == 2 and entry["num_layers"] == check["num_layers"]
+    assert entry["plugin_library"] == cache.PLUGIN_LIBRARY
+    assert entry["key_fields"]["plugin_sha256"] == artifacts.sha256(b / cache.PLUGIN_LIBRARY)
+    assert entry["sha256"] == artifacts.sha256(folder / "model.plugins.engine") and entry["bytes"] == check["engine_bytes"]
+    assert entry["build_seconds"] > 0 and sorted(p.name for p in folder.iterdir()) == ["engine.json", "model.plugins.engine"]
+    mtime = (folder / "model.plugins.engine").stat().st_mtime_ns
+    capsys.readouterr()
+    assert engine(b, "--graph", "plugins") == 0
+    assert "cache hit" in capsys.readouterr().err and (folder / "model.plugins.engine").stat().st_mtime_ns == mtime
+    assert engine(b, "--graph", "plugins", "--force") == 0
+    assert "cache miss (--force), built in" in " ".join(capsys.readouterr().err.split())
+    assert _plugin_entry(b)["sha256"] == entry["sha256"]
+    monkeypatch.setattr(targets, "gpu_present", lambda: None)
+    report, md = verify_report(b, tmp_path, "--references-only")
+    (row,) = report["engines"]
+    assert (row["engine"], row["status"]) == ("model.plugins.engine", "skipped") and "no CUDA GPU to run it on" in row["reason"]
+    assert "engines/sm86-tensorrt-rtx/model.plugins.engine" in md
+
+
+def test_rtx_plugin_engine_in_a_child_is_the_in_process_one(plugin_bundle, in_child, tmp_path):
+    """Where libtensorrt_rtx.so resolves (a user's symlink on LD_LIBRARY_PATH), `engine` builds in its own process:
+    the same plan bytes and the same manifest entry as the child's build."""
+    child, here = tmp_path / "child", tmp_path / "here"
+    for b in (child, here):
+        shutil.copytree(plugin_bundle, b, ignore=shutil.ignore_patterns("engines"))
+    link = tmp_path / "link"
+    link.mkdir()
+    (link / rtx_child.LINK).symlink_to(rtx_child.wheel_libs() / f"{rtx_child.LINK}.1")
+    argv = ["engine", str(here), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"]
+    script = ("import sys; from exporter import rtx_child; from exporter.cli import main; "
+              f"assert rtx_child.link_resolvable(); sys.exit(main({argv!r}))")
+    env = {**os.environ, "LD_LIBRARY_PATH": str(link), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert engine(child, "--graph", "plugins") == 0
+    a, b = _plugin_entry(child), _plugin_entry(here)
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ <= {"build_seconds", "built_at"} and set(a) == set(b)
+    assert (child / "engines/sm86-tensorrt-rtx/model.plugins.engine").read_bytes() == \
+        (here / "engines/sm86-tensorrt-rtx/model.plugins.engine").read_bytes()
+
+
+def test_rtx_plugin_engine_failures_in_the_child_are_one_sentence(plugin_bundle, in_child, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad"
+    shutil.copytree(plugin_bundle, bad)
+    model = onnx.load(str(bad / "model.plugins.onnx"), load_external_data=False)
+    node = [n for n in model.graph.node if n.op_type == "TopKPrune"][0]
+    [a for a in node.attribute if a.name == "fuse"][0].i = 2  # the plugin's creator refuses it
+    onnx.save(model, str(bad / "model.plugins.onnx"))
+    argv = ["engine", str(bad), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"]
+    _fails(capsys, argv, "ONNX parser rejected model.plugins.onnx", f"'{node.name}' (TopKPrune)",
+           "attribute 'fuse' = 2 must be 0 or 1", "Rebuild the bundle")
+    (bad / cache.PLUGIN_LIBRARY).write_bytes(b"not a library")
+    _fails(capsys, argv, "could not load the plugin library plugins/libexporter_plugins.so")
+    # a child that dies (TensorRT-RTX aborting) leaves one sentence and no plan behind
+    died = rtx_child.Child(None, None, -6, "[E] [exporter plugins] TopKPrune: oops\nterminate called without an active exception\n")
+    monkeypatch.setattr(rtx_child, "run", lambda *args, **kwargs: died)
+    _fails(capsys, argv, "The process building model.plugins.onnx with TensorRT-RTX", "was killed by SIGABRT",
+           "'terminate called without an active exception'", "the plugin library logged: [exporter plugins] TopKPrune: oops")
+    assert [p.name for p in (bad / "engines" / "sm86-tensorrt-rtx").iterdir()] == []
+
+
+def test_rtx_child_reports_how_it_ended():
+    pytest.importorskip("tensorrt_rtx")
+    ok = rtx_child.run("builtins:dict", {"a": 1}, "a copy")
+    assert (ok.answer, ok.error, ok.returncode) == ({"a": 1}, None, 0)
+    refused = rtx_child.run("exporter.engine.targets:parse_target", "ampere", "a parse")
+    assert refused.answer is None and "not a compute capability" in refused.error.problem and refused.returncode == 2
+    raised = rtx_child.run("os.path:join", ["a"], "a join")  # TypeError: a traceback on stderr, no answer
+    assert raised.answer is raised.error is None and raised.death().startswith("ended with exit status 1 (its last message: 'TypeError")
+    assert rtx_child.run("os:_exit", 3, "an exit").death() == "ended with exit status 3 (no message)"
+    assert rtx_child.run("signal:raise_signal", 6, "an abort").death().startswith("was killed by SIGABRT")
+
+
 # --- bad input: exit 2, one sentence with the fix ------------------------------------------------------
 
 
@@ -510,6 +620,7 @@ class FakeTensorRT(types.ModuleType):
         Builder.create_builder_config = lambda self: Config("config")
         self.ILogger, self.Builder, self.OnnxParser = ILogger, Builder, Parser
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+        self.LayerType = types.SimpleNamespace(PLUGIN_V3="PLUGIN_V3")
 
 
 def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeypatch, capsys):

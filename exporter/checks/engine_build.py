@@ -13,26 +13,20 @@ capability (SM86 unless told otherwise).
 
 With a plugin library (`plugin_library`, the token ops' `libexporter_plugins.so`), its creators are
 registered and the graph's custom nodes parse into PLUGIN_V3 layers. That parse and build run in a
-subprocess: the wheel's ONNX parser opens `libtensorrt_rtx.so` when it meets a plugin node, the wheel ships
-only `libtensorrt_rtx.so.1`, and the process aborts. The subprocess finds a symlink of that name in a temporary
-folder put on its LD_LIBRARY_PATH (site-packages is left alone).
+child process (`exporter.rtx_child`): the wheel's ONNX parser opens `libtensorrt_rtx.so` when it meets a
+plugin node, the wheel ships only `libtensorrt_rtx.so.1`, and the process would abort.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import importlib
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from exporter import rtx_child
 from exporter.artifacts import from_record
 from exporter.errors import ExporterError
 
@@ -169,67 +163,42 @@ def _plugin_name(trt, layer) -> str:
     return layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE).plugin_name
 
 
-def _tensorrt_rtx_libs() -> Optional[Path]:
-    spec = importlib.util.find_spec("tensorrt_rtx_libs")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _check_in_subprocess(onnx_path, input_name, batch, input_shape_tail, plugin_library: Path,
                          compute_capability: str) -> RtxCheck:
-    """`_check` with the plugin library, in a child process that can open `libtensorrt_rtx.so`."""
+    """`_check` with the plugin library, in a child process that can open `libtensorrt_rtx.so` (`rtx_child`)."""
     if not plugin_library.is_file():
         raise ExporterError(f"plugin library '{plugin_library}' does not exist",
                             "build it with exporter.ops.library.build_library (needs cmake, CUDA and TensorRT headers)")
-    libs = _tensorrt_rtx_libs()
-    if libs is None or not (libs / "libtensorrt_rtx.so.1").is_file():
-        return RtxCheck("failed", "the tensorrt_rtx wheel has no tensorrt_rtx_libs/libtensorrt_rtx.so.1 to link to")
     request = {"onnx_path": str(Path(onnx_path).resolve()), "input_name": input_name, "batch": list(batch),
                "input_shape_tail": list(input_shape_tail), "plugin_library": str(plugin_library.resolve()),
                "compute_capability": compute_capability}
-    with tempfile.TemporaryDirectory(prefix="exporter-rtx-") as folder:
-        (Path(folder) / "libtensorrt_rtx.so").symlink_to(libs / "libtensorrt_rtx.so.1")
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (folder, env.get("LD_LIBRARY_PATH", "")) if p)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        env["EXPORTER_PLUGINS_TRACE"] = "1"  # libexporter_plugins.so names every call it gets on stderr
-        try:
-            child = subprocess.run([sys.executable, "-m", "exporter.checks.engine_build", json.dumps(request)], env=env,
-                                   capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return RtxCheck("failed", f"the TensorRT-RTX check with {plugin_library.name} took over "
-                            f"{_CHILD_TIMEOUT_S} s", compute_capability=compute_capability)
-    lines = [line for line in child.stdout.splitlines() if line.startswith(_RESULT)]
-    if child.returncode != 0 or not lines:
-        tail = (child.stderr.strip().splitlines() or ["no output"])[-3:]
-        return RtxCheck("failed", f"the TensorRT-RTX check with {plugin_library.name} ended with exit status "
-                        f"{child.returncode}: " + " | ".join(tail), compute_capability=compute_capability)
-    fields = json.loads(lines[-1][len(_RESULT):])
+    what = f"the TensorRT-RTX check with {plugin_library.name}"
+    try:  # libexporter_plugins.so names every call it gets on stderr
+        child = rtx_child.run(f"{__name__}:_child", request, what, _CHILD_TIMEOUT_S, {"EXPORTER_PLUGINS_TRACE": "1"})
+    except ExporterError as e:
+        return RtxCheck("failed", e.problem, compute_capability=compute_capability)
+    if child.answer is None:
+        reason = child.error.problem if child.error else f"{what} {child.death()}"
+        return RtxCheck("failed", reason, compute_capability=compute_capability)
+    fields = child.answer
     fields["outputs"] = {k: (list(v[0]), v[1]) for k, v in fields["outputs"].items()}
     fields["plugin_calls"] = dict(collections.Counter(
-        line.split(_TRACE, 1)[1].strip() for line in child.stderr.splitlines() if _TRACE in line))
+        line.split(rtx_child.TRACE, 1)[1].strip() for line in child.stderr.splitlines() if rtx_child.TRACE in line))
     # TensorRT-RTX 1.7's logger finder finds no logger while parsing and building: the library's messages
     # reach stderr instead
-    fields["log_errors"] += [line[4:] for line in child.stderr.splitlines()
-                             if line.startswith(("[E] [exporter", "[F] [exporter"))]
+    fields["log_errors"] += child.plugin_messages()
     return RtxCheck(**fields)
 
 
-_RESULT = "RTXCHECK "
 _CHILD_TIMEOUT_S = 900
-_TRACE = "[exporter plugins] trace "
 
 
-def _child_main(argv: list[str]) -> int:
-    """The subprocess of `_check_in_subprocess`: one check, printed as one JSON line."""
-    request = json.loads(argv[0])
+def _child(request: dict) -> dict:
+    """In the child of `_check_in_subprocess`: one check."""
     trt = importlib.import_module("tensorrt_rtx")
     result = _check(trt, request["onnx_path"], request["input_name"], tuple(request["batch"]),
                     tuple(request["input_shape_tail"]), Path(request["plugin_library"]), request["compute_capability"])
-    print(_RESULT + json.dumps(dataclasses.asdict(result)), flush=True)
-    return 0
+    return dataclasses.asdict(result)
 
 
 def _parse_error(error) -> str:
@@ -251,6 +220,3 @@ def error_logger(trt):
 
     return Collect()
 
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))

@@ -6,13 +6,16 @@ builder flag, and on 10.x STRONGLY_TYPED makes the graph's types binding), an op
 spans the bundle's batch range, TensorRT's timing cache (engines/<target>-tensorrt/timing.cache) is
 loaded before and saved after every build (TensorRT-RTX 1.2+ makes timing-cache calls no-ops, so its
 builds skip it), and for the plugin graph the bundle's plugin library is loaded
-into the builder's plugin registry first.
+into the builder's plugin registry first. TensorRT-RTX's ONNX parser opens `libtensorrt_rtx.so` for plugin
+nodes, which its wheel lacks: unless that name resolves here, the plugin graph is built in a child process
+that can open it (`exporter.rtx_child`), with the same outputs and errors as a build in this process.
 
 TensorRT builds for the GPU it runs on. TensorRT-RTX builds ahead of time, on any x86-64 machine,
 for the compute capability passed with --target.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -25,7 +28,7 @@ import onnx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .. import artifacts
+from .. import artifacts, rtx_child
 from ..checks.engine_build import error_logger
 from ..errors import ExporterError
 from ..spec import BatchRange, BuildSpec
@@ -33,6 +36,7 @@ from . import cache, targets
 from .targets import LABEL, TENSORRT, TENSORRT_RTX
 
 TIMING_CACHE = "timing.cache"
+PLUGIN_LOG = "[exporter plugins] "  # how the plugin library's messages to TensorRT's logger begin
 
 
 @dataclass
@@ -76,6 +80,16 @@ class Plan:
             "target": self.target,
             "flags": self.flags,
         }
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "bundle": str(self.bundle), "graph": str(self.graph),
+                "plugin": str(self.plugin) if self.plugin else None}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Plan":
+        return cls(**{**d, "bundle": Path(d["bundle"]), "graph": Path(d["graph"]),
+                      "plugin": Path(d["plugin"]) if d["plugin"] else None,
+                      "input_shape": tuple(d["input_shape"]), "batch": BatchRange(**d["batch"])})
 
     def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         return tuple((b, *self.input_shape) for b in self.batch.as_tuple())  # type: ignore[return-value]
@@ -144,15 +158,18 @@ def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSO
             return EngineResult(folder, hit, True)
     why = _why_miss(cache.read_folder(folder)["entries"].get(p.graph.name), fields, force)
     folder.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
-        bar.add_task(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} (one-time, may take minutes)")
-        blob, notes = _build(trt, p, folder / TIMING_CACHE)
-    seconds = round(time.perf_counter() - start, 2)
     tmp = folder / f".{engine_name}.tmp"
-    tmp.write_bytes(blob)
-    os.replace(tmp, folder / engine_name)
+    try:
+        # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+            bar.add_task(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} (one-time, may take minutes)")
+            if p.plugin and p.runtime == TENSORRT_RTX and not rtx_child.link_resolvable():
+                notes = _build_in_child(p, folder / TIMING_CACHE, tmp)
+            else:
+                notes = _build(trt, p, folder / TIMING_CACHE, tmp)
+        os.replace(tmp, folder / engine_name)
+    finally:
+        tmp.unlink(missing_ok=True)
     entry = {
         "engine": engine_name,
         "graph": p.graph.name,
@@ -165,9 +182,10 @@ def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSO
         "flags": p.flags,
         "timing_cache": notes["timing_cache"],
         "num_layers": notes["num_layers"],
+        "plugin_layers": notes["plugin_layers"],
         "plugin_library": cache.PLUGIN_LIBRARY if p.plugin else None,
-        "build_seconds": seconds,
-        "bytes": len(blob),
+        "build_seconds": notes["build_seconds"],
+        "bytes": (folder / engine_name).stat().st_size,
         "sha256": artifacts.sha256(folder / engine_name),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": f"{platform.machine()} {platform.node()}",
@@ -185,8 +203,10 @@ def _why_miss(old: Optional[dict], fields: dict, force: bool) -> str:
     return ("changed: " + ", ".join(changed)) if changed else "the plan file differs from its manifest"
 
 
-def _build(trt, p: Plan, timing_cache: Path) -> tuple[bytes, dict]:
-    """Parse, configure (strongly typed, profile, timing cache, target) and build; (plan bytes, notes)."""
+def _build(trt, p: Plan, timing_cache: Path, out: Path) -> dict:
+    """Parse, configure (strongly typed, profile, timing cache, target), build and write the plan to `out`; notes for
+    the manifest entry."""
+    start = time.perf_counter()
     logger = error_logger(trt)
     builder = trt.Builder(logger)
     if builder is None:
@@ -200,8 +220,9 @@ def _build(trt, p: Plan, timing_cache: Path) -> tuple[bytes, dict]:
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(p.graph)):
-        errors = [f"node '{e.node_name()}' ({e.node_operator()}): {e.desc()}" for e in (parser.get_error(i) for i in range(parser.num_errors))]
-        raise ExporterError(f"The {LABEL[p.runtime]} {p.version} ONNX parser rejected {p.graph.name}: {'; '.join(errors or logger.errors)}.",
+        errors = [f"node '{e.node_name()}' ({e.node_operator()}): {e.desc().rstrip('.')}" for e in (parser.get_error(i) for i in range(parser.num_errors))]
+        plugins_said = [e for e in logger.errors if e.startswith(PLUGIN_LOG)]
+        raise ExporterError(f"The {LABEL[p.runtime]} {p.version} ONNX parser rejected {p.graph.name}: {'; '.join(errors + plugins_said or logger.errors)}.",
                             "Rebuild the bundle with `python -m exporter build` (its TensorRT-RTX check names the node), or use another --graph.")
     config = builder.create_builder_config()
     if p.runtime == TENSORRT_RTX:
@@ -224,7 +245,31 @@ def _build(trt, p: Plan, timing_cache: Path) -> tuple[bytes, dict]:
         tmp = timing_cache.with_name(f".{timing_cache.name}.tmp")
         tmp.write_bytes(bytes(serialized))
         os.replace(tmp, timing_cache)
-    return bytes(blob), {"timing_cache": note, "num_layers": network.num_layers}
+    seconds = round(time.perf_counter() - start, 2)
+    out.write_bytes(bytes(blob))
+    plugin_layers = sum(network.get_layer(i).type == trt.LayerType.PLUGIN_V3 for i in range(network.num_layers)) if p.plugin else 0
+    return {"timing_cache": note, "num_layers": network.num_layers, "plugin_layers": plugin_layers, "build_seconds": seconds}
+
+
+def _build_in_child(p: Plan, timing_cache: Path, out: Path) -> dict:
+    """`_build` in a child process that can open libtensorrt_rtx.so (`exporter.rtx_child`), which TensorRT-RTX's ONNX
+    parser opens for plugin nodes; its failures come back as the same ExporterErrors."""
+    request = {"plan": p.to_json(), "timing_cache": str(timing_cache), "out": str(out)}
+    child = rtx_child.run(f"{__name__}:_child", request, f"the {LABEL[p.runtime]} build of {p.graph.name}")
+    if child.answer is not None:
+        return child.answer
+    messages = child.plugin_messages()
+    logged = f" (the plugin library logged: {'; '.join(messages)})" if messages else ""
+    if child.error is not None:
+        raise ExporterError(child.error.problem.removesuffix(".") + logged + ".", child.error.fix)
+    raise ExporterError(f"The process building {p.graph.name} with {LABEL[p.runtime]} {p.version} {child.death()}{logged}.",
+                        "Check the graph with `python -m exporter verify`; report the error with the bundle's manifest.json.")
+
+
+def _child(request: dict) -> dict:
+    """In the child of `_build_in_child`: the build."""
+    p = Plan.from_json(request["plan"])
+    return _build(targets.import_runtime(p.runtime), p, Path(request["timing_cache"]), Path(request["out"]))
 
 
 def _use_timing_cache(config, path: Path) -> str:
@@ -239,27 +284,7 @@ def _use_timing_cache(config, path: Path) -> str:
 
 
 def _load_plugin(trt, builder, p: Plan) -> None:
-    if p.runtime == TENSORRT_RTX and not _rtx_parser_can_open_plugins(trt):
-        raise ExporterError(
-            "TensorRT-RTX's ONNX parser opens libtensorrt_rtx.so for plugin nodes, which the wheel lacks (it has only .so.1).",
-            f"Create it once: ln -s libtensorrt_rtx.so.1 {_rtx_lib_dir(trt)}/libtensorrt_rtx.so, then rerun.",
-        )
     handle = builder.get_plugin_registry().load_library(str(p.plugin))
     if handle is None:
         raise ExporterError(f"{LABEL[p.runtime]} could not load the plugin library {cache.PLUGIN_LIBRARY}.",
-                            f"Rebuild it for this machine (it must export getCreators and setLoggerFinder), then rerun with --force.")
-
-
-def _rtx_lib_dir(trt) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("tensorrt_rtx_libs")
-    return Path(spec.origin).parent if spec and spec.origin else Path(trt.__file__).parent
-
-
-def _rtx_parser_can_open_plugins(trt) -> bool:
-    """The parser dlopens 'libtensorrt_rtx.so' when it meets a plugin node (a wheel packaging bug)."""
-    if (_rtx_lib_dir(trt) / "libtensorrt_rtx.so").exists():
-        return True
-    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
-    return any((Path(d) / "libtensorrt_rtx.so").exists() for d in dirs)
+                            "Rebuild it for this machine (it must export getCreators and setLoggerFinder), then rerun with --force.")
