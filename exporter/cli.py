@@ -327,7 +327,7 @@ def _bench_bundles(args, batches: Optional[list[int]], console: Console) -> int:
             f"Drop {', '.join(given)} to time the bundles, or drop the bundles to export and time methods.",
         )
     data = bundles.run(args.bundles, batches, args.threads, args.rounds, args.iterations, log=console.print)
-    args.stdout.print(results.markdown(data), markup=False, highlight=False, soft_wrap=True)
+    print(results.markdown(data))
     folders = ", ".join(str(p / "bench") for p in args.bundles)
     args.stdout.print(f"[bold green]PASSED[/bold green] | {folders} | {time.perf_counter() - args.start:.1f}s")
     return 0

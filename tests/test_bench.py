@@ -313,6 +313,9 @@ def test_bad_bundles_are_refused_before_any_timing(bench_bundles, dense_copy, tm
     (dense_copy / "bench").write_text("in the way")
     assert "is a file, where bench writes its results" in _refused(capsys, dense_copy)
     (dense_copy / "bench").unlink()
+    (dense_copy / "reproduce.sh").write_text("edited")
+    assert "does not match its manifest (modified since the build (sha256 differs): reproduce.sh)" in _refused(
+        capsys, dense_copy)
     (dense_copy / "model.onnx").unlink()
     assert "has no model.onnx, which its build wrote" in _refused(capsys, dense_copy)
     assert not (dense_copy / "bench").exists()
@@ -351,6 +354,15 @@ def test_rows_summarise_every_call_and_speedups_use_per_round_ratios():
     md = results.markdown(data)
     assert "2.00x" not in md and "No speedups" in md and "⚠ 1 of 1 rows vary" in md
     assert plot.figure(data).axes[1].texts  # the speedup panel says why it is empty
+
+
+def test_cpu_model_from_cpuinfo(tmp_path):
+    from exporter.bench.machine import cpu_model
+
+    (tmp_path / "x86").write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+    (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 62.50\n\nModel\t: NVIDIA Jetson AGX Orin\n")
+    assert cpu_model(tmp_path / "x86") == "AMD EPYC 7B13" and cpu_model(tmp_path / "arm") == "NVIDIA Jetson AGX Orin"
+    assert cpu_model(tmp_path / "missing")  # the platform's name instead
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

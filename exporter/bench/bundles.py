@@ -34,7 +34,7 @@ from ..engine import run as engine_run
 from ..errors import ExporterError
 from ..export.graphs import FP32, planned
 from ..spec import BuildSpec
-from ..verify.bundle import DAMAGED, read_manifest
+from ..verify.bundle import DAMAGED, file_problems, read_manifest
 from . import machine, plot, results
 from .throughput import KINDS, Runtime, alone_note, interleaved, method_label
 
@@ -73,13 +73,15 @@ def open_bundles(paths: list[Path]) -> list[Bundle]:
         for g in planned(spec.precision, spec.io_fp16, spec.plugins):
             if not (path / g.file).is_file():
                 raise ExporterError(f"{path} has no {g.file}, which its build wrote: the bundle is damaged.", DAMAGED)
+        if problems := file_problems(path, manifest):  # time the graphs that were verified, not others
+            raise ExporterError(f"{path} does not match its manifest ({'; '.join(problems)}).", DAMAGED)
         _check_writable(path)
         bundles.append(Bundle(path, manifest, spec, _input(path / FP32)))
     inputs = {b.input for b in bundles}
     if len(inputs) > 1:
         said = ", ".join(f"{b.path} {'x'.join(map(str, b.input))}" for b in bundles)
         raise ExporterError(f"The bundles take different inputs ({said}), so their times do not compare.",
-                            "Bench bundles built for one input size together (the same model resolution or --img-size).")
+                            "Bench bundles built for one input size together (same model resolution or --img-size).")
     _labels(bundles)
     return bundles
 
@@ -93,7 +95,8 @@ def _check_writable(path: Path) -> None:
     """bench/ must be writable, or minutes of timing would end in an error."""
     folder = path / artifacts.BENCH_DIR
     if folder.exists() and not folder.is_dir():
-        raise ExporterError(f"{folder} is a file, where bench writes its results.", f"Move {folder} away, then run bench again.")
+        raise ExporterError(f"{folder} is a file, where bench writes its results.",
+                            f"Move {folder} away, then run bench again.")
     where = folder if folder.is_dir() else path
     if not os.access(where, os.W_OK):
         raise ExporterError(f"Cannot write {folder}: {where} is not writable.",
@@ -104,7 +107,8 @@ def _labels(bundles: list[Bundle]) -> None:
     """Short names: the method and its parameters, with the model when the bundles hold several, else the run."""
     several = len({b.spec.model for b in bundles}) > 1
     for b in bundles:
-        b.label = (f"{b.spec.model} " if several else "") + method_label(b.spec.method, b.manifest.get("method_params") or {})
+        params = b.manifest.get("method_params") or {}
+        b.label = (f"{b.spec.model} " if several else "") + method_label(b.spec.method, params)
     names = [b.label for b in bundles]
     for b in bundles:
         if names.count(b.label) > 1:
@@ -127,8 +131,10 @@ def batch_sizes(bundles: list[Bundle], requested: Optional[list[int]]) -> list[i
         if outside:
             low, high = b.spec.batch.min, b.spec.batch.max
             raise ExporterError(
-                f"--batch {','.join(map(str, outside))}: {b.path} takes batches {low}..{high} (built with --batch {b.spec.batch}).",
-                f"Pass --batch sizes from {low} to {high}, or rebuild the bundle with a --batch MIN:OPT:MAX range that holds them.",
+                f"--batch {','.join(map(str, outside))}: {b.path} takes batches {low}..{high} "
+                f"(built with --batch {b.spec.batch}).",
+                f"Pass --batch sizes from {low} to {high}, or rebuild the bundle with a --batch MIN:OPT:MAX range "
+                "that holds them.",
             )
     return sorted(set(requested))
 
@@ -163,7 +169,8 @@ def choose_targets(bundles: list[Bundle], cuda: bool) -> tuple[list[Target], lis
                 skipped.append({"bundle": b.label, "runtime": runtime + (" plugin graph" if plugin else ""),
                                 "engine": f"{artifacts.ENGINES_DIR}/{folder}/{entry['engine']}", "reason": e.problem})
                 continue
-            found.append(Target(b, runtime + (" plugin graph" if plugin else ""), name, (b.path, folder, entry), runtime))
+            where = (b.path, folder, entry)
+            found.append(Target(b, runtime + (" plugin graph" if plugin else ""), name, where, runtime))
     order = {runtime: i for i, runtime in enumerate(dict.fromkeys(t.runtime for t in found))}
     found.sort(key=lambda t: (KINDS.index(t.kind), order[t.runtime]))  # stable: bundles keep the order given
     return found, skipped
@@ -177,8 +184,10 @@ def measure(targets_: list[Target], batches: list[int], threads: int, rounds: in
     kinds = list(dict.fromkeys(t.kind for t in targets_))
     with contextlib.ExitStack() as stack:
         log(f"starting one process per runtime ({', '.join(kinds)})")
-        processes = {k: stack.enter_context(Runtime(k, {i: t.model for i, t in enumerate(targets_) if t.kind == k}, x, threads))
-                     for k in kinds}
+        processes = {}
+        for kind in kinds:
+            models = {i: t.model for i, t in enumerate(targets_) if t.kind == kind}
+            processes[kind] = stack.enter_context(Runtime(kind, models, x, threads))
         timers = {(i, batch): (lambda n, i=i, batch=batch: processes[targets_[i].kind].latencies(i, n, batch))
                   for batch in batches for i in range(len(targets_))}
         times = interleaved(timers, rounds, iterations, log)
@@ -236,20 +245,17 @@ def report(bundles: list[Bundle], targets_: list[Target], skipped: list[dict], b
     }
 
 
-def write(bundles: list[Bundle], data: dict) -> list[Path]:
+def write(bundles: list[Bundle], data: dict) -> None:
     """bench/bench.json, bench.md and bench.png into every bundle, each file written whole (artifacts)."""
     md = results.markdown(data)
     png = io.BytesIO()
     plot.figure(data).savefig(png, format="png", dpi=120)
-    written = []
     for b in bundles:
         folder = b.path / artifacts.BENCH_DIR
         folder.mkdir(exist_ok=True)
         artifacts.write_json(folder / BENCH_JSON, data)
         artifacts.write_text(folder / BENCH_MD, md)
         artifacts.write_bytes(folder / BENCH_PNG, png.getvalue())
-        written.append(folder)
-    return written
 
 
 def run(paths: list[Path], requested: Optional[list[int]], threads: int, rounds: int, iterations: int,

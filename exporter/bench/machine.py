@@ -12,6 +12,8 @@ from typing import Optional
 
 from ..engine import targets
 
+RUNTIMES = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx-cu13")  # the packages whose versions are recorded
+
 
 def describe(threads: int) -> dict:
     """CPU model and cores, the intra-op threads each runtime used, OS, Python and runtime versions, GPU."""
@@ -22,7 +24,7 @@ def describe(threads: int) -> dict:
         "threads": threads,
         "os": platform.platform(),
         "python": platform.python_version(),
-        **{name: _version(name) for name in ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx-cu13")},
+        **{name: _version(name) for name in RUNTIMES},
         "gpu": gpu.name if gpu else None,
         "gpu_target": gpu.target if gpu else None,
         "gpu_driver": gpu_driver() if gpu else None,
@@ -31,9 +33,10 @@ def describe(threads: int) -> dict:
 
 def summary(machine: dict) -> str:
     """One line for the tables: 'Intel Xeon ... (2 cores, 2 threads), Linux-..., Python 3.12, torch ..., GPU: none'."""
-    gpu = f"{machine['gpu']} ({machine['gpu_target']}, driver {machine['gpu_driver'] or 'unknown'})" if machine["gpu"] else "none"
-    runtimes = ", ".join(f"{name} {machine[name]}" for name in ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx-cu13")
-                         if machine.get(name))
+    gpu = "none"
+    if machine["gpu"]:
+        gpu = f"{machine['gpu']} ({machine['gpu_target']}, driver {machine['gpu_driver'] or 'unknown'})"
+    runtimes = ", ".join(f"{name} {machine[name]}" for name in RUNTIMES if machine.get(name))
     return (f"{machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads per runtime), {machine['os']}, "
             f"Python {machine['python']}, {runtimes}; GPU: {gpu}")
 

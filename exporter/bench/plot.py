@@ -25,7 +25,8 @@ def figure(data: dict) -> Figure:
 
     for j, bundle in enumerate(bundles):
         for runtime in runtimes:
-            line = sorted((r["batch"], r["images_per_s"]) for r in rows if (r["bundle"], r["runtime"]) == (bundle, runtime))
+            line = sorted((r["batch"], r["images_per_s"]) for r in rows
+                          if (r["bundle"], r["runtime"]) == (bundle, runtime))
             if not line:
                 continue
             mark = f" {REFERENCE_MARK}" if any(r["reference_ops"] for r in rows if r["runtime"] == runtime) else ""
@@ -44,7 +45,8 @@ def figure(data: dict) -> Figure:
         for r in compared:
             lo, hi = r["speedup_range"]
             dodge = 1 + 0.006 * (series.index((r["runtime"], r["batch"])) - (len(series) - 1) / 2)  # bars side by side
-            right.errorbar(r["flops_ratio"] * dodge, r["speedup"], yerr=[[r["speedup"] - lo], [hi - r["speedup"]]], capsize=3,
+            bar = [[r["speedup"] - lo], [hi - r["speedup"]]]
+            right.errorbar(r["flops_ratio"] * dodge, r["speedup"], yerr=bar, capsize=3,
                            marker=MARKERS[batches.index(r["batch"]) % len(MARKERS)], color=colour[r["runtime"]],
                            linestyle="none")
         for bundle in dict.fromkeys(r["bundle"] for r in compared):

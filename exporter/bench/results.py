@@ -62,7 +62,8 @@ def markdown(data: dict) -> str:
         "# Throughput", "",
         f"Machine: {machine_info.summary(data['machine'])}.", "",
         f"Input {'x'.join(map(str, s['input']))}, batch {', '.join(map(str, s['batches']))}; every (runtime, bundle, "
-        f"batch) timed in turn, {s['rounds']} rounds x {s['iterations']} batches, each runtime in a process of its own. "
+        f"batch) timed in turn, {s['rounds']} rounds x {s['iterations']} batches, each runtime in a process of its "
+        "own. "
         "Latency per batch; img/s from p50; CV = stdev / mean over every call "
         f"(⚠ above {s['cv_limit']:.0%}); speedup against the dense bundle in the same runtime and batch: median of "
         "per-round ratios (range over rounds).", "",
