@@ -269,7 +269,7 @@ def test_bench_writes_every_runtime_and_batch_into_each_bundle(bench_bundles, be
         assert (r["speedup"] is not None) == compared and r["reference_ops"] == (runtime == plugin)
         if compared:
             base = rows[labels[0], runtime, batch]
-            assert r["speedup"] == pytest.approx(base["mean_ms"] / r["mean_ms"]) and r["flops_ratio"] == flops
+            assert r["speedup"] == pytest.approx(base["p50_ms"] / r["p50_ms"]) and r["flops_ratio"] == flops
     machine = data["machine"]
     assert machine["threads"] == 1 and machine["cores"] >= 1 and machine["torch"] and machine["onnxruntime"]
     assert machine["cpu"] and machine["os"] and machine["python"]
@@ -339,13 +339,15 @@ def test_an_unwritable_bundle_is_refused(dense_copy, capsys):
 def test_rows_summarise_every_call_and_speedups_use_per_round_ratios():
     from exporter.bench import plot, results
 
-    dense = results.Row("none", "onnxruntime CPU fp32", 4, [[10.0, 10.0], [20.0, 20.0]])
-    tome = results.Row("tome", "onnxruntime CPU fp32", 4, [[5.0, 5.0], [8.0, 12.0]], baseline=("none", "x"),
-                       flops_ratio=1.5)
+    dense = results.Row("none", "onnxruntime CPU fp32", 4, [[10.0, 10.0, 10.0], [20.0, 20.0, 20.0]])
+    tome = results.Row("tome", "onnxruntime CPU fp32", 4, [[5.0, 5.0, 6.0], [8.0, 10.0, 30.0]],
+                       baseline=("none", "x"), flops_ratio=1.5)
     row = results.summarise(tome, dense)
-    assert row["p50_ms"] == 6.5 and row["images_per_s"] == pytest.approx(4000 / 6.5)
-    assert row["speedup"] == pytest.approx(2.0) and row["speedup_range"] == [2.0, 2.0]  # 10/5 and 20/10
-    assert row["cv"] == pytest.approx(np.std([5, 5, 8, 12], ddof=1) / 7.5) and row["cv_high"]
+    assert row["p50_ms"] == 7.0 and row["images_per_s"] == pytest.approx(4000 / 7.0)
+    # per round, the ratio of medians: 10/5 and 20/10 (the 30 ms call the machine interrupted does not count)
+    assert row["speedup"] == pytest.approx(2.0) and row["speedup_range"] == [2.0, 2.0]
+    calls = [5, 5, 6, 8, 10, 30]
+    assert row["cv"] == pytest.approx(np.std(calls, ddof=1) / np.mean(calls)) and row["cv_high"]
     assert results.summarise(dense, None)["speedup"] is None
     data = {"machine": {"cpu": "c", "cores": 2, "threads": 2, "os": "o", "python": "3", "torch": "2", "gpu": None},
             "settings": {"batches": [4], "input": [3, 8, 8], "rounds": 2, "iterations": 2, "cv_limit": results.CV_LIMIT},

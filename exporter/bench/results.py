@@ -3,9 +3,10 @@
 Per (bundle, runtime, batch): latency percentiles over every timed call, images/s from the median, and
 the coefficient of variation (stdev / mean), flagged above `CV_LIMIT`: a noisy row's percentiles and
 speedup are not to be trusted. A reduced bundle's speedup is against the dense bundle (method none) of
-the same model, in the same runtime and batch: the median over rounds of the per-round ratio of mean
-latencies (both sides of a round ran within seconds of each other, so the machine's drift cancels),
-with its range over rounds, beside the FLOPs ratio its manifest records.
+the same model, in the same runtime and batch: the median over rounds of the per-round ratio of median
+latencies (both sides of a round ran within seconds of each other, so the machine's drift cancels; a
+median, like p50, shrugs off a call the machine interrupted), with its range over rounds, beside the
+FLOPs ratio its manifest records.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def summarise(row: Row, base: Optional[Row]) -> dict:
         "latencies_ms": row.latencies,
     }
     if base is not None:
-        per_round = ratios([statistics.fmean(r) for r in base.latencies], [statistics.fmean(r) for r in row.latencies])
+        per_round = ratios([statistics.median(r) for r in base.latencies], [statistics.median(r) for r in row.latencies])
         out.update(compared_with=base.bundle, speedup=statistics.median(per_round),
                    speedup_range=[min(per_round), max(per_round)])
     return out
