@@ -45,35 +45,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from exporter import ops  # noqa: E402
+from exporter.bench.cuda import graphed, synced  # noqa: E402
 from exporter.bench.throughput import candidates, interleaved, local, ratios, selected_methods, table  # noqa: E402
 from exporter.models import create_model, input_size  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-
-
-def graphed(fn, x: torch.Tensor):
-    """`fn(x)` captured as a CUDA graph (after warm-up on a side stream, as torch.cuda.graphs requires);
-    returns its replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn(x)
-    return graph.replay
-
-
-def synced(fn):
-    """`fn` followed by a device synchronisation, so a host timer measures the GPU's work."""
-
-    def call():
-        fn()
-        torch.cuda.synchronize()
-
-    return call
 
 
 def authors(model):

@@ -25,9 +25,11 @@ MANIFEST = "manifest.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ENGINES_DIR = "engines"
-# Subtrees outside the portable file hashes: engines/<target>-<runtime>/ holds plans built after the
-# bundle, on (or for) one GPU and runtime, each with its own manifest (engine.json, exporter/engine).
-UNHASHED_SUBTREES = (ENGINES_DIR,)
+BENCH_DIR = "bench"
+# Subtrees outside the portable file hashes, written after the bundle on one machine: engines/<target>-<runtime>/
+# holds plans built on (or for) one GPU and runtime, each with its own manifest (engine.json, exporter/engine);
+# bench/ the timings of `python -m exporter bench`, with the machine they were measured on (exporter/bench).
+UNHASHED_SUBTREES = (ENGINES_DIR, BENCH_DIR)
 
 
 def check_writable(out: Path) -> None:
@@ -199,8 +201,13 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`data` into a hidden file beside `path`, renamed over it: a reader sees the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -242,57 +242,94 @@ def _methods(args, console: Console) -> int:
     return 0
 
 
+BENCH_MODELS, BENCH_MODELS_BATCH = "deit_small_patch16_224", 8
+BENCH_EXPORT_FLAGS = ("models", "weights", "methods", "img_size")  # the export mode's own options
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="onnxruntime throughput of each method (and model) vs the first dense model, and vs PyTorch",
-        description="Export every method (at its default parameters) of every model with a static batch, run them "
-        "in onnxruntime and PyTorch on the CPU, each runtime in a process of its own with the same thread settings, "
-        "taking turns round by round, and print measured speedups next to FLOPs ratios and the share of time spent "
-        "in the token-reduction machinery and size bias.",
+        help="time bundles in every runtime present (or, with --models, every method exported on the fly)",
+        description="With bundles: time each in every runtime that can run it here (onnxruntime on each of its graphs, "
+        "PyTorch eager, PyTorch fp16 and CUDA graphs on a GPU, its engines), per batch size, and write bench/bench.json, "
+        "bench.md and bench.png into every bundle, reduced bundles' speedups measured against the dense bundle. "
+        "Without bundles: export every method (at its default parameters) of every --models model with a static batch "
+        "and print measured speedups next to FLOPs ratios, onnxruntime against PyTorch, and the share of time spent in "
+        "the token-reduction machinery. Either way each runtime runs in a process of its own with the same thread "
+        "settings, and the candidates take turns round by round.",
     )
-    p.add_argument(
+    p.add_argument("bundles", nargs="*", type=Path, metavar="BUNDLE",
+                   help="directories written by `build`, e.g. artifacts/<dense run> artifacts/<reduced run>")
+    p.add_argument("--batch", default=None,
+                   help="with bundles: comma-separated sizes within every bundle's batch range (default: the bundles' "
+                   f"min, opt and max); with --models: one size (default {BENCH_MODELS_BATCH})")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for every runtime (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=5, help="batches per candidate per round (default %(default)s)")
+    g = p.add_argument_group("without bundles: export and time methods")
+    g.add_argument(
         "--models",
         "--model",
-        default="deit_small_patch16_224",
+        default=None,
         help="comma-separated timm names; a variant as name(arg=value, ...), e.g. litv2_small(alpha=0.0) "
-        "(default %(default)s)",
+        f"(default {BENCH_MODELS})",
     )
-    p.add_argument("--weights", default="random", help="timing does not depend on the weights (default %(default)s)")
-    p.add_argument("--methods", default=None, help="comma-separated (default: all, dense first)")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--batch", type=int, default=8, help="default %(default)s")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads for onnxruntime and PyTorch (default %(default)s)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=5, help="batches per method per round (default %(default)s)")
+    g.add_argument("--weights", default=None, help="timing does not depend on the weights (default random)")
+    g.add_argument("--methods", default=None, help="comma-separated (default: all, dense first)")
+    g.add_argument("--img-size", type=int, default=None)
     p.set_defaults(run=_bench)
 
 
 def _bench(args, console: Console) -> int:
-    from .bench import throughput
-    from .models import create_model, input_size
     from .options import check_bench_args
 
-    check_bench_args(args)
+    batches = check_bench_args(args)
+    if args.bundles:
+        return _bench_bundles(args, batches, console)
+    from .bench import throughput
+    from .models import create_model, input_size
+
+    if batches is not None and len(batches) > 1:
+        raise ExporterError(f"--batch {args.batch}: bench --models times one batch size.",
+                            "Pass one --batch size, or build bundles and bench them (`bench BUNDLE... --batch 1,8,32`).")
+    batch = batches[0] if batches else BENCH_MODELS_BATCH
+    models_text = args.models or BENCH_MODELS
     methods = throughput.selected_methods(args.methods)
     models = {}
-    for label, (name, kwargs) in throughput.parse_models(args.models).items():
-        models[label] = create_model(name, args.weights, 0, args.img_size, **kwargs)
+    for label, (name, kwargs) in throughput.parse_models(models_text).items():
+        models[label] = create_model(name, args.weights or "random", 0, args.img_size, **kwargs)
     sizes = {label: input_size(m) for label, m in models.items()}
     if len(set(sizes.values())) > 1:
         raise ExporterError(f"The models take different input sizes: {sizes}.", "Pass --img-size for all of them.")
     size = next(iter(sizes.values()))
     results = throughput.run(
-        models, methods, size, args.batch, args.threads, args.rounds, args.iterations, log=console.print
+        models, methods, size, batch, args.threads, args.rounds, args.iterations, log=console.print
     )
     import onnxruntime
 
-    print(f"{args.models}, batch {args.batch}, {size[0]}x{size[1]}, {args.threads} threads, onnxruntime "
+    print(f"{models_text}, batch {batch}, {size[0]}x{size[1]}, {args.threads} threads, onnxruntime "
           f"{onnxruntime.__version__} CPU, fp32, medians of {args.rounds} rounds x {args.iterations} batches\n")
-    print(throughput.table(results, args.batch))
+    print(throughput.table(results, batch))
     for note in (throughput.lone_note(results), throughput.profile_note(results)):
         if note:
             print("\n" + note)
+    return 0
+
+
+def _bench_bundles(args, batches: Optional[list[int]], console: Console) -> int:
+    from .bench import bundles, results
+    from .options import flag
+
+    given = [flag(name) for name in BENCH_EXPORT_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise ExporterError(
+            f"bench takes bundles or {', '.join(given)}, not both: a bundle's model and method were fixed by its build.",
+            f"Drop {', '.join(given)} to time the bundles, or drop the bundles to export and time methods.",
+        )
+    data = bundles.run(args.bundles, batches, args.threads, args.rounds, args.iterations, log=console.print)
+    print(results.markdown(data))
+    folders = ", ".join(str(p / "bench") for p in args.bundles)
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {folders} | {time.perf_counter() - args.start:.1f}s")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Command-line values checked before any work starts, so a typo costs a sentence, not a traceback."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .errors import ExporterError
 
@@ -28,10 +28,10 @@ def parse_param(name: str, parse: Callable[[str], Any], text: str) -> Any:
         ) from None
 
 
-def check_bench_args(args) -> None:
-    """bench's counts must be positive: 0 would reach torch.export, statistics or the thread pool."""
-    counts = {"batch": "images per batch", "threads": "intra-op threads", "rounds": "interleaved rounds",
-              "iterations": "batches per round"}
+def check_bench_args(args) -> Optional[list[int]]:
+    """bench's counts must be positive: 0 would reach torch.export, statistics or the thread pool. Returns the
+    --batch sizes (None when not given)."""
+    counts = {"threads": "intra-op threads", "rounds": "interleaved rounds", "iterations": "batches per round"}
     for name, what in counts.items():
         value = getattr(args, name)
         if value < 1:
@@ -39,3 +39,14 @@ def check_bench_args(args) -> None:
                 f"--{name} {value} is not a positive number of {what}.",
                 f"Pass --{name} 1 or more (default: see `python -m exporter bench --help`).",
             )
+    if args.batch is None:
+        return None
+    try:
+        sizes = [int(part) for part in args.batch.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ExporterError(f"--batch {args.batch} is not a positive number of images per batch, or a comma-separated "
+                            "list of them.",
+                            "Pass e.g. --batch 8, or --batch 1,8,32 with bundles.")
+    return sizes

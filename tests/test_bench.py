@@ -1,6 +1,8 @@
 """The benchmarks: which ONNX nodes count as token-selection code, the table, and the GPU script without a GPU."""
 import ast
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from exporter.bench import throughput
 from exporter.errors import ExporterError
 from exporter.bench.throughput import _node_medians, _origins, overhead_nodes, profile_overheads
+from exporter.cli import main
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import apply_method
 
@@ -203,3 +206,172 @@ def test_one_table_for_every_runtime():
     assert lines[0] == ("| method | GMACs | FLOPs ratio | PyTorch ms/batch | PyTorch img/s | measured speedup "
                         "| speedup / FLOPs ratio |")
     assert lines[-1] == "| tome | 2.00 | 2.00x | 1.75 | 36571.4 | 1.80x (1.60–2.00) | 0.90 |"
+
+
+# ---- bench BUNDLE...: every runtime of built bundles, written into them ---------------------------------------------
+
+def _build(out, *extra):
+    assert main(["build", "--model", "test_vit", "--weights", "random", "--batch", "1:2:4", "--out", str(out), *extra]) == 0
+    (bundle,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def bench_bundles(tmp_path_factory):
+    """A dense and a ToMe plugin bundle of timm's test_vit (random weights, batch 1:2:4), the dense one with an
+    engine recorded for an RTX GPU (its plan absent: it cannot run anywhere, and bench must say so)."""
+    root = tmp_path_factory.mktemp("bench-bundles")
+    dense = _build(root / "dense")
+    reduced = _build(root / "tome", "--method", "tome", "--plugins")
+    engine = {"engine": "model.engine", "graph": "model.onnx", "runtime": "tensorrt-rtx", "runtime_version": "1.7.1",
+              "target": "sm86", "sha256": "0" * 64, "key_fields": {"graph_sha256": "0" * 64}, "gpu": None, "flags": [],
+              "build_seconds": 1.0, "bytes": 1000}
+    folder = dense / "engines" / "sm86-tensorrt-rtx"
+    folder.mkdir(parents=True)
+    (folder / "engine.json").write_text(json.dumps({"entries": {"model.onnx": engine}}))
+    return dense, reduced
+
+
+@pytest.fixture(scope="module")
+def benched(bench_bundles):
+    """`bench` on both bundles, one round of one batch: what it printed and wrote."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["bench", *map(str, bench_bundles), "--rounds", "1", "--iterations", "1", "--threads", "1"])
+    assert code == 0
+    return out.getvalue(), json.loads((bench_bundles[1] / "bench" / "bench.json").read_text())
+
+
+def test_bench_writes_every_runtime_and_batch_into_each_bundle(bench_bundles, benched):
+    stdout, data = benched
+    dense, reduced = bench_bundles
+    for bundle in (dense, reduced):
+        files = {p.name: p.read_bytes() for p in (bundle / "bench").iterdir()}
+        assert sorted(files) == ["bench.json", "bench.md", "bench.png"]  # no temp file left
+        assert json.loads(files["bench.json"]) == data and files["bench.png"].startswith(b"\x89PNG\r\n\x1a\n")
+    assert data["settings"]["batches"] == [1, 2, 4] and data["settings"]["input"] == [3, 160, 160]
+    labels = [b["label"] for b in data["bundles"]]
+    assert labels[0] == "none" and labels[1].startswith("tome ") and data["bundles"][1]["baseline"] == "none"
+    rows = {(r["bundle"], r["runtime"], r["batch"]): r for r in data["rows"]}
+    plugin = "onnxruntime CPU fp32 plugin graph"
+    expected = {(label, runtime, batch) for batch in (1, 2, 4) for label in labels
+                for runtime in ("onnxruntime CPU fp32", "PyTorch eager CPU fp32")}
+    expected |= {(labels[1], plugin, batch) for batch in (1, 2, 4)}
+    assert set(rows) == expected
+    flops = json.loads((reduced / "manifest.json").read_text())["flops"]["ratio"]
+    for (label, runtime, batch), r in rows.items():
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["calls"] == 1 and r["cv"] is None
+        assert r["images_per_s"] == pytest.approx(batch * 1000 / r["p50_ms"])
+        compared = label == labels[1] and runtime != plugin  # the plugin graph's time is the Python reference's
+        assert (r["speedup"] is not None) == compared and r["reference_ops"] == (runtime == plugin)
+        if compared:
+            base = rows[labels[0], runtime, batch]
+            assert r["speedup"] == pytest.approx(base["p50_ms"] / r["p50_ms"]) and r["flops_ratio"] == flops
+    machine = data["machine"]
+    assert machine["threads"] == 1 and machine["cores"] >= 1 and machine["torch"] and machine["onnxruntime"]
+    assert machine["cpu"] and machine["os"] and machine["python"]
+    (skipped,) = data["skipped"]
+    assert skipped["bundle"] == "none" and skipped["engine"] == "engines/sm86-tensorrt-rtx/model.engine"
+    assert "missing or differs from its manifest" in skipped["reason"]
+    assert len(data["alone"]) == 2  # onnxruntime's and PyTorch's process, each timed alone once
+    md = (reduced / "bench" / "bench.md").read_text()
+    assert md in stdout and "plugin graph †" in md and "not a deployment number" in md
+    assert "Skipped TensorRT-RTX 1.7.1 sm86 fp32 on none" in md
+
+
+def test_verify_still_passes_after_a_bench(bench_bundles, benched, capsys):
+    for bundle in bench_bundles:
+        assert main(["verify", str(bundle), "--references-only"]) == 0, capsys.readouterr()
+
+
+@pytest.fixture
+def dense_copy(bench_bundles, tmp_path):
+    dst = tmp_path / bench_bundles[0].name
+    shutil.copytree(bench_bundles[0], dst, ignore=shutil.ignore_patterns("bench", "engines"))
+    return dst
+
+
+def _refused(capsys, *args) -> str:
+    assert main(["bench", *map(str, args)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "fix:" in err and "Traceback" not in err
+    return err
+
+
+def test_bad_bundles_are_refused_before_any_timing(bench_bundles, dense_copy, tmp_path, capsys):
+    assert "is not a bundle (no manifest.json)" in _refused(capsys, tmp_path)
+    assert "is given twice" in _refused(capsys, dense_copy, dense_copy)
+    err = _refused(capsys, dense_copy, "--batch", "2,8")
+    assert "--batch 8:" in err and "takes batches 1..4 (built with --batch 1:2:4)" in err and "from 1 to 4" in err
+    assert "not both" in _refused(capsys, dense_copy, "--models", "test_vit")
+    assert "not both" in _refused(capsys, dense_copy, "--methods", "tome")
+    assert "comma-separated list" in _refused(capsys, dense_copy, "--batch", "1,x")
+    assert "bench --models times one batch size" in _refused(capsys, "--models", "test_vit", "--batch", "1,2")
+    (dense_copy / "bench").write_text("in the way")
+    assert "is a file, where bench writes its results" in _refused(capsys, dense_copy)
+    (dense_copy / "bench").unlink()
+    (dense_copy / "reproduce.sh").write_text("edited")
+    assert "does not match its manifest (modified since the build (sha256 differs): reproduce.sh)" in _refused(
+        capsys, dense_copy)
+    (dense_copy / "model.onnx").unlink()
+    assert "has no model.onnx, which its build wrote" in _refused(capsys, dense_copy)
+    assert not (dense_copy / "bench").exists()
+
+
+def test_bundles_of_different_input_sizes_are_refused(dense_copy, tmp_path, capsys):
+    other = _build(tmp_path / "small", "--img-size", "96")
+    err = _refused(capsys, dense_copy, other)
+    assert "take different inputs" in err and "3x160x160" in err and "3x96x96" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_an_unwritable_bundle_is_refused(dense_copy, capsys):
+    dense_copy.chmod(0o500)
+    try:
+        assert "Cannot write" in _refused(capsys, dense_copy)
+    finally:
+        dense_copy.chmod(0o700)
+
+
+def test_rows_summarise_every_call_and_speedups_use_per_round_ratios():
+    from exporter.bench import plot, results
+
+    dense = results.Row("none", "onnxruntime CPU fp32", 4, [[10.0, 10.0, 10.0], [20.0, 20.0, 20.0]])
+    tome = results.Row("tome", "onnxruntime CPU fp32", 4, [[5.0, 5.0, 6.0], [8.0, 10.0, 30.0]],
+                       baseline=("none", "x"), flops_ratio=1.5)
+    row = results.summarise(tome, dense)
+    assert row["p50_ms"] == 7.0 and row["images_per_s"] == pytest.approx(4000 / 7.0)
+    # per round, the ratio of medians: 10/5 and 20/10 (the 30 ms call the machine interrupted does not count)
+    assert row["speedup"] == pytest.approx(2.0) and row["speedup_range"] == [2.0, 2.0]
+    calls = [5, 5, 6, 8, 10, 30]
+    assert row["cv"] == pytest.approx(np.std(calls, ddof=1) / np.mean(calls)) and row["cv_high"]
+    assert results.summarise(dense, None)["speedup"] is None
+    data = {"machine": {"cpu": "c", "cores": 2, "threads": 2, "os": "o", "python": "3", "torch": "2", "gpu": None},
+            "settings": {"batches": [4], "input": [3, 8, 8], "rounds": 2, "iterations": 2, "cv_limit": results.CV_LIMIT},
+            "bundles": [{"label": "tome", "run_name": "r", "model": "m", "flops": None, "baseline": None}],
+            "rows": [results.summarise(tome, None)], "skipped": [], "alone": []}
+    md = results.markdown(data)
+    assert "2.00x" not in md and "No speedups" in md and "⚠ 1 of 1 rows vary" in md
+    assert plot.figure(data).axes[1].texts  # the speedup panel says why it is empty
+
+
+def test_cpu_model_from_cpuinfo(tmp_path):
+    from exporter.bench.machine import cpu_model
+
+    (tmp_path / "x86").write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+    (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 62.50\n\nModel\t: NVIDIA Jetson AGX Orin\n")
+    assert cpu_model(tmp_path / "x86") == "AMD EPYC 7B13" and cpu_model(tmp_path / "arm") == "NVIDIA Jetson AGX Orin"
+    assert cpu_model(tmp_path / "missing")  # the platform's name instead
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pytorch_fp16_and_cuda_graphs_are_timed_on_the_gpu():
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit").eval()
+    x = np.random.default_rng(0).standard_normal((4, 3, 160, 160), dtype=np.float32)
+    for kind in ("torch-cuda-fp16", "torch-cuda-graph-fp16"):
+        with throughput.Runtime(kind, {"a": model}, x, 1) as rt:
+            assert len(rt.latencies("a", 3, batch=2)) == 3 and rt.time("a", 2, batch=4) > 0

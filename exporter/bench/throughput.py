@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import bisect
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
@@ -322,10 +323,14 @@ def candidates(
                 raise
             log(f"skipping {prefix}{name}: {e.problem}")
             continue
-        schedule, shown = model.schedule, model.params  # as resolved by the method
-        label = prefix + name + "".join(f" {k}={_short(v)}" for k, v in shown.items() if v is not None)
-        out.append(Candidate(label, name, params, model, count_gmacs(model, img_size), schedule))
+        label = prefix + method_label(name, model.params)  # the parameters as resolved by the method
+        out.append(Candidate(label, name, params, model, count_gmacs(model, img_size), model.schedule))
     return out
+
+
+def method_label(method: str, params: dict) -> str:
+    """A method and its parameters for a table, e.g. 'tome r=13 every block prop_attn=True'."""
+    return method + "".join(f" {k}={_short(v)}" for k, v in params.items() if v is not None)
 
 
 def _short(value) -> str:
@@ -394,11 +399,18 @@ def timing_options(threads: int):
 
 class Runtime:
     """One runtime's models in a process of its own: `time(key, iterations)` returns the mean ms per call
-    of `iterations` back-to-back calls, measured in that process.
+    of `iterations` back-to-back calls, measured in that process, and `latencies` each call's ms; with
+    `batch`, the calls take the first `batch` rows of `x` (every model takes all of `x` otherwise).
 
-    kind 'ort': `models` maps keys to ONNX paths, run with `timing_options(threads)`; kind 'torch': keys to
-    modules (pickled to the process), run under no_grad with torch's `threads` intra-op threads and
-    OpenMP's passive wait policy (its threads sleep between parallel regions). Every call takes `x`.
+    `models` maps keys to what `kind` runs (`KINDS`), each timed with `threads` intra-op threads:
+    - 'ort': ONNX paths, run with `timing_options(threads)` (a plugin graph's plugin nodes run the token
+      ops' Python reference, `runtime.op_reference`);
+    - 'torch': modules (pickled to the process), run on the CPU under no_grad with OpenMP's passive wait
+      policy (its threads sleep between parallel regions);
+    - 'torch-cuda-fp16', 'torch-cuda-graph-fp16': modules run in fp16 on the GPU, as module calls or as
+      replays of a CUDA graph captured per batch size (`cuda.graphed`), each call synchronised;
+    - 'tensorrt', 'tensorrt-rtx': (bundle, engine folder, engine.json entry) run by `engine.run.runner`
+      (host arrays in and out: the copies are timed too).
     Use as a context manager: the process ends on exit.
     """
 
@@ -412,8 +424,11 @@ class Runtime:
         child.close()
         self.pid = self._ask("pid")  # answered once the models are loaded
 
-    def time(self, key, iterations: int) -> float:
-        return self._ask("time", key, iterations)
+    def time(self, key, iterations: int, batch: Optional[int] = None) -> float:
+        return statistics.fmean(self.latencies(key, iterations, batch))
+
+    def latencies(self, key, iterations: int, batch: Optional[int] = None) -> list[float]:
+        return self._ask("time", key, iterations, batch)
 
     def _ask(self, *message):
         self._conn.send(message)
@@ -441,6 +456,9 @@ class Runtime:
         self.close()
 
 
+KINDS = ("ort", "torch", "torch-cuda-fp16", "torch-cuda-graph-fp16", "tensorrt", "tensorrt-rtx")
+
+
 @contextlib.contextmanager
 def _environ(**values: str) -> Iterator[None]:
     """`values` set in os.environ (what a spawned process starts with) for the block, then restored."""
@@ -457,37 +475,87 @@ def _environ(**values: str) -> Iterator[None]:
 
 
 def _serve(conn, kind: str, models: dict, x: np.ndarray, threads: int) -> None:
-    """A `Runtime`'s process: build the calls, then answer requests until ('close',)."""
-    try:
-        if kind == "ort":
-            sessions = {key: ort_runtime.session(path, options=timing_options(threads)) for key, path in models.items()}
-            calls = {key: (lambda s=s: ort_runtime.run(s, x)) for key, s in sessions.items()}
-        else:
-            torch.set_num_threads(threads)
-            tensor = torch.from_numpy(x)
-            calls = {key: (lambda m=m.eval(): m(tensor)) for key, m in models.items()}
-    except Exception:
-        conn.recv()
-        conn.send(("error", traceback.format_exc()))
-        return
-    with torch.no_grad():
-        while True:
-            message = conn.recv()
-            try:
-                if message[0] == "close":
-                    return
-                if message[0] == "pid":
-                    conn.send(("ok", os.getpid()))
-                else:
-                    _, key, iterations = message
-                    conn.send(("ok", _time(calls[key], iterations)))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
+    """A `Runtime`'s process: load the models, then answer requests until ('close',)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            torch.set_num_threads(threads)  # also the plugin reference ops' threads in an 'ort' process
+            prepare = _loaded(kind, models, threads, stack)
+        except Exception:
+            conn.recv()
+            conn.send(("error", traceback.format_exc()))
+            return
+        calls = {}  # (key, batch) -> call, made on first use
+        with torch.no_grad():
+            while True:
+                message = conn.recv()
+                try:
+                    if message[0] == "close":
+                        return
+                    if message[0] == "pid":
+                        conn.send(("ok", os.getpid()))
+                        continue
+                    _, key, iterations, batch = message
+                    if (key, batch) not in calls:
+                        calls[key, batch] = prepare[key](x if batch is None else x[:batch])
+                    conn.send(("ok", _latencies(calls[key, batch], iterations)))
+                except Exception:
+                    conn.send(("error", traceback.format_exc()))
+
+
+def _loaded(kind: str, models: dict, threads: int, stack: contextlib.ExitStack) -> dict:
+    """key -> a function from an input array to a call of that key's model on it (see `Runtime`)."""
+    if kind == "ort":
+        sessions = {key: _timing_session(path, threads) for key, path in models.items()}
+        return {key: functools.partial(_ort_call, s) for key, s in sessions.items()}
+    if kind == "torch":
+        return {key: functools.partial(_torch_call, m.eval()) for key, m in models.items()}
+    if kind in ("torch-cuda-fp16", "torch-cuda-graph-fp16"):
+        torch.backends.cudnn.benchmark = True  # as timm's benchmark.py: the patch embedding gets a fast algorithm
+        graph = kind == "torch-cuda-graph-fp16"
+        on_gpu = {key: m.to("cuda", torch.float16).eval() for key, m in models.items()}
+        return {key: functools.partial(_cuda_call, m, graph) for key, m in on_gpu.items()}
+    if kind in ("tensorrt", "tensorrt-rtx"):
+        from ..engine import run as engine_run
+
+        runners = {key: stack.enter_context(engine_run.runner(*where)) for key, where in models.items()}
+        return {key: functools.partial(_engine_call, r) for key, r in runners.items()}
+    raise ValueError(f"unknown runtime kind {kind!r} (one of {', '.join(KINDS)})")
+
+
+def _timing_session(path: Path, threads: int):
+    """A session with `timing_options`; a plugin graph's plugin nodes run the reference ops."""
+    from ..runtime import op_reference
+
+    options = timing_options(threads)
+    if op_reference.has_plugins(onnx.load(str(path), load_external_data=False)):
+        return op_reference.session(path, options=options)
+    return ort_runtime.session(path, options=options)
+
+
+def _ort_call(session, x: np.ndarray) -> Callable[[], object]:
+    inputs = ort_runtime.feed(session, x)  # cast once, outside the timed calls
+    return lambda: session.run(None, inputs)
+
+
+def _torch_call(model: torch.nn.Module, x: np.ndarray) -> Callable[[], object]:
+    tensor = torch.from_numpy(x)
+    return lambda: model(tensor)
+
+
+def _engine_call(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> Callable[[], object]:
+    return lambda: runner(x)
+
+
+def _cuda_call(model: torch.nn.Module, graph: bool, x: np.ndarray) -> Callable[[], None]:
+    from .cuda import graphed, synced
+
+    tensor = torch.from_numpy(x).to("cuda", torch.float16)
+    return synced(graphed(model, tensor) if graph else lambda: model(tensor))
 
 
 def interleaved(timers: dict, rounds: int, iterations: int, log: Callable[[str], None] = print) -> dict:
     """Milliseconds per call of every entry of `timers` (key -> function of a number of iterations returning
-    the mean ms per call; `local` makes one of a plain call), one value per round. After one untimed
+    the mean ms per call, or each call's ms; `local` makes one of a plain call), one value per round. After one untimed
     iteration each, every round times the entries in turn, so a slow minute of the machine hits them
     alike; compare them with medians of per-round `ratios`."""
     for timer in timers.values():
@@ -513,6 +581,16 @@ def _time(fn, iterations: int) -> float:
     return (time.perf_counter() - start) * 1000 / iterations
 
 
+def _latencies(fn, iterations: int) -> list[float]:
+    """Milliseconds of each of `iterations` back-to-back calls."""
+    out = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
 def table(cands: list[Candidate], batch: int) -> str:
     """Markdown: per candidate, FLOPs ratio next to the measured speedups, both against the first row. Times
     are medians over rounds; each ratio is the median of its per-round ratios, so a drift of the machine's
@@ -533,18 +611,18 @@ def table(cands: list[Candidate], batch: int) -> str:
         flops_ratio = ref.gmacs / c.gmacs
         per_round = ratios(getattr(ref, main), getattr(c, main))
         speedup = statistics.median(per_round)
-        row = [c.label, f"{c.gmacs:.2f}", f"{flops_ratio:.2f}x", _ms(ms), f"{batch * 1000 / ms:.1f}",
+        row = [c.label, f"{c.gmacs:.2f}", f"{flops_ratio:.2f}x", fmt_ms(ms), f"{batch * 1000 / ms:.1f}",
                f"{speedup:.2f}x ({min(per_round):.2f}–{max(per_round):.2f})", f"{speedup / flops_ratio:.2f}"]
         if profiled:
             measured = c.profile.shares if c.profile else {}
             row += [f"{measured[k]:.1%}" if measured.get(k) else "—" for k in OVERHEADS]
         if both:
-            row += [_ms(statistics.median(c.torch_ms)), f"{statistics.median(ratios(c.torch_ms, c.ort_ms)):.2f}x"]
+            row += [fmt_ms(statistics.median(c.torch_ms)), f"{statistics.median(ratios(c.torch_ms, c.ort_ms)):.2f}x"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def _ms(value: float) -> str:
+def fmt_ms(value: float) -> str:
     """Milliseconds to 0.1 ms, or 0.01 ms below 10 ms (GPU batches)."""
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
@@ -553,13 +631,18 @@ def lone_note(cands: list[Candidate]) -> str:
     """The first row's medians when it ran alone, in a fresh process per runtime, next to its medians in
     the interleaved rounds: the check that taking turns did not change the absolute numbers."""
     first = cands[0]
+    runtimes = [("onnxruntime", first.ort_alone_ms, first.ort_ms), ("PyTorch", first.torch_alone_ms, first.torch_ms)]
+    return alone_note(first.label, runtimes)
+
+
+def alone_note(label: str, runtimes: list[tuple[str, list[float], list[float]]]) -> str:
+    """`label`'s median ms alone next to its median ms interleaved, per (runtime, alone, interleaved)."""
     parts = []
-    runtimes = (("onnxruntime", first.ort_alone_ms, first.ort_ms), ("PyTorch", first.torch_alone_ms, first.torch_ms))
     for name, alone, together in runtimes:
         if alone and together:
             a, t = statistics.median(alone), statistics.median(together)
-            parts.append(f"{name} {_ms(a)} ms alone, {_ms(t)} ms interleaved ({t / a - 1:+.0%})")
-    return f"{first.label} timed alone in a fresh process: " + "; ".join(parts) + "." if parts else ""
+            parts.append(f"{name} {fmt_ms(a)} ms alone, {fmt_ms(t)} ms interleaved ({t / a - 1:+.0%})")
+    return f"{label} timed alone in a fresh process: " + "; ".join(parts) + "." if parts else ""
 
 
 def profile_note(cands: list[Candidate]) -> str:

@@ -30,8 +30,9 @@ def has_plugins(model: onnx.ModelProto) -> bool:
     return any(node.domain == DOMAIN for node in model.graph.node)
 
 
-def session(path: Path | str, threads: Optional[int] = None):
-    """An onnxruntime session on the graph at `path`, its plugin nodes running the reference ops."""
+def session(path: Path | str, threads: Optional[int] = None, options=None):
+    """An onnxruntime session on the graph at `path`, its plugin nodes running the reference ops; `options`
+    (default `ort.session_options(threads)`) get the onnxruntime-extensions library registered."""
     import onnxruntime_extensions
 
     names = _register_all()
@@ -62,7 +63,7 @@ def session(path: Path | str, threads: Optional[int] = None):
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.opset_import.append(onnx.helper.make_opsetid(_CONTRIB, 1))
-    options = ort_runtime.session_options(threads)
+    options = options or ort_runtime.session_options(threads)
     options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
     return ort_runtime.session(model.SerializeToString(), options=options)
 

@@ -86,8 +86,9 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
 
 
 def bundle_files(bundle: Path) -> set[str]:
-    """Every entry under `bundle` but its directories, the manifest and the engines built on targets (they
-    carry manifests of their own: `artifacts.UNHASHED_SUBTREES`), as relative POSIX paths."""
+    """Every entry under `bundle` but its directories, the manifest and what is added on a target after the
+    build (engines, with manifests of their own, and bench timings: `artifacts.UNHASHED_SUBTREES`), as
+    relative POSIX paths."""
     try:
         entries = list(bundle.rglob("*"))
     except OSError as e:
