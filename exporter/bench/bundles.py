@@ -30,9 +30,9 @@ import onnx
 
 from .. import artifacts
 from ..engine import cache, preflight, targets
-from ..engine import run as engine_run
 from ..errors import ExporterError
 from ..export.graphs import FP32, planned
+from ..runtime import tensorrt as trt_runtime
 from ..spec import BuildSpec
 from ..verify.bundle import DAMAGED, file_problems, read_manifest
 from . import machine, plot, results
@@ -163,7 +163,7 @@ def choose_targets(bundles: list[Bundle], cuda: bool) -> tuple[list[Target], lis
                 here[name] = preflight.present(name)
             try:
                 preflight.check(b.path, folder, entry, here[name])
-                if (problem := engine_run.cannot_run(entry)) is not None:
+                if (problem := trt_runtime.cannot_run(entry)) is not None:
                     raise problem
             except ExporterError as e:
                 skipped.append({"bundle": b.label, "runtime": runtime + (" plugin graph" if plugin else ""),

@@ -409,7 +409,7 @@ class Runtime:
       policy (its threads sleep between parallel regions);
     - 'torch-cuda-fp16', 'torch-cuda-graph-fp16': modules run in fp16 on the GPU, as module calls or as
       replays of a CUDA graph captured per batch size (`cuda.graphed`), each call synchronised;
-    - 'tensorrt', 'tensorrt-rtx': (bundle, engine folder, engine.json entry) run by `engine.run.runner`
+    - 'tensorrt', 'tensorrt-rtx': (bundle, engine folder, engine.json entry) run by `runtime.engine_runner`
       (host arrays in and out: the copies are timed too).
     Use as a context manager: the process ends on exit.
     """
@@ -515,9 +515,9 @@ def _loaded(kind: str, models: dict, threads: int, stack: contextlib.ExitStack) 
         on_gpu = {key: m.to("cuda", torch.float16).eval() for key, m in models.items()}
         return {key: functools.partial(_cuda_call, m, graph) for key, m in on_gpu.items()}
     if kind in ("tensorrt", "tensorrt-rtx"):
-        from ..engine import run as engine_run
+        from ..runtime import engine_runner
 
-        runners = {key: stack.enter_context(engine_run.runner(*where)) for key, where in models.items()}
+        runners = {key: stack.enter_context(engine_runner(*where)) for key, where in models.items()}
         return {key: functools.partial(_engine_call, r) for key, r in runners.items()}
     raise ValueError(f"unknown runtime kind {kind!r} (one of {', '.join(KINDS)})")
 
@@ -542,7 +542,7 @@ def _torch_call(model: torch.nn.Module, x: np.ndarray) -> Callable[[], object]:
     return lambda: model(tensor)
 
 
-def _engine_call(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> Callable[[], object]:
+def _engine_call(runner: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray) -> Callable[[], object]:
     return lambda: runner(x)
 
 
