@@ -237,6 +237,9 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
         from .verify import accuracy
 
         report.accuracy = accuracy.measure(bundle, data, console)
+    from .bench.bundles import stored as bench_results
+
+    report.throughput = bench_results(bundle)
     bundle_check.write_report(report, report_to)
     if not report.passed:
         raise BuildFailed("\n".join(report.failures()), bundle)

@@ -282,9 +282,15 @@ def test_bench_writes_every_runtime_and_batch_into_each_bundle(bench_bundles, be
     assert "Skipped TensorRT-RTX 1.7.1 sm86 fp32 on none" in md
 
 
-def test_verify_still_passes_after_a_bench(bench_bundles, benched, capsys):
+def test_verify_still_passes_after_a_bench_and_reports_its_throughput(bench_bundles, benched, capsys):
     for bundle in bench_bundles:
+        capsys.readouterr()
         assert main(["verify", str(bundle), "--references-only"]) == 0, capsys.readouterr()
+        md = capsys.readouterr().out  # the report, on stdout
+        throughput = md.split("## Throughput")[1].split("## Skipped")[0]
+        assert "Measured by `python -m exporter bench` on " in throughput
+        assert "| none | onnxruntime CPU fp32 | 2 |" in throughput and "| PyTorch eager CPU fp32 | 4 |" in throughput
+    assert "Not measured yet" in (bench_bundles[0] / "report.md").read_text()  # build's own report predates the bench
 
 
 @pytest.fixture

@@ -245,6 +245,16 @@ def report(bundles: list[Bundle], targets_: list[Target], skipped: list[dict], b
     }
 
 
+def stored(bundle: Path) -> Optional[dict]:
+    """What `bench` last measured with `bundle` (its bench/bench.json), or None when it has not been timed or
+    that file is unreadable (bench/ is outside the file hashes: a report quotes it, it does not rely on it)."""
+    try:
+        data = artifacts.read_json(bundle / artifacts.BENCH_DIR / BENCH_JSON)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"machine", "rows"} <= set(data) else None
+
+
 def write(bundles: list[Bundle], data: dict) -> None:
     """bench/bench.json, bench.md and bench.png into every bundle, each file written whole (artifacts)."""
     md = results.markdown(data)

@@ -43,6 +43,7 @@ class Report:
     references: list[StoredComparison] = field(default_factory=list)  # runtimes on references.npz
     engines: list[EngineRow] = field(default_factory=list)
     accuracy: Optional[Accuracy] = None  # verify --data
+    throughput: Optional[dict] = None  # bench/bench.json as `bench` wrote it, when it timed the bundle (verify)
 
     @property
     def passed(self) -> bool:
@@ -83,6 +84,7 @@ class Report:
             "references": [c.to_dict() for c in self.references],
             "engines": [e.to_dict() for e in self.engines],
             **({"accuracy": self.accuracy.to_dict()} if self.accuracy else {}),
+            **({"throughput": self.throughput} if self.throughput else {}),
         }
 
     @classmethod
@@ -102,6 +104,7 @@ class Report:
             references=[StoredComparison.from_dict(c) for c in d.get("references", [])],
             engines=[EngineRow.from_dict(e) for e in d.get("engines", [])],
             accuracy=Accuracy.from_dict(d["accuracy"]) if d.get("accuracy") else None,
+            throughput=d.get("throughput"),
         )
 
     @classmethod

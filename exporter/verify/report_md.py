@@ -91,18 +91,23 @@ def render(report: "Report") -> str:
         from .accuracy import table
 
         lines += ["", "## Accuracy on labelled images", "", table(report.accuracy)]
-    lines += [
-        "",
-        "## Throughput",
-        "",
-        "- Not measured by build/verify. onnxruntime on the CPU: `python -m exporter bench`; an engine on its GPU: "
-        "`./build_engine.sh fp16 time` (trtexec; its qps are batches/s, multiply by the batch for images/s).",
-        "",
-        "## Skipped, and why",
-        "",
-    ]
+    lines += ["", "## Throughput", "", *_throughput(report.throughput), "", "## Skipped, and why", ""]
     lines += [f"- {s}" for s in _skipped(report)] or ["- nothing"]
     return "\n".join(lines) + "\n"
+
+
+def _throughput(bench: "dict | None") -> list[str]:
+    """What `bench` measured with this bundle (bench/bench.json), or how to measure it."""
+    if not bench:
+        return ["- Not measured yet: `python -m exporter bench <this bundle> [<its dense bundle>]` times every runtime "
+                "present (onnxruntime, PyTorch, the engines that run here) into bench/; an engine on its GPU without "
+                "the exporter: `./build_engine.sh fp16 time` (trtexec; its qps are batches/s, multiply by the batch "
+                "for images/s)."]
+    from ..bench import machine, results
+
+    return [f"Measured by `python -m exporter bench` on {machine.summary(bench['machine'])} "
+            "(bench/bench.md has the settings, bench/bench.png the plot):", "", results.table(bench["rows"]), "",
+            *(f"- {note}" for note in results.notes(bench))]
 
 
 def _weights_note(spec: BuildSpec) -> list[str]:
