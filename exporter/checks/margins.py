@@ -109,5 +109,6 @@ class Rounding:
             first: Optional[int] = next((j for j in range(len(replayed)) if against[j, i] > 0), None)
             if first is not None:
                 d = replayed[first]
-                cuts.append(Cut(int(i), d.reduction + 1, d.what, float(against[first, i]), float(self.errors[first][i])))
+                error = float(self.errors[first][i])
+                cuts.append(Cut(int(i), d.reduction + 1, d.what, float(against[first, i]), error))
         return cuts

@@ -44,7 +44,8 @@ Decided = Optional[Callable[[str, torch.Tensor, torch.Tensor], None]]
 def _decide(decided: Decided, what: str, scores: torch.Tensor, chosen: torch.Tensor) -> None:
     """Hand a choice to `decided`, a single row ([B, C] scores, [B, k] indices) as one of R rows."""
     if decided is not None:
-        decided(what, scores if scores.dim() == 3 else scores[:, None], chosen if chosen.dim() == 3 else chosen[:, None])
+        rows = scores.dim() == 3
+        decided(what, scores if rows else scores[:, None], chosen if rows else chosen[:, None])
 
 
 def scatter_matrix(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:

@@ -87,7 +87,7 @@ def check(
             result = compare(refs.logits[held], out[held], graph, precision, bs)
         else:
             result = Comparison(graph, precision, bs, 0, 0.0, 0.0, 1.0, 1.0, 0, 1.0)
-            result.warnings.append("no sample held to the thresholds: every one has a token choice within fp16 rounding")
+            result.warnings.append("no sample held to the thresholds: each has a token choice within fp16 rounding")
         if not np.isfinite(out).all() and "output contains NaN or Inf" not in result.failures:
             result.failures.append("output contains NaN or Inf")
         left_out = int((~held).sum())

@@ -61,7 +61,7 @@ def render(report: dict) -> str:
     if stored or any(e.get("comparisons") for e in engines):
         lines += [
             "The same thresholds; a deployment graph has no kept-index outputs, so in fp16 the samples on which "
-            "a token choice's fp32 score margin is within twice its fp16 error are left out (counted under 'left out').",
+            "a token choice's fp32 score margin is within 2x its fp16 error are left out (counted under 'left out').",
             "",
             "| runtime | " + ROW_HEAD[0][2:].replace("| result |", "| left out | result |"),
             "|---|" + ROW_HEAD[1][1:] + "---|",
