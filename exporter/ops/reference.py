@@ -218,8 +218,9 @@ def diffrate_reduce(
         idx = top_indices(score, keep - 1) + 1
     else:
         idx = chosen[0]
-    _decide(decided, "kept tokens", score, idx - 1)
-    _decide(decided, "merge destinations", score, idx[:, : merge - 1] - 1)  # the best merge - 1: the head
+    if decided is not None:  # the kept patches, then the best merge - 1 of them: the head (merge destinations)
+        _decide(decided, "kept tokens", score, idx - 1)
+        _decide(decided, "merge destinations", score, idx[:, : merge - 1] - 1)
     order = torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
     if size is None:
         size = torch.ones_like(x[..., 0], dtype=torch.float32)
