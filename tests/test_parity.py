@@ -110,6 +110,13 @@ def test_fp16_error_is_taken_near_the_cut():
     assert near.first_cuts([fp32], np.array([True])) == []  # same choice, other order: no cut
 
 
+def test_fp16_error_of_a_choice_in_rows_is_that_of_rows_that_can_tip():
+    """Each merged token's partner is a row: a row whose gap no rounding of its size bridges adds no error."""
+    fp32 = Decision(0, "merge partners", np.array([[[0.5, 0.49, 0.1], [0.9, 0.1, 0.0]]], np.float32), np.array([[[0], [0]]]))
+    fp16 = Decision(0, "merge partners", np.array([[[0.501, 0.4895, 0.1], [0.95, 0.05, 0.0]]], np.float32), fp32.chosen)
+    assert np.allclose(margin(fp32), 0.01) and np.allclose(error(fp32, fp16), 1e-3)
+
+
 def test_fp16_without_decisive_samples_warns_and_report_says_so():
     from exporter.verify.report import render, warnings
 

@@ -66,17 +66,22 @@ def margin(d: Decision) -> np.ndarray:
 
 
 def error(fp32: Decision, fp16: Decision) -> np.ndarray:
-    """[n]: the fp16 error at fp32's cut: max |fp16 score - fp32 score| over the two candidates at the cut and
-    any other that rounding as large as the row's largest error could move across it (taken ones less than
-    twice that above the highest one left, left ones as close below the lowest taken), the largest over the
-    rows. Only those can swap, and scores far from the cut (the top class attention) round by more."""
+    """[n]: the fp16 error at fp32's cut: max |fp16 score - fp32 score| over the candidates that rounding as
+    large as their row's largest error could move across the row's cut (taken ones less than twice that above
+    the highest one left, left ones as close below the lowest taken) and the two that set the margin (at the
+    cut of the row with the smallest gap). Only those can swap, and scores far from the cut (the top class
+    attention) round by more."""
     s, taken, low, high = _cut(fp32)
     t = fp16.scores.astype(np.float64)
     finite = np.isfinite(s) & np.isfinite(t)
     diff = np.abs(np.where(finite, s, 0.0) - np.where(finite, t, 0.0))
     with np.errstate(invalid="ignore"):
-        reach = np.maximum(NEAR_TIE * diff.max(axis=-1), low - high)[..., None]
-        near = finite & np.where(taken, s - high[..., None] <= reach, low[..., None] - s <= reach)
+        gap = low - high
+        reach = NEAR_TIE * diff.max(axis=-1)
+        if gap.shape[-1]:
+            tightest = np.arange(gap.shape[-1]) == np.nan_to_num(gap, nan=np.inf).argmin(axis=-1)[:, None]
+            reach = np.where(tightest, np.maximum(reach, gap), reach)
+        near = finite & np.where(taken, s - high[..., None] <= reach[..., None], low[..., None] - s <= reach[..., None])
     return np.where(near, diff, 0.0).reshape(diff.shape[0], -1).max(axis=-1, initial=0.0)
 
 
