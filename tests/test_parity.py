@@ -1,7 +1,8 @@
 """The verification thresholds tell a broken graph from rounding and from near-tie token flips."""
 import numpy as np
 
-from exporter.checks.parity import compare
+from exporter.checks.margins import Decision, Rounding, error, margin
+from exporter.checks.parity import Cut, compare
 
 
 def logits(n=6, classes=10, seed=0):
@@ -57,18 +58,63 @@ def test_nan_fails():
     assert "NaN" in compare(ref, cand, "g", "fp16", 2).failures[0]
 
 
-def test_fp16_flip_is_replayed_only_when_pytorch_half_flips_too():
-    """The caller replays a flip only with evidence of a tie; an unexplained flip is held to the fp32 reference."""
+def test_fp16_flip_fails_when_it_overturns_a_clear_score_margin():
+    """A flip within twice the fp16 error of its scores is replayed and held to the thresholds; a flip against a
+    clearer margin is a bug, and the check fails with a sentence naming sample, reduction and margin."""
     ref = logits()
     cand = ref.copy()
-    cand[0] = -ref[0]  # sample 0 kept other tokens and its logits moved a lot
+    cand[0] = ref[0] + np.float32(1e-4)  # sample 0 kept other tokens; PyTorch replaying them computes the same
     flips = np.array([True, False, False, False, False, False])
-    fails = compare(ref, cand, "g", "fp16", 2, flips, replayed=np.zeros(6, dtype=bool))
-    assert not fails.passed and fails.replayed_flips == 0
-    replay = ref.copy()
-    replay[0] = cand[0]
-    ok = compare(replay, cand, "g", "fp16", 2, flips, replayed=flips)
-    assert ok.passed and ok.token_flips == 1 and ok.replayed_flips == 1 and ok.min_cosine > 0.999999
+    near = Cut(sample=0, reduction=2, what="kept tokens", margin=1.5e-3, error=1e-3)
+    ok = compare(cand.copy(), cand, "g", "fp16", 2, flips, replayed=flips, cuts=[near])
+    assert near.near_tie and ok.passed and ok.replayed_flips == 1 and ok.cuts[0]["near_tie"]
+    clear = Cut(sample=0, reduction=2, what="kept tokens", margin=0.05, error=1e-3)
+    bad = compare(ref, cand, "g", "fp16", 2, flips, replayed=np.zeros(6, dtype=bool), cuts=[clear])
+    assert not bad.passed and bad.replayed_flips == 0 and not bad.cuts[0]["near_tie"]
+    assert bad.failures == [
+        "sample 0's kept tokens at reduction 2 differ from PyTorch fp32's against an fp32 score margin of 0.05, "
+        "more than 2x the fp16 error of those scores (0.001): not a near-tie"
+    ]
+
+
+def decision(scores, chosen, reduction=0, what="kept tokens"):
+    """A Decision of one row per sample."""
+    return Decision(reduction, what, np.asarray(scores, np.float32)[:, None], np.asarray(chosen)[:, None])
+
+
+def test_margin_is_the_gap_at_the_cut_and_negative_against_the_scores():
+    scores = [[0.9, 0.5, 0.49, 0.1], [0.9, 0.5, 0.49, 0.1]]
+    own = margin(decision(scores, [[0, 1], [1, 0]]))  # the top two, in any order
+    assert np.allclose(own, 0.01)
+    against = margin(decision(scores, [[0, 2], [2, 3]]))  # tipped at the cut; the best two dropped
+    assert np.allclose(against, [-0.01, -0.8])
+    tome = decision([[-np.inf, 0.3, 0.2]], [[1]])  # ToMe's class token is never a candidate
+    assert np.allclose(margin(tome), 0.1)
+    assert np.isinf(margin(decision([[0.3, 0.2]], [[0, 1]])))  # nothing left out: no choice
+
+
+def test_fp16_error_is_taken_near_the_cut():
+    """Scores far from the cut (the large top scores, which round most) cannot cross it; their error is left out."""
+    fp32 = decision([[0.9, 0.5, 0.49, 0.1]], [[0, 1]])
+    fp16 = decision([[0.95, 0.501, 0.4895, 0.1]], [[0, 1]])
+    assert np.allclose(error(fp32, fp16), 1e-3)  # 0.5 and 0.49 lie within 2 x 0.05 of the cut, 0.9 and 0.1 do not
+    # a sample is fp16-sensitive when its cut is within twice that error, and the first choice against the scores is
+    # the one judged (later choices depend on it)
+    rounding = Rounding.measure([fp32], [fp16])
+    assert not rounding.sensitive()[0]  # gap 0.01 > 2 x 0.001
+    near = Rounding([fp32], [np.array([0.006])])
+    assert near.sensitive()[0]
+    tipped = [decision([[0.9, 0.5, 0.49, 0.1]], [[0, 2]]), decision([[0.3, 0.2]], [[1]], reduction=1)]
+    (cut,) = near.first_cuts(tipped, np.array([True]))
+    assert (cut.reduction, cut.what, cut.near_tie) == (1, "kept tokens", True) and np.isclose(cut.margin, 0.01)
+    assert near.first_cuts([fp32], np.array([True])) == []  # same choice, other order: no cut
+
+
+def test_fp16_error_of_a_choice_in_rows_is_that_of_rows_that_can_tip():
+    """Each merged token's partner is a row: a row whose gap no rounding of its size bridges adds no error."""
+    fp32 = Decision(0, "merge partners", np.array([[[0.5, 0.49, 0.1], [0.9, 0.1, 0.0]]], np.float32), np.array([[[0], [0]]]))
+    fp16 = Decision(0, "merge partners", np.array([[[0.501, 0.4895, 0.1], [0.95, 0.05, 0.0]]], np.float32), fp32.chosen)
+    assert np.allclose(margin(fp32), 0.01) and np.allclose(error(fp32, fp16), 1e-3)
 
 
 def test_fp16_without_decisive_samples_warns_and_report_says_so():

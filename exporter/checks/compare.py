@@ -5,7 +5,9 @@ Plugin graphs run in onnxruntime with their plugin nodes computed by the token o
 indices are compared too, through each graph's debug
 twin (the same export with the chosen indices as extra outputs, see export.graphs), so a sample
 whose logits moved because a near-tie flipped a token is told apart from a broken graph: such a
-sample is compared with PyTorch replaying onnxruntime's choices (see checks.parity).
+sample is compared with PyTorch replaying onnxruntime's choices (see checks.parity). In fp16 a flip
+is a near-tie only where PyTorch fp32's scores were within rounding of the graph's choice, measured
+by PyTorch's half model (see checks.margins).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..export.graphs import Graph
 from ..runtime import Runner, onnx_runner, torch_runner
 from ..spec import BatchRange
 from ..verify.inputs import batches, held_out
+from . import margins
 from .parity import Comparison, compare
 
 
@@ -42,12 +45,10 @@ def compare_graphs(
 ) -> list[Comparison]:
     x, _ = held_out(model, img_size)
     n = x.shape[0]
-    ref, *ref_idx = _outputs(torch_runner(model), x, TORCH_BATCH)
-    sensitive = None
+    (ref, *ref_idx), decisions = _scored(model, x)
+    rounding = None
     if ref_idx and any(g.precision == "fp16" for g in graphs):
-        # samples on which PyTorch's own half-precision model keeps other tokens than in fp32
-        _, *half_idx = _outputs(torch_runner(copy.deepcopy(model).half()), x.half(), TORCH_BATCH)
-        sensitive = _flipped(n, ref_idx, half_idx)
+        rounding = _rounding(model, x, ref_idx, decisions)
     results = []
     for g in graphs:
         graph = onnx_runner(bundle / g.file, threads)
@@ -55,16 +56,33 @@ def compare_graphs(
         for bs in verify_batches(batch):
             (out,) = _outputs(graph, x, bs)
             flips = ties = None
+            cuts: list = []
             reference = ref
             if debug is not None:
                 _, *ort_idx = _outputs(debug, x, bs)
-                flips = _flipped(n, ref_idx, ort_idx)
-                ties = flips & sensitive if g.precision == "fp16" else flips
-                if ties.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
-                    replayed, *_ = _outputs(torch_runner(model, replay=ort_idx), x, TORCH_BATCH)
+                flips = ties = _flipped(n, ref_idx, ort_idx)
+                if flips.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
+                    (replayed, *_), chosen = _scored(model, x, ort_idx)
+                    if g.precision == "fp16":  # a tie only where fp16 rounding can tip the first differing choice
+                        cuts = rounding.first_cuts(chosen, flips)
+                        ties = flips & ~np.isin(np.arange(n), [c.sample for c in cuts if not c.near_tie])
                     reference = np.where(ties[:, None], replayed, ref)
-            results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties))
+            results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties, cuts))
     return results
+
+
+def _scored(model: torch.nn.Module, x: torch.Tensor, replay: Optional[list[np.ndarray]] = None):
+    """(PyTorch's outputs, its token choices as `margins.Decision`s) on every sample of `x`."""
+    calls: list = []
+    outputs = _outputs(torch_runner(model, replay, calls), x, TORCH_BATCH)
+    return outputs, margins.join(calls, x.shape[0])
+
+
+def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], decisions) -> margins.Rounding:
+    """PyTorch fp32's choices with the fp16 error of their scores: its half model replays fp32's choices
+    (`kept`), so both score the same tokens."""
+    _, half = _scored(copy.deepcopy(model).half(), x.half(), kept)
+    return margins.Rounding.measure(decisions, half)
 
 
 def _outputs(runner: Runner, x: torch.Tensor, batch: int) -> list[np.ndarray]:

@@ -11,16 +11,19 @@ and in fp16 also a near-tie that rounding of the hidden states legitimately tips
 random weights, whose attention is nearly uniform). A flip taken for a tie is checked against
 PyTorch *replaying* the graph's choices (`forward_traced` with `replay`), so every sample is held to the
 thresholds: the graph must compute what PyTorch computes with the same tokens. A flip is taken
-for a tie in fp32 unless flips are on most samples (then it is a bug, and the check fails); in
-fp16 only with evidence that fp16 itself changes that choice: PyTorch's model run in half
-precision also keeps other tokens than in fp32 on it. Other fp16 flips are compared with the
-fp32 reference like unflipped samples. A check with no decisive sample passes with a warning,
-so a report never claims a top-1 agreement it did not test.
+for a tie in fp32 unless flips are on most samples (then it is a bug, and the check fails). In
+fp16 it is judged by the same rule as a top-1 swap (`checks.margins`): at the first choice where
+the graph's tokens differ, the fp32 score margin its choice overturns (the gap between the lowest
+candidate kept and the highest dropped, at the cut) must be within twice the fp16 error of those
+scores (PyTorch's half model against fp32, on that sample and choice). Later choices depend on that
+one and are not judged. A flip with a clearer margin is a bug: the check fails with a sentence
+naming the sample, the reduction and the margin (`Cut`). A check with no decisive sample passes
+with a warning, so a report never claims a top-1 agreement it did not test.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,6 +32,30 @@ from ..artifacts import from_record
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COSINE = 0.999
 MAX_FLIP_FRACTION = 0.5
+NEAR_TIE = 2.0  # a margin within this many fp16 errors can be tipped by rounding (logits and token scores)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a flipped sample's tokens first differ from PyTorch fp32's: the choice, the fp32 score margin the
+    graph's choice overturned there and the fp16 error of those scores."""
+
+    sample: int
+    reduction: int  # 1-based
+    what: str  # the choice, e.g. "kept tokens"
+    margin: float
+    error: float
+
+    @property
+    def near_tie(self) -> bool:
+        return self.margin <= NEAR_TIE * self.error
+
+    def failure(self) -> str:
+        return (
+            f"sample {self.sample}'s {self.what} at reduction {self.reduction} differ from PyTorch fp32's against an "
+            f"fp32 score margin of {self.margin:.3g}, more than {NEAR_TIE:g}x the fp16 error of those scores "
+            f"({self.error:.3g}): not a near-tie"
+        )
 
 
 @dataclass
@@ -45,6 +72,7 @@ class Comparison:
     decisive_top1_agreement: float
     token_flips: Optional[int] = None
     replayed_flips: Optional[int] = None  # flips taken for ties, checked against PyTorch replaying them
+    cuts: list[dict] = field(default_factory=list)  # fp16 flips: where each first differs, its margin and error
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the check passed but proved little
 
@@ -77,10 +105,12 @@ def compare(
     batch: int,
     flipped: Optional[np.ndarray] = None,
     replayed: Optional[np.ndarray] = None,
+    cuts: Sequence[Cut] = (),
 ) -> Comparison:
     """Compare [samples, classes] logits; `flipped` marks samples whose kept-token sets differ from
     PyTorch's, `replayed` the flipped samples whose reference is PyTorch replaying the candidate's
-    token choices (taken for ties)."""
+    token choices (taken for ties), `cuts` where flipped samples first differ (fp16): each that is
+    no near-tie fails the check."""
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
     n = ref.shape[0]
@@ -91,7 +121,7 @@ def compare(
     cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
     agree = ref.argmax(1) == cand.argmax(1)
     top2 = np.sort(ref, axis=1)[:, -2:]
-    decisive = top2[:, 1] - top2[:, 0] > 2 * err
+    decisive = top2[:, 1] - top2[:, 0] > NEAR_TIE * err
     result = Comparison(
         graph=graph,
         precision=precision,
@@ -105,6 +135,7 @@ def compare(
         decisive_top1_agreement=float(agree[decisive].mean()) if decisive.any() else 1.0,
         token_flips=None if flipped is None else int(flips.sum()),
         replayed_flips=None if flipped is None else int(ties.sum()),
+        cuts=[{**asdict(c), "near_tie": c.near_tie} for c in cuts],
     )
     if not np.isfinite(cand).all():
         result.failures.append("output contains NaN or Inf")
@@ -120,6 +151,7 @@ def compare(
     else:
         if result.min_cosine < FP16_MIN_COSINE:
             result.failures.append(f"min cosine similarity {result.min_cosine:.5f} < {FP16_MIN_COSINE}")
+        result.failures.extend(c.failure() for c in cuts if not c.near_tie)
         if result.decisive_top1_agreement < 1.0:
             result.failures.append(
                 f"top-1 agreement on decisive samples {result.decisive_top1_agreement:.1%} < 100%"

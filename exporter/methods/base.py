@@ -191,13 +191,25 @@ class Choices:
     `replay` (another run's choices, in the same order), each reduction `take`s its share and uses
     it instead of choosing: PyTorch then computes what that run computed after a near-tie went the
     other way. `traced` asks for choices comparable across runtimes (EViT then follows token
-    identities, which costs a gather per reduction).
+    identities, which costs a gather per reduction). Given a `decisions` list, the token ops append
+    every choice to it as (reduction, what, fp32 scores, chosen indices): how far each was from
+    tipping, for verification (`checks.margins`).
     """
 
-    def __init__(self, replay: Optional[Sequence[torch.Tensor]] = None, traced: bool = False):
+    def __init__(self, replay: Optional[Sequence[torch.Tensor]] = None, traced: bool = False,
+                 decisions: Optional[list] = None):
         self.replay: Optional[Iterator[torch.Tensor]] = None if replay is None else iter(replay)
         self.traced = traced or replay is not None
         self.kept: list[torch.Tensor] = []
+        self.reductions = 0
+        self.decisions = decisions
+
+    @property
+    def decided(self) -> Optional[Callable[[str, torch.Tensor, torch.Tensor], None]]:
+        """The `decided` hook to pass the token ops (None unless decisions are collected)."""
+        if self.decisions is None:
+            return None
+        return lambda what, scores, chosen: self.decisions.append((self.reductions, what, scores, chosen))
 
     def take(self, count: int = 1, like: Optional[torch.Tensor] = None):
         """The next `count` replayed index tensors (as a tuple when count > 1), or None when not replaying."""
@@ -207,7 +219,9 @@ class Choices:
         return taken[0] if count == 1 else taken
 
     def add(self, *idx: torch.Tensor) -> None:
+        """Record one reduction's chosen indices."""
         self.kept.extend(idx)
+        self.reductions += 1
 
 
 class ReducedViT(nn.Module):
@@ -257,9 +271,11 @@ class ReducedViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x, Choices())
 
-    def forward_traced(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None) -> tuple:
-        """(logits, *indices each reduction chose); with `replay`, the reductions use those instead."""
-        choices = Choices(replay, traced=True)
+    def forward_traced(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None,
+                       decisions: Optional[list] = None) -> tuple:
+        """(logits, *indices each reduction chose); with `replay`, the reductions use those instead; a
+        `decisions` list receives every choice's scores (see `Choices`)."""
+        choices = Choices(replay, traced=True, decisions=decisions)
         return (self._forward(x, choices), *choices.kept)
 
     def extra_repr(self) -> str:
@@ -280,7 +296,8 @@ class Dense(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def forward_traced(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None) -> tuple:
+    def forward_traced(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None,
+                       decisions: Optional[list] = None) -> tuple:
         return (self.model(x),)
 
 

@@ -226,10 +226,12 @@ class DiffRateViT(ReducedViT):
             return x[:, :1], None if size is None else size[:, :1]
         if step.merge is None:
             chosen = choices.take(like=x)
-            x, idx = ops.topk_prune(x, score, step.keep - 1, False, None if chosen is None else chosen - 1)
+            chosen = None if chosen is None else chosen - 1
+            x, idx = ops.topk_prune(x, score, step.keep - 1, False, chosen, choices.decided)
             choices.add(idx + 1)
             return x, None if size is None else gather_tokens(size, torch.cat([torch.zeros_like(idx[:, :1]), idx + 1], dim=1))
-        x, size, idx, dst = ops.diffrate_reduce(x, size, score, step.keep, step.merge, choices.take(2, like=x))
+        x, size, idx, dst = ops.diffrate_reduce(x, size, score, step.keep, step.merge, choices.take(2, like=x),
+                                                choices.decided)
         choices.add(idx, dst)
         return x, size
 

@@ -84,7 +84,7 @@ class EViT(ReducedViT):
         chosen = choices.take(like=x)
         if chosen is not None:  # the tokens another run kept: where they are here
             chosen = (ids[:, None, :] == chosen[:, :, None]).float().argmax(dim=-1)
-        x, idx = ops.topk_prune(x, score, k, self.fuse, chosen)
+        x, idx = ops.topk_prune(x, score, k, self.fuse, chosen, choices.decided)
         if ids is not None:
             ids = gather_tokens(ids, idx)
             choices.add(ids)

@@ -147,7 +147,8 @@ class ToMeViT(ReducedViT):
             attended = attend(block.attn, block.norm1(x), bias=bias)
             x = x + attn_residual(block, attended.out)
             if r > 0:
-                x, size, src, dst = ops.tome_merge(x, size, attended.k.mean(dim=1), r, choices.take(2, like=x))
+                metric = attended.k.mean(dim=1)
+                x, size, src, dst = ops.tome_merge(x, size, metric, r, choices.take(2, like=x), choices.decided)
                 choices.add(src, dst)
             x = x + mlp_residual(block, x)
         return x, size

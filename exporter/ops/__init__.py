@@ -11,8 +11,9 @@ Each op is a `torch.library` custom op (`torch.ops.exporter.<name>`) with
 
 Methods call the functions below. They run the reference maths inline (so a decomposed graph is
 exactly the reference), and the custom op when a plugin graph is being exported or the tensors are
-on a GPU. Passing `chosen` (indices another run returned) replays that run's choices, which only the
-reference does: verification replays in PyTorch on the CPU.
+on a GPU. Passing `chosen` (indices another run returned) replays that run's choices, and passing
+`decided` collects every choice's scores (see `reference`), which only the reference does:
+verification replays and scores in PyTorch on the CPU.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .reference import Decided
 from .contracts import load as load_contract
 
 OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention")
@@ -92,18 +94,18 @@ def _ones(x: Tensor) -> Tensor:
 
 # ---- the functions methods call ---------------------------------------------------------------------
 
-def topk_prune(x: Tensor, score: Tensor, k: int, fuse: bool, chosen: Optional[Tensor] = None):
+def topk_prune(x: Tensor, score: Tensor, k: int, fuse: bool, chosen: Optional[Tensor] = None, decided: Decided = None):
     """(tokens [B, 1+k+fuse, C], idx [B, k]); see `reference.topk_prune`."""
-    if chosen is None and _custom(x):
+    if chosen is None and decided is None and _custom(x):
         return torch.ops.exporter.topk_prune(x, score, k, fuse)
-    return reference.topk_prune(x, score, k, fuse, chosen)
+    return reference.topk_prune(x, score, k, fuse, chosen, decided)
 
 
-def evovit_select(x: Tensor, g: Tensor, keep: int, chosen: Optional[Tensor] = None):
+def evovit_select(x: Tensor, g: Tensor, keep: int, chosen: Optional[Tensor] = None, decided: Decided = None):
     """(tokens [B, keep+2, C], idx [B, keep]); see `reference.evovit_select`."""
-    if chosen is None and _custom(x):
+    if chosen is None and decided is None and _custom(x):
         return torch.ops.exporter.evovit_select(x, g, keep)
-    return reference.evovit_select(x, g, keep, chosen)
+    return reference.evovit_select(x, g, keep, chosen, decided)
 
 
 def evovit_restore(x: Tensor, tokens: Tensor, moved: Tensor, idx: Tensor) -> Tensor:
@@ -113,19 +115,20 @@ def evovit_restore(x: Tensor, tokens: Tensor, moved: Tensor, idx: Tensor) -> Ten
     return reference.evovit_restore(x, tokens, moved, idx)
 
 
-def tome_merge(x: Tensor, size: Optional[Tensor], metric: Tensor, r: int, chosen=None):
+def tome_merge(x: Tensor, size: Optional[Tensor], metric: Tensor, r: int, chosen=None, decided: Decided = None):
     """(tokens [B, N-r, C], size [B, N-r], src [B, r], dst [B, r]); see `reference.tome_merge`."""
-    if chosen is None and _custom(x):
+    if chosen is None and decided is None and _custom(x):
         return torch.ops.exporter.tome_merge(x, _ones(x) if size is None else size, metric, r)
-    return reference.tome_merge(x, size, metric, r, chosen)
+    return reference.tome_merge(x, size, metric, r, chosen, decided)
 
 
-def diffrate_reduce(x: Tensor, size: Optional[Tensor], score: Tensor, keep: int, merge: int, chosen=None):
+def diffrate_reduce(x: Tensor, size: Optional[Tensor], score: Tensor, keep: int, merge: int, chosen=None,
+                    decided: Decided = None):
     """(tokens [B, merge, C], size [B, merge], idx [B, keep-1], dst [B, keep-merge]); see
     `reference.diffrate_reduce`."""
-    if chosen is None and _custom(x):
+    if chosen is None and decided is None and _custom(x):
         return torch.ops.exporter.diffrate_reduce(x, _ones(x) if size is None else size, score, keep, merge)
-    return reference.diffrate_reduce(x, size, score, keep, merge, chosen)
+    return reference.diffrate_reduce(x, size, score, keep, merge, chosen, decided)
 
 
 def hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: int, heads: int,

@@ -4,14 +4,17 @@ Each function is one reduction step of one block, written in export-friendly sta
 constant K, flat Gathers, one-hot MatMuls), so the `decompose` lowering is these functions traced as
 they are. Chosen token indices are always returned; passing `chosen` (indices another run returned)
 makes the step use those instead of choosing, which is how verification replays a near-tie that went
-the other way in a graph.
+the other way in a graph. Passing `decided` (a callable) hands it every choice the step makes, as
+(what, scores [B, R, C] fp32, chosen [B, R, k]: the indices into C taken in each of the R rows), so
+verification can tell how far a choice was from tipping (`checks.margins`); the graphs never pass it.
 
 Shapes: B images, N tokens (class token first), C channels. Scores, similarities and sizes are fp32
-whatever the token dtype, so fp16 never changes which tokens are kept. Indices are int64.
+whatever the token dtype, so fp16 changes which tokens are kept only through the rounding of the
+hidden states they are computed from. Indices are int64.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -35,6 +38,16 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, int(k), dim=-1, largest=True, sorted=True).indices
 
 
+Decided = Optional[Callable[[str, torch.Tensor, torch.Tensor], None]]
+
+
+def _decide(decided: Decided, what: str, scores: torch.Tensor, chosen: torch.Tensor) -> None:
+    """Hand a choice to `decided`, a single row ([B, C] scores, [B, k] indices) as one of R rows."""
+    if decided is not None:
+        rows = scores.dim() == 3
+        decided(what, scores if rows else scores[:, None], chosen if rows else chosen[:, None])
+
+
 def scatter_matrix(idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     """[B, S] indices -> [B, n, S] with M[b, j, s] = 1 where idx[b, s] == j (Equal + Cast), so
     scatter-adds become MatMuls (exact, supported by every TensorRT version, unlike ScatterElements
@@ -49,7 +62,8 @@ def scatter_add_tokens(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) 
 
 # ---- EViT (and DiffRate's prune-only blocks) ------------------------------------------------------------------------------------------
 
-def topk_prune(x: torch.Tensor, score: torch.Tensor, k: int, fuse: bool, chosen: Optional[torch.Tensor] = None):
+def topk_prune(x: torch.Tensor, score: torch.Tensor, k: int, fuse: bool, chosen: Optional[torch.Tensor] = None,
+               decided: Decided = None):
     """Keep the class token and the `k` patch tokens of highest `score` (best first); with `fuse`, append
     the dropped patches' sum weighted by their score.
 
@@ -58,6 +72,7 @@ def topk_prune(x: torch.Tensor, score: torch.Tensor, k: int, fuse: bool, chosen:
     """
     patches = x[:, 1:]
     idx = top_indices(score, k) if chosen is None else chosen
+    _decide(decided, "kept tokens", score, idx)
     tokens = [x[:, :1], gather_tokens(patches, idx)]
     if fuse:
         dropped = 1.0 - scatter_matrix(idx, patches.shape[1], score.dtype).sum(dim=-1)  # [B, N-1]: 1 where dropped
@@ -67,13 +82,15 @@ def topk_prune(x: torch.Tensor, score: torch.Tensor, k: int, fuse: bool, chosen:
 
 # ---- Evo-ViT ---------------------------------------------------------------------------------------
 
-def evovit_select(x: torch.Tensor, g: torch.Tensor, keep: int, chosen: Optional[torch.Tensor] = None):
+def evovit_select(x: torch.Tensor, g: torch.Tensor, keep: int, chosen: Optional[torch.Tensor] = None,
+                  decided: Decided = None):
     """A stage's slow path: [class, the `keep` patches of highest global attention g (best first), rep],
     rep being the placeholders' mean weighted by g.
 
     x [B, N, C]; g [B, N-1] fp32. Returns (tokens [B, keep + 2, C], idx [B, keep]).
     """
     idx = top_indices(g, keep) if chosen is None else chosen
+    _decide(decided, "informative tokens", g, idx)
     patches = x[:, 1:]
     weights = placeholders(idx, g.shape[1], g.dtype) * g
     # clamp: all-zero placeholder attention (fp32 underflow) gives rep = 0 instead of NaN
@@ -108,6 +125,7 @@ def tome_merge(
     metric: torch.Tensor,
     r: int,
     chosen: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    decided: Decided = None,
 ):
     """Bipartite soft matching on `metric`, then the size-weighted average of x (ToMe, r tokens merged).
 
@@ -127,7 +145,8 @@ def tome_merge(
     metric = metric.float()
     a, b = metric[:, ::2], metric[:, 1::2]  # A position i is token 2i; the class token is A's first
     # cosine similarity: b normalised before the MatMul, a after the max (one division per row)
-    best, partner = (a @ (b / b.norm(dim=-1, keepdim=True)).transpose(1, 2)).max(dim=-1)
+    dots = a @ (b / b.norm(dim=-1, keepdim=True)).transpose(1, 2)
+    best, partner = dots.max(dim=-1)
     best = (best / a.norm(dim=-1)).masked_fill(torch.arange(a.shape[1], device=x.device) == 0, -torch.inf)
     if chosen is None:
         src, unmerged = _tome_split(best, r)
@@ -135,6 +154,9 @@ def tome_merge(
     else:  # merges another run chose: the A tokens they leave
         src, dst = chosen
         unmerged = _tome_rest(src, a.shape[1])
+    if decided is not None:  # which A tokens merge, then each one's partner (a row of similarities)
+        _decide(decided, "merged tokens", best, src)
+        _decide(decided, "merge partners", gather_tokens(dots / a.norm(dim=-1, keepdim=True), src), dst[..., None])
     if size is None:
         size = torch.ones_like(metric[..., 0])
     same = (dst[:, :, None] == dst[:, None, :]).float()  # [B, r, r]: sources sharing a partner
@@ -180,6 +202,7 @@ def diffrate_reduce(
     keep: int,
     merge: int,
     chosen: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    decided: Decided = None,
 ):
     """Prune to the class token plus the `keep - 1` patches of highest `score` (best first), then merge
     every kept token beyond the first `merge` into its most cosine-similar head token (never the class
@@ -195,18 +218,21 @@ def diffrate_reduce(
         idx = top_indices(score, keep - 1) + 1
     else:
         idx = chosen[0]
+    if decided is not None:  # the kept patches, then the best merge - 1 of them: the head (merge destinations)
+        _decide(decided, "kept tokens", score, idx - 1)
+        _decide(decided, "merge destinations", score, idx[:, : merge - 1] - 1)
     order = torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
     if size is None:
         size = torch.ones_like(x[..., 0], dtype=torch.float32)
     head, tail = order[:, :merge], order[:, merge:]
     tokens, size, dst = _diffrate_merge(
         gather_tokens(x, head), gather_tokens(x, tail), gather_tokens(size, head), gather_tokens(size, tail),
-        None if chosen is None else chosen[1],
+        None if chosen is None else chosen[1], decided,
     )
     return tokens, size, idx, dst
 
 
-def _diffrate_merge(head, tail, head_size, tail_size, chosen_dst: Optional[torch.Tensor]):
+def _diffrate_merge(head, tail, head_size, tail_size, chosen_dst: Optional[torch.Tensor], decided: Decided = None):
     """Each tail token into its most similar head token but the class token: (dst + sources) / (1 + count).
 
     Cosine similarity is the raw dot product scaled by both norms afterwards (same argmax, and only the
@@ -221,6 +247,8 @@ def _diffrate_merge(head, tail, head_size, tail_size, chosen_dst: Optional[torch
         dst = chosen_dst
         similarity = dots.gather(-1, (dst - 1).unsqueeze(-1)).squeeze(-1)
     similarity = similarity / t.norm(dim=-1)
+    if decided is not None:  # each tail token's destination: a row of cosine similarities to the head's
+        _decide(decided, "merge partners", dots / t.norm(dim=-1, keepdim=True), (dst - 1)[..., None])
     into = scatter_matrix(dst, h.shape[1], torch.float32)  # [B, head, tail]
     size = head_size + (into @ (tail_size * similarity)[..., None])[..., 0]
     count = 1.0 + into.sum(dim=-1)  # [B, head]: each head token and its sources

@@ -30,10 +30,11 @@ def onnx_runner(path: Path | str, threads: Optional[int] = None) -> Runner:
     return lambda x: ort.run(session, x)
 
 
-def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None) -> Runner:
+def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None, decisions: Optional[list] = None) -> Runner:
     """The PyTorch model's `forward_traced` (logits, then kept indices); with `replay`, indices per
     reduction for the whole sample set, handed out to the calls in order (wrapping around, as
-    `verify.inputs.batches` pads the last batch)."""
+    `verify.inputs.batches` pads the last batch). A `decisions` list receives, per call, the list of
+    every token choice as (reduction, what, scores, chosen) in numpy (see `methods.base.Choices`)."""
     import torch
 
     done = 0
@@ -43,8 +44,12 @@ def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None) -> Runner
         rows = (done + np.arange(x.shape[0])) % (len(replay[0]) if replay else 1)
         done += x.shape[0]
         chosen = None if replay is None else [torch.from_numpy(r[rows]) for r in replay]
+        made = None if decisions is None else []
         with torch.no_grad():
-            return [o.numpy() for o in model.forward_traced(torch.from_numpy(x), chosen)]
+            outputs = [o.numpy() for o in model.forward_traced(torch.from_numpy(x), chosen, made)]
+        if made is not None:
+            decisions.append([(r, what, s.float().numpy(), c.numpy()) for r, what, s, c in made])
+        return outputs
 
     return run
 

@@ -3,14 +3,14 @@ PyTorch model can be held to the same thresholds.
 
 `build` writes the held-out inputs (fp16, which halves the file; PyTorch ran on exactly these values
 widened to fp32, so nothing is lost), PyTorch fp32's logits, for token-reduction models the kept-token
-indices of every reduction, and `fp16_sensitive`: the samples on which PyTorch's own half-precision
-model keeps other tokens than in fp32.
+indices of every reduction, and `fp16_sensitive`: the samples with a token choice whose fp32 score
+margin is within twice the fp16 error of those scores (`checks.margins`), where fp16 may tip it.
 
 `check` runs any runtime (onnxruntime here, a TensorRT engine on the target) on the stored inputs
 and compares with `parity.compare`, the same thresholds and report rows as the onnxruntime parity
 check. A deployment graph has no kept-index outputs, so a runtime's token choices are not observable
-here; the flip rule becomes: in fp16, samples marked `fp16_sensitive` (where a near-tie legitimately
-tips) are left out of the thresholds and counted in the row; every other sample is held to them.
+here; the flip rule becomes: in fp16, samples marked `fp16_sensitive` (where a near-tie may legitimately
+tip) are left out of the thresholds and counted in the row; every other sample is held to them.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..checks.parity import Comparison, StoredComparison, compare
-from ..runtime import Runner, torch_runner
+from ..runtime import Runner
 from .inputs import batches, held_out
 
 REFERENCES = "references.npz"
@@ -39,18 +39,13 @@ class References:
 
 def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> References:
     """Run PyTorch on the held-out inputs (rounded to fp16) and write `path` (npz, compressed)."""
-    import copy
-
-    from ..checks.compare import TORCH_BATCH, _flipped, _outputs
+    from ..checks.compare import _rounding, _scored
 
     x, labels = held_out(model, size)
     x16 = x.half()
     xs = x16.float()
-    logits, *kept = _outputs(torch_runner(model), xs, TORCH_BATCH)
-    sensitive = None
-    if kept:  # a token-reduction model
-        _, *half_kept = _outputs(torch_runner(copy.deepcopy(model).half()), x16, TORCH_BATCH)
-        sensitive = _flipped(xs.shape[0], kept, half_kept)
+    (logits, *kept), decisions = _scored(model, xs)
+    sensitive = _rounding(model, xs, kept, decisions).sensitive() if kept else None  # a token-reduction model
     refs = References(x16.numpy(), labels, logits.astype(np.float32), [k.astype(np.int16) for k in kept], sensitive)
     arrays = {"inputs": refs.inputs, "labels": np.array(labels), "logits": refs.logits}
     arrays.update({f"kept{i}": k for i, k in enumerate(refs.kept)})
@@ -93,11 +88,11 @@ def check(
             result = compare(refs.logits[held], out[held], graph, precision, bs)
         else:
             result = Comparison(graph, precision, bs, 0, 0.0, 0.0, 1.0, 1.0, 0, 1.0)
-            result.warnings.append("no sample held to the thresholds: PyTorch's fp16 model keeps other tokens on all of them")
+            result.warnings.append("no sample held to the thresholds: each has a token choice within fp16 rounding")
         if not np.isfinite(out).all() and "output contains NaN or Inf" not in result.failures:
             result.failures.append("output contains NaN or Inf")
         if left_out:
-            result.warnings.append(f"{left_out}/{n} samples left out: PyTorch's own fp16 model keeps other tokens on them, "
+            result.warnings.append(f"{left_out}/{n} samples left out: a token choice on them is within fp16 rounding, "
                                    "and this runtime's token choices are not observable")
         rows.append(StoredComparison(**vars(result), runtime=runtime, left_out=left_out))
     return rows

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..checks.parity import Comparison, StoredComparison
+from ..checks.parity import NEAR_TIE, Comparison, StoredComparison
 from ..spec import BuildSpec
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def render(report: "Report") -> str:
     if stored:
         lines += [
             "The same thresholds; a deployment graph has no kept-index outputs, so in fp16 the samples on which "
-            "PyTorch's own fp16 model keeps other tokens are left out (counted under 'left out').",
+            f"a token choice's fp32 score margin is within {NEAR_TIE:g}x its fp16 error are left out (counted under 'left out').",
             "",
             "| runtime | " + ROW_HEAD[0][2:].replace("| result |", "| left out | result |"),
             "|---|" + ROW_HEAD[1][1:] + "---|",
