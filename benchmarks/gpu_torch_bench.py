@@ -46,7 +46,8 @@ import torch  # noqa: E402
 
 from exporter import ops  # noqa: E402
 from exporter.bench.cuda import graphed, synced  # noqa: E402
-from exporter.bench.throughput import candidates, interleaved, local, ratios, selected_methods, table  # noqa: E402
+from exporter.bench.throughput import candidates, selected_methods, table  # noqa: E402
+from exporter.bench.timing import interleaved, local, ratios  # noqa: E402
 from exporter.models import create_model, input_size  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}

@@ -13,9 +13,10 @@ import pytest
 import timm
 import torch
 
-from exporter.bench import throughput
+from exporter.bench import profile as profile_module
+from exporter.bench import throughput, timing
 from exporter.errors import ExporterError
-from exporter.bench.throughput import _node_medians, _origins, overhead_nodes, profile_overheads
+from exporter.bench.profile import _node_medians, _origins, overhead_nodes, profile_overheads
 from exporter.cli import main
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import apply_method
@@ -80,8 +81,8 @@ def test_profile_shares_are_the_profiled_time_of_each_kind(tome_graph, monkeypat
     medians, optimized = _node_medians(path, x, threads=1, runs=1)
     origin = _origins(optimized, graph)
     kinds = overhead_nodes(graph)
-    monkeypatch.setattr(throughput, "_node_medians", lambda *args: ({name: 10.0 for name in medians}, optimized))
-    monkeypatch.setattr(throughput, "profiler_cost", lambda threads: 2.0)
+    monkeypatch.setattr(profile_module, "_node_medians", lambda *args: ({name: 10.0 for name in medians}, optimized))
+    monkeypatch.setattr(profile_module, "profiler_cost", lambda threads: 2.0)
     profile = profile_overheads(path, x, threads=1, sessions=2, runs=1)
     for kind, names in kinds.items():
         expected = sum(origin.get(name) in names for name in medians) / len(medians)
@@ -104,7 +105,7 @@ def test_the_profilers_own_cost_is_taken_off_every_node(tome_graph, monkeypatch)
     than any node, nothing is left to share out."""
     path, _ = tome_graph
     x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
-    monkeypatch.setattr(throughput, "profiler_cost", lambda threads: 1e9)
+    monkeypatch.setattr(profile_module, "profiler_cost", lambda threads: 1e9)
     profile = profile_overheads(path, x, threads=1, sessions=1, runs=1)
     assert profile.node_ms == 0 and profile.profiler_us == 1e9
     assert profile.shares == {"machinery": 0.0, "size bias": 0.0}
@@ -112,7 +113,7 @@ def test_the_profilers_own_cost_is_taken_off_every_node(tome_graph, monkeypatch)
 
 def test_profiler_cost_is_what_a_no_op_node_records():
     """Calibrated on no-op nodes: positive, and far below a real kernel's time (tens of µs at most)."""
-    cost = throughput.profiler_cost(threads=1, nodes=50, runs=5)
+    cost = profile_module.profiler_cost(threads=1, nodes=50, runs=5)
     assert 0.0 < cost < 100.0
 
 
@@ -129,7 +130,8 @@ def test_optimised_nodes_trace_back_to_exported_ones(tome_graph):
 
 
 def test_table_reports_medians_of_per_round_ratios_and_their_range():
-    from exporter.bench.throughput import Candidate, Profile, profile_note, table
+    from exporter.bench.profile import Profile
+    from exporter.bench.throughput import Candidate, profile_note, table
 
     dense = Candidate("none", "none", {}, None, gmacs=4.0, schedule=None, ort_ms=[100.0, 120.0, 90.0], torch_ms=[80.0] * 3)
     tome = Candidate("tome r=13", "tome", {}, None, gmacs=2.0, schedule=[1], ort_ms=[50.0, 80.0, 60.0], torch_ms=[60.0] * 3,
@@ -156,11 +158,11 @@ def test_each_runtime_is_timed_in_a_process_of_its_own(tome_graph):
     onnxruntime's threads do not spin after a run, so a runtime waiting for its turn leaves the cores alone."""
     path, _ = tome_graph
     x = np.random.default_rng(0).standard_normal((2, 3, 160, 160), dtype=np.float32)
-    assert throughput.timing_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert timing.timing_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
     torch.manual_seed(0)
     model = timm.create_model("test_vit").eval()
-    with throughput.Runtime("ort", {"a": path}, x, 1) as ort_rt, \
-            throughput.Runtime("torch", {"a": model}, x, 1) as torch_rt:
+    with timing.Runtime("ort", {"a": path}, x, 1) as ort_rt, \
+            timing.Runtime("torch", {"a": model}, x, 1) as torch_rt:
         assert len({os.getpid(), ort_rt.pid, torch_rt.pid}) == 3
         assert ort_rt.time("a", 2) > 0 and torch_rt.time("a", 1) > 0
         with pytest.raises(RuntimeError, match="KeyError"):
@@ -379,5 +381,5 @@ def test_pytorch_fp16_and_cuda_graphs_are_timed_on_the_gpu():
     model = timm.create_model("test_vit").eval()
     x = np.random.default_rng(0).standard_normal((4, 3, 160, 160), dtype=np.float32)
     for kind in ("torch-cuda-fp16", "torch-cuda-graph-fp16"):
-        with throughput.Runtime(kind, {"a": model}, x, 1) as rt:
+        with timing.Runtime(kind, {"a": model}, x, 1) as rt:
             assert len(rt.latencies("a", 3, batch=2)) == 3 and rt.time("a", 2, batch=4) > 0

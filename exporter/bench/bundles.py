@@ -11,10 +11,10 @@ Runtimes, per bundle:
 - every engine under engines/ that can run here (TensorRT, TensorRT-RTX); one that cannot is listed as
   skipped with the pre-flight's reason.
 
-Each runtime holds its models in a process of its own (`throughput.Runtime`), and every (runtime, bundle,
-batch) is timed in turn, round by round (`throughput.interleaved`), so a slow minute of the machine hits
+Each runtime holds its models in a process of its own (`timing.Runtime`), and every (runtime, bundle,
+batch) is timed in turn, round by round (`timing.interleaved`), so a slow minute of the machine hits
 them alike. Then the first entry of each runtime is timed once more alone in a fresh process
-(`throughput.alone_note`): the check that taking turns did not change the absolute numbers.
+(`timing.alone_note`): the check that taking turns did not change the absolute numbers.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from ..runtime import tensorrt as trt_runtime
 from ..spec import BuildSpec
 from ..verify.bundle import DAMAGED, file_problems, read_manifest
 from . import machine, plot, results
-from .throughput import KINDS, Runtime, alone_note, interleaved, method_label
+from .throughput import method_label
+from .timing import KINDS, Runtime, alone_note, interleaved
 
 BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 
@@ -52,7 +53,7 @@ class Bundle:
 
 @dataclass
 class Target:
-    """One runtime on one bundle: what its `throughput.Runtime` process (`kind`) loads."""
+    """One runtime on one bundle: what its `timing.Runtime` process (`kind`) loads."""
 
     bundle: Bundle
     runtime: str  # the same words for the same runtime on every bundle
@@ -179,7 +180,7 @@ def choose_targets(bundles: list[Bundle], cuda: bool) -> tuple[list[Target], lis
 def measure(targets_: list[Target], batches: list[int], threads: int, rounds: int, iterations: int,
             log: Callable[[str], None] = print) -> tuple[dict, list[str]]:
     """(target index, batch) -> each call's ms per round, every runtime in its own process taking turns; and
-    the lone-run lines (`throughput.alone_note`)."""
+    the lone-run lines (`timing.alone_note`)."""
     x = np.random.default_rng(0).standard_normal((max(batches), *targets_[0].bundle.input), dtype=np.float32)
     kinds = list(dict.fromkeys(t.kind for t in targets_))
     with contextlib.ExitStack() as stack:

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from . import machine as machine_info
-from .throughput import fmt_ms, ratios
+from .timing import fmt_ms, ratios
 
 CV_LIMIT = 0.10
 REFERENCE_MARK = "†"  # rows whose plugin nodes ran the Python reference
