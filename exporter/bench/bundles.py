@@ -29,10 +29,10 @@ import numpy as np
 import onnx
 
 from .. import artifacts
-from ..engine import cache, preflight, targets
+from ..engine import cache, targets
+from ..engine.report import check_runnable
 from ..errors import ExporterError
 from ..export.graphs import FP32, planned
-from ..runtime import tensorrt as trt_runtime
 from ..spec import BuildSpec
 from ..verify.bundle import DAMAGED, file_problems, read_manifest
 from . import machine, plot, results
@@ -160,12 +160,8 @@ def choose_targets(bundles: list[Bundle], cuda: bool) -> tuple[list[Target], lis
             runtime = (f"{targets.LABEL[name]} {entry['runtime_version']} {entry['target']} "
                        f"{cache.precision_of(b.path / entry['graph'])}")
             plugin = cache.has_plugins(b.path / entry["graph"])
-            if name not in here:
-                here[name] = preflight.present(name)
             try:
-                preflight.check(b.path, folder, entry, here[name])
-                if (problem := trt_runtime.cannot_run(entry)) is not None:
-                    raise problem
+                check_runnable(b.path, folder, entry, here)
             except ExporterError as e:
                 skipped.append({"bundle": b.label, "runtime": runtime + (" plugin graph" if plugin else ""),
                                 "engine": f"{artifacts.ENGINES_DIR}/{folder}/{entry['engine']}", "reason": e.problem})

@@ -66,33 +66,37 @@ def entries_for(bundle: Path, name: str) -> list[tuple[str, dict]]:
     return found
 
 
+def check_runnable(bundle: Path, folder: str, entry: dict, here: dict[str, preflight.Present]) -> None:
+    """Raise the ExporterError that says why engines/`folder`'s `entry` cannot run on this machine: its
+    pre-flight (runtime, GPU, plan), then a way to feed it. `here` caches `preflight.present` per runtime."""
+    if entry["runtime"] not in here:
+        here[entry["runtime"]] = preflight.present(entry["runtime"])
+    preflight.check(bundle, folder, entry, here[entry["runtime"]])
+    problem = trt_runtime.cannot_run(entry)
+    if problem:
+        raise problem
+
+
 def preflight_required(bundle: Path, name: Optional[str]) -> None:
     """Refuse `verify --engine NAME` before any other work when that engine cannot run here."""
     if name is None:
         return
+    here: dict[str, preflight.Present] = {}
     for folder, entry in entries_for(bundle, name):
-        preflight.check(bundle, folder, entry, preflight.present(entry["runtime"]))
-        problem = trt_runtime.cannot_run(entry)
-        if problem:
-            raise problem
+        check_runnable(bundle, folder, entry, here)
 
 
 def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] = None) -> list[EngineRow]:
     """One row per engine: its manifest facts, status (passed/failed/skipped) and parity rows."""
     wanted = {f + "/" + e["graph"] for f, e in entries_for(bundle, required)} if required else set()
     refs = references.load(bundle / references.REFERENCES)
-    here = {}
+    here: dict[str, preflight.Present] = {}
     rows = []
     for folder, entry in cache.all_entries(bundle):
         row = EngineRow.of(folder, entry)
         rows.append(row)
-        if entry["runtime"] not in here:
-            here[entry["runtime"]] = preflight.present(entry["runtime"])
         try:
-            preflight.check(bundle, folder, entry, here[entry["runtime"]])
-            problem = trt_runtime.cannot_run(entry)
-            if problem:
-                raise problem
+            check_runnable(bundle, folder, entry, here)
         except ExporterError as e:
             if folder + "/" + entry["graph"] in wanted:
                 raise
