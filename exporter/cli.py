@@ -105,13 +105,18 @@ def _spec_from_args(args):
     )
 
 
+def _passed(args, where) -> None:
+    """The result line on stdout: PASSED, where the output is, the command's wall time."""
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {where} | {time.perf_counter() - args.start:.1f}s")
+
+
 def _build(args, console: Console) -> int:
     from .pipeline import build
 
     spec = _spec_from_args(args)
     command = "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = build(spec, args.out, command, console)
-    args.stdout.print(f"[bold green]PASSED[/bold green] | {bundle} | {time.perf_counter() - args.start:.1f}s")
+    _passed(args, bundle)
     return 0
 
 
@@ -148,7 +153,7 @@ def _verify(args, console: Console) -> int:
         accuracy.check(args.bundle, args.data)
     verify(args.bundle, console, weights=args.weights, report_to=args.report, engine=args.engine,
            references_only=args.references_only, data=args.data)
-    args.stdout.print(f"[bold green]PASSED[/bold green] | {args.bundle} | {time.perf_counter() - args.start:.1f}s")
+    _passed(args, args.bundle)
     return 0
 
 
@@ -177,7 +182,7 @@ def _engine(args, console: Console) -> int:
     e = result.entry
     state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
     console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})")
-    console.print(f"[bold green]PASSED[/bold green] | {result.folder} | {time.perf_counter() - args.start:.1f}s")
+    _passed(args, result.folder)
     return 0
 
 
@@ -329,7 +334,7 @@ def _bench_bundles(args, batches: Optional[list[int]], console: Console) -> int:
     data = bundles.run(args.bundles, batches, args.threads, args.rounds, args.iterations, log=console.print)
     print(results.markdown(data))
     folders = ", ".join(str(p / "bench") for p in args.bundles)
-    args.stdout.print(f"[bold green]PASSED[/bold green] | {folders} | {time.perf_counter() - args.start:.1f}s")
+    _passed(args, folders)
     return 0
 
 
