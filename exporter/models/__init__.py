@@ -130,7 +130,7 @@ def _load_checkpoint(model: nn.Module, path: Path) -> None:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise TypeError(f"holds a {type(state).__name__} without tensors, not a state dict")
     except Exception as e:
-        why = _first_line(e) or type(e).__name__
+        why = _unreadable_reason(path, e)
         raise ExporterError(f"Could not read checkpoint {path}: it is not a torch or safetensors state dict ({why}).", _CKPT_FIX) from e
     try:
         if filter_fn is not None:
@@ -146,17 +146,26 @@ def _load_checkpoint(model: nn.Module, path: Path) -> None:
 _CKPT_FIX = "Pass a .pth/.pt (torch.save of a state dict, optionally under 'model'/'state_dict') or a .safetensors file."
 
 
-def _first_line(e: Exception) -> str:
-    import pickle
+def _unreadable_reason(path: Path, e: Exception) -> str:
+    """Why the file is not a state dict, from its format rather than the exception type.
 
+    Random or foreign bytes that are not a zip archive (torch.save's format since 1.6) fall through to the
+    legacy pickle reader, which fails with whatever its opcodes happen to trip on (IndexError, KeyError,
+    UnicodeDecodeError...): none of those names the problem.
+    """
+    import zipfile
+
+    chain = []
     cause = e
-    while cause is not None and not isinstance(cause, pickle.UnpicklingError):
+    while cause is not None and cause not in chain:
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    # torch (and timm's wrapper) then suggest weights_only=False, which is beside the point for random bytes
-    if cause is not None and "Unsupported global" not in str(cause):
+    # torch's weights_only refusal names the global it would not load: that is the useful line
+    refusal = next((c for c in chain if "Unsupported global" in str(c)), None)
+    if refusal is None and path.suffix.lower() != ".safetensors" and not zipfile.is_zipfile(path):
         return "its bytes are not a pickle written by torch.save"
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else ""
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _summarise_mismatch(message: str, limit: int = 400) -> str:
