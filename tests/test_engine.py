@@ -23,6 +23,7 @@ from exporter.runtime import tensorrt as run_module
 from exporter.engine.build import Plan
 from exporter.engine.targets import Gpu
 from exporter.errors import ExporterError
+from exporter.methods import apply_method
 from exporter.models import create_model
 from exporter.ops import library
 from exporter.spec import BatchRange
@@ -97,6 +98,36 @@ def test_fp16_rule_leaves_out_sensitive_samples_only():
     assert not bad.passed
     fp32 = references.check(refs, answer({0}), "model.onnx", "fp32", [2], "fake")[0]
     assert not fp32.passed and fp32.left_out == 0  # fp32: every sample is held to the thresholds
+
+
+@pytest.mark.parametrize("sensitive_first", [0, 16, 17, 100])
+def test_references_top_up_random_images_until_enough_are_held_in_fp16(tmp_path, monkeypatch, sensitive_first):
+    """A token-reduction model whose first `sensitive_first` samples each have a choice within fp16 rounding:
+    seeded random images are added 8 at a time until 16 samples are held, or the cap is reached."""
+    from exporter.checks import margins
+    from exporter.verify.inputs import RANDOM_SEED, random_images
+
+    seen = []
+
+    def sensitive(self):
+        n = self.decisions[0].scores.shape[0]
+        flags = np.arange(sum(seen), sum(seen) + n) < sensitive_first
+        seen.append(n)
+        return flags
+
+    monkeypatch.setattr(margins.Rounding, "sensitive", sensitive)
+    model = apply_method(create_model(MODEL, "random", 0, 64), "tome", r=4)
+    refs = references.store(model, (64, 64), tmp_path / "refs.npz")
+    n = {0: 16, 16: 32, 17: 40, 100: references.MAX_SAMPLES}[sensitive_first]
+    assert len(refs.labels) == n and refs.labels[15:] == [f"random:{i}" for i in range(7, n - 8)]
+    assert all(k.shape[0] == n for k in refs.kept) and refs.logits.shape[0] == n
+    if n > 16:
+        np.testing.assert_array_equal(refs.inputs[16:24], random_images(8, (64, 64), RANDOM_SEED + 8).half().numpy())
+    with torch.no_grad():  # the topped-up samples' answers are PyTorch's too
+        np.testing.assert_allclose(refs.logits[16:], model(torch.from_numpy(refs.inputs[16:].astype(np.float32))).numpy(),
+                                   atol=1e-5, rtol=0)
+    stored = references.load(tmp_path / "refs.npz")
+    assert stored.labels == refs.labels and (stored.fp16_sensitive == (np.arange(n) < sensitive_first)).all()
 
 
 def test_reproduce_sh_is_the_build_command(bundle):

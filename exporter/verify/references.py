@@ -4,7 +4,8 @@ PyTorch model can be held to the same thresholds.
 `build` writes the held-out inputs (fp16, which halves the file; PyTorch ran on exactly these values
 widened to fp32, so nothing is lost), PyTorch fp32's logits, for token-reduction models the kept-token
 indices of every reduction, and `fp16_sensitive`: the samples with a token choice whose fp32 score
-margin is within twice the fp16 error of those scores (`checks.margins`), where fp16 may tip it.
+margin is within twice the fp16 error of those scores (`checks.margins`), where fp16 may tip it. Where
+those are most of the held-out inputs, seeded random images are added until FP16_HELD samples are not.
 
 `check` runs any runtime (onnxruntime here, a TensorRT engine on the target) on the stored inputs
 and compares with `parity.compare`, the same thresholds and report rows as the onnxruntime parity
@@ -23,7 +24,7 @@ import torch
 
 from ..checks.parity import Comparison, StoredComparison, compare
 from ..runtime import Runner
-from .inputs import batches, held_out
+from .inputs import PHOTOS, RANDOM_SEED, batches, held_out, random_images
 
 REFERENCES = "references.npz"
 
@@ -37,16 +38,28 @@ class References:
     fp16_sensitive: Optional[np.ndarray]  # [n] bool, or None for dense models
 
 
-def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> References:
-    """Run PyTorch on the held-out inputs (rounded to fp16) and write `path` (npz, compressed)."""
-    from ..checks.compare import _rounding, _scored
+FP16_HELD = 16  # samples an fp16 check on stored references should hold to the thresholds
+MAX_SAMPLES = 48  # a cap on the file: DeiT-S inputs are ~300 KB each in fp16
+TOP_UP = 8  # extra random images per round when too many samples are fp16-sensitive
 
+
+def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> References:
+    """Run PyTorch on the held-out inputs (rounded to fp16) and write `path` (npz, compressed).
+
+    A target cannot observe its engine's token choices, so its fp16 check holds only the samples with no
+    choice within fp16 rounding; where the held-out inputs leave fewer than FP16_HELD of those (DiffRate
+    has choices near the cut on most inputs), more seeded random images are added, up to MAX_SAMPLES."""
     x, labels = held_out(model, size)
-    x16 = x.half()
-    xs = x16.float()
-    (logits, *kept), decisions = _scored(model, xs)
-    sensitive = _rounding(model, xs, kept, decisions).sensitive() if kept else None  # a token-reduction model
-    refs = References(x16.numpy(), labels, logits.astype(np.float32), [k.astype(np.int16) for k in kept], sensitive)
+    logits, kept, sensitive = _answers(model, x)
+    while sensitive is not None and len(labels) < MAX_SAMPLES and (~sensitive).sum() < FP16_HELD:
+        first = len(labels) - len(PHOTOS)
+        extra = random_images(TOP_UP, size, seed=RANDOM_SEED + first)
+        more_logits, more_kept, more_sensitive = _answers(model, extra)
+        x, labels = torch.cat([x, extra]), labels + [f"random:{first + i}" for i in range(TOP_UP)]
+        logits = np.concatenate([logits, more_logits])
+        kept = [np.concatenate(pair) for pair in zip(kept, more_kept)]
+        sensitive = np.concatenate([sensitive, more_sensitive])
+    refs = References(x.half().numpy(), labels, logits, kept, sensitive)
     arrays = {"inputs": refs.inputs, "labels": np.array(labels), "logits": refs.logits}
     arrays.update({f"kept{i}": k for i, k in enumerate(refs.kept)})
     if sensitive is not None:
@@ -55,6 +68,17 @@ def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> Referenc
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
     return refs
+
+
+def _answers(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], Optional[np.ndarray]]:
+    """PyTorch fp32's logits and kept indices on `x` rounded to fp16, and which samples fp16 may tip
+    (None for a dense model)."""
+    from ..checks.compare import _rounding, _scored
+
+    xs = x.half().float()
+    (logits, *kept), decisions = _scored(model, xs)
+    sensitive = _rounding(model, xs, kept, decisions).sensitive() if kept else None
+    return logits.astype(np.float32), [k.astype(np.int16) for k in kept], sensitive
 
 
 def load(path: Path) -> Optional[References]:
