@@ -1,4 +1,5 @@
 """Replaying token choices: PyTorch computes what another run computed after a near-tie went the other way."""
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -47,45 +48,82 @@ def test_replay(method):
     assert any(not torch.equal(a, b) for a, b in zip(chosen, other)) and not torch.allclose(forced, logits)
 
 
+class FlipCase:
+    """A model with a near-tie at its first reduction (margin < 0.5x the fp16 error) on some held-out sample,
+    fake fp16 graphs that PyTorch replaying given choices stands in for, and `compare_graphs` on them."""
+
+    def __init__(self, method, monkeypatch):
+        torch.manual_seed(3)  # weights with a near-tie at every method's first reduction
+        self.model = apply_method(timm.create_model("test_vit").eval(), method, **METHODS[method])
+        self.size = (160, 160)
+        self.monkeypatch = monkeypatch
+        x, _ = held_out(self.model, self.size)
+        (_, *self.kept), decisions = compare._scored(self.model, x)
+        rounding = compare._rounding(self.model, x, self.kept, decisions)
+        self.first, self.offset = decisions[0], int(method == "diffrate")  # kept[0]: chosen indices (DiffRate's + 1)
+        ratio = margin(self.first) / np.maximum(rounding.errors[0], 1e-30)
+        self.near, self.clear = int(np.argmin(ratio)), int(np.argmax(ratio))
+        assert ratio[self.near] <= NEAR_TIE < ratio[self.clear]
+
+    def swapped(self, sample: int, rank: int) -> list[np.ndarray]:
+        """fp32's choices, but at `sample` the kept token of this rank (by fp32 score) swapped for the best one left."""
+        scores, chosen = self.first.scores[sample, 0], self.first.chosen[sample, 0]
+        ranked = chosen[np.argsort(-scores[chosen])]
+        best_left = int(np.argmax(np.where(np.isin(np.arange(scores.size), chosen), -np.inf, scores)))
+        other = [k.copy() for k in self.kept]
+        other[0][sample][other[0][sample] == ranked[rank] + self.offset] = best_left + self.offset
+        return other
+
+    def check(self, choices: list[np.ndarray], scored_by=None):
+        """The fp16 graph's result; its debug twin outputs the kept indices, and with `scored_by` (a model) also
+        every choice's scores as that model computes them on the graph's tokens, as an fp16 debug graph does."""
+        model = self.model
+
+        def runner(path, threads=None):
+            run = torch_runner(model, choices)
+            if path.name == "model.fp16.onnx":
+                return lambda batch: run(batch)[:1]
+            if scored_by is None:
+                return run
+            made: list = []
+            scorer = torch_runner(scored_by, choices, made)
+            dtype = next(scored_by.parameters()).dtype
+
+            def debug(batch):
+                outputs = run(batch)
+                scorer(batch.astype(np.float16 if dtype == torch.float16 else np.float32))
+                return outputs + [scores for _, _, scores, _ in made[-1]]
+            return debug
+
+        self.monkeypatch.setattr(compare, "onnx_runner", runner)
+        graph = Graph("model.fp16.onnx", "fp16", debug=Path("model.fp16.debug.onnx"))
+        (result,) = compare.compare_graphs(model, Path("bundle"), [graph], BatchRange(8, 8, 8), self.size)
+        return result
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_fp16_flip_is_judged_at_its_first_cut(method, monkeypatch):
     """A graph that tips PyTorch's closest near-tie at the first reduction is replayed and passes; one that drops the
     token PyTorch ranks first there fails, with a sentence naming the sample, the reduction and the margin.
-    PyTorch replaying those choices stands in for the fp16 graph and its debug twin."""
-    torch.manual_seed(3)  # weights with a near-tie at every method's first reduction (margin < 0.5x the fp16 error)
-    model = apply_method(timm.create_model("test_vit").eval(), method, **METHODS[method])
-    size = (160, 160)
-    x, _ = held_out(model, size)
-    (_, *kept), decisions = compare._scored(model, x)
-    rounding = compare._rounding(model, x, kept, decisions)
-    first, offset = decisions[0], int(method == "diffrate")  # kept[0] holds its chosen indices (DiffRate's + 1)
-    ratio = margin(first) / np.maximum(rounding.errors[0], 1e-30)
-    near, clear = int(np.argmin(ratio)), int(np.argmax(ratio))
-    assert ratio[near] <= NEAR_TIE < ratio[clear]
-
-    def swapped(sample: int, rank: int) -> list[np.ndarray]:
-        """fp32's choices, but at `sample` the kept token of this rank (by fp32 score) swapped for the best one left."""
-        scores, chosen = first.scores[sample, 0], first.chosen[sample, 0]
-        ranked = chosen[np.argsort(-scores[chosen])]
-        best_left = int(np.argmax(np.where(np.isin(np.arange(scores.size), chosen), -np.inf, scores)))
-        other = [k.copy() for k in kept]
-        other[0][sample][other[0][sample] == ranked[rank] + offset] = best_left + offset
-        return other
-
-    def check(choices: list[np.ndarray]):
-        def runner(path, threads=None):
-            run = torch_runner(model, choices)
-            return (lambda batch: run(batch)[:1]) if path.name == "model.fp16.onnx" else run
-
-        monkeypatch.setattr(compare, "onnx_runner", runner)
-        graph = Graph("model.fp16.onnx", "fp16", debug=Path("model.fp16.debug.onnx"))
-        (result,) = compare.compare_graphs(model, Path("bundle"), [graph], BatchRange(8, 8, 8), size)
-        return result
-
-    tie = check(swapped(near, -1))  # the lowest kept for the best left: the cut itself
+    Without the graph's scores (a plugin graph), PyTorch's half model estimates their fp16 error."""
+    case = FlipCase(method, monkeypatch)
+    tie = case.check(case.swapped(case.near, -1))  # the lowest kept for the best left: the cut itself
     assert tie.passed and tie.token_flips == tie.replayed_flips == 1
-    assert [(c["sample"], c["reduction"], c["near_tie"]) for c in tie.cuts] == [(near, 1, True)]
-    bug = check(swapped(clear, 0))  # the best kept for the best left
+    assert [(c["sample"], c["reduction"], c["near_tie"]) for c in tie.cuts] == [(case.near, 1, True)]
+    bug = case.check(case.swapped(case.clear, 0))  # the best kept for the best left
     assert not bug.passed and bug.token_flips == 1 and bug.replayed_flips == 0
-    sentence = f"sample {clear}'s {first.what} at reduction 1 differ from PyTorch fp32's against an fp32 score margin"
+    sentence = f"sample {case.clear}'s {case.first.what} at reduction 1 differ from PyTorch fp32's against an fp32 score margin"
     assert any(f.startswith(sentence) for f in bug.failures)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_fp16_flip_is_judged_by_the_graphs_own_score_error(method, monkeypatch):
+    """Where the debug graph outputs its scores, their measured error decides, not the half-model estimate: the same
+    tipped near-tie passes when the graph's scores carry fp16 rounding (the half model's, on the graph's tokens) and
+    fails when they carry none (exact fp32 scores: nothing could have tipped the choice)."""
+    case = FlipCase(method, monkeypatch)
+    tipped = case.swapped(case.near, -1)
+    rounded = case.check(tipped, scored_by=copy.deepcopy(case.model).half())
+    assert rounded.passed and [(c["sample"], c["near_tie"]) for c in rounded.cuts] == [(case.near, True)]
+    exact = case.check(tipped, scored_by=case.model)
+    assert not exact.passed and [(c["sample"], c["near_tie"], c["error"]) for c in exact.cuts] == [(case.near, False, 0.0)]

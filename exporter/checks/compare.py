@@ -6,8 +6,9 @@ indices are compared too, through each graph's debug
 twin (the same export with the chosen indices as extra outputs, see export.graphs), so a sample
 whose logits moved because a near-tie flipped a token is told apart from a broken graph: such a
 sample is compared with PyTorch replaying onnxruntime's choices (see checks.parity). In fp16 a flip
-is a near-tie only where PyTorch fp32's scores were within rounding of the graph's choice, measured
-by PyTorch's half model (see checks.margins).
+is a near-tie only where PyTorch fp32's scores were within rounding of the graph's choice: the
+graph's own score error, which its debug twin outputs, against PyTorch fp32 on the same tokens; for
+plugin graphs, whose nodes hide their scores, PyTorch's half model stands in (see checks.margins).
 """
 from __future__ import annotations
 
@@ -59,12 +60,13 @@ def compare_graphs(
             cuts: list = []
             reference = ref
             if debug is not None:
-                _, *ort_idx = _outputs(debug, x, bs)
+                _, *traced = _outputs(debug, x, bs)
+                ort_idx, ort_scores = traced[:len(ref_idx)], traced[len(ref_idx):]
                 flips = ties = _flipped(n, ref_idx, ort_idx)
                 if flips.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
                     (replayed, *_), chosen = _scored(model, x, ort_idx)
                     if g.precision == "fp16":  # a tie only where fp16 rounding can tip the first differing choice
-                        cuts = rounding.first_cuts(chosen, flips)
+                        cuts = _graph_rounding(chosen, ort_scores, rounding).first_cuts(chosen, flips)
                         ties = flips & ~np.isin(np.arange(n), [c.sample for c in cuts if not c.near_tie])
                     reference = np.where(ties[:, None], replayed, ref)
             results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties, cuts))
@@ -83,6 +85,16 @@ def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], d
     (`kept`), so both score the same tokens."""
     _, half = _scored(copy.deepcopy(model).half(), x.half(), kept)
     return margins.Rounding.measure(decisions, half)
+
+
+def _graph_rounding(replayed: list[margins.Decision], scores: list[np.ndarray], estimate: margins.Rounding) -> margins.Rounding:
+    """The fp16 error of a graph's choices: measured, where its debug twin outputs every choice's scores (an
+    fp16 graph in standard ops), against PyTorch fp32 replaying the graph's choices, so both score the same
+    tokens in the same layout; otherwise (plugin nodes hide their scores) the half-model estimate."""
+    if len(scores) != len(replayed):
+        return estimate
+    own = [margins.Decision(d.reduction, d.what, s, d.chosen) for d, s in zip(replayed, scores)]
+    return margins.Rounding.measure(replayed, own)
 
 
 def _outputs(runner: Runner, x: torch.Tensor, batch: int) -> list[np.ndarray]:

@@ -1,9 +1,10 @@
 """The graphs a build writes: fp32 always, fp16 on request.
 
 A token-reduction model is exported once per precision *with its kept-token indices as extra
-outputs* (the debug graph, which verification uses to tell near-tie flips from bugs); the
-deliverable is that graph with only the logits output kept. One trace, so both compute the same.
-Debug graphs never enter the bundle.
+outputs* (the debug graph, which verification uses to tell near-tie flips from bugs), and for an
+fp16 graph in standard ops every token choice's fp32 scores after them (the graph's own rounding
+at each choice); the deliverable is that graph with only the logits output kept. One trace, so
+both compute the same. Debug graphs never enter the bundle.
 """
 from __future__ import annotations
 
@@ -56,12 +57,16 @@ def export_graph(model: torch.nn.Module, graph: Graph, bundle: Path, debug_dir: 
         export_onnx(module, path, **kwargs, **extra)
         return None
 
+    made: list = []
     with torch.no_grad():
-        count = len(model.forward_traced(torch.zeros(1, 3, *kwargs["img_size"]))) - 1
+        count = len(model.forward_traced(torch.zeros(1, 3, *kwargs["img_size"]), None, made)) - 1
     if count == 0:  # no token choices to compare: the graph is its own debug twin
         return export(model, bundle / graph.file) if write_deliverable else None
     graph.debug = debug_dir / graph.file
-    facts = export(Traced(model), graph.debug, output_names=[OUTPUT_NAME] + [f"kept{i}" for i in range(count)])
+    # an fp16 graph's choices' scores too, to measure its own rounding at a flip; a plugin node hides them
+    scores = len(made) if fp16 and graph.lowering == "decompose" else 0
+    names = [OUTPUT_NAME] + [f"kept{i}" for i in range(count)] + [f"score{i}" for i in range(scores)]
+    facts = export(Traced(model, scores=bool(scores)), graph.debug, output_names=names)
     if write_deliverable:
         keep_outputs(graph.debug, bundle / graph.file, [OUTPUT_NAME])
     return facts

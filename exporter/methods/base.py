@@ -303,11 +303,18 @@ class Dense(nn.Module):
 
 class Traced(nn.Module):
     """A model's `forward_traced` as its forward, for export: (logits, *kept indices per reduction),
-    and, given `replay`, the reductions use those indices instead of choosing."""
+    and, given `replay`, the reductions use those indices instead of choosing. With `scores`, every
+    token choice's fp32 scores follow (see `Choices`), so a runtime's own score error at a choice
+    can be measured rather than estimated (`checks.margins`)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, scores: bool = False):
         super().__init__()
         self.model = model
+        self.scores = scores
 
     def forward(self, x: torch.Tensor, replay: Optional[Sequence[torch.Tensor]] = None):
-        return self.model.forward_traced(x, replay)
+        if not self.scores:
+            return self.model.forward_traced(x, replay)
+        made: list = []
+        outputs = self.model.forward_traced(x, replay, made)
+        return (*outputs, *[scores for _, _, scores, _ in made])
