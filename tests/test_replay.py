@@ -109,11 +109,11 @@ def test_fp16_flip_is_judged_at_its_first_cut(method, monkeypatch):
     case = FlipCase(method, monkeypatch)
     tie = case.check(case.swapped(case.near, -1))  # the lowest kept for the best left: the cut itself
     assert tie.passed and tie.token_flips == tie.replayed_flips == 1
-    assert [(c["sample"], c["reduction"], c["near_tie"]) for c in tie.cuts] == [(case.near, 1, True)]
+    assert [(c["sample"], c["reduction"], c["near_tie"], c["estimated"]) for c in tie.cuts] == [(case.near, 1, True, True)]
     bug = case.check(case.swapped(case.clear, 0))  # the best kept for the best left
     assert not bug.passed and bug.token_flips == 1 and bug.replayed_flips == 0
     sentence = f"sample {case.clear}'s {case.first.what} at reduction 1 differ from PyTorch fp32's against an fp32 score margin"
-    assert any(f.startswith(sentence) for f in bug.failures)
+    assert any(f.startswith(sentence) and "estimated by PyTorch half): not a near-tie" in f for f in bug.failures)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -124,6 +124,7 @@ def test_fp16_flip_is_judged_by_the_graphs_own_score_error(method, monkeypatch):
     case = FlipCase(method, monkeypatch)
     tipped = case.swapped(case.near, -1)
     rounded = case.check(tipped, scored_by=copy.deepcopy(case.model).half())
-    assert rounded.passed and [(c["sample"], c["near_tie"]) for c in rounded.cuts] == [(case.near, True)]
+    assert rounded.passed and [(c["sample"], c["near_tie"], c["estimated"]) for c in rounded.cuts] == [(case.near, True, False)]
     exact = case.check(tipped, scored_by=case.model)
     assert not exact.passed and [(c["sample"], c["near_tie"], c["error"]) for c in exact.cuts] == [(case.near, False, 0.0)]
+    assert any("those scores (0): not a near-tie" in f for f in exact.failures)

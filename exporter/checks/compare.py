@@ -84,7 +84,7 @@ def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], d
     """PyTorch fp32's choices with the fp16 error of their scores: its half model replays fp32's choices
     (`kept`), so both score the same tokens."""
     _, half = _scored(copy.deepcopy(model).half(), x.half(), kept)
-    return margins.Rounding.measure(decisions, half)
+    return margins.Rounding.measure(decisions, half, estimated=True)
 
 
 def _graph_rounding(replayed: list[margins.Decision], scores: list[np.ndarray], estimate: margins.Rounding) -> margins.Rounding:

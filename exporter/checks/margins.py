@@ -95,12 +95,13 @@ class Rounding:
 
     decisions: list[Decision]
     errors: list[np.ndarray]  # per decision, [n]
+    estimated: bool = False  # by the half model, standing for a graph whose scores are not observable
 
     @classmethod
-    def measure(cls, fp32: list[Decision], fp16: list[Decision]) -> "Rounding":
-        """From fp32's decisions and an fp16 run's scores on the same tokens (the half model replaying fp32's
-        choices, or a graph's own, against PyTorch fp32 replaying the graph's)."""
-        return cls(fp32, [error(a, b) for a, b in zip(fp32, fp16)])
+    def measure(cls, fp32: list[Decision], fp16: list[Decision], estimated: bool = False) -> "Rounding":
+        """From fp32's decisions and an fp16 run's scores on the same tokens (a graph's own, against PyTorch
+        fp32 replaying the graph's choices; or, `estimated`, the half model replaying fp32's choices)."""
+        return cls(fp32, [error(a, b) for a, b in zip(fp32, fp16)], estimated)
 
     def sensitive(self) -> np.ndarray:
         """[n]: samples with a choice whose margin is within NEAR_TIE x its fp16 error, where an fp16 runtime may
@@ -120,5 +121,5 @@ class Rounding:
             if first is not None:
                 d = replayed[first]
                 error = float(self.errors[first][i])
-                cuts.append(Cut(int(i), d.reduction + 1, d.what, float(against[first, i]), error))
+                cuts.append(Cut(int(i), d.reduction + 1, d.what, float(against[first, i]), error, self.estimated))
         return cuts

@@ -38,13 +38,15 @@ NEAR_TIE = 2.0  # a margin within this many fp16 errors can be tipped by roundin
 @dataclass(frozen=True)
 class Cut:
     """Where a flipped sample's tokens first differ from PyTorch fp32's: the choice, the fp32 score margin the
-    graph's choice overturned there and the fp16 error of those scores."""
+    graph's choice overturned there and the fp16 error of those scores: the graph's own, or `estimated` by
+    PyTorch's half model where the graph's scores are not observable (see checks.margins)."""
 
     sample: int
     reduction: int  # 1-based
     what: str  # the choice, e.g. "kept tokens"
     margin: float
     error: float
+    estimated: bool = False
 
     @property
     def near_tie(self) -> bool:
@@ -54,7 +56,7 @@ class Cut:
         return (
             f"sample {self.sample}'s {self.what} at reduction {self.reduction} differ from PyTorch fp32's against an "
             f"fp32 score margin of {self.margin:.3g}, more than {NEAR_TIE:g}x the fp16 error of those scores "
-            f"({self.error:.3g}): not a near-tie"
+            f"({self.error:.3g}{', estimated by PyTorch half' if self.estimated else ''}): not a near-tie"
         )
 
 
