@@ -10,7 +10,7 @@ from exporter import ops
 from exporter.export.onnx_export import export_onnx
 from exporter.methods import apply_method
 from exporter.ops import contracts, reference
-from exporter.runtime import op_reference, ort
+from exporter.runtime import onnx_runner, op_reference, ort
 
 B, N, C = 3, 13, 8
 
@@ -105,6 +105,16 @@ def test_plugin_lowering(tmp_path, method):
     torch.testing.assert_close(through_ops, want, rtol=0, atol=0)
     (got,) = ort.run(op_reference.session(path, 2), x.numpy())
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=1e-4)
+    # asked for, the plugin nodes also hand over every choice's scores (for measuring a graph's own fp16 error):
+    # PyTorch's, in the order made, from the tokens onnxruntime computed
+    made: list = []
+    with torch.no_grad():
+        model.forward_traced(x, None, made)
+    logits, *scores = onnx_runner(path, 2, scores=True)(x.numpy())
+    assert len(scores) == len(made) > 0 and logits.shape == tuple(want.shape)
+    for got_scores, (_, _, want_scores, _) in zip(scores, made):
+        torch.testing.assert_close(torch.from_numpy(got_scores), want_scores.float(), rtol=0, atol=1e-4)
+    assert len(onnx_runner(path, 2)(x.numpy())) == 1  # not asked: logits only
 
 
 @pytest.mark.parametrize("name", ops.OPS)

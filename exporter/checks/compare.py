@@ -7,8 +7,8 @@ twin (the same export with the chosen indices as extra outputs, see export.graph
 whose logits moved because a near-tie flipped a token is told apart from a broken graph: such a
 sample is compared with PyTorch replaying onnxruntime's choices (see checks.parity). In fp16 a flip
 is a near-tie only where PyTorch fp32's scores were within rounding of the graph's choice: the
-graph's own score error, which its debug twin outputs, against PyTorch fp32 on the same tokens; for
-plugin graphs, whose nodes hide their scores, PyTorch's half model stands in (see checks.margins).
+graph's own score error against PyTorch fp32 on the same tokens, from the scores its debug twin
+outputs (a plugin graph's come from the reference running its nodes; see checks.margins).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def compare_graphs(
     results = []
     for g in graphs:
         graph = onnx_runner(bundle / g.file, threads)
-        debug = onnx_runner(g.debug, threads) if g.debug else None
+        debug = onnx_runner(g.debug, threads, scores=g.precision == "fp16") if g.debug else None
         for bs in verify_batches(batch):
             (out,) = _outputs(graph, x, bs)
             flips = ties = None
@@ -88,9 +88,9 @@ def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], d
 
 
 def _graph_rounding(replayed: list[margins.Decision], scores: list[np.ndarray], estimate: margins.Rounding) -> margins.Rounding:
-    """The fp16 error of a graph's choices: measured, where its debug twin outputs every choice's scores (an
-    fp16 graph in standard ops), against PyTorch fp32 replaying the graph's choices, so both score the same
-    tokens in the same layout; otherwise (plugin nodes hide their scores) the half-model estimate."""
+    """The fp16 error of a graph's choices: measured from the scores its debug run outputs after the kept
+    indices, against PyTorch fp32 replaying the graph's choices, so both score the same tokens in the same
+    layout; the half-model estimate for a runner without them."""
     if len(scores) != len(replayed):
         return estimate
     own = [margins.Decision(d.reduction, d.what, s, d.chosen) for d, s in zip(replayed, scores)]

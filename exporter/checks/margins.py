@@ -12,12 +12,13 @@ partner; DiffRate's kept tokens, its unmerged head and each merged token's desti
 - the fp16 *error* of a choice's scores is max |score_fp16 - score_fp32| over the candidates near
   the cut (`error`), both runs scoring the same tokens in the same layout. Rounding swaps candidates
   i and j only if s_i - s_j <= e_i + e_j <= 2 * error, so a margin within twice the error is a
-  near-tie: the analogue of the decisive-logit rule (`parity.NEAR_TIE`). Where the fp16 graph's
-  scores are observable (its debug twin outputs them), its own error is measured against PyTorch
-  fp32 replaying its choices. Where they are not (plugin nodes; a target's engine, for the stored
-  references), PyTorch's half model replaying fp32's choices estimates it: one half-precision run's
-  rounding standing for another's: on DeiT-S DiffRate, onnxruntime's own error was 0.14-2.7x the
-  estimate (5th-95th percentile over every choice of the held-out samples; at most 5.9x).
+  near-tie: the analogue of the decisive-logit rule (`parity.NEAR_TIE`). An fp16 graph's own error is
+  measured against PyTorch fp32 replaying its choices, from the scores its debug run outputs (the
+  debug export's extra outputs; for plugin nodes, the reference running them in onnxruntime). Where
+  they are not observable (a target's engine, for the stored references), PyTorch's half model
+  replaying fp32's choices estimates it: one half-precision run's rounding standing for another's.
+  On DeiT-S DiffRate, onnxruntime's own error was 0.14-2.7x that estimate (5th-95th percentile over
+  every choice of the held-out samples; at most 5.9x).
 
 Choices depend on earlier ones, so a sample is judged at the first choice that differs.
 """

@@ -63,7 +63,8 @@ def export_graph(model: torch.nn.Module, graph: Graph, bundle: Path, debug_dir: 
     if count == 0:  # no token choices to compare: the graph is its own debug twin
         return export(model, bundle / graph.file) if write_deliverable else None
     graph.debug = debug_dir / graph.file
-    # an fp16 graph's choices' scores too, to measure its own rounding at a flip; a plugin node hides them
+    # an fp16 graph's choices' scores too, to measure its own rounding at a flip (a plugin node cannot output
+    # them: the reference running it in onnxruntime hands them over instead, runtime.op_reference.scores)
     scores = len(made) if fp16 and graph.lowering == "decompose" else 0
     names = [OUTPUT_NAME] + [f"kept{i}" for i in range(count)] + [f"score{i}" for i in range(scores)]
     facts = export(Traced(model, scores=bool(scores)), graph.debug, output_names=names)

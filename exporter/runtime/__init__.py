@@ -19,15 +19,25 @@ class Runner(Protocol):
     def __call__(self, x: np.ndarray) -> list[np.ndarray]: ...
 
 
-def onnx_runner(path: Path | str, threads: Optional[int] = None) -> Runner:
-    """onnxruntime on the graph at `path`; a plugin graph's plugin nodes run the reference ops."""
+def onnx_runner(path: Path | str, threads: Optional[int] = None, scores: bool = False) -> Runner:
+    """onnxruntime on the graph at `path`; a plugin graph's plugin nodes run the reference ops. With `scores`,
+    a plugin graph's outputs are followed by every token choice's scores, as a standard-op fp16 debug graph
+    outputs them (`op_reference.scores`)."""
     import onnx
 
     from . import op_reference, ort
 
     plugins = op_reference.has_plugins(onnx.load(str(path), load_external_data=False))
     session = (op_reference.session if plugins else ort.session)(path, threads)
-    return lambda x: ort.run(session, x)
+    if not (plugins and scores):
+        return lambda x: ort.run(session, x)
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        with op_reference.scores() as made:
+            outputs = ort.run(session, x)
+        return [*outputs, *made]
+
+    return run
 
 
 def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None, decisions: Optional[list] = None) -> Runner:

@@ -8,12 +8,18 @@ runs an in-memory copy whose plugin nodes are renamed into onnxruntime-extension
 registered op per plugin and token dtype (its Python ops have fixed input types). onnxruntime-extensions
 cannot pass float16 to Python, so fp16 tokens cross as float32 (exact Casts around the node) and the
 op runs on them in half precision again: what the fp16 reference computes, bit for bit.
+
+Inside `scores()`, the nodes also hand over every token choice's fp32 scores, computed from the tokens
+onnxruntime gave them: what a plugin graph's debug twin cannot output, for measuring its own fp16 error
+(`checks.margins`).
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import onnx
@@ -24,6 +30,20 @@ from . import ort as ort_runtime
 
 _CONTRIB = "ai.onnx.contrib"  # the domain onnxruntime-extensions runs Python ops in
 _TOKEN_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+
+
+_collected: list[Optional[list]] = [None]  # the list `scores()` fills while open
+
+
+@contextlib.contextmanager
+def scores() -> Iterator[list]:
+    """Within: the scores of every choice the plugin nodes make, in the order made ([B, R, C] float32 each)."""
+    made: list = []
+    before, _collected[0] = _collected[0], made
+    try:
+        yield made
+    finally:
+        _collected[0] = before
 
 
 def has_plugins(model: onnx.ModelProto) -> bool:
@@ -104,19 +124,27 @@ def _register(contract: Contract, token: str) -> str:
     import torch
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-    import exporter.ops  # noqa: F401  (registers torch.ops.exporter.*)
+    import exporter.ops  # registers torch.ops.exporter.*
 
     kinds = {"float32": PyCustomOpDef.dt_float, "int64": PyCustomOpDef.dt_int64}
     ins, outs = contract.dtypes("float32")  # fp16 tokens cross as float32, see _through_float32
     half = token == "float16"
     op = getattr(torch.ops.exporter, contract.op)
+    chooses = getattr(exporter.ops, contract.op)  # the same reference maths, reporting its choices' scores
+    if "decided" not in inspect.signature(chooses).parameters:
+        chooses = None
     name = f"{contract.plugin}_{token}"
 
     def compute(*arrays, **attrs):
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         tensors = [t.half() if half and s.dtype == "T" else t for t, s in zip(tensors, contract.inputs)]
+        args = (*tensors, *(int(attrs[a]) for a in contract.attributes))
+        made = _collected[0]
         with torch.no_grad():
-            result = op(*tensors, *(int(attrs[a]) for a in contract.attributes))
+            if made is not None and chooses is not None:
+                result = chooses(*args, decided=lambda what, scores, chosen: made.append(scores.float().numpy()))
+            else:
+                result = op(*args)
         result = result if isinstance(result, tuple) else (result,)
         arrays = [t.float().numpy() if t.dtype == torch.float16 else t.numpy() for t in result]
         return tuple(arrays) if len(arrays) > 1 else arrays[0]
