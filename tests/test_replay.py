@@ -79,7 +79,7 @@ class FlipCase:
         every choice's scores as that model computes them on the graph's tokens, as an fp16 debug graph does."""
         model = self.model
 
-        def runner(path, threads=None):
+        def runner(path, threads=None, scores=False):  # a standard-op graph: its debug twin outputs any scores
             run = torch_runner(model, choices)
             if path.name == "model.fp16.onnx":
                 return lambda batch: run(batch)[:1]
