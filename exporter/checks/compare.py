@@ -47,9 +47,7 @@ def compare_graphs(
     x, _ = held_out(model, img_size)
     n = x.shape[0]
     (ref, *ref_idx), decisions = _scored(model, x)
-    rounding = None
-    if ref_idx and any(g.precision == "fp16" for g in graphs):
-        rounding = _rounding(model, x, ref_idx, decisions)
+    estimate: Optional[margins.Rounding] = None  # the half model's, made only for a graph whose scores cannot be seen
     results = []
     for g in graphs:
         graph = onnx_runner(bundle / g.file, threads)
@@ -66,7 +64,12 @@ def compare_graphs(
                 if flips.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
                     (replayed, *_), chosen = _scored(model, x, ort_idx)
                     if g.precision == "fp16":  # a tie only where fp16 rounding can tip the first differing choice
-                        cuts = _graph_rounding(chosen, ort_scores, rounding).first_cuts(chosen, flips)
+                        if len(ort_scores) == len(chosen):
+                            errors = _measured(chosen, ort_scores)
+                        else:
+                            estimate = estimate or _rounding(model, x, ref_idx, decisions)
+                            errors = estimate
+                        cuts = errors.first_cuts(chosen, flips)
                         ties = flips & ~np.isin(np.arange(n), [c.sample for c in cuts if not c.near_tie])
                     reference = np.where(ties[:, None], replayed, ref)
             results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties, cuts))
@@ -87,12 +90,9 @@ def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], d
     return margins.Rounding.measure(decisions, half, estimated=True)
 
 
-def _graph_rounding(replayed: list[margins.Decision], scores: list[np.ndarray], estimate: margins.Rounding) -> margins.Rounding:
-    """The fp16 error of a graph's choices: measured from the scores its debug run outputs after the kept
-    indices, against PyTorch fp32 replaying the graph's choices, so both score the same tokens in the same
-    layout; the half-model estimate for a runner without them."""
-    if len(scores) != len(replayed):
-        return estimate
+def _measured(replayed: list[margins.Decision], scores: list[np.ndarray]) -> margins.Rounding:
+    """The fp16 error of a graph's choices, from the scores its debug run outputs after the kept indices,
+    against PyTorch fp32 replaying the graph's choices, so both score the same tokens in the same layout."""
     own = [margins.Decision(d.reduction, d.what, s, d.chosen) for d, s in zip(replayed, scores)]
     return margins.Rounding.measure(replayed, own)
 
