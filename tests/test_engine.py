@@ -76,9 +76,9 @@ def test_fp16_rule_leaves_out_sensitive_samples_only():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 10)).astype(np.float32)
     logits[np.arange(6), rng.integers(0, 10, 6)] += 8  # decisive samples
-    sensitive = np.array([True, False, False, False, False, True])
-    refs = references.References(rng.normal(size=(6, 3, 4, 4)).astype(np.float16), [str(i) for i in range(6)], logits,
-                                 [np.zeros((6, 2), np.int16)], sensitive)
+    closeness = np.array([0.5, 40, 3, 2.5, np.inf, 2], np.float32)
+    refs = references.References(rng.normal(size=(6, 3, 4, 4)).astype(np.float16), [f"s{i}" for i in range(6)], logits,
+                                 [np.zeros((6, 2), np.int16)], closeness <= 2, closeness)
 
     def answer(wrong):
         state = {"start": 0}
@@ -94,10 +94,12 @@ def test_fp16_rule_leaves_out_sensitive_samples_only():
 
     ok = references.check(refs, answer({0, 5}), "model.fp16.onnx", "fp16", [2], "fake")[0]
     assert ok.passed and ok.left_out == 2 and ok.samples == 4 and "2/6 samples left out" in ok.warnings[0]
-    bad = references.check(refs, answer({1}), "model.fp16.onnx", "fp16", [2], "fake")[0]
-    assert not bad.passed
+    bad = references.check(refs, answer({1, 2, 3, 5}), "model.fp16.onnx", "fp16", [2], "fake")[0]
+    # the failing held samples are named, closest to rounding first (the likeliest near-ties)
+    assert not bad.passed and bad.failures[-1].startswith("failing samples: s3 (2.5x), s2 (3x), s1 (40x) (x: ")
     fp32 = references.check(refs, answer({0}), "model.onnx", "fp32", [2], "fake")[0]
     assert not fp32.passed and fp32.left_out == 0  # fp32: every sample is held to the thresholds
+    assert fp32.failures[-1] == "failing samples: s0"
 
 
 @pytest.mark.parametrize("sensitive_first", [0, 16, 17, 100])
@@ -109,13 +111,13 @@ def test_references_top_up_random_images_until_enough_are_held_in_fp16(tmp_path,
 
     seen = []
 
-    def sensitive(self):
+    def closeness(self):
         n = self.decisions[0].scores.shape[0]
-        flags = np.arange(sum(seen), sum(seen) + n) < sensitive_first
+        ratios = np.where(np.arange(sum(seen), sum(seen) + n) < sensitive_first, 1.5, 7.0)
         seen.append(n)
-        return flags
+        return ratios
 
-    monkeypatch.setattr(margins.Rounding, "sensitive", sensitive)
+    monkeypatch.setattr(margins.Rounding, "closeness", closeness)
     model = apply_method(create_model(MODEL, "random", 0, 64), "tome", r=4)
     refs = references.store(model, (64, 64), tmp_path / "refs.npz")
     n = {0: 16, 16: 32, 17: 40, 100: references.MAX_SAMPLES}[sensitive_first]
@@ -128,6 +130,7 @@ def test_references_top_up_random_images_until_enough_are_held_in_fp16(tmp_path,
                                    atol=1e-5, rtol=0)
     stored = references.load(tmp_path / "refs.npz")
     assert stored.labels == refs.labels and (stored.fp16_sensitive == (np.arange(n) < sensitive_first)).all()
+    np.testing.assert_array_equal(stored.fp16_closeness, np.where(np.arange(n) < sensitive_first, 1.5, 7.0))
 
 
 def test_reproduce_sh_is_the_build_command(bundle):

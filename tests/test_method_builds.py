@@ -85,6 +85,7 @@ def test_method_builds(tmp_path, method):
         refs = references.load(bundle / references.REFERENCES)
         n = len(refs.labels)
         assert refs.kept and all(k.shape[0] == n for k in refs.kept) and refs.fp16_sensitive.shape == (n,)
+        assert ((refs.fp16_closeness <= 2) == refs.fp16_sensitive).all()  # the rule, from the stored closeness
         # random images topped up 8 at a time while fewer than 16 samples are held in fp16, up to the cap
         held = ~refs.fp16_sensitive
         assert n <= references.MAX_SAMPLES and (n - 16) % 8 == 0

@@ -2,7 +2,7 @@
 import numpy as np
 
 from exporter.checks.margins import Decision, Rounding, error, margin
-from exporter.checks.parity import Cut, compare
+from exporter.checks.parity import Cut, compare, failing
 
 
 def logits(n=6, classes=10, seed=0):
@@ -49,6 +49,8 @@ def test_fp16_counts_every_sample_and_only_decisive_top1():
     cand[2] = -ref[2]  # a decisive sample that is wrong
     c = compare(ref, cand, "g", "fp16", 2)
     assert not c.passed and any("cosine" in f for f in c.failures)
+    assert failing(ref, cand, "fp16").tolist() == [False, False, True, False, False, False]  # the one to name
+    assert failing(ref, cand, "fp32").tolist() == [True] * 6  # 5e-4 is beyond fp32's threshold everywhere
 
 
 def test_nan_fails():
@@ -56,6 +58,7 @@ def test_nan_fails():
     cand = ref.copy()
     cand[0, 3] = np.nan
     assert "NaN" in compare(ref, cand, "g", "fp16", 2).failures[0]
+    assert failing(ref, cand, "fp16").tolist() == [True] + [False] * 5
 
 
 def test_fp16_flip_fails_when_it_overturns_a_clear_score_margin():
@@ -102,8 +105,13 @@ def test_fp16_error_is_taken_near_the_cut():
     # the one judged (later choices depend on it)
     rounding = Rounding.measure([fp32], [fp16])
     assert not rounding.sensitive()[0]  # gap 0.01 > 2 x 0.001
+    assert np.allclose(rounding.closeness(), 10, rtol=1e-4)  # the margin in units of the error (float32 scores)
     near = Rounding([fp32], [np.array([0.006])])
     assert near.sensitive()[0]
+    # per sample, the closest of its choices; no rounding: inf, unless it is an exact tie
+    two = [decision([[0.9, 0.5, 0.49], [0.9, 0.5, 0.5]], [[0, 1], [0, 1]]), decision([[0.3, 0.2], [0.3, 0.2]], [[0], [0]])]
+    closeness = Rounding(two, [np.array([0.002, 0.0]), np.array([0.02, 0.001])]).closeness()
+    assert np.allclose(closeness, [5, 0]) and Rounding(two, [np.zeros(2), np.zeros(2)]).closeness()[0] == np.inf
     tipped = [decision([[0.9, 0.5, 0.49, 0.1]], [[0, 2]]), decision([[0.3, 0.2]], [[1]], reduction=1)]
     (cut,) = near.first_cuts(tipped, np.array([True]))
     assert (cut.reduction, cut.what, cut.near_tie) == (1, "kept tokens", True) and np.isclose(cut.margin, 0.01)

@@ -104,12 +104,20 @@ class Rounding:
         fp32 replaying the graph's choices; or, `estimated`, the half model replaying fp32's choices)."""
         return cls(fp32, [error(a, b) for a, b in zip(fp32, fp16)], estimated)
 
+    def closeness(self) -> np.ndarray:
+        """[n]: each sample's smallest margin over its choices, in units of that choice's fp16 error (inf where
+        nothing was chosen or no score rounded; 0 for an exact tie)."""
+        n = self.decisions[0].scores.shape[0] if self.decisions else 0
+        ratios = []
+        for d, e in zip(self.decisions, self.errors):
+            m = margin(d)
+            ratios.append(np.divide(m, e, out=np.where(m > 0, np.inf, 0.0), where=e > 0))
+        return np.min(ratios, axis=0) if ratios else np.full(n, np.inf)
+
     def sensitive(self) -> np.ndarray:
         """[n]: samples with a choice whose margin is within NEAR_TIE x its fp16 error, where an fp16 runtime may
         legitimately keep other tokens (a flip starts at such a choice: until one tips, the runs agree)."""
-        n = self.decisions[0].scores.shape[0] if self.decisions else 0
-        near = [margin(d) <= NEAR_TIE * e for d, e in zip(self.decisions, self.errors)]
-        return np.any(near, axis=0) if near else np.zeros(n, dtype=bool)
+        return self.closeness() <= NEAR_TIE
 
     def first_cuts(self, replayed: list[Decision], flipped: np.ndarray) -> list[Cut]:
         """For each flipped sample, the first choice of `replayed` (PyTorch fp32 replaying another run's choices)

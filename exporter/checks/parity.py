@@ -114,16 +114,11 @@ def compare(
     token choices (taken for ties), `cuts` where flipped samples first differ (fp16): each that is
     no near-tie fails the check."""
     ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
     n = ref.shape[0]
     flips = np.zeros(n, dtype=bool) if flipped is None else flipped.astype(bool)
     ties = flips & (np.zeros(n, dtype=bool) if replayed is None else replayed.astype(bool))
-    err = np.abs(cand - ref).max(axis=1)
+    err, cos, agree, decisive = _per_sample(reference, candidate)
     scale = np.maximum(np.abs(ref).max(axis=1), 1e-12)
-    cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
-    agree = ref.argmax(1) == cand.argmax(1)
-    top2 = np.sort(ref, axis=1)[:, -2:]
-    decisive = top2[:, 1] - top2[:, 0] > NEAR_TIE * err
     result = Comparison(
         graph=graph,
         precision=precision,
@@ -139,7 +134,7 @@ def compare(
         replayed_flips=None if flipped is None else int(ties.sum()),
         cuts=[{**asdict(c), "near_tie": c.near_tie} for c in cuts],
     )
-    if not np.isfinite(cand).all():
+    if not np.isfinite(candidate).all():
         result.failures.append("output contains NaN or Inf")
     if precision == "fp32" and flips.mean() > MAX_FLIP_FRACTION:
         result.failures.append(
@@ -163,3 +158,24 @@ def compare(
                 "top-1 agreement not checked: no sample's top-1/top-2 margin exceeds twice its fp16 error"
             )
     return result
+
+
+def failing(reference: np.ndarray, candidate: np.ndarray, precision: str) -> np.ndarray:
+    """[samples]: which samples on their own miss the thresholds `compare` holds the batch to (NaN or Inf;
+    fp32: the max abs error or top-1; fp16: the cosine or, where decisive, top-1), so a failure can name them."""
+    err, cos, agree, decisive = _per_sample(reference, candidate)
+    bad = ~np.isfinite(candidate.astype(np.float64)).all(axis=1)
+    if precision == "fp32":
+        return bad | (err > FP32_MAX_ABS) | ~agree
+    return bad | (cos < FP16_MIN_COSINE) | (decisive & ~agree)
+
+
+def _per_sample(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per sample: (max abs logit error, cosine, top-1 agreement, decisive: the fp32 top-1/top-2 margin is
+    more than NEAR_TIE x the error, so rounding alone cannot swap them)."""
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    err = np.abs(cand - ref).max(axis=1)
+    cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    return err, cos, ref.argmax(1) == cand.argmax(1), top2[:, 1] - top2[:, 0] > NEAR_TIE * err

@@ -3,15 +3,20 @@ PyTorch model can be held to the same thresholds.
 
 `build` writes the held-out inputs (fp16, which halves the file; PyTorch ran on exactly these values
 widened to fp32, so nothing is lost), PyTorch fp32's logits, for token-reduction models the kept-token
-indices of every reduction, and `fp16_sensitive`: the samples with a token choice whose fp32 score
-margin is within twice the fp16 error of those scores (`checks.margins`), where fp16 may tip it. Where
-those are most of the held-out inputs, seeded random images are added until FP16_HELD samples are not.
+indices of every reduction, `fp16_closeness`: each sample's smallest fp32 score margin over its token
+choices in units of the fp16 error of those scores (`checks.margins`; the error is PyTorch half's, an
+estimate), and `fp16_sensitive`: the samples whose closeness is within NEAR_TIE, where fp16 may tip a
+choice. Where those are most of the held-out inputs, seeded random images are added until FP16_HELD
+samples are not.
 
 `check` runs any runtime (onnxruntime here, a TensorRT engine on the target) on the stored inputs
 and compares with `parity.compare`, the same thresholds and report rows as the onnxruntime parity
 check. A deployment graph has no kept-index outputs, so a runtime's token choices are not observable
 here; the flip rule becomes: in fp16, samples marked `fp16_sensitive` (where a near-tie may legitimately
-tip) are left out of the thresholds and counted in the row; every other sample is held to them.
+tip) are left out of the thresholds and counted in the row; every other sample is held to them. A
+failing row names its failing samples with their closeness: a few units may be a near-tie that the
+estimate understated (it is another half-precision run's rounding, not the runtime's), tens point to
+the runtime.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..checks.parity import Comparison, StoredComparison, compare
+from ..checks.parity import NEAR_TIE, Comparison, StoredComparison, compare, failing
 from ..runtime import Runner
 from .inputs import PHOTOS, RANDOM_SEED, batches, held_out, random_images
 
@@ -36,6 +41,7 @@ class References:
     logits: np.ndarray  # [n, classes] float32, PyTorch fp32 on inputs.astype(float32)
     kept: list[np.ndarray]  # per reduction, [n, k] kept-token indices (empty for dense models)
     fp16_sensitive: Optional[np.ndarray]  # [n] bool, or None for dense models
+    fp16_closeness: Optional[np.ndarray] = None  # [n] float32, or None for dense models (and older bundles)
 
 
 FP16_HELD = 16  # samples an fp16 check on stored references should hold to the thresholds
@@ -50,20 +56,21 @@ def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> Referenc
     choice within fp16 rounding; where the held-out inputs leave fewer than FP16_HELD of those (DiffRate
     has choices near the cut on most inputs), more seeded random images are added, up to MAX_SAMPLES."""
     x, labels = held_out(model, size)
-    logits, kept, sensitive = _answers(model, x)
-    while sensitive is not None and len(labels) < MAX_SAMPLES and (~sensitive).sum() < FP16_HELD:
+    logits, kept, closeness = _answers(model, x)
+    while closeness is not None and len(labels) < MAX_SAMPLES and (closeness > NEAR_TIE).sum() < FP16_HELD:
         first = len(labels) - len(PHOTOS)
         extra = random_images(TOP_UP, size, seed=RANDOM_SEED + first)
-        more_logits, more_kept, more_sensitive = _answers(model, extra)
+        more_logits, more_kept, more_closeness = _answers(model, extra)
         x, labels = torch.cat([x, extra]), labels + [f"random:{first + i}" for i in range(TOP_UP)]
         logits = np.concatenate([logits, more_logits])
         kept = [np.concatenate(pair) for pair in zip(kept, more_kept)]
-        sensitive = np.concatenate([sensitive, more_sensitive])
-    refs = References(x.half().numpy(), labels, logits, kept, sensitive)
+        closeness = np.concatenate([closeness, more_closeness])
+    sensitive = None if closeness is None else closeness <= NEAR_TIE
+    refs = References(x.half().numpy(), labels, logits, kept, sensitive, closeness)
     arrays = {"inputs": refs.inputs, "labels": np.array(labels), "logits": refs.logits}
     arrays.update({f"kept{i}": k for i, k in enumerate(refs.kept)})
-    if sensitive is not None:
-        arrays["fp16_sensitive"] = sensitive
+    if closeness is not None:
+        arrays.update(fp16_sensitive=sensitive, fp16_closeness=closeness)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
@@ -71,14 +78,14 @@ def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> Referenc
 
 
 def _answers(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], Optional[np.ndarray]]:
-    """PyTorch fp32's logits and kept indices on `x` rounded to fp16, and which samples fp16 may tip
-    (None for a dense model)."""
+    """PyTorch fp32's logits and kept indices on `x` rounded to fp16, and how close each sample's token
+    choices are to fp16 rounding (None for a dense model)."""
     from ..checks.compare import _rounding, _scored
 
     xs = x.half().float()
     (logits, *kept), decisions = _scored(model, xs)
-    sensitive = _rounding(model, xs, kept, decisions).sensitive() if kept else None
-    return logits.astype(np.float32), [k.astype(np.int16) for k in kept], sensitive
+    closeness = _rounding(model, xs, kept, decisions).closeness().astype(np.float32) if kept else None
+    return logits.astype(np.float32), [k.astype(np.int16) for k in kept], closeness
 
 
 def load(path: Path) -> Optional[References]:
@@ -86,8 +93,8 @@ def load(path: Path) -> Optional[References]:
         return None
     with np.load(path, allow_pickle=False) as z:
         kept = [z[f"kept{i}"] for i in range(sum(1 for k in z.files if k.startswith("kept")))]
-        return References(z["inputs"], [str(s) for s in z["labels"]], z["logits"], kept,
-                          z["fp16_sensitive"] if "fp16_sensitive" in z.files else None)
+        optional = {k: z[k] if k in z.files else None for k in ("fp16_sensitive", "fp16_closeness")}
+        return References(z["inputs"], [str(s) for s in z["labels"]], z["logits"], kept, **optional)
 
 
 def check(
@@ -115,8 +122,33 @@ def check(
             result.warnings.append("no sample held to the thresholds: each has a token choice within fp16 rounding")
         if not np.isfinite(out).all() and "output contains NaN or Inf" not in result.failures:
             result.failures.append("output contains NaN or Inf")
+        named = _failing_samples(refs, held, out, precision) if result.failures else ""
+        if named:
+            result.failures.append(named)
         if left_out:
             result.warnings.append(f"{left_out}/{n} samples left out: a token choice on them is within fp16 rounding, "
                                    "and this runtime's token choices are not observable")
         rows.append(StoredComparison(**vars(result), runtime=runtime, left_out=left_out))
     return rows
+
+
+SHOWN = 6  # failing samples a failure sentence names
+
+
+def _failing_samples(refs: References, held: np.ndarray, out: np.ndarray, precision: str) -> str:
+    """One sentence naming the held samples that miss the thresholds on their own, in fp16 with their closeness
+    ("" if none does)."""
+    index = np.flatnonzero(held)[failing(refs.logits[held], out[held], precision)]
+    if not index.size:
+        return ""
+    close = precision == "fp16" and refs.fp16_closeness is not None
+    if close:  # the closest to rounding first: those are the likeliest near-ties
+        index = index[np.argsort(refs.fp16_closeness[index], kind="stable")]
+    names = [refs.labels[i] + (f" ({refs.fp16_closeness[i]:.3g}x)" if close else "") for i in index[:SHOWN]]
+    more = f" and {index.size - SHOWN} more" if index.size > SHOWN else ""
+    said = f"failing samples: {', '.join(names)}{more}"
+    if close:
+        said += (f" (x: the sample's smallest fp32 token-score margin in units of PyTorch half's estimated fp16 error "
+                 f"of those scores; above {NEAR_TIE:g} it was held. A few units may be a near-tie the estimate "
+                 "understated, tens point to this runtime)")
+    return said
