@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 
 from .errors import ExporterError
+from .console import escape, make as make_console
 
 EXIT_FAILED = 1  # verification or a graph check failed
 EXIT_USAGE = 2  # the user's input is wrong
@@ -107,7 +108,7 @@ def _spec_from_args(args):
 
 def _passed(args, where) -> None:
     """The result line on stdout: PASSED, where the output is, the command's wall time."""
-    args.stdout.print(f"[bold green]PASSED[/bold green] | {where} | {time.perf_counter() - args.start:.1f}s")
+    args.stdout.print(f"[bold green]PASSED[/bold green] | {escape(str(where))} | {time.perf_counter() - args.start:.1f}s")
 
 
 def _build(args, console: Console) -> int:
@@ -181,7 +182,7 @@ def _engine(args, console: Console) -> int:
     result = build_engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
     e = result.entry
     state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
-    console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})")
+    console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})", markup=False)
     _passed(args, result.folder)
     return 0
 
@@ -242,7 +243,7 @@ def _methods(args, console: Console) -> int:
             f"{gmacs:.3f}",
             f"{dense_gmacs / gmacs:.2f}x",
         )
-    args.stdout.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs")
+    args.stdout.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs", markup=False)
     args.stdout.print(table)
     return 0
 
@@ -359,8 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
-    console = Console(stderr=True, highlight=False)  # progress, warnings and errors
-    args.stdout = Console(highlight=False)  # results: tables, the PASSED/FAILED line
+    console = make_console()
+    args.stdout = make_console(stderr=False)
     start = args.start = time.perf_counter()
     from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
     from .pipeline import BuildFailed
@@ -376,8 +377,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExporterError as e:
         if args.debug:
             raise
-        from rich.markup import escape  # messages quote pip extras like 'exporter[rtx]'
-
         console.print(f"[bold red]error:[/bold red] {escape(e.problem)}")
         if e.fix:
             console.print(f"  [bold]fix:[/bold] {escape(e.fix)}")
@@ -386,7 +385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         args.stdout.print(str(e), markup=False)
-        args.stdout.print(f"[bold red]FAILED[/bold red] | {e.where} | {time.perf_counter() - start:.1f}s")
+        args.stdout.print(f"[bold red]FAILED[/bold red] | {escape(str(e.where))} | {time.perf_counter() - start:.1f}s")
         return EXIT_FAILED
 
 

@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import onnx
 import torch
 from rich.console import Console
-from rich.markup import escape
+from .console import escape, make as make_console
 
 from . import __version__, artifacts
 from .checks import graph as graph_check
@@ -72,19 +72,19 @@ class Stages:
         start = time.perf_counter()
         outcome = Outcome()
         if not self.console.is_terminal:
-            self.console.print(f"{name} ...")
-        with self.console.status(f"{name} ..."):
+            self.console.print(f"{name} ...", markup=False)
+        with self.console.status(f"{escape(name)} ..."):
             try:
                 yield outcome
             except BaseException:
-                self.console.print(f"[red]✗[/red] {name}  ({time.perf_counter() - start:.1f}s)")
+                self.console.print(f"[red]✗[/red] {escape(name)}  ({time.perf_counter() - start:.1f}s)")
                 raise
         self.durations[name] = round(time.perf_counter() - start, 3)
         if outcome.problems:
             found = f"{outcome.problems} problem{'s' if outcome.problems > 1 else ''}"
-            self.console.print(f"[red]✗[/red] {name}  ({self.durations[name]:.1f}s, {found})")
+            self.console.print(f"[red]✗[/red] {escape(name)}  ({self.durations[name]:.1f}s, {found})")
         else:
-            self.console.print(f"[green]✓[/green] {name}  ({self.durations[name]:.1f}s)")
+            self.console.print(f"[green]✓[/green] {escape(name)}  ({self.durations[name]:.1f}s)")
 
 
 def prepare(spec: BuildSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -99,7 +99,7 @@ def resolve(spec: BuildSpec) -> BuildSpec:
 
 
 def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] = None) -> Path:
-    console = console or Console(stderr=True)
+    console = console or make_console()
     spec = resolve(spec)
     stage = Stages(console)
     with artifacts.staging(out, spec.run_name) as tmp, artifacts.debug_dir() as debug:
@@ -120,7 +120,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             with stage("build the plugin library"):
                 library_status = build_plugin_library(tmp)
             if library_status["status"] == "skipped":
-                console.print(f"[yellow]warning[/yellow] plugin library not built: {library_status['reason']}")
+                console.print(f"[yellow]warning[/yellow] plugin library not built: {escape(library_status['reason'])}")
         with stage("store PyTorch references (references.npz) and reproduce.sh, build_engine.sh"):
             references.store(model, size, tmp / references.REFERENCES)
             scripts.write(tmp, spec, command, graphs, _git_commit())
@@ -193,7 +193,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         engines=engines,
     )
     for line in report.warnings() + report.notes:
-        stage.console.print(f"[yellow]warning[/yellow] {line}")
+        stage.console.print(f"[yellow]warning[/yellow] {escape(line)}")
     return report
 
 
@@ -210,7 +210,7 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     bundle's checkpoint at a new location. With `references_only`, only the files and the runtimes on the
     stored PyTorch references (no model, weights or network needed). `data`, a folder of labelled images,
     adds top-1/top-5 of PyTorch and every graph to the report."""
-    console = console or Console(stderr=True)
+    console = console or make_console()
     manifest, spec = bundle_check.read_manifest(bundle)
     bundle_check.check_report_path(report_to)
     engine_report.preflight_required(bundle, engine)  # `--engine` that cannot run here: refused before any work
@@ -221,7 +221,7 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     if problems:
         raise BuildFailed("the bundle does not match its manifest:\n" + "\n".join(f"- {p}" for p in problems), bundle)
     if (note := bundle_check.version_warning(manifest, __version__, _git_commit())) is not None:
-        console.print(f"[yellow]warning[/yellow] {note}")
+        console.print(f"[yellow]warning[/yellow] {escape(note)}")
     graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
     if references_only:
         report = _verify_stored(spec, bundle, graphs, stage, engine)

@@ -26,6 +26,7 @@ def no_bundle(out):
         (["--model", "deit_tiny_patch16_224", "--weights", "/nonexistent/ckpt.pth"], ["/nonexistent/ckpt.pth", "--weights random"]),
         (["--model", "deit_tiny_patch16_224", "--weights", "random", "--method", "magic"], ["Unknown method 'magic'", "evit"]),
         (["--model", "deit_tiny_patch16_224", "--weights", "random", "--batch", "4:2:8"], ["--batch '4:2:8'", "1:8:32"]),
+        (["--model", "test_vit", "--weights", "random", "--batch", "a:b:c"], ["--batch 'a:b:c'"]),  # not an emoji code
         (["--model", "deit_tiny_patch16_224", "--weights", "random", "--opset", "12"], ["Opset 12", "TensorRT 10.3"]),
         (["--model", "deit_tiny_patch16_224", "--weights", "random", "--io-fp16"], ["--io-fp16", "--precision fp16"]),
         # method parameters: every failed parse names its flag and value (issue 13 §1)
@@ -141,6 +142,16 @@ def test_checkpoint_loads(tmp_path):
     loaded = create_model("deit_tiny_patch16_224", str(ckpt))
     for k, v in src.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_paths_print_as_written(tmp_path, capsys):
+    """Brackets and colons in a user's paths are not rich markup or emoji codes (a '[/b]' used to raise)."""
+    assert main(["verify", str(tmp_path / "x[/red]:smile:")]) == 2
+    assert "x[/red]:smile: is not a bundle" in " ".join(capsys.readouterr().err.split())
+    out = tmp_path / "o[/b]"
+    assert run(out, "--model", "test_vit", "--weights", "random") == 0
+    (bundle,) = out.iterdir()
+    assert f"PASSED | {bundle} |" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

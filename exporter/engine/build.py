@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .. import artifacts, rtx_child
+from ..console import make as make_console
 from ..checks.engine_build import error_logger
 from ..errors import ExporterError
 from ..spec import BatchRange, BuildSpec
@@ -146,7 +147,7 @@ def _input(graph: Path) -> tuple[str, tuple[int, ...]]:
 
 def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSORRT, target: Optional[str] = None,
                  force: bool = False, console: Optional[Console] = None) -> EngineResult:
-    console = console or Console(stderr=True)
+    console = console or make_console()
     p, trt = plan(bundle, graph, runtime, target)
     fields = p.key_fields()
     wanted = cache.key(fields)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import artifacts
+from ..console import make as make_console
 from ..errors import ExporterError
 from ..runtime import onnx_runner
 from ..spec import BuildSpec
@@ -105,7 +106,7 @@ def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads
     from ..models import input_size
     from ..pipeline import prepare
 
-    console = console or Console(stderr=True)
+    console = console or make_console()
     manifest, dataset = check(bundle, data)
     spec = BuildSpec.from_dict(manifest["spec"])
     dense, model = prepare(spec)
