@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
-from .errors import ExporterError
+from .errors import ExporterError, out_of_memory
 from .console import escape, make as make_console
 
 EXIT_FAILED = 1  # verification or a graph check failed
@@ -374,19 +374,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         console.print(interrupted_message(e), markup=False)
         return exit_code(e)
-    except ExporterError as e:
-        if args.debug:
-            raise
-        console.print(f"[bold red]error:[/bold red] {escape(e.problem)}")
-        if e.fix:
-            console.print(f"  [bold]fix:[/bold] {escape(e.fix)}")
-        return EXIT_USAGE
     except BuildFailed as e:
         if args.debug:
             raise
         args.stdout.print(str(e), markup=False)
         args.stdout.print(f"[bold red]FAILED[/bold red] | {escape(str(e.where))} | {time.perf_counter() - start:.1f}s")
         return EXIT_FAILED
+    except Exception as e:  # the user's mistakes, and a batch too large for this machine's memory
+        error = e if isinstance(e, ExporterError) else out_of_memory(e)
+        if args.debug or error is None:
+            raise
+        console.print(f"[bold red]error:[/bold red] {escape(error.problem)}")
+        if error.fix:
+            console.print(f"  [bold]fix:[/bold] {escape(error.fix)}")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -8,3 +8,18 @@ class ExporterError(Exception):
         super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
         self.problem = problem
         self.fix = fix
+
+
+# How allocation failures read: torch's CPU allocator, onnxruntime's arena and std::bad_alloc, CUDA.
+_NO_MEMORY = ("can't allocate memory", "failed to allocate memory", "bad allocation", "bad_alloc", "out of memory")
+
+
+def out_of_memory(e: BaseException) -> "ExporterError | None":
+    """The sentence for a run that ran out of memory (a batch too large for this machine), else None: the
+    runtimes raise RuntimeError (or their own types) with the allocator's words, not MemoryError."""
+    said = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    if not isinstance(e, MemoryError) and not any(w in str(e).lower() for w in _NO_MEMORY):
+        return None
+    return ExporterError(f"ran out of memory ({said[:200]}).",
+                         "Use a smaller --batch (a dynamic range is traced at its opt and checked at min, opt and max), "
+                         "or a machine with more memory.")

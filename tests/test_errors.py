@@ -154,6 +154,25 @@ def test_paths_print_as_written(tmp_path, capsys):
     assert f"PASSED | {bundle} |" in capsys.readouterr().out
 
 
+def test_out_of_memory_is_a_sentence_and_other_errors_stay_tracebacks(tmp_path, capsys, monkeypatch):
+    """A batch too large for the machine (the allocator's RuntimeError) is exit 2 with a fix and no bundle; any other
+    unexpected error is a bug and keeps its traceback."""
+    from exporter import pipeline
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 30720000000 bytes.")
+
+    monkeypatch.setattr(pipeline, "export_graph", no_memory)
+    out = tmp_path / "out"
+    assert run(out, "--model", "test_vit", "--weights", "random") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "error: ran out of memory ([enforce fail" in err and "fix: Use a smaller --batch" in err and no_bundle(out)
+    monkeypatch.setattr(pipeline, "export_graph", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run(out, "--model", "test_vit", "--weights", "random")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_out(tmp_path, capsys):
     out = tmp_path / "ro"
