@@ -243,9 +243,3 @@ def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[st
         and p.relative_to(bundle).parts[0] not in UNHASHED_SUBTREES
     }
 
-
-def open_bundle(path: Path) -> dict:
-    """The manifest of an existing bundle, with a clear error when `path` is not one (or it is damaged)."""
-    from .verify.bundle import read_manifest
-
-    return read_manifest(path)[0]

@@ -509,6 +509,13 @@ def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
     _fails(capsys, ["engine", b, "--runtime", "tensorrt-rtx", "--target", "ampere"], "not a compute capability", "--target sm86")
     _fails(capsys, ["engine", b, "--runtime", "onnxruntime"], "--runtime 'onnxruntime' is not one of")
     _fails(capsys, ["verify", b, "--engine", "sm75"], "has no engine for 'sm75'", "python -m exporter engine")
+    damaged = tmp_path / "damaged"  # an engine is built from the graphs that were verified, or not at all
+    shutil.copytree(bundle, damaged)
+    (damaged / "model.onnx").write_bytes((damaged / "model.onnx").read_bytes()[:100])
+    engines = sorted(damaged.rglob("*.engine"))
+    _fails(capsys, ["engine", str(damaged), "--runtime", "tensorrt-rtx", "--target", "sm86"],
+           "does not match its manifest (modified since the build (sha256 differs): model.onnx)", "Copy the bundle again")
+    assert sorted(damaged.rglob("*.engine")) == engines
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     _fails(capsys, ["engine", b], "TensorRT is not installed here", "pip install 'exporter[trt]'")
 

@@ -6,7 +6,6 @@ import timm
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.errors import ExporterError
 from exporter.checks import graph as lint
 from exporter.export.onnx_export import export_onnx
 

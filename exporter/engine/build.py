@@ -32,7 +32,8 @@ from .. import artifacts, rtx_child
 from ..console import make as make_console
 from ..checks.engine_build import error_logger
 from ..errors import ExporterError
-from ..spec import BatchRange, BuildSpec
+from ..spec import BatchRange
+from ..verify.bundle import read_intact
 from . import cache, targets
 from .targets import LABEL, TENSORRT, TENSORRT_RTX
 
@@ -98,7 +99,7 @@ class Plan:
 
 def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]) -> tuple[Plan, object]:
     """Check every argument against the bundle, the runtime and the GPU present; (plan, runtime module)."""
-    manifest = artifacts.open_bundle(bundle)
+    manifest, spec = read_intact(bundle)  # an engine of the graphs that were verified
     runtime = targets.check_runtime_name(runtime)
     wanted = targets.parse_target(target) if target else None
     path = cache.graph_path(bundle, graph)
@@ -128,7 +129,6 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
                                 "TensorRT builds for the GPU it runs on.",
                                 f"Run on an {wanted} GPU, or drop --target to build for {found.target}.")
         wanted, gpu = found.target, found.name
-    spec = BuildSpec.from_dict(manifest["spec"])
     name, shape = _input(path)
     return Plan(bundle, path, plugin, runtime, version, wanted, gpu, name, shape, spec.batch), trt
 

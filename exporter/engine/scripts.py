@@ -100,7 +100,7 @@ def build_engine_script(bundle: Path, spec: BuildSpec, graphs: list[str]) -> str
     default = "fp16" if cache.GRAPHS["fp16"] in graphs else "fp32"
     return "\n".join([
         "#!/usr/bin/env bash",
-        f"# Build (and time) a TensorRT engine from this bundle with trtexec alone, no exporter needed.",
+        "# Build (and time) a TensorRT engine from this bundle with trtexec alone, no exporter needed.",
         f"# Usage: ./{BUILD_ENGINE} [{'|'.join(c for c, f in cache.GRAPHS.items() if f in graphs)}] [build|time]   (default: {default} build)",
         "# trtexec: TRTEXEC=/path/to/trtexec (JetPack: /usr/src/tensorrt/bin/trtexec); the TensorRT major version",
         "# is read from its banner ('TensorRT v100300' -> 10), or set TRT_MAJOR=10|11.",

@@ -166,7 +166,7 @@ class HiLo(nn.Module):
 
     def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         h, w = size
-        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        n = x.shape[1]
         _check_map(n, h, w, self.ws)
         if self.has_hifi and self.has_lofi:
             return torch.cat([self.hifi(x, size), self.lofi(x, size)], dim=-1)

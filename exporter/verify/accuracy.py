@@ -17,11 +17,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import artifacts
 from ..console import make as make_console
 from ..errors import ExporterError
 from ..runtime import onnx_runner
 from ..spec import BuildSpec
+from .bundle import read_manifest
 
 
 
@@ -93,7 +93,7 @@ def open_folder(data: Path, classes: int):
 
 def check(bundle: Path, data: Path):
     """The bundle's manifest and its dataset, or the error a user can fix (before verification starts)."""
-    manifest = artifacts.open_bundle(bundle)
+    manifest, _ = read_manifest(bundle)
     return manifest, open_folder(data, num_classes(manifest))
 
 

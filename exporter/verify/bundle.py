@@ -119,6 +119,15 @@ def file_problems(bundle: Path, manifest: dict) -> list[str]:
     return problems
 
 
+def read_intact(bundle: Path) -> tuple[dict, BuildSpec]:
+    """`read_manifest`, then the files against it: for commands that use a bundle's graphs without verifying them
+    again (engine, bench), so that they use the graphs that were verified."""
+    manifest, spec = read_manifest(bundle)
+    if problems := file_problems(bundle, manifest):
+        raise ExporterError(f"{bundle} does not match its manifest ({'; '.join(problems)}).", DAMAGED)
+    return manifest, spec
+
+
 def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[str]:
     """The manifest against itself and the (hash-checked) graphs; run after file_problems found none."""
     from ..export.graphs import planned
