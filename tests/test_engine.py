@@ -3,6 +3,7 @@ fabricated manifests, bad input (exit 2), stored references, reproduce.sh and bu
 import copy
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -456,6 +457,13 @@ def test_rtx_plugin_engine_in_a_child_is_the_in_process_one(plugin_bundle, in_ch
         (here / "engines/sm86-tensorrt-rtx/model.plugins.engine").read_bytes()
 
 
+def _rehash(bundle: Path, name: str) -> None:
+    """Record a file's new sha256 in the bundle's manifest."""
+    manifest = json.loads((bundle / artifacts.MANIFEST).read_text())
+    manifest["files"][name] = artifacts.sha256(bundle / name)
+    (bundle / artifacts.MANIFEST).write_text(json.dumps(manifest))
+
+
 def test_rtx_plugin_engine_failures_in_the_child_are_one_sentence(plugin_bundle, in_child, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad"
     shutil.copytree(plugin_bundle, bad)
@@ -463,10 +471,12 @@ def test_rtx_plugin_engine_failures_in_the_child_are_one_sentence(plugin_bundle,
     node = [n for n in model.graph.node if n.op_type == "TopKPrune"][0]
     [a for a in node.attribute if a.name == "fuse"][0].i = 2  # the plugin's creator refuses it
     onnx.save(model, str(bad / "model.plugins.onnx"))
+    _rehash(bad, "model.plugins.onnx")  # as if built so: `engine` refuses files that differ from the manifest first
     argv = ["engine", str(bad), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"]
     _fails(capsys, argv, "ONNX parser rejected model.plugins.onnx", f"'{node.name}' (TopKPrune)",
            "attribute 'fuse' = 2 must be 0 or 1", "Rebuild the bundle")
     (bad / cache.PLUGIN_LIBRARY).write_bytes(b"not a library")
+    _rehash(bad, cache.PLUGIN_LIBRARY)
     _fails(capsys, argv, "could not load the plugin library plugins/libexporter_plugins.so")
     # a child that dies (TensorRT-RTX aborting) leaves one sentence and no plan behind
     died = rtx_child.Child(None, None, -6, "[E] [exporter plugins] TopKPrune: oops\nterminate called without an active exception\n")
@@ -516,6 +526,14 @@ def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
     _fails(capsys, ["engine", str(damaged), "--runtime", "tensorrt-rtx", "--target", "sm86"],
            "does not match its manifest (modified since the build (sha256 differs): model.onnx)", "Copy the bundle again")
     assert sorted(damaged.rglob("*.engine")) == engines
+    folder = tmp_path / "engines-folder"  # an engine folder's engine.json damaged: refused with the fix, not a traceback
+    folder.mkdir()
+    for text, said in [("{", "is not valid JSON"), ("[]", "holds no {graph file: engine entry} table"),
+                       ('{"entries": {"model.onnx": 5}}', "holds no {graph file: engine entry} table"),
+                       ('{"entries": {"model.onnx": {"engine": "model.engine"}}}', "is damaged (model.onnx lacks gpu; ")]:
+        (folder / cache.ENGINE_JSON).write_text(text)
+        with pytest.raises(ExporterError, match=re.escape(said)):
+            cache.read_folder(folder)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     _fails(capsys, ["engine", b], "TensorRT is not installed here", "pip install 'exporter[trt]'")
 
@@ -694,6 +712,8 @@ def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeyp
     (copy_ / "model.plugins.onnx").write_bytes((copy_ / "model.fp16.onnx").read_bytes())
     (copy_ / "plugins").mkdir()
     (copy_ / cache.PLUGIN_LIBRARY).write_bytes(b"\x7fELF stand-in")
+    for name in ("model.plugins.onnx", cache.PLUGIN_LIBRARY):
+        _rehash(copy_, name)
     fake.calls.clear()
     assert main(["engine", str(copy_), "--graph", "plugins"]) == 0
     names = [c[0] for c in fake.calls]

@@ -67,10 +67,10 @@ def open_bundles(paths: list[Path]) -> list[Bundle]:
     """The bundles to time, or an ExporterError naming what is wrong with one (before any work)."""
     bundles, seen = [], set()
     for path in paths:
-        manifest, spec = read_intact(path)  # time the graphs that were verified, not others
         if path.resolve() in seen:
             raise ExporterError(f"{path} is given twice.", "Pass each bundle once.")
         seen.add(path.resolve())
+        manifest, spec = read_intact(path)  # time the graphs that were verified, not others
         for g in planned(spec.precision, spec.io_fp16, spec.plugins):
             if not (path / g.file).is_file():
                 raise ExporterError(f"{path} has no {g.file}, which its build wrote: the bundle is damaged.", DAMAGED)

@@ -87,16 +87,29 @@ def key(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+# the fields of an engine entry that lookups, pre-flight checks, reports and bench read (the rest is informative)
+ENTRY_FIELDS = ("engine", "graph", "key", "key_fields", "runtime", "runtime_version", "target", "gpu", "sha256")
+
+
 def read_folder(folder: Path) -> dict:
-    """engine.json of an engine folder ({'entries': {graph file: entry}}); empty when absent."""
+    """engine.json of an engine folder ({'entries': {graph file: entry}}); empty when absent, an ExporterError
+    when damaged (not JSON, or not entries with every field in ENTRY_FIELDS)."""
     path = folder / ENGINE_JSON
     if not path.is_file():
         return {"entries": {}}
     try:
         data = artifacts.read_json(path)
     except ValueError:
-        raise ExporterError(f"{path} is not valid JSON.", f"Delete {folder} and rebuild its engines with `python -m exporter engine`.") from None
-    data.setdefault("entries", {})
+        data, what = None, "is not valid JSON"
+    else:
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+            what = "holds no {graph file: engine entry} table under 'entries'"
+        else:
+            lacking = sorted({f"{g} lacks {f}" for g, e in entries.items() for f in ENTRY_FIELDS if f not in e})
+            what = f"is damaged ({'; '.join(lacking)})" if lacking else None
+    if what:
+        raise ExporterError(f"{path} {what}.", f"Delete {folder} and rebuild its engines with `python -m exporter engine`.")
     return data
 
 
