@@ -141,11 +141,31 @@ def _nine_classes(tmp_path, split_dir):
     return nine
 
 
+def _copy(tmp_path, split_dir):
+    import shutil
+
+    return shutil.copytree(split_dir, tmp_path / "copy")
+
+
+def _not_an_image(tmp_path, split_dir):
+    data = _copy(tmp_path, split_dir)
+    sorted((data / "3").glob("*.png"))[0].write_text("not an image")
+    return data
+
+
+def _empty_class(tmp_path, split_dir):
+    data = _copy(tmp_path, split_dir)
+    (data / "zz_extra").mkdir()
+    return data
+
+
 @pytest.mark.parametrize(
     "make,expected",
     [
         (_flat, ["has no class sub-folders", "12 files", "export-split"]),
         (_nine_classes, ["has 9 class folders but the model predicts 10 classes", "sorted order"]),
+        (_not_an_image, ["copy/3/", ".png is not an image PIL can read", "Remove or replace that file"]),
+        (_empty_class, ["Found no valid file for the classes zz_extra"]),
         (lambda tmp_path, split_dir: tmp_path / "missing", ["is not a directory"]),
     ],
 )

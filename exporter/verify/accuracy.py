@@ -76,8 +76,10 @@ def open_folder(data: Path, classes: int):
     if not data.is_dir():
         raise ExporterError(f"--data {data} is not a directory.", fix)
     try:
-        dataset = ImageFolder(str(data))
-    except FileNotFoundError:
+        dataset = ImageFolder(str(data), loader=_image)
+    except FileNotFoundError as e:
+        if any(p.is_dir() for p in data.iterdir()):  # torchvision names the class folders that hold no image
+            raise ExporterError(f"--data {data}: {e}", fix) from None
         loose = sum(1 for p in data.iterdir() if p.is_file())
         raise ExporterError(
             f"--data {data} has no class sub-folders with images ({loose} files lie directly in it).", fix
@@ -88,7 +90,21 @@ def open_folder(data: Path, classes: int):
             f"Give one sub-folder per class, all {classes} of them, named so that their sorted order is the model's "
             "class order (as torchvision's ImageFolder maps them).",
         )
+    for path, _ in dataset.samples:  # headers only: a file that is no image fails here, not minutes into the run
+        _image(path, decode=False)
     return dataset
+
+
+def _image(path: str, decode: bool = True):
+    """The image at `path` as RGB (torchvision's loader), or an ExporterError naming the file PIL cannot read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB") if decode else None
+    except OSError as e:  # PIL.UnidentifiedImageError, truncated files, unreadable files
+        raise ExporterError(f"--data: {path} is not an image PIL can read ({e}).",
+                            "Remove or replace that file; every file with an image extension under --data is read.") from None
 
 
 def check(bundle: Path, data: Path):
