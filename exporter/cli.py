@@ -224,8 +224,8 @@ def _methods(args, console: Console) -> int:
     table = Table("method", "parameters", "tokens leaving each block", "GMACs", "vs dense")
     for m in methods:
         params = _parsed(m, _given(args))
-        if args.method is None and not set(params) <= {p.name for p in m.params}:
-            params = {}  # parameters meant for another method: show this one at its defaults
+        if args.method is None:  # each method takes the parameters it has; the others are another method's
+            params = {k: v for k, v in params.items() if k in {p.name for p in m.params}}
         try:
             model = apply_method(dense, m.name, **params)
         except ExporterError as e:

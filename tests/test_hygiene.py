@@ -85,6 +85,19 @@ def test_methods_table_is_on_stdout_and_debug_goes_anywhere(capsys):
     assert "tome" in capsys.readouterr().out
 
 
+def test_methods_table_gives_each_method_the_parameters_it_has(capsys, monkeypatch):
+    """Without --method, every method takes the given parameters it has (none is dropped for another's), and a bad
+    value shows in its own row."""
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    assert main(["methods", "--model", "test_vit", "--r", "5", "--keep-rate", "0.5", "--locations", "1,3"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "r=[5, 5, 5, 5, 5, 5], prop_attn=True │ 96 91 86 81 76 71" in out
+    assert "keep_rate=0.5, locations=(1, 3), fuse=True │ 101 52 52 28 28 28" in out
+    assert main(["methods", "--model", "test_vit", "--r", "5", "--keep-rate", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "r=[5, 5, 5, 5, 5, 5]" in out and "keep_rate must be in (0, 1], got 2.0" in out
+
+
 def test_stage_names_print_when_they_start_outside_a_terminal():
     from exporter.pipeline import Stages
 
