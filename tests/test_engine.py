@@ -248,6 +248,31 @@ def test_force_rebuilds(rtx_bundle, tmp_path, capsys):
     assert entries["model.onnx"]["key"] != entries["model.fp16.onnx"]["key"]
 
 
+def test_builds_into_one_engine_folder_take_turns(rtx_bundle):
+    """A second `engine` into a folder another build holds waits (and says so), then finds the engine cached: two
+    builds never share engine.json's read-modify-write or a plan's temp file."""
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from exporter.engine.build import build_engine
+
+    folder = rtx_bundle / "engines" / "sm86-tensorrt-rtx"
+    log, results = io.StringIO(), []
+    second = threading.Thread(target=lambda: results.append(
+        build_engine(rtx_bundle, None, "tensorrt-rtx", "sm86", console=Console(file=log))))
+    with cache.locked(folder, Console(file=io.StringIO())):
+        second.start()
+        for _ in range(600):  # until it is waiting: it must not get past the lock while this build holds it
+            if "waiting for another engine build" in log.getvalue():
+                break
+            second.join(0.1)
+        assert "waiting for another engine build" in log.getvalue() and not results
+    second.join(120)
+    assert len(results) == 1 and results[0].cache_hit
+
+
 def test_tensorrt_timing_cache_is_reused_or_replaced(tmp_path):
     from exporter.engine.build import _use_timing_cache
 

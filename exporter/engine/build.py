@@ -149,16 +149,21 @@ def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSO
                  force: bool = False, console: Optional[Console] = None) -> EngineResult:
     console = console or make_console()
     p, trt = plan(bundle, graph, runtime, target)
+    folder = cache.engines_dir(bundle) / targets.folder(p.target, p.runtime)
+    with cache.locked(folder, console):
+        return _build_or_reuse(p, trt, folder, force, console)
+
+
+def _build_or_reuse(p: Plan, trt, folder: Path, force: bool, console: Console) -> EngineResult:
+    """The cached engine if its key matches (and not `force`), else a new build recorded in engine.json."""
     fields = p.key_fields()
     wanted = cache.key(fields)
-    folder = cache.engines_dir(bundle) / targets.folder(p.target, p.runtime)
     engine_name = p.graph.name.removesuffix(".onnx") + ".engine"
     if not force:
         hit = cache.lookup(folder, p.graph.name, wanted)
         if hit:
             return EngineResult(folder, hit, True)
     why = _why_miss(cache.read_folder(folder)["entries"].get(p.graph.name), fields, force)
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{engine_name}.tmp"
     try:
         # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build

@@ -11,10 +11,13 @@ its version, the compute capability, and the builder flags.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import onnx
 
@@ -111,6 +114,24 @@ def read_folder(folder: Path) -> dict:
     if what:
         raise ExporterError(f"{path} {what}.", f"Delete {folder} and rebuild its engines with `python -m exporter engine`.")
     return data
+
+
+@contextlib.contextmanager
+def locked(folder: Path, console) -> Iterator[None]:
+    """Builds into one engine folder run one at a time (an exclusive flock on the folder, released when the process
+    ends however it ends): engine.json's read-modify-write and a plan's temp file are never shared, and a second
+    build of the same engine finds it cached. Creates the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"waiting for another engine build into {folder} to finish ...", markup=False)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_entry(folder: Path, graph: str, entry: dict) -> None:
