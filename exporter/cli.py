@@ -14,8 +14,9 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
-from .errors import ExporterError, out_of_memory
+from . import __version__
 from .console import escape, make as make_console
+from .errors import ExporterError, out_of_memory
 
 EXIT_FAILED = 1  # verification or a graph check failed
 EXIT_USAGE = 2  # the user's input is wrong
@@ -345,6 +346,7 @@ def parser() -> argparse.ArgumentParser:
         description="Token-reduction Vision Transformers to verified ONNX / TensorRT deployment bundles.",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"exporter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_build(sub)
     _add_engine(sub)

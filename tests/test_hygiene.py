@@ -85,6 +85,14 @@ def test_methods_table_is_on_stdout_and_debug_goes_anywhere(capsys):
     assert "tome" in capsys.readouterr().out
 
 
+def test_version(capsys):
+    from exporter import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"exporter {__version__}\n"
+
+
 def test_methods_table_gives_each_method_the_parameters_it_has(capsys, monkeypatch):
     """Without --method, every method takes the given parameters it has (none is dropped for another's), and a bad
     value shows in its own row."""
