@@ -17,13 +17,13 @@ from typing import Iterator, Optional
 import onnx
 import torch
 from rich.console import Console
-from .console import escape, make as make_console
 
 from . import __version__, artifacts
 from .checks import graph as graph_check
 from .checks import parity
 from .checks.compare import compare_graphs, verify_batches
 from .checks.parity import StoredComparison
+from .console import escape, make as make_console
 from .checks.engine_build import RtxCheck, rtx_check
 from .engine import report as engine_report
 from .engine.report import EngineRow

@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .. import artifacts, rtx_child
-from ..console import make as make_console
 from ..checks.engine_build import error_logger
+from ..console import make as make_console
 from ..errors import ExporterError
 from ..spec import BatchRange
 from ..verify.bundle import read_intact

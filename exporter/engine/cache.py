@@ -103,7 +103,7 @@ def read_folder(folder: Path) -> dict:
     try:
         data = artifacts.read_json(path)
     except ValueError:
-        data, what = None, "is not valid JSON"
+        what = "is not valid JSON"
     else:
         entries = data.get("entries") if isinstance(data, dict) else None
         if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
