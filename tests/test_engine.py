@@ -433,6 +433,20 @@ def _plugin_entry(bundle):
     return cache.read_folder(bundle / "engines" / "sm86-tensorrt-rtx")["entries"]["model.plugins.onnx"]
 
 
+def test_plugin_bundle_built_without_the_toolchain_names_why_it_has_no_library(tmp_path, capsys, monkeypatch):
+    """Where the build found no toolchain, the plugin graphs are still written and verified; `engine` on them says
+    why the library is missing and where to rebuild, instead of only 'rebuild'."""
+    pytest.importorskip("tensorrt_rtx")
+    monkeypatch.setattr(library, "missing_toolchain", lambda *a, **k: "cmake is not on PATH")
+    assert main(["build", "--model", "test_vit", "--weights", "random", "--method", "evit", "--locations", "1,3",
+                 "--batch", "2", "--plugins", "--out", str(tmp_path)]) == 0
+    (bundle,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert (bundle / "model.plugins.onnx").is_file() and not (bundle / cache.PLUGIN_LIBRARY).exists()
+    _fails(capsys, ["engine", str(bundle), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"],
+           "has model.plugins.onnx but no plugin library plugins/libexporter_plugins.so: its build skipped it "
+           "(cmake is not on PATH)", "where cmake, nvcc and TensorRT's headers are found", "--graph fp32 for the standard")
+
+
 def test_rtx_plugin_engine_is_built_reused_and_forced(plugin_bundle, in_child, tmp_path, capsys, monkeypatch):
     b = tmp_path / "b"
     shutil.copytree(plugin_bundle, b)

@@ -107,8 +107,13 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
     if cache.has_plugins(path):
         plugin = bundle / cache.PLUGIN_LIBRARY
         if not plugin.is_file():
-            raise ExporterError(f"{bundle} has {path.name} but no plugin library {cache.PLUGIN_LIBRARY}.",
-                                "Rebuild the bundle with `python -m exporter build ... --plugins`.")
+            status = manifest.get("plugin_library") or {}
+            why = f": its build skipped it ({status['reason']})" if status.get("status") == "skipped" else ""
+            standard = "fp16" if (bundle / cache.GRAPHS["fp16"]).is_file() else "fp32"
+            raise ExporterError(f"{bundle} has {path.name} but no plugin library {cache.PLUGIN_LIBRARY}{why}.",
+                                "Rebuild the bundle with `python -m exporter build ... --plugins` where cmake, nvcc and "
+                                "TensorRT's headers are found (TRT_INCLUDE_DIR; see plugins/README.md), or pass "
+                                f"--graph {standard} for the standard graph.")
     trt = targets.import_runtime(runtime)
     version = trt.__version__
     if runtime == TENSORRT_RTX:
