@@ -159,6 +159,32 @@ def _verify(args, console: Console) -> int:
     return 0
 
 
+def _add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show what a bundle holds: graphs, plugin nodes and the plugins they need, engines",
+        description="Read a bundle without running anything: its build and verdict, each graph's inputs, outputs "
+        "and operators, every plugin node with the TensorRT plugin it needs (name, version, namespace, attributes), "
+        "the engines, and whether the files still match the manifest (damaged parts are shown, not refused).",
+    )
+    p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(run=_inspect)
+
+
+def _inspect(args, console: Console) -> int:
+    import json
+
+    from .contents import describe, render
+
+    info = describe(args.bundle)
+    if args.json:
+        args.stdout.print_json(json.dumps(info))
+    else:
+        render(info, args.stdout)
+    return 0
+
+
 def _add_engine(sub) -> None:
     p = sub.add_parser(
         "engine",
@@ -351,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_engine(sub)
     _add_verify(sub)
+    _add_inspect(sub)
     _add_methods(sub)
     _add_bench(sub)
     for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it

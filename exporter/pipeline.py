@@ -18,7 +18,7 @@ import onnx
 import torch
 from rich.console import Console
 
-from . import __version__, artifacts
+from . import __version__, artifacts, contents
 from .checks import graph as graph_check
 from .checks import parity
 from .checks.compare import compare_graphs, verify_batches
@@ -316,19 +316,7 @@ def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> Flops:
 
 
 def _io(path: Path) -> dict:
-    model = onnx.load(str(path), load_external_data=False)
-
-    def describe(values):
-        return [
-            {
-                "name": v.name,
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
-            }
-            for v in values
-        ]
-
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+    return contents.io(onnx.load(str(path), load_external_data=False))
 
 
 def _git_commit(package: Path = Path(__file__).resolve().parent, timeout: float = 5.0) -> str:

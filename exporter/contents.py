@@ -1,0 +1,151 @@
+"""`inspect`: what a bundle holds, read without running anything.
+
+Its build (command, version, verdict, token schedule), each graph's inputs, outputs and operators, every
+plugin node with the TensorRT plugin it needs (name, version, namespace, attributes; whether the bundle has
+a contract and the library for it), the engines, and whether the files still match the manifest. Damaged
+parts are reported as such instead of refused, so this is also the command to run on a bundle that
+`verify` or `engine` refused (like `polygraphy inspect model`, but for a whole bundle).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from . import artifacts
+from .errors import ExporterError
+from .ops import contracts
+
+TOP_OPS = 8  # operator types listed per graph, most frequent first
+
+
+def describe(bundle: Path) -> dict[str, Any]:
+    """Everything `inspect` shows, as plain data (what `--json` prints). Only a directory that is not a bundle
+    at all (no readable manifest) is an ExporterError."""
+    from .engine import cache
+    from .verify.bundle import file_problems, read_manifest
+    from .verify.report import Report
+
+    manifest, spec = read_manifest(bundle)
+    try:
+        verdict = "PASSED" if Report.load(bundle / artifacts.REPORT_JSON).passed else "FAILED"
+    except ExporterError as e:
+        verdict = f"unreadable report: {e.problem}"
+    try:
+        engines = [{"folder": folder, **{k: e.get(k) for k in ("graph", "engine", "runtime", "runtime_version",
+                                                                  "target", "bytes", "built_at")}}
+                   for folder, e in cache.all_entries(bundle)]
+    except ExporterError as e:
+        engines = [{"folder": "?", "problem": e.problem}]
+    library = bundle / cache.PLUGIN_LIBRARY
+    return {
+        "bundle": str(bundle),
+        "run_name": manifest["run_name"],
+        "command": manifest["command"],
+        "exporter": f"{manifest['exporter_version']} ({manifest['git_commit']})",
+        "verdict": verdict,
+        "model": spec.model,
+        "method": spec.method,
+        "method_params": manifest.get("method_params"),
+        "precision": spec.precision,
+        "batch": str(spec.batch),
+        "schedule": manifest.get("schedule"),
+        "flops": manifest.get("flops"),
+        "files": {"listed": len(manifest["files"]), "problems": file_problems(bundle, manifest)},
+        "plugin_library": {"file": cache.PLUGIN_LIBRARY, "present": library.is_file(),
+                           "build": manifest.get("plugin_library")},
+        "graphs": [graph(bundle / name) for name in manifest["io"]],
+        "engines": engines,
+    }
+
+
+def graph(path: Path) -> dict[str, Any]:
+    """One ONNX graph: size on disk (with its weight files), opset, I/O, operator counts and plugin nodes."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # a missing file, or protobuf's DecodeError for a truncated or foreign one
+        return {"file": path.name, "problem": f"cannot be read as ONNX ({type(e).__name__}: {e})"}
+    weights = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    files = [path] + [path.parent / w for w in sorted(weights)]
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {
+        "file": path.name,
+        "bytes": sum(f.stat().st_size for f in files if f.is_file()),
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        **io(model),
+        "nodes": len(model.graph.node),
+        "ops": dict(ops.most_common(TOP_OPS)),
+        "plugin_nodes": [plugin_node(n) for n in model.graph.node if n.domain == contracts.DOMAIN],
+    }
+
+
+def plugin_node(node: onnx.NodeProto) -> dict[str, Any]:
+    """A custom-domain node as TensorRT's ONNX parser will look its plugin up (op_type, version, namespace)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+    known = contracts.by_plugin(node.op_type)
+    return {
+        "node": node.name,
+        "plugin": node.op_type,
+        "version": decode(attrs.pop("plugin_version", None)),
+        "namespace": decode(attrs.pop("plugin_namespace", None)),
+        "attributes": {k: decode(v) for k, v in attrs.items()},
+        "contract": f"plugins/{known.op}/contract.json" if known else None,
+    }
+
+
+def io(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """Inputs and outputs: name, numpy dtype, shape (a named dimension stays a name, e.g. 'batch')."""
+    def values(items):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in items]
+
+    return {"inputs": values(model.graph.input), "outputs": values(model.graph.output)}
+
+
+def render(info: dict[str, Any], console) -> None:
+    """`describe`'s data as indented lines (a table would truncate shapes and operator lists at 80 columns)."""
+    def shapes(values):
+        return ", ".join(f"{v['name']} {v['dtype']}[{'x'.join(map(str, v['shape']))}]" for v in values)
+
+    flops = info["flops"] or {}
+    params = ", ".join(f"{k}={v}" for k, v in (info["method_params"] or {}).items())
+    lib = info["plugin_library"]
+    lines = [
+        f"{info['run_name']}: {info['verdict']}",
+        f"  built by: {info['command']}",
+        f"  exporter {info['exporter']}",
+        f"  model {info['model']}, method {info['method']}{f' ({params})' if params else ''}, {info['precision']}, "
+        f"batch {info['batch']}",
+        *([f"  tokens leaving each block: {' '.join(map(str, info['schedule']))}"] if info["schedule"] else []),
+        *([f"  GMACs {flops['gmacs']}" + (f" of the dense model's {flops['dense_gmacs']} ({flops['ratio']}x fewer)"
+                                          if info["method"] != "none" else "")] if flops else []),
+        f"  files: {info['files']['listed']} in the manifest, "
+        + ("all match" if not info["files"]["problems"] else "; ".join(info["files"]["problems"])),
+    ]
+    for g in info["graphs"]:
+        if "problem" in g:
+            lines += [f"{g['file']}: {g['problem']}"]
+            continue
+        lines += [f"{g['file']}: {g['bytes'] / 1e6:.1f} MB, opset {g['opset']}, {g['nodes']} nodes",
+                  f"  inputs:  {shapes(g['inputs'])}", f"  outputs: {shapes(g['outputs'])}",
+                  f"  operators: {', '.join(f'{k} {v}' for k, v in g['ops'].items())}"
+                  + (", ..." if g["nodes"] > sum(g["ops"].values()) else "")]
+        for n in g["plugin_nodes"]:
+            attrs = ", ".join(f"{k}={v}" for k, v in n["attributes"].items())
+            lines += [f"  plugin node {n['node']}: {n['plugin']} version {n['version']}, namespace '{n['namespace']}'"
+                      f" ({attrs}); contract {n['contract'] or 'none: not a plugin of this exporter'}"]
+    if any(g.get("plugin_nodes") for g in info["graphs"]):
+        build = lib["build"] or {}
+        lines += [f"plugin library {lib['file']}: "
+                  + ("in the bundle" if lib["present"] else f"missing ({build.get('reason', 'not built')})")]
+    for e in info["engines"]:
+        if "problem" in e:
+            lines += [f"engines: {e['problem']}"]
+            continue
+        lines += [f"engine engines/{e['folder']}/{e['engine']}: from {e['graph']}, {e['runtime']} {e['runtime_version']} "
+                  f"for {e['target']}, {(e['bytes'] or 0) / 1e6:.1f} MB, built {e['built_at']}"]
+    for line in lines:
+        console.print(line, markup=False)
