@@ -56,7 +56,7 @@ def describe(bundle: Path) -> dict[str, Any]:
         "files": {"listed": len(manifest["files"]), "problems": file_problems(bundle, manifest)},
         "plugin_library": {"file": cache.PLUGIN_LIBRARY, "present": library.is_file(),
                            "build": manifest.get("plugin_library")},
-        "graphs": [graph(bundle / name) for name in manifest["io"]],
+        "graphs": [graph(bundle / name) for name in sorted(manifest["io"], key=lambda g: ("plugins" in g, "fp16" in g))],
         "engines": engines,
     }
 
