@@ -67,12 +67,12 @@ def graph(path: Path) -> dict[str, Any]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # a missing file, or protobuf's DecodeError for a truncated or foreign one
         return {"file": path.name, "problem": f"cannot be read as ONNX ({type(e).__name__}: {e})"}
-    weights = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    files = [path] + [path.parent / w for w in sorted(weights)]
+    from .engine.cache import graph_files
+
     ops = Counter(n.op_type for n in model.graph.node)
     return {
         "file": path.name,
-        "bytes": sum(f.stat().st_size for f in files if f.is_file()),
+        "bytes": sum(f.stat().st_size for f in graph_files(path, model) if f.is_file()),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         **io(model),
         "nodes": len(model.graph.node),
@@ -83,15 +83,16 @@ def graph(path: Path) -> dict[str, Any]:
 
 def plugin_node(node: onnx.NodeProto) -> dict[str, Any]:
     """A custom-domain node as TensorRT's ONNX parser will look its plugin up (op_type, version, namespace)."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+    from .checks.graph import attributes
+
+    attrs = attributes(node)
     known = contracts.by_plugin(node.op_type)
     return {
         "node": node.name,
         "plugin": node.op_type,
-        "version": decode(attrs.pop("plugin_version", None)),
-        "namespace": decode(attrs.pop("plugin_namespace", None)),
-        "attributes": {k: decode(v) for k, v in attrs.items()},
+        "version": attrs.pop("plugin_version", None),
+        "namespace": attrs.pop("plugin_namespace", None),
+        "attributes": attrs,
         "contract": f"plugins/{known.op}/contract.json" if known else None,
     }
 

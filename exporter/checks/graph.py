@@ -323,7 +323,7 @@ def _plugin_shapes(engine, declared: dict[str, onnx.ValueInfoProto]):
             return
         inputs = [engine.known_vi_[i] for i in node.input]
         token = inputs[0].type.tensor_type.elem_type
-        shapes = contract.output_shapes([tuple(_dims(v)) for v in inputs], _attributes(node))
+        shapes = contract.output_shapes([tuple(_dims(v)) for v in inputs], attributes(node))
         for out, spec, shape in zip(node.output, contract.outputs, shapes):
             dtype = token if spec.dtype == "T" else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
             value = onnx.helper.make_tensor_value_info(out, dtype, list(shape))
@@ -360,7 +360,7 @@ def check_tensorrt(model: ModelLike) -> list[str]:
     return problems
 
 
-def _attributes(node: onnx.NodeProto) -> dict:
+def attributes(node: onnx.NodeProto) -> dict:
     """Attribute values, strings decoded."""
     values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
@@ -412,7 +412,7 @@ def _node_problems(node: onnx.NodeProto, constants: dict) -> list[str]:
         return [f"{name} (domain '{node.domain}') has no TensorRT importer and is not a TensorRT plugin"]
     if node.domain not in _STANDARD_DOMAINS:
         return _plugin_problems(node)  # resolved through TensorRT's plugin registry at build time
-    attrs = _attributes(node)
+    attrs = attributes(node)
     if op in DATA_DEPENDENT_OPS:
         extra = "" if op in TRT_10_3_OPS else " (and TensorRT 10.3 has no importer for it)"
         return [f"{name}: its output shape depends on tensor values{extra}; keep token counts static "
@@ -458,7 +458,7 @@ def _plugin_problems(node: onnx.NodeProto) -> list[str]:
     contract = by_plugin(node.op_type)
     if contract is None:
         return [f"{name}: no plugin of this name has a contract in plugins/, so TensorRT has no creator for it"]
-    attrs = _attributes(node)
+    attrs = attributes(node)
     problems = []
     for key, want in (("plugin_version", contract.version), ("plugin_namespace", contract.namespace)):
         if str(attrs.get(key)) != want:

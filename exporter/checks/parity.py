@@ -164,7 +164,7 @@ def failing(reference: np.ndarray, candidate: np.ndarray, precision: str) -> np.
     """[samples]: which samples on their own miss the thresholds `compare` holds the batch to (NaN or Inf;
     fp32: the max abs error or top-1; fp16: the cosine or, where decisive, top-1), so a failure can name them."""
     err, cos, agree, decisive = _per_sample(reference, candidate)
-    bad = ~np.isfinite(candidate.astype(np.float64)).all(axis=1)
+    bad = ~np.isfinite(candidate).all(axis=1)
     if precision == "fp32":
         return bad | (err > FP32_MAX_ABS) | ~agree
     return bad | (cos < FP16_MIN_COSINE) | (decisive & ~agree)

@@ -62,9 +62,10 @@ def has_plugins(graph: Path) -> bool:
     return graph.name in (GRAPHS["plugins"], GRAPHS["plugins-fp16"])
 
 
-def graph_files(graph: Path) -> list[Path]:
-    """The graph and the external weight files it references (they are part of its content)."""
-    model = onnx.load(str(graph), load_external_data=False)
+def graph_files(graph: Path, model: Optional[onnx.ModelProto] = None) -> list[Path]:
+    """The graph and the external weight files it references (they are part of its content); `model` is the
+    graph already loaded, if it is."""
+    model = model or onnx.load(str(graph), load_external_data=False)
     locations = {
         entry.value
         for tensor in model.graph.initializer
