@@ -18,7 +18,7 @@ import pytest
 from exporter.ops import aot
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = ROOT / "plugins" / "common" / "kernels.h"
+HEADER = ROOT / "exporter" / "plugins" / "common" / "kernels.h"
 ARCHS = [87, 90]
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("gcc") is None, reason="needs g++/gcc")

@@ -98,7 +98,7 @@ def aot_kernels(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot_gpu")
     cpp = aot.build(out, [10 * major + minor])
     lib = out / "libexporter_kernels.so"
-    subprocess.run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", "-I", str(ROOT / "plugins" / "common"), str(cpp),
+    subprocess.run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", "-I", str(ROOT / "exporter" / "plugins" / "common"), str(cpp),
                     "-o", str(lib), "-ldl"], check=True)
     return AotKernels(ctypes.CDLL(str(lib)))
 

@@ -112,7 +112,7 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
             standard = "fp16" if (bundle / cache.GRAPHS["fp16"]).is_file() else "fp32"
             raise ExporterError(f"{bundle} has {path.name} but no plugin library {cache.PLUGIN_LIBRARY}{why}.",
                                 "Rebuild the bundle with `python -m exporter build ... --plugins` where cmake, nvcc and "
-                                "TensorRT's headers are found (TRT_INCLUDE_DIR; see plugins/README.md), or pass "
+                                "TensorRT's headers are found (TRT_INCLUDE_DIR; see exporter/plugins/README.md), or pass "
                                 f"--graph {standard} for the standard graph.")
     trt = targets.import_runtime(runtime)
     version = trt.__version__

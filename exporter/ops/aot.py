@@ -27,7 +27,7 @@ from .kernels import config
 
 DEFAULT_ARCHS = (80, 86, 87, 89, 90, 100, 120)
 DTYPES = ("fp32", "fp16")  # index = the launchers' `dtype` (0 = float32, 1 = float16)
-HEADER = Path(__file__).resolve().parents[2] / "plugins" / "common" / "kernels.h"
+HEADER = Path(__file__).resolve().parents[1] / "plugins" / "common" / "kernels.h"
 
 
 def _signature(kernel, fn, dtype: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Union
 
 from ..errors import ExporterError
 
-PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
+PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 DOMAIN = "exporter"  # ONNX domain of plugin nodes (TensorRT looks plugins up by op_type, version, namespace)
 INDEX_DTYPE = "int64"
 
@@ -104,7 +104,7 @@ def load(op: str) -> Contract:
     if not path.is_file():
         raise ExporterError(
             f"No plugin contract for token op '{op}' at {path}.",
-            "Run from a checkout of the exporter repository (plugins/ holds the contracts), or reinstall it.",
+            "The package is incomplete (exporter/plugins/ holds the contracts): reinstall it from a wheel or a checkout.",
         )
     raw = json.loads(path.read_text())
     tensors = lambda items: tuple(Tensor(t["name"], t["dtype"], tuple(t["shape"])) for t in items)  # noqa: E731

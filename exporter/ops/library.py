@@ -24,22 +24,21 @@ from typing import Optional, Sequence
 
 from ..errors import ExporterError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PLUGINS_DIR = REPO_ROOT / "plugins"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed (or checked-out) `exporter` package
+PLUGINS_DIR = PACKAGE_DIR / "plugins"
 LIBRARY_NAME = "libexporter_plugins.so"
 HOST_TEST_NAME = "exporter_plugins_host_test"
 # A100, RTX 30xx/A10, Jetson Orin, Ada, Hopper, Blackwell datacenter, Blackwell RTX. A cubin runs only on
 # its own architecture or a later minor of the same major below 9.0, so 8.0 and 8.6 need their own.
 DEFAULT_ARCHS = (80, 86, 87, 89, 90, 100, 120)
 # What kernels.cpp is generated from: a change to any of these makes a new one.
-_KERNEL_SOURCES = ("exporter/ops/aot.py", "exporter/ops/kernels/_triton.py", "exporter/ops/kernels/config.py",
-                   "exporter/ops/kernels/hilo_attention.py", "exporter/ops/kernels/launchers.cpp.in",
-                   "plugins/common/kernels.h")
+_KERNEL_SOURCES = ("ops/aot.py", "ops/kernels/_triton.py", "ops/kernels/config.py", "ops/kernels/hilo_attention.py",
+                   "ops/kernels/launchers.cpp.in", "plugins/common/kernels.h")
 
 
 def header_versions() -> dict[str, Path]:
     """TensorRT version -> include folder, for every version of the project's header collection."""
-    root = Path(os.environ.get("EXPORTER_TRT_HEADERS") or REPO_ROOT.parent / "shared" / "third_party" / "tensorrt")
+    root = Path(os.environ.get("EXPORTER_TRT_HEADERS") or PACKAGE_DIR.parents[1] / "shared" / "third_party" / "tensorrt")
     found = {p.parent.name: p for p in root.glob("*/include") if (p / "NvInferRuntime.h").is_file()}
     return dict(sorted(found.items(), key=lambda kv: _version_key(kv[0])))
 
@@ -66,8 +65,6 @@ def missing_toolchain(trt_include: Optional[Path] = None, kernels_cpp: Optional[
     kernels_cpp = kernels_cpp or _env_kernels_cpp()
     if kernels_cpp is not None:
         return None if Path(kernels_cpp).is_file() else f"the given kernels.cpp {kernels_cpp} does not exist"
-    if not (REPO_ROOT / "exporter" / "ops" / "aot.py").is_file():
-        return "this checkout has no kernel generator (exporter/ops/aot.py) to produce kernels.cpp"
     if importlib.util.find_spec("triton") is None:
         return "triton (the kernel generator's compiler) is not installed"
     return None
@@ -136,7 +133,7 @@ def generated_kernels(archs: Sequence[int], jobs: int = 2) -> Path:
 
     digest = hashlib.sha256(f"{triton.__version__} {sorted(archs)}".encode())
     for name in _KERNEL_SOURCES:
-        digest.update((REPO_ROOT / name).read_bytes())
+        digest.update((PACKAGE_DIR / name).read_bytes())
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "exporter" / "kernels" / digest.hexdigest()[:16]
     target = cache / "kernels.cpp"
     if not target.is_file():
