@@ -131,14 +131,23 @@ def _compiled_mode() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
 
 
-def build(out: Path, archs: list[int], blocks: tuple[int, ...] = config.AOT_BLOCKS, jobs: int = 0) -> Path:
-    """Compile every variant (in `jobs` processes) and write out/kernels.cpp; returns its path."""
-    jobs = jobs or min(len(os.sched_getaffinity(0)), 16)
-    todo = [(op, dtype, block, arch) for arch in archs for op in config.KERNELS for dtype in DTYPES
+def variant_keys(archs, blocks: tuple[int, ...] = config.AOT_BLOCKS) -> list[tuple]:
+    """The arguments of `compile_variant` for every variant the library holds for `archs`."""
+    return [(op, dtype, block, arch) for arch in archs for op in config.KERNELS for dtype in DTYPES
             for block in config.aot_blocks(op, blocks)]
+
+
+def compile_all(keys: list[tuple], jobs: int = 0) -> list[dict]:
+    """`compile_variant(*key)` for each key, in `jobs` processes (default: the CPUs, at most 16)."""
+    jobs = jobs or min(len(os.sched_getaffinity(0)), 16)
     # fresh (spawned) compiler processes in compiled mode: this one's triton may be the interpreter's
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_compiled_mode) as pool:
-        variants = list(pool.map(compile_variant, *zip(*todo)))
+        return list(pool.map(compile_variant, *zip(*keys)))
+
+
+def build(out: Path, archs: list[int], blocks: tuple[int, ...] = config.AOT_BLOCKS, jobs: int = 0) -> Path:
+    """Compile every variant (in `jobs` processes) and write out/kernels.cpp; returns its path."""
+    variants = compile_all(variant_keys(archs, blocks), jobs)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "kernels.cpp"
     path.write_text(render(variants, list(archs)))
