@@ -54,14 +54,21 @@ def _jit_function(kernel: config.Kernel):
     return importlib.import_module(f"{__package__}.kernels.{kernel.op}").jit_kernel()
 
 
-def compile_variant(op: str, dtype: str, block: int, arch: int) -> dict:
-    """One cubin and what its launch needs; raises if its ABI is not what launchers.cpp.in passes."""
+def launch_signature(op: str, dtype: str, block: int, arch: int) -> tuple[str, str, dict]:
+    """(kernel function, token dtype, constexprs) of a variant: what a launch of it passes, so a traced launch
+    (exporter.ops.perf) finds its variant without compiling."""
+    return config.KERNELS[op].name, dtype, config.constexprs(op, block)
+
+
+def compile_variant(op: str, dtype: str, block: int, arch: int, line_info: bool = False) -> dict:
+    """One cubin and what its launch needs; raises if its ABI is not what launchers.cpp.in passes.
+    `line_info`: keep the source line table (for exporter.ops.perf; the library's cubins go without)."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    knobs.compilation.disable_line_info = True  # line tables tripled the cubins
+    knobs.compilation.disable_line_info = not line_info  # line tables tripled the cubins
     kernel = config.KERNELS[op]
     fn = _jit_function(kernel)
     sig = _signature(kernel, fn, dtype)
@@ -137,12 +144,12 @@ def variant_keys(archs, blocks: tuple[int, ...] = config.AOT_BLOCKS) -> list[tup
             for block in config.aot_blocks(op, blocks)]
 
 
-def compile_all(keys: list[tuple], jobs: int = 0) -> list[dict]:
+def compile_all(keys: list[tuple], jobs: int = 0, line_info: bool = False) -> list[dict]:
     """`compile_variant(*key)` for each key, in `jobs` processes (default: the CPUs, at most 16)."""
-    jobs = jobs or min(len(os.sched_getaffinity(0)), 16)
+    jobs = jobs or min(len(os.sched_getaffinity(0)), 16, len(keys))
     # fresh (spawned) compiler processes in compiled mode: this one's triton may be the interpreter's
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_compiled_mode) as pool:
-        return list(pool.map(compile_variant, *zip(*keys)))
+        return list(pool.map(compile_variant, *zip(*keys), [line_info] * len(keys)))
 
 
 def build(out: Path, archs: list[int], blocks: tuple[int, ...] = config.AOT_BLOCKS, jobs: int = 0) -> Path:

@@ -180,19 +180,21 @@ class Variant:
     dynamic_shared: int  # bytes per block, requested at launch (Triton's shared memory)
     facts: KernelFacts
     meta: dict = field(default_factory=dict, repr=False, compare=False)  # compile_variant's result, less the cubin
+    sources: dict = field(default_factory=dict, repr=False, compare=False)  # address -> source lines (line_info)
 
     @property
     def arch(self) -> int:
         return int(re.match(r"sm_(\d+)", self.facts.arch).group(1))
 
 
-def variant(compiled: dict, key: tuple = ()) -> Variant:
+def variant(compiled: dict, key: tuple = (), line_info: bool = False) -> Variant:
     """A `Variant` from what `aot.compile_variant` returns (its dict with `name`, `warps`, `shared`, `cubin`)."""
     facts = read(compiled["cubin"])
     if compiled["name"] not in facts:
         raise RuntimeError(f"the cubin of {compiled['name']} holds {sorted(facts)}")
     meta = {k: v for k, v in compiled.items() if k != "cubin"}
-    return Variant(key, compiled["warps"], compiled["shared"], facts[compiled["name"]], meta)
+    sources = source_lines(compiled["cubin"]) if line_info else {}
+    return Variant(key, compiled["warps"], compiled["shared"], facts[compiled["name"]], meta, sources)
 
 
 def compile_variant(*key) -> Variant:
@@ -204,11 +206,41 @@ def compile_variant(*key) -> Variant:
     return variant(aot.compile_variant(*key), tuple(key))
 
 
-def compile_variants(keys: list[tuple], jobs: int = 0) -> list[Variant]:
-    """Many variants, compiled in fresh compiled-mode processes (`aot.compile_all`), read here."""
+def compile_variants(keys: list[tuple], jobs: int = 0, line_info: bool = False) -> list[Variant]:
+    """Many variants, compiled in fresh compiled-mode processes (`aot.compile_all`), read here; with
+    `line_info`, each keeps its source line table and `Variant.sources` maps its instructions to lines."""
     from . import aot
 
-    return [variant(c, tuple(k)) for k, c in zip(keys, aot.compile_all(keys, jobs))]
+    compiled = aot.compile_all(keys, jobs, line_info)
+    return [variant(c, tuple(k), line_info) for k, c in zip(keys, compiled)]
+
+
+Frame = tuple[str, int]  # (source file, line)
+
+
+def source_lines(cubin: bytes) -> dict[int, tuple[Frame, ...]]:
+    """Instruction address -> its source lines (a cubin of one kernel, as Triton writes them), innermost first (inlined calls: the callee's line, then each
+    call site), from `nvdisasm --print-line-info-inline` on a cubin compiled with line info."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = _run(tool("nvdisasm"), "-gi", "-c", f.name)
+    out, chain, fresh = {}, (), True
+    for line in text.splitlines():
+        m = re.match(r'\s*//## File "([^"]+)", line (\d+)(?: inlined at "([^"]+)", line (\d+))?', line)
+        if m:
+            if fresh:  # a new annotation block: the first line is the innermost frame
+                chain, fresh = (), False
+            if not chain:
+                chain = ((m.group(1), int(m.group(2))),)
+            if m.group(3):
+                chain += ((m.group(3), int(m.group(4))),)
+            continue
+        i = re.search(r"/\*([0-9a-f]{4,})\*/", line)
+        if i:
+            out[int(i.group(1), 16)] = chain
+            fresh = True
+    return out
 
 
 # ---- occupancy --------------------------------------------------------------------------------------
