@@ -36,7 +36,7 @@ def test_issue_bound_waves():
 
 @pytest.fixture(scope="module")
 def tome():
-    return perf.estimate("vit_digits", "tome", {"r": 4}, batch=8, arch="sm_90", jobs=2)
+    return perf.estimate(perf.analyse("vit_digits", "tome", {"r": 4}, arch="sm_90", jobs=2), batch=8)
 
 
 def test_estimate_of_a_reduced_model(tome):
@@ -58,9 +58,14 @@ def test_estimate_of_a_reduced_model(tome):
 
 
 def test_command_json_and_bad_input(capsys):
-    assert perf.main(["--model", "vit_digits", "--method", "evit", "--batch", "4", "--json", "--jobs", "2"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["method"] == "evit" and result["ops"] and result["gpu"]["name"] == "H100 SXM5"
-    assert perf.main(["--batch", "0"]) == 2
+    assert perf.main(["--model", "vit_digits", "--method", "evit", "--batch", "4,16", "--json", "--jobs", "2"]) == 0
+    small, large = json.loads(capsys.readouterr().out)
+    assert small["method"] == "evit" and small["ops"] and small["gpu"]["name"] == "H100 SXM5"
+    assert (small["batch"], large["batch"]) == (4, 16) and small["flops_ratio"] == large["flops_ratio"]
+    for a, b in zip(small["ops"], large["ops"]):  # 4x the images: 4x the programs and bytes
+        assert [4 * k["programs"] for k in a["kernels"]] == [k["programs"] for k in b["kernels"]]
+        assert b["memory_us"] == pytest.approx(4 * a["memory_us"])
+    assert large["dense_us"] > small["dense_us"]
+    assert perf.main(["--batch", "0"]) == 2 and perf.main(["--batch", "a"]) == 2
     assert perf.main(["--method", "nope"]) == 2
     assert "Unknown method" in capsys.readouterr().err

@@ -316,11 +316,36 @@ class OpRow:
     standard_us: float  # the same op as standard ops (the reference's lowering), by the time model
 
 
-def estimate(model_name: str, method: str, params: dict, batch: int, arch: str, precision: str = "fp16",
-             img_size: Optional[int] = None, model: Model = Model(), jobs: int = 0) -> dict:
-    """The whole estimate as plain values (what --json prints)."""
-    import torch
+@dataclass
+class Analysis:
+    """What does not depend on the batch: the model's FLOPs, its token ops' launches (traced at batch 1) and
+    their compiled variants."""
+    model_name: str
+    method: str
+    params: dict
+    img_size: Optional[int]
+    precision: str
+    gpu: GPU
+    size: tuple
+    schedule: Optional[list]
+    depth: Optional[int]
+    dense_gmacs: float
+    gmacs: float
+    calls: list  # (op, [Launch]) per token op call, in call order
+    variants: dict  # library key -> cubin.Variant (with line info)
 
+    def models(self):
+        """(dense, reduced): fresh, on the CPU (a recording moves them to the meta device)."""
+        from ..methods import apply_method
+        from ..models import create_model
+
+        dense = create_model(self.model_name, "random", 0, self.img_size)
+        return dense, apply_method(dense, self.method, **self.params)
+
+
+def analyse(model_name: str, method: str, params: dict, arch: str, precision: str = "fp16",
+            img_size: Optional[int] = None, jobs: int = 0) -> Analysis:
+    """Build the model, count its FLOPs, trace its token ops' kernels and compile their variants for `arch`."""
     from ..methods import apply_method
     from ..methods.flops import count_gmacs
     from ..models import create_model
@@ -329,28 +354,39 @@ def estimate(model_name: str, method: str, params: dict, batch: int, arch: str, 
     if arch not in GPUS:
         raise ExporterError(f"--arch {arch} has no published figures here.", f"Use one of {', '.join(GPUS)}.")
     gpu = GPUS[arch]
-    dtype = {"fp16": torch.float16, "fp32": torch.float32}[precision]
     dense = create_model(model_name, "random", 0, img_size)
     reduced = apply_method(dense, method, **params)
+    params = getattr(reduced, "params", params)
     size = _input_size(reduced)
-    fp16 = precision == "fp16"
-    dense_gmacs, gmacs = count_gmacs(dense, size), count_gmacs(reduced, size)
-    depth = len(getattr(dense, "blocks", ())) or None
-    dense_costs = record(dense, batch, dtype, size)  # (moves both models to the meta device: they share weights)
-    costs = record(reduced, batch, dtype, size)
-    calls = trace(model_name, img_size, method, reduced.params if hasattr(reduced, "params") else params, precision)
-    tokens = [c for c in costs if c.kind == "token"]
-    if [c.name for c in tokens] != [name for name, _ in calls]:
-        raise RuntimeError("the meta run and the interpreter run called different token ops")
-
+    calls = trace(model_name, img_size, method, params, precision)
     keys = sorted({library_key(launch, precision, gpu.arch) for _, launches in calls for launch in launches})
     variants = dict(zip(keys, cubin.compile_variants(keys, jobs, line_info=True))) if keys else {}
+    return Analysis(model_name, method, params, img_size, precision, gpu, size, getattr(reduced, "schedule", None),
+                    len(getattr(dense, "blocks", ())) or None, count_gmacs(dense, size), count_gmacs(reduced, size),
+                    calls, variants)
+
+
+def estimate(a: Analysis, batch: int, model: Model = Model()) -> dict:
+    """The estimate at `batch`, as plain values (what --json prints)."""
+    import torch
+
+    from . import cubin
+
+    gpu, fp16 = a.gpu, a.precision == "fp16"
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}[a.precision]
+    dense, reduced = a.models()
+    dense_costs = record(dense, batch, dtype, a.size)  # (moves both models to the meta device: they share weights)
+    dense, reduced = a.models()
+    costs = record(reduced, batch, dtype, a.size)
+    tokens = [c for c in costs if c.kind == "token"]
+    if [c.name for c in tokens] != [name for name, _ in a.calls]:
+        raise RuntimeError("the meta run and the interpreter run called different token ops")
 
     rows = []
-    for index, (cost, (name, launches)) in enumerate(zip(tokens, calls)):
+    for index, (cost, (name, launches)) in enumerate(zip(tokens, a.calls)):
         kernels, issue = [], 0.0
         for launch in launches:
-            v = variants[library_key(launch, precision, gpu.arch)]
+            v = a.variants[library_key(launch, a.precision, gpu.arch)]
             occ = cubin.occupancy(v, gpu.arch)
             per_warp = dynamic_instructions(v, launch)
             programs = launch.programs * batch
@@ -374,14 +410,14 @@ def estimate(model_name: str, method: str, params: dict, batch: int, arch: str, 
     standard_us = total(costs, sum(r.standard_us for r in rows))
     return {
         "estimate": "static estimate from compiled kernels, not a measurement (see exporter/ops/perf.py)",
-        "model": model_name, "method": method, "params": getattr(reduced, "params", params), "batch": batch,
-        "precision": precision, "arch": arch, "gpu": asdict(gpu), "assumptions": asdict(model),
-        "schedule": getattr(reduced, "schedule", None),
+        "model": a.model_name, "method": a.method, "params": a.params, "batch": batch,
+        "precision": a.precision, "arch": f"sm_{gpu.arch}", "gpu": asdict(gpu), "assumptions": asdict(model),
+        "schedule": a.schedule,
         "ops": [asdict(r) for r in rows],
-        "dense_us": dense_us, "dense_block_us": dense_us / depth if depth else None,
+        "dense_us": dense_us, "dense_block_us": dense_us / a.depth if a.depth else None,
         "reduced_us": fused_us, "reduced_standard_ops_us": standard_us,
         "speedup": dense_us / fused_us, "speedup_standard_ops": dense_us / standard_us,
-        "dense_gmacs": dense_gmacs, "gmacs": gmacs, "flops_ratio": dense_gmacs / gmacs,
+        "dense_gmacs": a.dense_gmacs, "gmacs": a.gmacs, "flops_ratio": a.dense_gmacs / a.gmacs,
     }
 
 
@@ -429,7 +465,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="deit_small_patch16_224", help="a timm ViT name or litv2_small (default %(default)s)")
     p.add_argument("--method", default="none", help="none, evit, evovit, diffrate, tome (LITv2: none, its HiLo)")
     p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", default="256", help="batch size, or several: 64,256 (--json: a list)")
     p.add_argument("--arch", default="sm_90", choices=sorted(GPUS))
     p.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
     p.add_argument("--gemm-efficiency", type=float, default=Model.gemm_efficiency)
@@ -441,20 +477,23 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     err = consoles.make()
     try:
-        if args.batch < 1 or not (0 < args.gemm_efficiency <= 1 and 0 < args.attention_efficiency <= 1):
-            raise ExporterError("--batch must be >= 1 and the efficiencies in (0, 1].", "e.g. --batch 64 --gemm-efficiency 0.6")
+        batches = [int(b) for b in args.batch.split(",")] if all(b.isdigit() for b in args.batch.split(",")) else []
+        if not batches or min(batches) < 1 or not (0 < args.gemm_efficiency <= 1 and 0 < args.attention_efficiency <= 1):
+            raise ExporterError(f"--batch {args.batch!r} must be sizes >= 1 (e.g. 64,256) and the efficiencies in (0, 1].",
+                                "e.g. --batch 64,256 --gemm-efficiency 0.6")
         params = _parsed(get_method(args.method), _given(args))
-        result = estimate(args.model, args.method, params, args.batch, args.arch, args.precision, args.img_size,
-                          Model(args.gemm_efficiency, args.attention_efficiency), args.jobs)
+        analysis = analyse(args.model, args.method, params, args.arch, args.precision, args.img_size, args.jobs)
+        results = [estimate(analysis, b, Model(args.gemm_efficiency, args.attention_efficiency)) for b in batches]
     except ExporterError as e:
         err.print(f"[red]error:[/red] {consoles.escape(str(e))}")
         return 2
     if args.json:
-        print(json.dumps(result, indent=1, default=str))
-    else:
-        out = consoles.make(stderr=False)
-        if not out.is_terminal:
-            out.width = 200  # a log keeps the table's rows whole
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=1, default=str))
+        return 0
+    out = consoles.make(stderr=False)
+    if not out.is_terminal:
+        out.width = 200  # a log keeps the table's rows whole
+    for result in results:
         _table(result, out)
     return 0
 
