@@ -69,3 +69,31 @@ def test_command_json_and_bad_input(capsys):
     assert perf.main(["--batch", "0"]) == 2 and perf.main(["--batch", "a"]) == 2
     assert perf.main(["--method", "nope"]) == 2
     assert "Unknown method" in capsys.readouterr().err
+
+
+def _ops_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_ops_bench.py"
+    spec = importlib.util.spec_from_file_location("gpu_ops_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_ops_bench_reads_estimates_and_fails_mismatches(tmp_path):
+    import torch
+
+    bench = _ops_bench()
+    rows = [{"op": "topk_prune", "tokens": [197, 140], "estimate_us": 1.0, "standard_us": 2.0}]
+    (tmp_path / "estimate.evit.json").write_text(json.dumps([{"batch": 64, "ops": rows}, {"batch": 256, "ops": []}]))
+    (tmp_path / "estimate.tome.json").write_text(json.dumps({"batch": 64, "ops": rows}))
+    assert bench.estimates(tmp_path, "evit", 64) == rows and bench.estimates(tmp_path, "evit", 256) == []
+    assert bench.estimates(tmp_path, "tome", 64) == rows and bench.estimates(tmp_path, "evovit", 64) == []
+    assert bench.estimates(None, "evit", 64) == []
+    x, idx = torch.ones(2, 3, dtype=torch.float16), torch.arange(4)
+    assert bench.mismatch((x, idx), (x + 1e-3, idx.clone()), torch.float16) == ""
+    assert "indices differ" in bench.mismatch((x, idx), (x, idx.flip(0)), torch.float16)
+    assert "max |difference|" in bench.mismatch((x, idx), (x + 1, idx), torch.float16)
+    assert "shape" in bench.mismatch(x, x[:1], torch.float16)
