@@ -322,7 +322,8 @@ class Analysis:
     their compiled variants."""
     model_name: str
     method: str
-    params: dict
+    params: dict  # as given (what apply_method takes)
+    resolved: dict  # the method's parameters with its defaults (what the model reports)
     img_size: Optional[int]
     precision: str
     gpu: GPU
@@ -356,12 +357,11 @@ def analyse(model_name: str, method: str, params: dict, arch: str, precision: st
     gpu = GPUS[arch]
     dense = create_model(model_name, "random", 0, img_size)
     reduced = apply_method(dense, method, **params)
-    params = getattr(reduced, "params", params)
     size = _input_size(reduced)
     calls = trace(model_name, img_size, method, params, precision)
     keys = sorted({library_key(launch, precision, gpu.arch) for _, launches in calls for launch in launches})
     variants = dict(zip(keys, cubin.compile_variants(keys, jobs, line_info=True))) if keys else {}
-    return Analysis(model_name, method, params, img_size, precision, gpu, size, getattr(reduced, "schedule", None),
+    return Analysis(model_name, method, params, getattr(reduced, "params", params), img_size, precision, gpu, size, getattr(reduced, "schedule", None),
                     len(getattr(dense, "blocks", ())) or None, count_gmacs(dense, size), count_gmacs(reduced, size),
                     calls, variants)
 
@@ -410,7 +410,7 @@ def estimate(a: Analysis, batch: int, model: Model = Model()) -> dict:
     standard_us = total(costs, sum(r.standard_us for r in rows))
     return {
         "estimate": "static estimate from compiled kernels, not a measurement (see exporter/ops/perf.py)",
-        "model": a.model_name, "method": a.method, "params": a.params, "batch": batch,
+        "model": a.model_name, "method": a.method, "params": a.resolved, "batch": batch,
         "precision": a.precision, "arch": f"sm_{gpu.arch}", "gpu": asdict(gpu), "assumptions": asdict(model),
         "schedule": a.schedule,
         "ops": [asdict(r) for r in rows],
