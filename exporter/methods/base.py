@@ -167,8 +167,20 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None
 
 
 def cls_attention(q: torch.Tensor, k: torch.Tensor, scale: float, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """softmax(q_cls·Kᵀ·scale + bias) in fp32: [B, heads, N], the class token's attention row."""
-    logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
+    """softmax(q_cls·Kᵀ·scale + bias) in fp32: [B, heads, N], the class token's attention row.
+
+    On a GPU, half-precision q and k go into the product as they are, with fp32 accumulation and output
+    (`bmm(..., out_dtype=float32)`, one head at a time on strided views: no fp32 or contiguous copy of k,
+    which is most of this row's cost); the products of fp16 values are exact in fp32, so this differs from
+    the fp32 route below only in summation order and in scaling after the sum. Elsewhere (the CPU, export)
+    q_cls and k are cast to fp32, which is what the ONNX graphs hold. (The meta device takes the GPU's
+    route, so exporter.ops.perf prices what a GPU runs.)
+    """
+    if k.device.type in ("cuda", "meta") and k.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype:
+        logits = torch.stack([torch.bmm(q[:, h, :1], k[:, h].transpose(-2, -1), out_dtype=torch.float32)
+                              for h in range(k.shape[1])], dim=1) * scale
+    else:
+        logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
     if bias is not None:
         logits = logits + bias.float()[:, None, None, :]
     return logits.softmax(dim=-1)[:, :, 0]
