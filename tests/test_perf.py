@@ -51,8 +51,9 @@ def test_estimate_of_a_reduced_model(tome):
         assert row["estimate_us"] == max(row["memory_us"], row["issue_us"]) > 0 and row["standard_us"] > 0
         for k in row["kernels"]:
             assert k["registers"] > 0 and k["programs"] % 8 == 0 and k["waves"] >= 1
-            assert k["instructions_per_program"] > k["instructions"]  # its loops ran more than once
             assert k["variant"][-1] == 90
+        # the op's loops ran more than once (the traced lines were found in the cubins' line tables)
+        assert any(k["instructions_per_program"] > k["instructions"] for k in row["kernels"])
     assert tome["speedup"] == pytest.approx(tome["dense_us"] / tome["reduced_us"])
     assert tome["flops_ratio"] > 1 and tome["dense_us"] > 0
 

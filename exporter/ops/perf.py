@@ -262,27 +262,33 @@ def _input_size(model) -> tuple[int, int]:
 # ---- the kernels' estimate ----------------------------------------------------------------------------
 
 def library_key(launch: Launch, precision: str, arch: int) -> tuple:
-    """The AOT library's variant that serves `launch` (its kernel, token dtype and constexprs)."""
+    """The AOT library's variant that serves `launch`: its kernel and constexprs, the token dtype (or none, for
+    a kernel that reads no tokens); the first `aot.variant_keys` lists where several do (the aligned one: the
+    launchers take it when C % 16 == 0 and the pointers are 16-byte aligned, as in these models)."""
     from . import aot
 
-    want = (launch.kernel, precision, launch.constexprs)
     for key in aot.variant_keys([arch]):
-        if aot.launch_signature(*key) == want:
+        kernel, dtype, constexprs = aot.launch_signature(*key)
+        if kernel == launch.kernel and dtype in (precision, None) and constexprs == launch.constexprs:
             return key
     raise ExporterError(f"The plugin library has no sm_{arch} variant of {launch.kernel} ({precision}, "
                         f"{launch.constexprs}) for this model.",
                         "Its token counts are beyond the library's blocks (exporter/ops/kernels/config.py).")
 
 
+def _frame(frame: tuple) -> tuple:
+    """(file name, line): a cubin from Triton's cache may name another checkout's copy of the same source."""
+    return os.path.basename(frame[0]), frame[1]
+
+
 def dynamic_instructions(variant, launch: Launch) -> float:
     """Instructions one program executes (per warp): each issued instruction times the executions of its
     source line (the longest traced suffix of its inlined call chain) per program; untraced lines once."""
-    traced = {frame for chain in launch.hits for frame in chain}
-    per_program = {chain: n / launch.programs for chain, n in launch.hits.items()}
+    per_program = {tuple(map(_frame, chain)): n / launch.programs for chain, n in launch.hits.items()}
+    traced = {frame for chain in per_program for frame in chain}
     total = 0.0
     for i in variant.facts.issued:
-        chain = tuple(f for f in variant.sources.get(i.address, ()) if (os.path.realpath(f[0]), f[1]) in traced)
-        chain = tuple((os.path.realpath(f), line) for f, line in chain)
+        chain = tuple(f for f in map(_frame, variant.sources.get(i.address, ())) if f in traced)
         count = 1.0
         for start in range(len(chain)):
             if chain[start:] in per_program:
