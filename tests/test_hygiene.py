@@ -146,3 +146,14 @@ def test_readme_lists_every_method_parameter():
     for name in list_methods():
         for param in get_method(name).params:
             assert f"`{param.flag}`" in listed, (name, param.flag)
+
+
+def test_piped_tables_are_not_wrapped(capsys):
+    """Piped (not a terminal), a table row stays on one line, so grep finds a method with its summary."""
+    from exporter.methods import get_method, list_methods
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in list_methods():
+        summary = get_method(name).summary
+        assert any(f" {name} " in line and summary in line for line in lines), name
