@@ -282,19 +282,35 @@ def _frame(frame: tuple) -> tuple:
 
 
 def dynamic_instructions(variant, launch: Launch) -> float:
-    """Instructions one program executes (per warp): each issued instruction times the executions of its
-    source line (the longest traced suffix of its inlined call chain) per program; untraced lines once."""
+    """Instructions one program executes (per warp).
+
+    An instruction runs as often per program as its source line ran in the interpreter (the longest traced
+    suffix of its inlined call chain), but no more often than its innermost SASS loop iterates (a backward
+    branch's range; its trip count is the count of the branch's own line): the compiler hoists loop-invariant
+    code out of loops keeping the line it came from, and unrolls constant-trip loops into copies that each
+    run once. Outside every loop an instruction runs at most once; untraced lines count once.
+    """
+    from .cubin import branch_target
+
     per_program = {tuple(map(_frame, chain)): n / launch.programs for chain, n in launch.hits.items()}
     traced = {frame for chain in per_program for frame in chain}
-    total = 0.0
-    for i in variant.facts.issued:
-        chain = tuple(f for f in map(_frame, variant.sources.get(i.address, ())) if f in traced)
-        count = 1.0
+
+    def count(address: int):
+        chain = tuple(f for f in map(_frame, variant.sources.get(address, ())) if f in traced)
         for start in range(len(chain)):
             if chain[start:] in per_program:
-                count = per_program[chain[start:]]
-                break
-        total += count
+                return per_program[chain[start:]]
+        return None
+
+    loops = sorted(((branch_target(i), i.address) for i in variant.facts.issued
+                    if branch_target(i) is not None and branch_target(i) < i.address), key=lambda r: r[1] - r[0])
+    trips = {loop: count(loop[1]) for loop in loops}
+    total = 0.0
+    for i in variant.facts.issued:
+        n = count(i.address)
+        inner = next((loop for loop in loops if loop[0] <= i.address <= loop[1]), None)
+        cap = 1.0 if inner is None else trips[inner]
+        total += 1.0 if n is None else n if cap is None else min(n, cap)
     return total
 
 
