@@ -153,7 +153,7 @@ def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int
     meta = {"BLOCK_M": block_m, "BLOCK_D": block_for(head_dim)}
     if qkv.is_cuda:
         with torch.cuda.device(qkv.device):
-            jit_kernel()[grid](*args, **meta, num_warps=num_warps("hilo_attention", meta["BLOCK_D"]))
+            jit_kernel()[grid](*args, **meta, num_warps=num_warps("hilo_attention_kernel", meta["BLOCK_D"]))
     else:
         from . import _interpreting
 
