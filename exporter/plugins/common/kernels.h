@@ -8,7 +8,11 @@
 //   and sizes are float32, indices int64, whatever `dtype` is.
 // - B images, N tokens in (class token first), C channels; the other sizes are the plugins'
 //   attributes (see plugins/<op>/contract.json, which also gives every output's shape).
-// - `workspace` holds at least `<name>_workspace(...)` bytes (may be null when that is 0).
+// - `workspace` holds at least `<name>_workspace(...)` bytes (may be null when that is 0): a token op is a
+//   decision kernel, which writes the op's indices and a plan there, then a movement kernel that reads it,
+//   both on `stream`. Any token count N is served (the kernels tile the tokens).
+// - Variants specialised for C % 16 == 0 and 16-byte aligned pointers (128-bit fp16 rows) are launched when
+//   the actual sizes and pointers allow, else generic ones.
 // - Returns 0 on success, otherwise a CUresult (e.g. 209, no kernel image for this GPU).
 #pragma once
 
