@@ -1,7 +1,6 @@
 """The AOT kernel library on a machine without a GPU: generated, compiled with g++, loaded with ctypes.
 
-Built once per session for two architectures and HiLo's smallest block only (the cubins compile in
-Triton without a GPU; the launch logic does not depend on how many variants there are). The launchers
+Built once per session for two architectures (the cubins compile in Triton without a GPU). The launchers
 are called in subprocesses, since the driver is resolved once per process: with no driver (a clean
 CUDA_ERROR_NOT_INITIALIZED, no crash) and with tests/fake_libcuda.c, which records each launch so the
 cubin choice per compute capability and alignment, and each op's launches (decision, then movement:
@@ -29,8 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("gcc
 @pytest.fixture(scope="session")
 def library(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot")
-    variants = [v for v in config.all_variants() if v.block in (0, 16)]
-    cpp = aot.build(out, ARCHS, variants, jobs=2)
+    cpp = aot.build(out, ARCHS, jobs=2)
     lib = out / "libexporter_kernels.so"
     subprocess.run(["g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-I", str(HEADER.parent),
                     str(cpp), "-o", str(lib), "-ldl"], check=True)
@@ -100,11 +98,11 @@ def plan(B, N):
     return [WS, WS + -(-B * config.plan_ints(N) * 4 // 256) * 256]
 
 
-def variant(source, kernel, dtype, aligned, block, arch_index):
+def variant(source, kernel, dtype, aligned, arch_index):
     """(shared, warps, cubin bytes) of a variant from the generated table and its comment."""
-    m = re.search(r"\{k%s, %d, %d, %d, %d, \"\w+\", (\d+), (\d+), reinterpret_cast<const unsigned char\*>\(kCubin(\d+)\)"
-                  % (kernel, dtype, aligned, block, arch_index), source)
-    assert m, f"no variant {kernel} {dtype} {aligned} {block} {arch_index}"
+    m = re.search(r"\{k%s, %d, %d, %d, \"\w+\", (\d+), (\d+), reinterpret_cast<const unsigned char\*>\(kCubin(\d+)\)"
+                  % (kernel, dtype, aligned, arch_index), source)
+    assert m, f"no variant {kernel} {dtype} {aligned} {arch_index}"
     size = re.search(r"(\d+) bytes\nalignas\(8\) const char kCubin%s\[\]" % m.group(3), source)
     return int(m.group(1)), int(m.group(2)), int(size.group(1))
 
@@ -150,11 +148,11 @@ def test_launch_abi_on_a_fake_sm90(library):
 
     decide, move = first["log"]
     assert decide["function"] == "tome_decide_kernel" and move["function"] == "combine_kernel"
-    shared, warps, size = variant(source, "TomeDecide", 1, 1, 0, arch)  # Cm = 16, metric aligned
+    shared, warps, size = variant(source, "TomeDecide", 1, 1, arch)  # Cm = 16, metric aligned
     assert decide["launch"] == [3, 1, 1, 32 * warps, 1, 1, shared] and decide["image"] == size
     # size, metric, size_out, src, dst, the plan, N, Cm, r, then Triton's two scratch pointers
     assert decide["params"] == [0x2000, 0x3000, 0x5000, 0x6000, 0x7000, *plan(3, 31), 31, 16, 5, 0, 0]
-    shared, warps, size = variant(source, "Combine", 1, 0, 0, arch)  # C = 20: the generic variant
+    shared, warps, size = variant(source, "Combine", 1, 0, arch)  # C = 20: the generic variant
     assert move["launch"] == [3, 2, 1, 32 * warps, 1, 1, shared] and move["image"] == size  # (B, 26 rows / 16, 20 / 64)
     assert move["params"] == [0x1000, *plan(3, 31), 0x4000, 31, 20, 26, 1, 0, 0]
     assert again["loads"] == first["loads"] == 2 and again["launches"] == 4, "a module is loaded once per context"
@@ -164,50 +162,51 @@ def test_launch_abi_on_a_fake_sm90(library):
     assert decide["params"] == [0x4000, *plan(2, 17), 17, 5, 0, 0]
     assert move["function"] == "restore_move_kernel" and move["launch"][:3] == [2, 2, 3]  # (B, 17 rows / 16, 130 / 64)
     assert move["params"] == [0x1000, 0x2000, 0x3000, *plan(2, 17), 0x5000, 17, 130, 5, 0, 0]
-    assert move["image"] == variant(source, "RestoreMove", 0, 0, 0, arch)[2]
+    assert move["image"] == variant(source, "RestoreMove", 0, 0, arch)[2]
 
     decide, move = merge["log"]  # ViT-B/16 at 384 px: 577 tokens
-    assert decide["image"] == variant(source, "DiffrateDecide", 1, 1, 0, arch)[2]
+    assert decide["image"] == variant(source, "DiffrateDecide", 1, 1, arch)[2]
     assert decide["params"] == [0x1000, 0x2000, 0x3000, 0x5000, 0x6000, 0x7000, *plan(2, 577), 577, 384, 500, 200, 0, 0]
-    assert move["launch"][:3] == [2, 13, 6] and move["image"] == variant(source, "Combine", 1, 1, 0, arch)[2]
+    assert move["launch"][:3] == [2, 13, 6] and move["image"] == variant(source, "Combine", 1, 1, arch)[2]
     assert move["params"] == [0x1000, *plan(2, 577), 0x4000, 577, 384, 200, 1, 0, 0]
 
     decide, move = unaligned["log"]  # x at 8 bytes past 16: the generic movement
     assert decide["function"] == "select_decide_kernel" and decide["launch"][:3] == [2, 1, 1]
     assert decide["params"] == [0x2000, 0x4000, *plan(2, 17), 17, 4, 1, 0, 0]
-    assert move["image"] == variant(source, "Combine", 0, 0, 0, arch)[2]
+    assert move["image"] == variant(source, "Combine", 0, 0, arch)[2]
     assert move["params"] == [0x1008, *plan(2, 17), 0x3000, 17, 16, 6, 0, 0, 0]  # norm 0: a plain sum
     decide, move = large["log"]
     assert decide["launch"][:3] == [2, -(-1026 // config.DECIDE["BLOCK_I"]), 1]
-    assert move["image"] == variant(source, "Combine", 0, 1, 0, arch)[2]
-    assert variant(source, "Combine", 0, 1, 0, arch)[2] != variant(source, "Combine", 0, 0, 0, arch)[2], \
+    assert move["image"] == variant(source, "Combine", 0, 1, arch)[2]
+    assert variant(source, "Combine", 0, 1, arch)[2] != variant(source, "Combine", 0, 0, arch)[2], \
         "aligned and generic cubins must differ for the image sizes to tell them apart"
 
 
 def test_hilo_attention_launch_abi(library):
     """A 14x14 map in 2x2 windows (49 windows, 16 a program: 4 programs) of 2 heads of 16 channels, 3 images:
-    grid (4, 3 * 2); windows over 8x8 and heads wider than every compiled block are refused."""
+    grid (4, 3 * 2), the aligned variant; a head dim of 24 the generic one; any head dim; windows over 8x8 refused."""
     lib, fake, source = library
 
     def hilo(C=32, window=2, heads=2):
         args = [0x10, 1, 3, 14, 14, C, window, heads, 0x1000, 0x2000, 0x3000, 0]
         return ["exporter_hilo_attention", args, [P] + [I] * 7 + [P] * 4, [[P] * 3 + [I] * 6 + [P, P]]]
 
-    ok, wide, big = call(lib, fake, [hilo(), hilo(window=9), hilo(C=64)], cc=90)
+    ok, odd, wide, big = call(lib, fake, [hilo(), hilo(C=48), hilo(window=9), hilo(C=512)], cc=90)
     assert ok["rc"] == 0 and ok["log"][0]["function"] == "hilo_attention_kernel"
-    shared, warps, _ = variant(source, "HiloAttention", 1, 0, 16, ARCHS.index(90))
-    assert ok["log"][0]["launch"] == [4, 6, 1, 32 * warps, 1, 1, shared]
+    shared, warps, size = variant(source, "HiloAttention", 1, 1, ARCHS.index(90))
+    assert ok["log"][0]["launch"] == [4, 6, 1, 32 * warps, 1, 1, shared] and ok["log"][0]["image"] == size
     # qkv, pad, out, H, W, S, HEADS, HD, WINDOWS, then Triton's two scratch pointers
     assert ok["log"][0]["params"] == [0x1000, 0x2000, 0x3000, 14, 14, 2, 2, 16, 16, 0, 0]
-    assert wide["rc"] == 1 and big["rc"] == 1 and big["launches"] == 1  # head dim 32: only block 16 is built
+    assert odd["rc"] == 0 and odd["log"][0]["image"] == variant(source, "HiloAttention", 1, 0, ARCHS.index(90))[2]
+    assert wide["rc"] == 1 and big["rc"] == 0 and big["log"][0]["params"][7] == 256
 
 
 def test_preload_loads_every_kernel_of_the_gpu_once(library):
     """After the preload no launch loads a module (a load inside a CUDA-graph capture would fail)."""
     lib, fake, source = library
-    variants = len(re.findall(r"\{k\w+, -?\d+, \d+, \d+, %d, \"" % ARCHS.index(90), source))
+    variants = len(re.findall(r"\{k\w+, -?\d+, \d+, %d, \"" % ARCHS.index(90), source))
     preload, launch = call(lib, fake, [["exporter_kernels_preload", [], [], []], topk()], cc=90)
-    assert variants == len([v for v in config.all_variants() if v.block in (0, 16)])
+    assert variants == len(config.all_variants())
     assert preload["rc"] == 0 and preload["loads"] == variants
     assert launch["rc"] == 0 and launch["loads"] == variants and launch["launches"] == 2
     (missing,) = call(lib, fake, [["exporter_kernels_preload", [], [], []]], cc=100)
@@ -223,4 +222,4 @@ def test_cubin_choice_per_compute_capability(library, cc, rc):
     if rc == 0:
         decide, move = result["log"]
         assert decide["params"][:7] == [0x2000, 0x4000, *plan(2, 17), 17, 4, 1]
-        assert move["image"] == variant(source, "Combine", 0, 1, 0, ARCHS.index(87))[2]
+        assert move["image"] == variant(source, "Combine", 0, 1, ARCHS.index(87))[2]

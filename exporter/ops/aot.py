@@ -69,8 +69,8 @@ def compile_variant(variant: config.Variant, arch: int) -> dict:
         raise RuntimeError(f"{kernel.name} takes {params}, config.KERNELS says {kernel.params}")
     # what the JIT derives for C % 16 == 0 and 16-byte aligned pointers: 128-bit fp16 rows
     attrs = {(fn.arg_names.index(p),): [["tt.divisibility", 16]] for p in kernel.aligned} if variant.aligned else {}
-    warps = config.num_warps(kernel.name, variant.block)
-    source = ASTSource(fn=fn, signature=sig, constexprs=config.constexprs(kernel.name, variant.block), attrs=attrs)
+    warps = config.num_warps(kernel.name)
+    source = ASTSource(fn=fn, signature=sig, constexprs=config.constexprs(kernel.name), attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     md = compiled.metadata
     if md.global_scratch_size or md.profile_scratch_size or md.num_ctas != 1 or md.launch_cooperative_grid or md.launch_pdl:
@@ -123,19 +123,19 @@ def render(compiled: list[dict], archs: list[int]) -> str:
         "size_t plan_floats(int n) { return " + _words(config.plan_floats) + "; }",
         "",
         "struct Variant {",
-        "  int kernel, dtype, aligned, block, arch;  // dtype -1: any (reads no token tensor); arch: index into kArchs",
+        "  int kernel, dtype, aligned, arch;  // dtype -1: any (reads no token tensor); arch: index into kArchs",
         "  const char* name;", "  int shared, warps;", "  const unsigned char* cubin;", "};", "",
     ]
     for i, c in enumerate(compiled):
         v = c["variant"]
-        lines.append(f"// {c['name']} {v.dtype or 'any'}{' aligned' if v.aligned else ''}"
-                     f"{f' block {v.block}' if v.block else ''} sm_{c['arch']}: {len(c['cubin'])} bytes")
+        lines.append(f"// {c['name']} {v.dtype or 'any'}{' aligned' if v.aligned else ''} sm_{c['arch']}: "
+                     f"{len(c['cubin'])} bytes")
         lines.append(f"alignas(8) const char kCubin{i}[] =\n{_bytes_literal(c['cubin'])};")
     lines += ["", f"constexpr int kNumVariants = {len(compiled)};", "const Variant kVariants[kNumVariants] = {"]
     for i, c in enumerate(compiled):
         v = c["variant"]
         dtype = -1 if v.dtype is None else config.DTYPES.index(v.dtype)
-        lines.append(f"    {{{_enum(v.kernel)}, {dtype}, {int(v.aligned)}, {v.block}, {archs.index(c['arch'])}, "
+        lines.append(f"    {{{_enum(v.kernel)}, {dtype}, {int(v.aligned)}, {archs.index(c['arch'])}, "
                      f"\"{c['name']}\", {c['shared']}, {c['warps']}, reinterpret_cast<const unsigned char*>(kCubin{i})}},")
     lines += ["};", "", "}  // namespace", ""]
     return "\n".join(lines) + (Path(__file__).with_name("kernels") / "launchers.cpp.in").read_text()

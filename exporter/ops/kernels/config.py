@@ -4,10 +4,10 @@ the variants compiled ahead of time. The Python launches (`kernels/__init__.py`)
 
 Every token op is a decision kernel and a movement kernel (`_triton.py` says why); HiLo's attention
 is one fused kernel. The tiles are fixed, so no token count needs a variant of its own: a kernel's
-variants differ only by the token dtype (kernels reading no token tensor have one), by "aligned" (the
-parameters in `Kernel.aligned` hinted divisible by 16, as the JIT specialises C % 16 == 0 and 16-byte
-aligned pointers, which is what gives fp16 rows 128-bit loads; chosen at launch, with the generic
-variant as fallback), and for HiLo by the head-dim block.
+variants differ only by the token dtype (kernels reading no token tensor have one) and by "aligned"
+(the parameters in `Kernel.aligned` hinted divisible by 16, as the JIT specialises C % 16 == 0 and
+16-byte aligned pointers, which is what gives fp16 rows 128-bit loads; chosen at launch, with the
+generic variant as fallback). HiLo's head dim is looped over in chunks, so it needs no variant either.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ DTYPES = ("fp32", "fp16")  # index = the C launchers' `dtype` (0 = float32, 1 = 
 MOVE_ROWS = 16  # movement tiles: [MOVE_ROWS, MOVE_C] output rows x channels per program
 MOVE_C = 64
 HILO_ROWS = 64  # hilo_attention: window tokens packed into one program's tile (16 windows of 2x2)
-HILO_BLOCKS = (16, 32, 64, 128)  # head-dim blocks compiled ahead of time (head_dim <= 128)
+HILO_CHUNK = 16  # hilo_attention: head-dim channels per dot step
 
 DECIDE = {"BLOCK_I": 32, "BLOCK_J": 64}  # tokens decided at a time x compared at a time
 SIMILARITY = {"BLOCK_I": 32, "BLOCK_J": 32, "BLOCK_K": 16}  # ToMe/DiffRate: + channels per dot step
@@ -33,7 +33,7 @@ class Kernel:
     ops: tuple[str, ...]  # the ops that launch it
     params: tuple[str, ...]  # non-constexpr parameters, in order: the launch ABI
     pointers: dict  # parameter -> Triton pointer type ("T" = the token dtype)
-    constexprs: dict = field(default_factory=dict)  # (HiLo's come from its block: `constexprs`)
+    constexprs: dict = field(default_factory=dict)
     aligned: tuple[str, ...] = ()  # parameters the aligned variant takes as divisible by 16; () = none
     warps: int = 4
     module: str = "_triton"
@@ -62,10 +62,10 @@ KERNELS = {k.name: k for k in (
            ("x", "tokens", "moved", "plan_i", "plan_f", "out", "N", "C", "K"),
            {"x": "T", "tokens": "T", "moved": "T", "out": "T", **PLAN}, MOVE,
            aligned=("x", "tokens", "moved", "out", "C")),
-    # its BLOCK_D covers the head dim (windows of up to 8x8 fill a HILO_ROWS tile)
+    # AOT: windows of up to 8x8 fill a HILO_ROWS tile (the JIT takes larger tiles for larger windows)
     Kernel("hilo_attention_kernel", "fused", ("hilo_attention",),
            ("qkv", "pad", "out", "H", "W", "S", "HEADS", "HD", "WINDOWS"), {"qkv": "T", "pad": "T", "out": "T"},
-           module="hilo_attention"),
+           {"BLOCK_M": HILO_ROWS, "BLOCK_D": HILO_CHUNK}, aligned=("qkv", "pad", "out", "HD"), module="hilo_attention"),
 )}
 
 OPS = {op: tuple(k.name for k in KERNELS.values() if op in k.ops)  # launch order: decide, then move
@@ -78,36 +78,26 @@ class Variant:
     kernel: str
     dtype: Optional[str]  # "fp32" / "fp16"; None: the kernel reads no token tensor (one variant serves both)
     aligned: bool  # Kernel.aligned taken as divisible by 16
-    block: int = 0  # HiLo's head-dim block; 0 for the others
 
 
 def token_dtypes(kernel: str) -> tuple[Optional[str], ...]:
     return DTYPES if "T" in KERNELS[kernel].pointers.values() else (None,)
 
 
-def variants(op: str, N: Optional[int] = None, head_dim: Optional[int] = None) -> list[Variant]:
-    """The variants `op` may launch: for N tokens (any N: the tiles are fixed, so the list is the same),
-    for HiLo the head dim's block (every block when None)."""
+def variants(op: str, N: Optional[int] = None) -> list[Variant]:
+    """The variants `op` may launch for N tokens. Any N: the tiles are fixed, so the list is the same for
+    every N (the argument is checked, and is where a token-count specialisation would go)."""
     if op not in OPS:
         raise KeyError(op)
     if N is not None and N < 2:
         raise ValueError(f"{op}: N = {N} tokens")
-    out = []
-    for name in OPS[op]:
-        blocks = (block_for(head_dim),) if head_dim is not None else HILO_BLOCKS if op == "hilo_attention" else (0,)
-        for dtype in token_dtypes(name):
-            for aligned in (False, True) if KERNELS[name].aligned else (False,):
-                out += [Variant(name, dtype, aligned, block) for block in blocks]
-    return out
+    return [Variant(name, dtype, aligned) for name in OPS[op] for dtype in token_dtypes(name)
+            for aligned in ((False, True) if KERNELS[name].aligned else (False,))]
 
 
 def all_variants() -> list[Variant]:
     """Every variant of every kernel, each once (kernels shared by several ops are listed once)."""
-    seen = {}
-    for op in OPS:
-        for v in variants(op):
-            seen.setdefault(v, None)
-    return list(seen)
+    return list(dict.fromkeys(v for op in OPS for v in variants(op)))
 
 
 def block_for(need: int) -> int:
@@ -118,17 +108,11 @@ def block_for(need: int) -> int:
     return block
 
 
-def constexprs(kernel: str, block: int = 0) -> dict[str, int]:
-    """The constexpr arguments of `kernel` (HiLo's: for head-dim block `block`)."""
-    if kernel == "hilo_attention_kernel":
-        return {"BLOCK_M": HILO_ROWS, "BLOCK_D": block}
+def constexprs(kernel: str) -> dict[str, int]:
     return dict(KERNELS[kernel].constexprs)
 
 
-def num_warps(kernel: str, block: int = 0) -> int:
-    """HiLo: 8 warps from a 128 head-dim block; the others their table's."""
-    if kernel == "hilo_attention_kernel":
-        return 8 if block >= 128 else 4
+def num_warps(kernel: str) -> int:
     return KERNELS[kernel].warps
 
 
