@@ -183,20 +183,20 @@ def test_launch_abi_on_a_fake_sm90(library):
 
 
 def test_hilo_attention_launch_abi(library):
-    """A 14x14 map in 2x2 windows (49 windows, 16 a program: 4 programs) of 2 heads of 16 channels, 3 images:
-    grid (4, 3 * 2), the aligned variant; a head dim of 24 the generic one; any head dim; windows over 8x8 refused."""
+    """A 14x14 map in 2x2 windows (49 windows, 8 a program: 7 programs) of 2 heads of 16 channels, 3 images:
+    grid (7, 3 * 2), the aligned variant; a head dim of 24 the generic one; any head dim; windows over 5x5 refused."""
     lib, fake, source = library
 
     def hilo(C=32, window=2, heads=2):
         args = [0x10, 1, 3, 14, 14, C, window, heads, 0x1000, 0x2000, 0x3000, 0]
         return ["exporter_hilo_attention", args, [P] + [I] * 7 + [P] * 4, [[P] * 3 + [I] * 6 + [P, P]]]
 
-    ok, odd, wide, big = call(lib, fake, [hilo(), hilo(C=48), hilo(window=9), hilo(C=512)], cc=90)
+    ok, odd, wide, big = call(lib, fake, [hilo(), hilo(C=48), hilo(window=6), hilo(C=512)], cc=90)
     assert ok["rc"] == 0 and ok["log"][0]["function"] == "hilo_attention_kernel"
     shared, warps, size = variant(source, "HiloAttention", 1, 1, ARCHS.index(90))
-    assert ok["log"][0]["launch"] == [4, 6, 1, 32 * warps, 1, 1, shared] and ok["log"][0]["image"] == size
+    assert ok["log"][0]["launch"] == [7, 6, 1, 32 * warps, 1, 1, shared] and ok["log"][0]["image"] == size
     # qkv, pad, out, H, W, S, HEADS, HD, WINDOWS, then Triton's two scratch pointers
-    assert ok["log"][0]["params"] == [0x1000, 0x2000, 0x3000, 14, 14, 2, 2, 16, 16, 0, 0]
+    assert ok["log"][0]["params"] == [0x1000, 0x2000, 0x3000, 14, 14, 2, 2, 16, 8, 0, 0]
     assert odd["rc"] == 0 and odd["log"][0]["image"] == variant(source, "HiloAttention", 1, 0, ARCHS.index(90))[2]
     assert wide["rc"] == 1 and big["rc"] == 0 and big["log"][0]["params"][7] == 256
 

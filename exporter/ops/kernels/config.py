@@ -18,7 +18,7 @@ MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 DTYPES = ("fp32", "fp16")  # index = the C launchers' `dtype` (0 = float32, 1 = float16)
 MOVE_ROWS = 16  # movement tiles: [MOVE_ROWS, MOVE_C] output rows x channels per program
 MOVE_C = 64
-HILO_ROWS = 64  # hilo_attention: window tokens packed into one program's tile (16 windows of 2x2)
+HILO_ROWS = 32  # hilo_attention: window tokens in one program's tile (8 windows of 2x2; AOT: windows up to 5x5)
 HILO_CHUNK = 16  # hilo_attention: head-dim channels per dot step
 
 DECIDE = {"BLOCK_I": 32, "BLOCK_J": 64}  # tokens decided at a time x compared at a time
@@ -62,10 +62,11 @@ KERNELS = {k.name: k for k in (
            ("x", "tokens", "moved", "plan_i", "plan_f", "out", "N", "C", "K"),
            {"x": "T", "tokens": "T", "moved": "T", "out": "T", **PLAN}, MOVE,
            aligned=("x", "tokens", "moved", "out", "C")),
-    # AOT: windows of up to 8x8 fill a HILO_ROWS tile (the JIT takes larger tiles for larger windows)
+    # AOT: windows of up to 5x5 fill a HILO_ROWS tile (the JIT takes larger tiles for larger windows); 64 rows
+    # would take windows to 8x8 but its fp32 score/probability tiles need 183+ registers
     Kernel("hilo_attention_kernel", "fused", ("hilo_attention",),
            ("qkv", "pad", "out", "H", "W", "S", "HEADS", "HD", "WINDOWS"), {"qkv": "T", "pad": "T", "out": "T"},
-           {"BLOCK_M": HILO_ROWS, "BLOCK_D": HILO_CHUNK}, aligned=("qkv", "pad", "out", "HD"), module="hilo_attention"),
+           {"BLOCK_M": HILO_ROWS, "BLOCK_D": HILO_CHUNK}, aligned=("qkv", "pad", "out", "HD"), warps=4, module="hilo_attention"),
 )}
 
 OPS = {op: tuple(k.name for k in KERNELS.values() if op in k.ops)  # launch order: decide, then move

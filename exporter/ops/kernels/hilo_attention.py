@@ -10,7 +10,7 @@ Layout: one program = WINDOWS consecutive windows (row-major over the window gri
 image (grid: window groups x B*heads); their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r:
 window r // (s*s), token r % (s*s)), so the scores are one [BLOCK_M, BLOCK_M] tensor-core dot masked to
 the block diagonal of each window.
-For s = 2 that is 16 windows in a 64-row tile: a 16x arithmetic waste that costs nothing next to the
+For s = 2 that is 8 windows in a 32-row tile: an 8x arithmetic waste that costs nothing next to the
 memory traffic, and tl.dot's 16-row minimum would waste as much on a per-window tile. Scores, softmax and
 accumulation are fp32 (fp32 dots with input_precision="ieee", never TF32); the probabilities are rounded
 to the token dtype for the second dot, as the reference's half-precision softmax output is.
@@ -127,7 +127,7 @@ def jit_kernel(interpret: bool = False):
 
 
 def rows(window: int) -> int:
-    """BLOCK_M, the rows of a program's tile: HILO_ROWS (the AOT cubins' tile, windows up to 8x8), more for
+    """BLOCK_M, the rows of a program's tile: HILO_ROWS (the AOT cubins' tile, windows up to 5x5), more for
     larger windows (JIT only)."""
     tokens = window * window
     if tokens > MAX_WINDOW_TOKENS:

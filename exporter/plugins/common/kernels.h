@@ -62,7 +62,7 @@ int exporter_diffrate_reduce(void* stream, int dtype, int B, int N, int C, int k
 
 // LITv2 HiLo's Hi-Fi window attention (scale head_dim^-0.5, head_dim = C / heads): qkv [B, H*W, 3*C] (channels
 // q/k/v, head, head_dim), pad [3*C] (the q/k/v of a padding token), out [B, H*W, C]. Windows window x window,
-// maps they do not tile padded bottom/right with `pad` tokens. window <= 8 (any head dim), B * heads <= 65535.
+// maps they do not tile padded bottom/right with `pad` tokens. window <= 5 (any head dim), B * heads <= 65535.
 size_t exporter_hilo_attention_workspace(int dtype, int B, int H, int W, int C, int window, int heads);
 int exporter_hilo_attention(void* stream, int dtype, int B, int H, int W, int C, int window, int heads,
                             const void* qkv, const void* pad, void* out, void* workspace);

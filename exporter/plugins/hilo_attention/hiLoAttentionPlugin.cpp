@@ -24,7 +24,7 @@ enum : size_t
     kHEADS = 3
 };
 
-constexpr int32_t kMAX_WINDOW{8};    // the kernels' tiles hold 64 window tokens (kernels.h)
+constexpr int32_t kMAX_WINDOW{5};    // the kernels' tiles hold 32 window tokens (kernels.h)
 
 std::string checkAttributes(Attributes const& a)
 {
