@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .config import KERNELS, MOVE_C, MOVE_ROWS, constexprs, num_warps, plan_floats, plan_ints
+from .config import KERNELS, MOVE_C, MOVE_ROWS, constexprs, launch_options, plan_floats, plan_ints
 
 _modules: dict[str, object] = {}
 _lock = threading.RLock()
@@ -90,7 +90,7 @@ def _launch(kernel: str, device: torch.device, grid: tuple, *args) -> None:
             fn[grid](*args, **constexprs(kernel))
     else:
         with torch.cuda.device(device):
-            fn[grid](*args, **constexprs(kernel), num_warps=num_warps(kernel))
+            fn[grid](*args, **constexprs(kernel), **launch_options(kernel))
 
 
 def _plan(B: int, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,11 +147,12 @@ def restore_move_kernel(x, tokens, moved, plan_i, plan_f, out, N, C, K, BLOCK_R:
     m = om[:, None] & cm[None, :]
     taken = m & ((o == 0) | (slot >= 0))[:, None]
     waits = m & ~taken
-    tv = tl.load(tokens + b * (K + 2) * C + src[:, None] * C + c[None, :], mask=taken, other=0.0)
+    dst = out + b * N * C + o[:, None] * C + c[None, :]
+    tv = tl.load(tokens + b * (K + 2) * C + src[:, None] * C + c[None, :], mask=taken)
+    tl.store(dst, tv, mask=taken)
     xv = tl.load(x + b * N * C + o[:, None] * C + c[None, :], mask=waits, other=0.0)
     mv = tl.load(moved + b * C + c, mask=cm, other=0.0)
-    moved_x = (xv.to(tl.float32) + mv.to(tl.float32)[None, :]).to(tv.dtype)
-    tl.store(out + b * N * C + o[:, None] * C + c[None, :], tl.where(taken, tv, moved_x), mask=m)
+    tl.store(dst, (xv.to(tl.float32) + mv.to(tl.float32)[None, :]).to(out.dtype.element_ty), mask=waits)
 
 
 @triton.jit
@@ -338,7 +339,7 @@ def diffrate_decide_kernel(x, size, score, size_out, idx, dst, plan_i, plan_f, N
             t = t0 + tl.arange(0, BLOCK_J)
             tm = t < nt
             d = tl.load(dst_row + t, mask=tm, other=-1, cache_modifier=".cg")
-            tail = tl.load(idx_row + merge - 1 + t, mask=tm, other=0, cache_modifier=".cg")
+            tail = tl.load(idx_row + merge - 1 + t, mask=tm, other=0, cache_modifier=".cg").to(tl.int32)
             gain = tl.load(s_row + tail, mask=tm, other=0.0) * tl.load(sim_row + t, mask=tm, other=0.0, cache_modifier=".cg")
             onto = d[None, :] == h[:, None]
             count += tl.sum(onto.to(tl.int32), axis=1)

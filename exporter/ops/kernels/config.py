@@ -36,6 +36,7 @@ class Kernel:
     constexprs: dict = field(default_factory=dict)
     aligned: tuple[str, ...] = ()  # parameters the aligned variant takes as divisible by 16; () = none
     warps: int = 4
+    stages: int = 1  # no software pipelining: the tiles are small, and pipelined dot loops made sm_87 spill
     module: str = "_triton"
 
 
@@ -113,8 +114,9 @@ def constexprs(kernel: str) -> dict[str, int]:
     return dict(KERNELS[kernel].constexprs)
 
 
-def num_warps(kernel: str) -> int:
-    return KERNELS[kernel].warps
+def launch_options(kernel: str) -> dict[str, int]:
+    """num_warps and num_stages, the same for the JIT launches and the AOT cubins."""
+    return {"num_warps": KERNELS[kernel].warps, "num_stages": KERNELS[kernel].stages}
 
 
 def plan_ints(N: int) -> int:

@@ -27,7 +27,7 @@ import threading
 
 import torch
 
-from .config import HILO_CHUNK, HILO_ROWS, block_for, num_warps
+from .config import HILO_CHUNK, HILO_ROWS, block_for, launch_options
 
 MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
 
@@ -162,7 +162,7 @@ def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int
     meta = {"BLOCK_M": block_m, "BLOCK_D": HILO_CHUNK}
     if qkv.is_cuda:
         with torch.cuda.device(qkv.device):
-            jit_kernel()[grid](*args, **meta, num_warps=num_warps("hilo_attention_kernel"))
+            jit_kernel()[grid](*args, **meta, **launch_options("hilo_attention_kernel"))
     else:
         from . import _interpreting
 
