@@ -25,6 +25,7 @@ import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 from .kernels import config
 
@@ -53,14 +54,24 @@ def _jit_function(kernel: config.Kernel):
     return getattr(module, kernel.name) if kernel.module == "_triton" else module.jit_kernel()
 
 
-def compile_variant(variant: config.Variant, arch: int) -> dict:
-    """One cubin and what its launch needs; raises if its ABI is not what launchers.cpp.in passes."""
+def launch_signature(kernel: str, dtype: Optional[str], aligned: bool, arch: int) -> tuple[str, Optional[str], dict]:
+    """(kernel function, token dtype or None for a kernel reading no tokens, constexprs) of a variant: what a
+    launch of it passes, so a traced launch (exporter.ops.perf) finds its variant without compiling. The
+    aligned and generic variants of a kernel share it (`variant_keys` lists the aligned one first)."""
+    return kernel, dtype, config.constexprs(kernel)
+
+
+def compile_variant(kernel: str, dtype: Optional[str], aligned: bool, arch: int, line_info: bool = False) -> dict:
+    """One cubin, the variant (`config.Variant` fields) of `kernel` for `arch`, and what its launch needs;
+    raises if its ABI is not what launchers.cpp.in passes. `line_info`: keep the source line table (for
+    exporter.ops.perf; the library's cubins go without)."""
+    variant = config.Variant(kernel, dtype, aligned)
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    knobs.compilation.disable_line_info = True  # line tables tripled the cubins
+    knobs.compilation.disable_line_info = not line_info  # line tables tripled the cubins
     kernel = config.KERNELS[variant.kernel]
     fn = _jit_function(kernel)
     sig = _signature(kernel, fn, variant.dtype)
@@ -77,7 +88,8 @@ def compile_variant(variant: config.Variant, arch: int) -> dict:
     entry = re.search(r"\.entry\s+" + re.escape(md.name) + r"\s*\((.*?)\)", compiled.asm["ptx"], re.S)
     if entry is None or entry.group(1).count(".param") != len(params) + 2:
         raise RuntimeError(f"{kernel.name}: PTX entry does not take {len(params)} parameters + 2 scratch pointers")
-    return {"variant": variant, "arch": arch, "name": md.name, "shared": md.shared, "warps": md.num_warps,
+    return {"variant": variant, "kernel": variant.kernel, "role": kernel.role, "dtype": variant.dtype,
+            "aligned": variant.aligned, "arch": arch, "name": md.name, "shared": md.shared, "warps": md.num_warps,
             "cubin": compiled.asm["cubin"]}
 
 
@@ -152,14 +164,24 @@ def _compiled_mode() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
 
 
-def build(out: Path, archs: list[int], variants: list | None = None, jobs: int = 0) -> Path:
-    """Compile `variants` (default: all) for every architecture in `jobs` processes and write
-    out/kernels.cpp; returns its path."""
-    jobs = jobs or min(len(os.sched_getaffinity(0)), 16)
-    todo = [(v, arch) for arch in archs for v in (variants or config.all_variants())]
+def variant_keys(archs, variants: Optional[list] = None) -> list[tuple]:
+    """The arguments of `compile_variant` (kernel, dtype, aligned, arch) for `variants` (default: every
+    variant, `config.all_variants`) on each architecture of `archs`."""
+    return [(v.kernel, v.dtype, v.aligned, arch) for arch in archs for v in (variants or config.all_variants())]
+
+
+def compile_all(keys: list[tuple], jobs: int = 0, line_info: bool = False) -> list[dict]:
+    """`compile_variant(*key)` for each key, in `jobs` processes (default: the CPUs, at most 16)."""
+    jobs = jobs or min(len(os.sched_getaffinity(0)), 16, len(keys))
     # fresh (spawned) compiler processes in compiled mode: this one's triton may be the interpreter's
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_compiled_mode) as pool:
-        compiled = list(pool.map(compile_variant, *zip(*todo)))
+        return list(pool.map(compile_variant, *zip(*keys), [line_info] * len(keys)))
+
+
+def build(out: Path, archs: list[int], variants: Optional[list] = None, jobs: int = 0) -> Path:
+    """Compile `variants` (default: all) for every architecture in `jobs` processes and write
+    out/kernels.cpp; returns its path."""
+    compiled = compile_all(variant_keys(archs, variants), jobs)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "kernels.cpp"
     path.write_text(render(compiled, list(archs)))
