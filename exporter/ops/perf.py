@@ -265,9 +265,9 @@ def library_key(launch: Launch, precision: str, arch: int) -> tuple:
     """The AOT library's variant that serves `launch` (its kernel, token dtype and constexprs)."""
     from . import aot
 
-    want = (launch.kernel, precision, launch.constexprs)
     for key in aot.variant_keys([arch]):
-        if aot.launch_signature(*key) == want:
+        kernel, dtype, constexprs = aot.launch_signature(*key)
+        if (kernel, constexprs) == (launch.kernel, launch.constexprs) and dtype in (precision, None):  # None: no tokens read
             return key
     raise ExporterError(f"The plugin library has no sm_{arch} variant of {launch.kernel} ({precision}, "
                         f"{launch.constexprs}) for this model.",
