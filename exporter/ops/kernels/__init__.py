@@ -1,4 +1,6 @@
-"""The token ops' fused kernels, one Python function per op with the custom op's signature and results.
+"""The token ops' fused kernels, one Python function per op with the custom op's signature and results:
+each launches the op's decision kernel, then its movement kernel, sharing a plan in scratch tensors it
+allocates (`_triton.py` says why; `config.py` lists the kernels).
 
 CUDA tensors run the Triton kernels (`_triton.py`, JIT-compiled); CPU tensors run the same kernels in
 Triton's interpreter, so they are tested on machines without a GPU. Triton fixes its mode per process:
