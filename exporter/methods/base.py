@@ -221,7 +221,7 @@ class Choices:
             recorded = located(recorded)
         choice = choose(*inputs, recorded=recorded)
         if self.decisions is not None:
-            self.decisions.extend((self.reductions, what, scores, chosen) for what, scores, chosen in choice.decisions())
+            self.decisions.extend((self.reductions, *decision) for decision in choice.decisions())
         return choice
 
     def _take(self, count: int, like: Optional[torch.Tensor] = None):

@@ -29,9 +29,8 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .reference import (
-    Choice, Kept, Matching, Reduction, choose_diffrate_reduce, choose_evovit_select, choose_tome_merge, choose_topk_prune,
-)
+from .reference import Choice, Kept, Matching, Reduction
+from .reference import choose_diffrate_reduce, choose_evovit_select, choose_tome_merge, choose_topk_prune
 from .contracts import load as load_contract
 
 OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention")

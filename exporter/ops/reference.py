@@ -160,11 +160,11 @@ class Matching:
     unmerged: torch.Tensor  # [B, A - r] the other A positions, ascending (class token first)
     best: torch.Tensor  # [B, A] fp32 each A token's best cosine similarity (the class token's -inf): ranks merges
     dots: torch.Tensor  # [B, A, B'] fp32 a · b / |b|: a row's largest is the A token's partner
-    a: torch.Tensor  # [B, A, Cm] fp32 the A tokens' metric, whose norms make `dots` cosine similarities
+    metric: torch.Tensor  # [B, N, Cm] fp32 what was matched (|a| makes `dots` cosine similarities)
 
     def decisions(self) -> list[Decision]:
         """Which A tokens merge, then each one's partner (its row of similarities)."""
-        rows = gather_tokens(self.dots / self.a.norm(dim=-1, keepdim=True), self.src)
+        rows = gather_tokens(self.dots / self.metric[:, ::2].norm(dim=-1, keepdim=True), self.src)
         return [("merged tokens", self.best[:, None], self.src[:, None]), ("merge partners", rows, self.dst[..., None])]
 
 
@@ -186,7 +186,7 @@ def choose_tome_merge(metric: torch.Tensor, r: int,
     else:
         src, dst = recorded
         unmerged = _tome_rest(src, a.shape[1])
-    return Matching(src, dst, unmerged, best, dots, a)
+    return Matching(src, dst, unmerged, best, dots, metric)
 
 
 def apply_tome_merge(x: torch.Tensor, size: Optional[torch.Tensor], choice: Matching):
@@ -204,8 +204,8 @@ def apply_tome_merge(x: torch.Tensor, size: Optional[torch.Tensor], choice: Matc
     """
     n = x.shape[1]
     src, dst = choice.src, choice.dst
-    if size is None:
-        size = torch.ones_like(x[..., 0], dtype=torch.float32)
+    if size is None:  # all 1: [B, N] fp32, shaped after the metric (any [B, N] would do; the graphs read this one)
+        size = torch.ones_like(choice.metric[..., 0])
     same = (dst[:, :, None] == dst[:, None, :]).float()  # [B, r, r]: sources sharing a partner
     src_pos, dst_pos = 2 * src, 2 * dst + 1  # positions in x
     src_size = gather_tokens(size, src_pos)
