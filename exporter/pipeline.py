@@ -54,9 +54,11 @@ class BuildFailed(Exception):
 
 @dataclass
 class Outcome:
-    """What a stage found: set `problems` inside the stage and it ends with ✗ and the count, not ✓."""
+    """What a stage found: set `problems` inside the stage and it ends with ✗ and the count, not ✓; set
+    `skipped` to the reason it did nothing and it ends with a warning saying so, not ✓."""
 
     problems: int = 0
+    skipped: Optional[str] = None
 
 
 @dataclass
@@ -83,6 +85,8 @@ class Stages:
         if outcome.problems:
             found = f"{outcome.problems} problem{'s' if outcome.problems > 1 else ''}"
             self.console.print(f"[red]✗[/red] {escape(name)}  ({self.durations[name]:.1f}s, {found})")
+        elif outcome.skipped:
+            self.console.print(f"[yellow]warning[/yellow] {escape(name)} skipped: {escape(outcome.skipped)}")
         else:
             self.console.print(f"[green]✓[/green] {escape(name)}  ({self.durations[name]:.1f}s)")
 
@@ -117,10 +121,9 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
                 fp16_facts = facts if g.file == FP16 else fp16_facts
                 fold_constants(tmp / g.file)
         if spec.plugins:
-            with stage("build the plugin library"):
+            with stage("build the plugin library") as outcome:
                 library_status = build_plugin_library(tmp)
-            if library_status["status"] == "skipped":
-                console.print(f"[yellow]warning[/yellow] plugin library not built: {escape(library_status['reason'])}")
+                outcome.skipped = library_status.get("reason")
         with stage("store PyTorch references (references.npz) and reproduce.sh, build_engine.sh"):
             references.store(model, size, tmp / references.REFERENCES)
             scripts.write(tmp, spec, command, graphs, _git_commit())
