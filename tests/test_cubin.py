@@ -59,7 +59,7 @@ def test_occupancy_and_waves(copies):
 
 
 def test_library_variant_compiles_and_reads():
-    (v,) = cubin.compile_variants([aot.variant_keys([90], (16,))[0]], jobs=1)
+    (v,) = cubin.compile_variants([aot.variant_keys([90])[0]], jobs=1)
     assert v.arch == 90 and v.warps >= 1 and v.facts.instructions > 50
     assert v.facts.name in cubin.read(aot.compile_all([v.key], jobs=1)[0]["cubin"])
 

@@ -273,7 +273,7 @@ def library_key(launch: Launch, precision: str, arch: int) -> tuple:
             return key
     raise ExporterError(f"The plugin library has no sm_{arch} variant of {launch.kernel} ({precision}, "
                         f"{launch.constexprs}) for this model.",
-                        "Its token counts are beyond the library's blocks (exporter/ops/kernels/config.py).")
+                        "Its launch and exporter/ops/kernels/config.py disagree on the constexprs or dtype; fix the table.")
 
 
 def _frame(frame: tuple) -> tuple:
