@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from .config import KERNELS, MOVE_C, MOVE_ROWS, constexprs, launch_options, plan_floats, plan_ints
+from .config import KERNELS, MOVE_C, MOVE_ROWS, constexprs, is_aligned, launch_options, plan_floats, plan_ints
 
 _modules: dict[str, object] = {}
 _lock = threading.RLock()
@@ -92,7 +92,8 @@ def _launch(kernel: str, device: torch.device, grid: tuple, *args) -> None:
             fn[grid](*args, **constexprs(kernel))
     else:
         with torch.cuda.device(device):
-            fn[grid](*args, **constexprs(kernel), **launch_options(kernel))
+            aligned = is_aligned(kernel, dict(zip(KERNELS[kernel].params, args)))
+            fn[grid](*args, **constexprs(kernel), **launch_options(kernel, aligned))
 
 
 def _plan(B: int, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
