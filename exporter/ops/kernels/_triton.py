@@ -17,7 +17,9 @@ off[o] .. off[o + 1] - 1; term q reads input row tok[q] with weight w[q]. Every 
 most N (each input token is in at most one output row). `aux` is the decisions' own scratch.
 
 Ranks come from comparison counts over tiles (rank 0 = highest; ties go to the lower position, so the
-choice is deterministic); fp32 similarities use input_precision="ieee" (never TF32). A decision's
+choice is deterministic). Similarities of fp32 rows use input_precision="ieee" (never TF32); of fp16 rows,
+tensor-core dots of the fp16 values with fp32 accumulation (the products are exact in fp32, as when the
+reference casts to fp32; only the summation order differs, as it does between any two fp32 matmuls). A decision's
 phases are separated by CTA barriers and read what earlier phases wrote with L2 (.cg) loads. Scores
 must be finite (a NaN breaks the comparison ranking).
 
