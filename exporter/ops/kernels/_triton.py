@@ -165,8 +165,9 @@ def restore_move_kernel(x, tokens, moved, plan_i, plan_f, out, N, C, K, BLOCK_R:
     tv = tl.load(tokens + b * (K + 2) * C + src[:, None] * C + c[None, :], mask=taken)
     tl.store(dst, tv, mask=taken)
     xv = tl.load(x + b * N * C + o[:, None] * C + c[None, :], mask=waits, other=0.0)
-    mv = tl.load(moved + b * C + c, mask=cm, other=0.0)
-    tl.store(dst, (xv.to(tl.float32) + mv.to(tl.float32)[None, :]).to(out.dtype.element_ty), mask=waits)
+    # `moved` loaded per placeholder row (cached): in the tile's own layout, so the sum needs no conversion
+    mv = tl.load(moved + b * C + (0 * o[:, None] + c[None, :]), mask=waits, other=0.0)
+    tl.store(dst, (xv.to(tl.float32) + mv.to(tl.float32)).to(out.dtype.element_ty), mask=waits)
 
 
 @triton.jit

@@ -63,7 +63,7 @@ KERNELS = {k.name: k for k in (
     Kernel("restore_move_kernel", "move", ("evovit_restore",),
            ("x", "tokens", "moved", "plan_i", "plan_f", "out", "N", "C", "K"),
            {"x": "T", "tokens": "T", "moved": "T", "out": "T", **PLAN}, MOVE,
-           aligned=("x", "tokens", "moved", "out", "C")),
+           aligned=("x", "tokens", "moved", "out", "C"), generic_warps=8),
     # AOT: windows of up to 5x5 fill a HILO_ROWS tile (the JIT takes larger tiles for larger windows); 64 rows
     # would take windows to 8x8 but its fp32 score/probability tiles need 183+ registers
     Kernel("hilo_attention_kernel", "fused", ("hilo_attention",),
