@@ -184,16 +184,17 @@ def _sq_norms(rows_ptr, tok, live, C, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _dots(rows_ptr, tok_i, live_i, tok_j, live_j, C, BLOCK_K: tl.constexpr):
+def _dots(rows_ptr, tok_i, tok_j, C, BLOCK_K: tl.constexpr):
     """[len(tok_i), len(tok_j)] fp32 dot products of rows of a [*, C] matrix. fp16 rows: tensor-core dots of
     the fp16 values with fp32 accumulation (each product exact in fp32, as in the fp32 maths); fp32 rows:
-    IEEE fp32 (never TF32)."""
+    IEEE fp32 (never TF32). Every index must be a row of the matrix: callers point lanes past their tile's
+    end at row 0 and discard those products (so only the channels are masked here)."""
     acc = tl.zeros([tok_i.shape[0], tok_j.shape[0]], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_K):
         c = c0 + tl.arange(0, BLOCK_K)
         cm = c < C
-        vi = tl.load(rows_ptr + tok_i[:, None] * C + c[None, :], mask=live_i[:, None] & cm[None, :], other=0.0)
-        vj = tl.load(rows_ptr + tok_j[:, None] * C + c[None, :], mask=live_j[:, None] & cm[None, :], other=0.0)
+        vi = tl.load(rows_ptr + tok_i[:, None] * C + c[None, :], mask=cm[None, :], other=0.0)
+        vj = tl.load(rows_ptr + tok_j[:, None] * C + c[None, :], mask=cm[None, :], other=0.0)
         if rows_ptr.dtype.element_ty == tl.float16:
             acc = tl.dot(vi, tl.trans(vj), acc)
         else:
@@ -229,19 +230,19 @@ def tome_decide_kernel(size, metric, size_out, src, dst, plan_i, plan_f, N, Cm, 
     for a0 in range(0, na, BLOCK_I):
         ia = a0 + tl.arange(0, BLOCK_I)
         am = ia < na
-        a_norm = tl.sqrt(_sq_norms(m_row, 2 * ia, am, Cm, BLOCK_K))
         best = tl.full([BLOCK_I], float("-inf"), dtype=tl.float32)
         partner = tl.zeros([BLOCK_I], dtype=tl.int32)
         for j0 in range(0, nb, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             jm = j < nb
-            dots = _dots(m_row, 2 * ia, am, 2 * j + 1, jm, Cm, BLOCK_K)
+            dots = _dots(m_row, tl.where(am, 2 * ia, 0), tl.where(jm, 2 * j + 1, 0), Cm, BLOCK_K)
             b_scale = tl.load(b_scale_row + j, mask=jm, other=1.0, cache_modifier=".cg")
             sim = tl.where(jm[None, :], dots * b_scale[None, :], float("-inf"))
             top = tl.max(sim, axis=1)
             better = top > best
             partner = tl.where(better, j0 + tl.argmax(sim, axis=1, tie_break_left=True), partner)
             best = tl.where(better, top, best)
+        a_norm = tl.sqrt(_sq_norms(m_row, 2 * ia, am, Cm, BLOCK_K))  # after the loop: not live across it
         best = tl.where(ia == 0, float("-inf"), best / tl.where(am, a_norm, 1.0))  # the class token never merges
         tl.store(best_row + ia, best, mask=am)
         tl.store(partner_row + ia, partner, mask=am)
@@ -344,7 +345,7 @@ def diffrate_decide_kernel(x, size, score, size_out, idx, dst, plan_i, plan_f, N
             hm = h < merge
             head = tl.load(idx_row + h - 1, mask=hm & (h > 0), other=0, cache_modifier=".cg").to(tl.int32)
             h_scale = tl.load(scale_row + h, mask=hm, other=1.0, cache_modifier=".cg")
-            dots = _dots(x_img, tail, tm, head, hm, C, BLOCK_K)
+            dots = _dots(x_img, tail, head, C, BLOCK_K)  # rows past the tiles' ends: 0 (loaded with other=0)
             sim = tl.where(((h >= 1) & hm)[None, :], dots * h_scale[None, :], float("-inf"))  # never the class token
             top = tl.max(sim, axis=1)
             better = top > best
