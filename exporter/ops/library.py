@@ -147,17 +147,12 @@ def generated_kernels(folder: Path, archs: Sequence[int], variants: Optional[lis
 
 
 def served(library: Path | str) -> dict:
-    """What a plugin library serves: {"ops": {op: [dtypes]}, "archs": [...]}, from the file beside it (written
-    by `build_library`), else from the library itself (loading it: it needs no GPU, driver or TensorRT)."""
+    """What a plugin library serves: {"ops": {op: [dtypes]}, "archs": [...]} (`aot.describe` says it in words),
+    from the file beside it (written by `build_library`), else from the library's own bytes."""
     beside = Path(library).with_name(SERVED_NAME)
     if beside.is_file():
         return json.loads(beside.read_text())
     return _served_by(Path(library))
-
-
-def describe(serves: dict) -> str:
-    """`served(...)` in words, e.g. "tome_merge (fp16) on sm_87, sm_90"."""
-    return aot.describe(serves)
 
 
 def checked_archs(archs: Optional[Sequence[int]]) -> tuple[int, ...]:
@@ -190,3 +185,31 @@ def _served_by(library: Path) -> dict:
         raise ExporterError(f"{library} does not say what it serves: it was not built by exporter.ops.library.",
                             "rebuild it with exporter.ops.library.build_library")
     return json.loads(data[start:data.index(b"\0", start)].decode())
+
+
+def _run(command: list[str], step: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+        raise ExporterError(f"CMake's {step} step of the plugin library failed (exit status {done.returncode}):\n"
+                            + tail,
+                            "read the compiler's message above; check TRT_INCLUDE_DIR points at TensorRT 10 or newer")
+
+
+def _nvcc() -> Optional[str]:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return str(Path(root) / "bin" / "nvcc")
+    return None
+
+
+def _env_kernels_cpp() -> Optional[Path]:
+    value = os.environ.get("EXPORTER_KERNELS_CPP")
+    return Path(value) if value else None
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", name))
