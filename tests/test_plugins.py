@@ -23,7 +23,7 @@ from exporter.ops import contracts, library
 from exporter.checks import engine_build as rtx
 
 VERSIONS = ("10.13.3", "10.3.0", "11.1")
-ARCHS = library.DEFAULT_ARCHS  # the builds' own: kernels.cpp is generated once (cached) for all of them
+ARCHS = library.DEFAULT_ARCHS  # the builds' own: their cubins are compiled once (cached) for all of them
 SIZES = {"N": 197, "C": 64, "Cm": 32, "K": 48,  # DeiT at 224 px: 197 tokens; K: Evo-ViT's informative tokens
          "E": 192}  # HiLo's q/k/v channels: LITv2-S stage 3, 2 Hi-Fi heads of 32
 ATTRIBUTES = {  # valid values for N = 197
@@ -50,8 +50,8 @@ def test_every_contract_has_a_case():
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """Version -> (library, host test, seconds to build). All three compile the same kernels.cpp, generated
-    once per content (`library.generated_kernels`, or EXPORTER_KERNELS_CPP)."""
+    """Version -> (library, host test, seconds to build). All three compile the same kernels.cpp, its cubins
+    compiled once per content (`exporter.ops.kernel_cache`), or EXPORTER_KERNELS_CPP."""
     if MISSING is not None:
         pytest.skip(f"the plugin library cannot be built here: {MISSING}")
     headers = library.header_versions()

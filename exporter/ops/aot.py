@@ -9,11 +9,10 @@ each op's decision and movement kernels, per token dtype, generic and aligned) c
 declared in plugins/common/kernels.h (`kernels/launchers.cpp.in`) and what the library serves
 (`served`; a launch of anything else fails with CUDA_ERROR_NO_BINARY_FOR_GPU and a message).
 
-An aligned variant is compiled as the JIT specialises a launch whose
-C % 16 == 0 and pointers are 16-byte aligned (`tt.divisibility` 16 on `Kernel.aligned`); the launchers
-pick it when the actual sizes and pointers allow, else the generic one.
-Compile it with `g++ -std=c++17 -O2 -fPIC -shared -I plugins/common kernels.cpp -ldl`: the library
-does not link libcuda (it is dlopen'ed at the first launch).
+An aligned variant is compiled as the JIT specialises a launch whose C % 16 == 0 and pointers are 16-byte
+aligned (`tt.divisibility` 16 on `Kernel.aligned`); the launchers pick it when the actual sizes and pointers
+allow, else the generic one. Compile it with `g++ -std=c++17 -O2 -fPIC -shared -I plugins/common kernels.cpp
+-ldl`: the library does not link libcuda (it is dlopen'ed at the first launch).
 
 Why not triton/tools/compile.py: it asks the driver for a target even when given one, and writes a
 C file per kernel that links libcuda and exits the process on a CUDA error. The launch ABI it
