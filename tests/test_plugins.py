@@ -19,7 +19,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.errors import ExporterError
-from exporter.ops import contracts, library
+from exporter.ops import aot, contracts, library
+from exporter.ops.kernels import config
 from exporter.checks import engine_build as rtx
 
 VERSIONS = ("10.13.3", "10.3.0", "11.1")
@@ -73,6 +74,9 @@ def built(tmp_path_factory):
 def test_library_compiles_and_needs_no_tensorrt_library(built, version):
     lib = built[version][0]
     assert lib.is_file() and lib.stat().st_size > 0
+    # every op and dtype (no ops/dtypes given), recorded beside the library and in it
+    assert library.served(lib) == aot.served(config.all_variants(), ARCHS) == library._served_by(lib)
+    assert lib.with_name(library.SERVED_NAME).is_file()
     if shutil.which("nm") is None:
         pytest.skip("nm is not on PATH")
     symbols = lambda which: subprocess.run(["nm", "-D", which, str(lib)], capture_output=True, text=True,  # noqa: E731
