@@ -23,3 +23,12 @@ def out_of_memory(e: BaseException) -> "ExporterError | None":
     return ExporterError(f"ran out of memory ({said[:200]}).",
                          "Use a smaller --batch (a dynamic range is traced at its opt and checked at min, opt and max), "
                          "or a machine with more memory.")
+
+
+class BuildFailed(Exception):
+    """Verification or a graph check failed (exit 1, not a usage error); the message is the summary to print,
+    `where` the directory holding the report."""
+
+    def __init__(self, summary: str, where):
+        super().__init__(summary)
+        self.where = where

@@ -55,7 +55,7 @@ def _repo(path: Path) -> str:
 def test_git_commit_only_of_the_packages_own_checkout(tmp_path):
     """A copy of the package installed inside some other repository (a venv in it) records no commit;
     a checkout whose root holds exporter/ records its own."""
-    from exporter.pipeline import _git_commit
+    from exporter.stages.facts import git_commit as _git_commit
 
     other = tmp_path / "other"
     (other / ".venv/lib/site-packages/exporter").mkdir(parents=True)
@@ -107,7 +107,7 @@ def test_methods_table_gives_each_method_the_parameters_it_has(capsys, monkeypat
 
 
 def test_stage_names_print_when_they_start_outside_a_terminal():
-    from exporter.pipeline import Stages
+    from exporter.stages.progress import Stages
 
     log = io.StringIO()
     stage = Stages(Console(file=log, force_terminal=False))

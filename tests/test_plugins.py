@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from exporter.errors import ExporterError
 from exporter.ops import contracts, library
-from exporter.checks import engine_build as rtx
+from exporter.engine import rtx_check as rtx
 
 VERSIONS = ("10.13.3", "10.3.0", "11.1")
 ARCHS = library.DEFAULT_ARCHS  # the builds' own: kernels.cpp is generated once (cached) for all of them

@@ -24,20 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import onnx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .. import artifacts, rtx_child
-from ..checks.engine_build import error_logger
+from .. import rtx_child
+from ..bundle import (PLUGIN_LIBRARY, TIMING_CACHE, default_graph, engines_dir, graph_path, graph_sha256, has_plugins,
+                      precision_of, read_folder, read_intact, recorded_input, sha256, write_entry)
 from ..console import make as make_console
 from ..errors import ExporterError
 from ..spec import BatchRange
-from ..verify.bundle import read_intact
 from . import cache, targets
+from .rtx_check import error_logger
 from .targets import LABEL, TENSORRT, TENSORRT_RTX
 
-TIMING_CACHE = "timing.cache"
 PLUGIN_LOG = "[exporter plugins] "  # how the plugin library's messages to TensorRT's logger begin
 
 
@@ -72,9 +71,9 @@ class Plan:
     def key_fields(self) -> dict:
         return {
             "graph": self.graph.name,
-            "graph_sha256": cache.graph_sha256(self.graph),
-            "plugin_sha256": artifacts.sha256(self.plugin) if self.plugin else None,
-            "precision": cache.precision_of(self.graph),
+            "graph_sha256": graph_sha256(self.graph),
+            "plugin_sha256": sha256(self.plugin) if self.plugin else None,
+            "precision": precision_of(self.graph),
             "input": self.input_name,
             "profile": {"min": self.batch.min, "opt": self.batch.opt, "max": self.batch.max, "shape": list(self.input_shape)},
             "runtime": self.runtime,
@@ -102,15 +101,15 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
     manifest, spec = read_intact(bundle)  # an engine of the graphs that were verified
     runtime = targets.check_runtime_name(runtime)
     wanted = targets.parse_target(target) if target else None
-    path = cache.graph_path(bundle, graph)
+    path = graph_path(bundle, graph)
     plugin = None
-    if cache.has_plugins(path):
-        plugin = bundle / cache.PLUGIN_LIBRARY
+    if has_plugins(path):
+        plugin = bundle / PLUGIN_LIBRARY
         if not plugin.is_file():
             status = manifest.get("plugin_library") or {}
             why = f": its build skipped it ({status['reason']})" if status.get("status") == "skipped" else ""
-            standard = "fp16" if (bundle / cache.GRAPHS["fp16"]).is_file() else "fp32"
-            raise ExporterError(f"{bundle} has {path.name} but no plugin library {cache.PLUGIN_LIBRARY}{why}.",
+            standard = default_graph(bundle)
+            raise ExporterError(f"{bundle} has {path.name} but no plugin library {PLUGIN_LIBRARY}{why}.",
                                 "Rebuild the bundle with `python -m exporter build ... --plugins` where cmake, nvcc and "
                                 "TensorRT's headers are found (TRT_INCLUDE_DIR; see exporter/plugins/README.md), or pass "
                                 f"--graph {standard} for the standard graph.")
@@ -134,27 +133,15 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
                                 "TensorRT builds for the GPU it runs on.",
                                 f"Run on an {wanted} GPU, or drop --target to build for {found.target}.")
         wanted, gpu = found.target, found.name
-    name, shape = _input(path)
+    name, shape = recorded_input(manifest["io"], path.name)
     return Plan(bundle, path, plugin, runtime, version, wanted, gpu, name, shape, spec.batch), trt
-
-
-def _input(graph: Path) -> tuple[str, tuple[int, ...]]:
-    model = onnx.load(str(graph), load_external_data=False)
-    (inp,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][:1] or [None]
-    if inp is None:
-        raise ExporterError(f"{graph} has no input.", "Rebuild the bundle with `python -m exporter build`.")
-    dims = inp.type.tensor_type.shape.dim[1:]
-    if any(not d.dim_value for d in dims):
-        raise ExporterError(f"{graph.name}: input '{inp.name}' has a dynamic dimension other than the batch.",
-                            "Rebuild the bundle with `python -m exporter build` (only the batch axis may be dynamic).")
-    return inp.name, tuple(d.dim_value for d in dims)
 
 
 def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSORRT, target: Optional[str] = None,
                  force: bool = False, console: Optional[Console] = None) -> EngineResult:
     console = console or make_console()
     p, trt = plan(bundle, graph, runtime, target)
-    folder = cache.engines_dir(bundle) / targets.folder(p.target, p.runtime)
+    folder = engines_dir(bundle) / targets.folder(p.target, p.runtime)
     with cache.locked(folder, console):
         return _build_or_reuse(p, trt, folder, force, console)
 
@@ -168,7 +155,7 @@ def _build_or_reuse(p: Plan, trt, folder: Path, force: bool, console: Console) -
         hit = cache.lookup(folder, p.graph.name, wanted)
         if hit:
             return EngineResult(folder, hit, True)
-    why = _why_miss(cache.read_folder(folder)["entries"].get(p.graph.name), fields, force)
+    why = _why_miss(read_folder(folder)["entries"].get(p.graph.name), fields, force)
     tmp = folder / f".{engine_name}.tmp"
     try:
         # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build
@@ -194,14 +181,14 @@ def _build_or_reuse(p: Plan, trt, folder: Path, force: bool, console: Console) -
         "timing_cache": notes["timing_cache"],
         "num_layers": notes["num_layers"],
         "plugin_layers": notes["plugin_layers"],
-        "plugin_library": cache.PLUGIN_LIBRARY if p.plugin else None,
+        "plugin_library": PLUGIN_LIBRARY if p.plugin else None,
         "build_seconds": notes["build_seconds"],
         "bytes": (folder / engine_name).stat().st_size,
-        "sha256": artifacts.sha256(folder / engine_name),
+        "sha256": sha256(folder / engine_name),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": f"{platform.machine()} {platform.node()}",
     }
-    cache.write_entry(folder, p.graph.name, entry)
+    write_entry(folder, p.graph.name, entry)
     return EngineResult(folder, entry, False, why)
 
 
@@ -297,5 +284,5 @@ def _use_timing_cache(config, path: Path) -> str:
 def _load_plugin(trt, builder, p: Plan) -> None:
     handle = builder.get_plugin_registry().load_library(str(p.plugin))
     if handle is None:
-        raise ExporterError(f"{LABEL[p.runtime]} could not load the plugin library {cache.PLUGIN_LIBRARY}.",
+        raise ExporterError(f"{LABEL[p.runtime]} could not load the plugin library {PLUGIN_LIBRARY}.",
                             "Rebuild it for this machine (it must export getCreators and setLoggerFinder), then rerun with --force.")

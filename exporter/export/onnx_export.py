@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 import onnx
 import torch
 
+from .. import ops
+from ..ops.plugin_nodes import translation_table
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
@@ -36,9 +39,6 @@ def export_onnx(
     the symbolic dimension `batch`, and every other dimension stays static. `lowering` is how token
     ops are written: `decompose` (standard ops) or `plugin` (one TensorRT plugin node each).
     """
-    from .. import ops
-    from ..ops.plugin_nodes import translation_table
-
     path = Path(path)
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     lo, opt, hi = batch

@@ -10,13 +10,12 @@ imported lazily, so a machine without one can still use the others.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ContextManager, Optional, Protocol, Sequence
+from typing import ContextManager, Optional, Sequence
 
 import numpy as np
 
-
-class Runner(Protocol):
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]: ...
+from . import tensorrt
+from .runner import Runner
 
 
 def onnx_runner(path: Path | str, threads: Optional[int] = None, scores: bool = False) -> Runner:
@@ -43,7 +42,7 @@ def onnx_runner(path: Path | str, threads: Optional[int] = None, scores: bool = 
 def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None, decisions: Optional[list] = None) -> Runner:
     """The PyTorch model's `forward_traced` (logits, then kept indices); with `replay`, indices per
     reduction for the whole sample set, handed out to the calls in order (wrapping around, as
-    `verify.inputs.batches` pads the last batch). A `decisions` list receives, per call, the list of
+    `checks.inputs.batches` pads the last batch). A `decisions` list receives, per call, the list of
     every token choice as (reduction, what, scores, chosen) in numpy (see `methods.base.Choices`)."""
     import torch
 
@@ -67,9 +66,7 @@ def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None, decisions
 def engine_runner(bundle: Path, folder: str, entry: dict) -> ContextManager[Runner]:
     """The engine `entry` of `bundle`/engines/`folder` (a context manager: it holds the engine and its
     device buffers while open). Only after `engine.preflight.check` passed."""
-    from .tensorrt import runner
-
-    return runner(bundle, folder, entry)
+    return tensorrt.runner(bundle, folder, entry)
 
 
 __all__ = ["Runner", "engine_runner", "onnx_runner", "torch_runner"]

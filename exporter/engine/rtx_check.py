@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from exporter import rtx_child
-from exporter.artifacts import from_record
-from exporter.errors import ExporterError
+from .. import rtx_child
+from ..bundle import from_record
+from ..errors import ExporterError
 
 MISSING = "tensorrt_rtx is not installed (pip install 'exporter[rtx]' / tensorrt-rtx-cu13)"
 
