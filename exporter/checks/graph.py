@@ -286,7 +286,7 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, onnx.ValueInfoProto
     The class is driven directly rather than through `infer_shapes()`, which raises on the first node it
     cannot infer and writes `sym_shape_infer_temp.onnx` into the working directory when it does.
     """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # onnxruntime: seconds to load
 
     engine = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=False, guess_output_rank=False, verbose=0)
     declared = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}

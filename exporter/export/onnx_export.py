@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import onnx
+import onnx_graphsurgeon as gs
+import onnx_ir as ir
 import torch
 
 from .. import ops
@@ -81,8 +83,6 @@ def _rename_batch_dim(model) -> None:
 
 
 def onnx_ir_shape(shape):
-    import onnx_ir as ir
-
     dims = list(shape)
     dims[0] = ir.SymbolicDim(BATCH_DIM)
     return ir.Shape(dims)
@@ -110,8 +110,6 @@ def keep_outputs(src: Path, dst: Path, names: Sequence[str]) -> Path:
     The deliverable graph of a token-reduction model is cut from its debug export (which also
     outputs the kept-token indices), so both come from one trace and compute identical logits.
     """
-    import onnx_graphsurgeon as gs
-
     graph = gs.import_onnx(onnx.load(str(src)))
     graph.outputs = [t for t in graph.outputs if t.name in names]
     graph.cleanup()

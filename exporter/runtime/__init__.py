@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import ContextManager, Optional, Sequence
 
 import numpy as np
+import onnx
+import torch
 
 from . import tensorrt
 from .runner import Runner
@@ -22,9 +24,7 @@ def onnx_runner(path: Path | str, threads: Optional[int] = None, scores: bool = 
     """onnxruntime on the graph at `path`; a plugin graph's plugin nodes run the reference ops. With `scores`,
     a plugin graph's outputs are followed by every token choice's scores, as a standard-op fp16 debug graph
     outputs them (`op_reference.scores`)."""
-    import onnx
-
-    from . import op_reference, ort
+    from . import op_reference, ort  # onnxruntime: seconds to load, and torch_runner's callers need it not
 
     plugins = op_reference.has_plugins(onnx.load(str(path), load_external_data=False))
     session = (op_reference.session if plugins else ort.session)(path, threads)
@@ -44,8 +44,6 @@ def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None, decisions
     reduction for the whole sample set, handed out to the calls in order (wrapping around, as
     `checks.inputs.batches` pads the last batch). A `decisions` list receives, per call, the list of
     every token choice as (reduction, what, scores, chosen) in numpy (see `methods.base.Choices`)."""
-    import torch
-
     done = 0
 
     def run(x: np.ndarray) -> list[np.ndarray]:

@@ -38,7 +38,7 @@ def cannot_run(entry: dict) -> Optional[ExporterError]:
     if uses_polygraphy(entry):
         return None
     try:
-        import torch
+        import torch  # inside the try: a target's torch may fail to load (then Polygraphy is the way)
 
         if torch.cuda.is_available():
             return None
@@ -75,7 +75,7 @@ def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Runner]:
                             f"{'; '.join(logger.errors) or 'no error was logged'}.",
                             f"Rebuild it with `python -m exporter engine {bundle} --runtime {entry['runtime']} --force`.")
     if uses_polygraphy(entry):
-        from polygraphy.backend.trt import TrtRunner
+        from polygraphy.backend.trt import TrtRunner  # optional (the trt extra)
 
         inp, outputs = _io_names(trt, engine)
         dtype = np.float16 if engine.get_tensor_dtype(inp[0]).name == "HALF" else np.float32
@@ -97,7 +97,7 @@ def _io_names(trt, engine) -> tuple[list[str], list[str]]:
 
 
 def _torch_runner(trt, engine, entry: dict, logger) -> Runner:
-    import torch
+    import torch  # as in cannot_run: only where torch has CUDA
 
     context = engine.create_execution_context()
     inputs, outputs = _io_names(trt, engine)

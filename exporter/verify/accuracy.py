@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -66,7 +68,7 @@ LAYOUT = "one sub-folder per class holding its images (ImageNet layout: DIR/<cla
 
 def open_folder(data: Path, classes: int):
     """`data` as a torchvision ImageFolder, checked against the model's class count before any work is done."""
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # torchvision's datasets: only for verify --data
 
     fix = f"Give --data a folder with {LAYOUT}, e.g. `python -m exporter.fixtures.digits export-split DIR`."
     if not data.is_dir():
@@ -93,8 +95,6 @@ def open_folder(data: Path, classes: int):
 
 def _image(path: str, decode: bool = True):
     """The image at `path` as RGB (torchvision's loader), or an ExporterError naming the file PIL cannot read."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             return image.convert("RGB") if decode else None
@@ -113,8 +113,6 @@ def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads
     """Top-1/top-5 of PyTorch (the bundle's model, and the dense one if reduced) and of every graph on `data`
     (plugin graphs on the token ops' reference), for the report's `accuracy`. `threads` sets PyTorch's and onnxruntime's intra-op
     threads for the run (default: theirs)."""
-    from timm.data import create_transform, resolve_data_config
-
     console = console or make_console()
     manifest, dataset = check(bundle, data)
     spec = BuildSpec.from_dict(manifest["spec"])
