@@ -755,6 +755,9 @@ def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeyp
     (copy_ / artifacts.PLUGIN_LIBRARY).write_bytes(b"\x7fELF stand-in")
     for name in ("model.plugins.onnx", artifacts.PLUGIN_LIBRARY):
         _rehash(copy_, name)
+    manifest = json.loads((copy_ / artifacts.MANIFEST).read_text())  # a plugin build records the graph's I/O too
+    manifest["io"]["model.plugins.onnx"] = manifest["io"]["model.fp16.onnx"]
+    (copy_ / artifacts.MANIFEST).write_text(json.dumps(manifest))
     fake.calls.clear()
     assert main(["engine", str(copy_), "--graph", "plugins"]) == 0
     names = [c[0] for c in fake.calls]
