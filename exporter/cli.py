@@ -19,7 +19,7 @@ from rich.console import Console
 
 from . import __version__
 from .console import escape, make as make_console
-from .errors import BuildFailed, ExporterError, out_of_memory
+from .errors import BuildFailed, ExporterError, mismatched_torchvision, out_of_memory
 from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
 
 EXIT_FAILED = 1  # verification or a graph check failed
@@ -244,7 +244,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except RuntimeError as e:  # building the parser imports timm, and timm torchvision
+        error = mismatched_torchvision(e)
+        if error is None or "--debug" in argv:
+            raise
+        make_console().print(f"[bold red]error:[/bold red] {escape(error.problem)}\n  [bold]fix:[/bold] {escape(error.fix)}")
+        return EXIT_USAGE
     args.argv = argv
     console = make_console()
     args.stdout = make_console(stderr=False)

@@ -25,6 +25,19 @@ def out_of_memory(e: BaseException) -> "ExporterError | None":
                          "or a machine with more memory.")
 
 
+def mismatched_torchvision(e: BaseException) -> "ExporterError | None":
+    """The sentence for torch and torchvision from different builds (e.g. torch from the CPU index, torchvision
+    from PyPI): importing torchvision, which timm does, raises RuntimeError naming a missing operator."""
+    if not (isinstance(e, RuntimeError) and "torchvision::" in str(e) and "does not exist" in str(e)):
+        return None
+    import torch
+
+    return ExporterError(f"torch and torchvision do not match: torch {torch.__version__} cannot load torchvision's "
+                         f"operators ({str(e).strip().splitlines()[0][:120]}).",
+                         "Reinstall both from one place: pip install --force-reinstall torch torchvision "
+                         "(or both from the same --index-url).")
+
+
 class BuildFailed(Exception):
     """Verification or a graph check failed (exit 1, not a usage error); the message is the summary to print,
     `where` the directory holding the report."""

@@ -1,5 +1,7 @@
 """The dense build end to end: bundle contents, parity at an unseen batch size, determinism, verify."""
 import json
+import platform
+from importlib import metadata
 
 import numpy as np
 import onnx
@@ -35,8 +37,9 @@ def test_bundle_contents(fp16_bundle):
     assert fp16_bundle.name == manifest["run_name"] and fp16_bundle.name.startswith(f"{MODEL}-none-fp16-")
     assert manifest["spec"]["weights"] == "random" and manifest["spec"]["batch"] == "1:2:4"
     assert manifest["command"].startswith("python -m exporter build --model")
-    for tool in ("python", "torch", "timm", "onnx", "onnxruntime"):
-        assert manifest["tools"][tool]
+    assert manifest["tools"]["python"] == platform.python_version()
+    for tool in ("torch", "timm", "onnx", "onnxruntime"):  # the versions this process runs, not a placeholder
+        assert manifest["tools"][tool] == metadata.version(tool), tool
     assert manifest["opset"] == 18
     assert 1.2 < manifest["flops"]["dense_gmacs"] < 1.3  # DeiT-Ti: 1.3 GMACs published
     assert set(manifest["stages_seconds"]) >= {"export fp32 ONNX", "export fp16 ONNX", "verify against PyTorch"}

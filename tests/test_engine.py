@@ -331,16 +331,22 @@ def test_preflight_names_both_sides_and_the_rebuild(rtx_bundle):
     v = entry["runtime_version"]
     ok = preflight.Present("tensorrt-rtx", v, Gpu("NVIDIA GeForce RTX 3090", "sm86"))
     preflight.check(rtx_bundle, "sm86-tensorrt-rtx", entry, ok)
-    cases = [
-        (replace(ok, version="1.8.0.1"), [f"TensorRT-RTX {v} for sm86", "TensorRT-RTX 1.8.0.1 on sm86 (NVIDIA GeForce RTX 3090)",
-                                           "--runtime tensorrt-rtx --target sm86 --force"]),
-        (replace(ok, gpu=Gpu("NVIDIA GeForce RTX 4090", "sm89")), ["for sm86", "on sm89 (NVIDIA GeForce RTX 4090)", "--target sm89 --force"]),
-        (replace(ok, gpu=None), ["no CUDA GPU", "--engine sm86-tensorrt-rtx"]),
-        (replace(ok, version=None), ["TensorRT-RTX is not installed here", "pip install"]),
+    built = "engines/sm86-tensorrt-rtx/model.fp16.engine was built "
+    cases = [  # only what differs is said
+        (replace(ok, version="1.8.0.1"), f"with TensorRT-RTX {v}, but this machine has TensorRT-RTX 1.8.0.1.",
+         ["--runtime tensorrt-rtx --target sm86 --force"]),
+        (replace(ok, gpu=Gpu("NVIDIA GeForce RTX 4090", "sm89")), "for sm86, but this machine has sm89 (NVIDIA GeForce RTX 4090).",
+         ["--target sm89 --force"]),
+        (replace(ok, gpu=None), "for sm86, but this machine has no CUDA GPU to run it on.", ["--engine sm86-tensorrt-rtx"]),
+        (replace(ok, version="1.8.0.1", gpu=None),
+         f"with TensorRT-RTX {v} for sm86, but this machine has TensorRT-RTX 1.8.0.1 and no CUDA GPU to run it on.", []),
+        (replace(ok, version=None), None, ["TensorRT-RTX is not installed here", "pip install"]),
     ]
-    for here, words in cases:
+    for here, problem, words in cases:
         with pytest.raises(ExporterError) as e:
             preflight.check(rtx_bundle, "sm86-tensorrt-rtx", entry, here)
+        if problem is not None:
+            assert e.value.problem == built + problem, e.value.problem
         text = e.value.problem + " " + e.value.fix
         assert all(w in text for w in words), (text, words)
 

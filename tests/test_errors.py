@@ -230,6 +230,25 @@ def test_a_stage_that_found_problems_is_not_ticked():
         found.problems = 2
     with stage("TensorRT-RTX parse + build"):
         pass
+    with stage("build the plugin library") as outcome:
+        outcome.skipped = "cmake is not on PATH"
     text = console.file.getvalue()
     assert "✗ check graphs" in text and "2 problems" in text and "✓ check graphs" not in text
     assert "✓ TensorRT-RTX parse + build" in text
+    assert "warning build the plugin library skipped: cmake is not on PATH" in text and "✓ build the plugin" not in text
+
+
+def test_mismatched_torchvision_is_one_sentence(capsys, monkeypatch):
+    """torch and torchvision from different builds fail while timm imports torchvision: one sentence with the fix."""
+    from exporter import cli
+
+    def broken():
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(cli, "parser", broken)
+    assert cli.main(["methods"]) == 2
+    err = capsys.readouterr().err
+    assert "torch and torchvision do not match" in err and "pip install --force-reinstall torch torchvision" in err
+    assert "Traceback" not in err
+    with pytest.raises(RuntimeError, match="torchvision::nms"):
+        cli.main(["methods", "--debug"])

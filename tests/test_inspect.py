@@ -42,7 +42,7 @@ def test_json_maps_every_plugin_node_to_its_plugin(plugin_bundle, capsys):
     assert graphs["model.onnx"]["plugin_nodes"] == []
     nodes = graphs["model.plugins.onnx"]["plugin_nodes"]
     assert [(n["plugin"], n["version"], n["namespace"], n["contract"]) for n in nodes] == \
-        [("TopKPrune", "1", "exporter", "plugins/topk_prune/contract.json")] * 2
+        [("TopKPrune", "1", "exporter", "exporter/plugins/topk_prune/contract.json")] * 2
     assert [n["attributes"] for n in nodes] == [{"fuse": 1, "k": 70}, {"fuse": 1, "k": 50}]  # ceil(0.7 * 100), ceil(0.7 * 71)
     assert info["plugin_library"]["present"] is False and info["plugin_library"]["build"]["reason"] == "cmake is not on PATH"
 
@@ -50,7 +50,8 @@ def test_json_maps_every_plugin_node_to_its_plugin(plugin_bundle, capsys):
 def test_text_says_the_same(plugin_bundle, capsys):
     out = inspect(capsys, plugin_bundle)
     assert out.startswith(f"{plugin_bundle.name}: PASSED\n")
-    assert "TopKPrune version 1, namespace 'exporter' (fuse=1, k=70); contract plugins/topk_prune/contract.json" in out
+    assert ("  2 plugin nodes TopKPrune version 1, namespace 'exporter'; contract exporter/plugins/topk_prune/contract.json\n"
+            "    (fuse=1, k=70); (fuse=1, k=50)\n") in out
     assert "plugin library plugins/libexporter_plugins.so: missing (cmake is not on PATH)" in out
     assert "  inputs:  input float32[batchx3x160x160]" in out
 
@@ -71,3 +72,12 @@ def test_damage_is_shown_not_refused(plugin_bundle, tmp_path, capsys):
 def test_not_a_bundle_is_exit_2(tmp_path, capsys):
     assert main(["inspect", str(tmp_path)]) == 2
     assert "is not a bundle (no manifest.json)" in capsys.readouterr().err
+
+
+def test_identical_plugin_nodes_are_counted_not_repeated():
+    from exporter.contents import _plugin_lines
+
+    node = {"plugin": "ToMeMerge", "version": "1", "namespace": "exporter", "contract": "c.json"}
+    nodes = [dict(node, node=f"n{i}", attributes={"r": 13 if i < 11 else 4}) for i in range(12)]
+    assert _plugin_lines(nodes) == ["  12 plugin nodes ToMeMerge version 1, namespace 'exporter'; contract c.json",
+                                    "    (r=13) x11; (r=4)"]

@@ -125,9 +125,60 @@ def test_rejects_bad_arguments(kernels):
         kernels.diffrate_reduce(x, torch.ones(2, 10), scores(2, 9), 5, 5)  # merge < keep
 
 
-def test_blocks():
-    assert [config.block_for(n) for n in (1, 16, 17, 196, 256, 257)] == [16, 16, 32, 256, 256, 512]
-    assert config.need("tome_merge", 197) == 99 and config.need("evovit_restore", 197, K=50) == 50
+def near_ties(B, n, seed=8):
+    """Distinct scores one fp32 ulp apart (0.5 + j * 2**-24, shuffled): the reference's order is the only one."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 + torch.stack([torch.randperm(n, generator=g) for _ in range(B)]).float() * 2.0**-24
+
+
+TOKEN_COUNTS = [3, 197, 257, 577, 1025]  # the fewest every op allows, DeiT, 16x16 + 1, ViT-B/16 at 384, 32x32 + 1
+
+
+@pytest.mark.parametrize("N", TOKEN_COUNTS)
+def test_selections_any_token_count(kernels, N):
+    """No block ceiling: near-ties decided as the reference, exact ties to the lower position, restore exact."""
+    k = max(1, (N - 1) // 3)
+    dtype = torch.float16 if N % 2 else torch.float32
+    x = tokens(2, N, 24, dtype, seed=N)
+    check_topk_prune(kernels, x, near_ties(2, N - 1), k, True)
+    check_topk_prune(kernels, x, scores(2, N - 1, ties=True), N - 2, False, ties=True)
+    idx = check_evovit_select(kernels, x, near_ties(2, N - 1, seed=9), k)
+    check_evovit_restore(kernels, x, tokens(2, k + 2, 24, dtype, seed=2), tokens(2, 1, 24, dtype, seed=3), idx)
+    check_evovit_select(kernels, x, scores(2, N - 1, ties=True), k, ties=True)
+
+
+@pytest.mark.parametrize("N", TOKEN_COUNTS)
+def test_tome_merge_any_token_count(kernels, N):
+    size = 1.0 + torch.rand(2, N, generator=torch.Generator().manual_seed(4)) * 3
+    x = tokens(2, N, 40, torch.float16, seed=N)
+    check_tome_merge(kernels, x, size, tokens(2, N, 24, torch.float32, seed=5), (N - 1) // 2)
+    metric = tokens(2, 7, 16, torch.float16, seed=6).repeat(1, -(-N // 7), 1)[:, :N]  # duplicates: ties everywhere
+    check_tome_merge(kernels, x.float(), size, metric, max(1, N // 4), ties=True)
+
+
+@pytest.mark.parametrize("N", TOKEN_COUNTS)
+def test_diffrate_reduce_any_token_count(kernels, N):
+    size = 1.0 + torch.rand(2, N, generator=torch.Generator().manual_seed(4)) * 3
+    keep = N - N // 8
+    merge = max(2, keep // 3)
+    check_diffrate_reduce(kernels, tokens(2, N, 40, torch.float32, seed=N), size, near_ties(2, N - 1), keep, merge)
+    x = tokens(2, 5, 24, torch.float16, seed=7).repeat(1, -(-N // 5), 1)[:, :N]  # duplicates: equal similarities
+    check_diffrate_reduce(kernels, x, size, scores(2, N - 1, ties=True), keep, merge, ties=True)
+
+
+def test_variants():
+    """Every op's kernels, decision first; each variant listed once; no token count needs its own."""
+    assert config.OPS["tome_merge"] == ("tome_decide_kernel", "combine_kernel")
+    assert [config.KERNELS[k].role for k in config.OPS["diffrate_reduce"]] == ["decide", "move"]
+    assert config.variants("topk_prune", 3) == config.variants("topk_prune", 1025)
+    assert {(v.dtype, v.aligned) for v in config.variants("tome_merge") if v.kernel == "combine_kernel"} == {
+        ("fp32", False), ("fp32", True), ("fp16", False), ("fp16", True)}
+    assert [v.dtype for v in config.variants("topk_prune") if v.kernel == "select_decide_kernel"] == [None]
+    assert {(v.dtype, v.aligned) for v in config.variants("hilo_attention", 3137)} == {  # any head dim too
+        ("fp32", False), ("fp32", True), ("fp16", False), ("fp16", True)}
+    everything = config.all_variants()
+    assert len(everything) == len(set(everything)) and set(everything) == {
+        v for op in config.OPS for v in config.variants(op)}
 
 
 def test_import_needs_no_triton():

@@ -1,8 +1,10 @@
 """The kernels on a CUDA GPU: the Triton JIT kernels, then the AOT library's C launchers (via ctypes), both
 against the reference with the checks of tests/kernel_checks.py. Skipped without CUDA.
 
-The AOT library is built for the current GPU's compute capability only, every block, and called on
-torch CUDA tensors on torch's current stream, so it runs exactly as a plugin's enqueue() would.
+The AOT library is built for the current GPU's compute capability only, every variant, and called on
+torch CUDA tensors on torch's current stream with the workspace its `_workspace` function asks for, so it
+runs exactly as a plugin's enqueue() would. Shapes cover both the aligned variants (C % 16 == 0, 16-byte
+aligned tensors) and the generic ones (C = 70, and tensors one element past an aligned address).
 """
 import ctypes
 import shutil
@@ -21,13 +23,15 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.float16]
-# (B, N, C): batch 1 and odd, N odd/even up to DeiT's 197, C not a multiple of a tile and DeiT-S's 384
-SHAPES = [(1, 17, 16), (3, 38, 70), (64, 197, 384)]
+# (B, N, C): batch 1 and odd, N odd/even from 17 to ViT-B/16 at 384 px (577), C not a multiple of 16 or a tile
+SHAPES = [(1, 17, 16), (3, 38, 70), (64, 197, 384), (2, 577, 768)]
 
 
-def rand(*shape, dtype=torch.float32, seed=0):
+def rand(*shape, dtype=torch.float32, seed=0, offset=0):
+    """Normal values; with offset, a view starting `offset` elements into its storage (misaligned pointers)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, generator=g, device="cuda").to(dtype)
+    flat = torch.randn(offset + torch.Size(shape).numel(), generator=g, device="cuda").to(dtype)
+    return flat[offset:].view(*shape)
 
 
 def uniform(*shape, seed=1):
@@ -42,11 +46,17 @@ class AotKernels:
         self.lib = lib
 
     def _call(self, name, *args):
+        """`name`(stream, *args, workspace): ints first (dtype, B, N, ... = the `_workspace` function's
+        arguments), then tensors; the workspace allocated as `<name>_workspace` says."""
+        sizes = [a for a in args if not isinstance(a, torch.Tensor)]
+        query = getattr(self.lib, name + "_workspace")
+        query.restype = ctypes.c_size_t
+        workspace = torch.empty(query(*map(ctypes.c_int, sizes)), dtype=torch.uint8, device="cuda")
         fn = getattr(self.lib, name)
         fn.restype = ctypes.c_int
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
         conv = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int(a) for a in args]
-        rc = fn(stream, *conv, ctypes.c_void_p(None))
+        rc = fn(stream, *conv, ctypes.c_void_p(workspace.data_ptr() if workspace.numel() else None))
         assert rc == 0, f"{name} returned CUresult {rc}"
         torch.cuda.synchronize()
 
@@ -125,7 +135,7 @@ def impl(request):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,C", SHAPES)
 def test_topk_prune(impl, dtype, B, N, C):
-    x, score = rand(B, N, C, dtype=dtype), uniform(B, N - 1)
+    x, score = rand(B, N, C, dtype=dtype, offset=N % 2), uniform(B, N - 1)
     for k, fuse in [(1, True), (N - 2, True), ((N - 1) // 2, False)]:
         check_topk_prune(impl, x, score, k, fuse)
 
@@ -133,7 +143,7 @@ def test_topk_prune(impl, dtype, B, N, C):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,C", SHAPES)
 def test_evovit_select_and_restore(impl, dtype, B, N, C):
-    x, g = rand(B, N, C, dtype=dtype), uniform(B, N - 1)
+    x, g = rand(B, N, C, dtype=dtype, offset=N % 2), uniform(B, N - 1)
     for keep in (1, N - 2, N // 3):
         idx = check_evovit_select(impl, x, g, keep)
         check_evovit_restore(impl, x, rand(B, keep + 2, C, dtype=dtype, seed=2), rand(B, 1, C, dtype=dtype, seed=3), idx)
@@ -142,7 +152,7 @@ def test_evovit_select_and_restore(impl, dtype, B, N, C):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,C", SHAPES)
 def test_tome_merge(impl, dtype, B, N, C):
-    x, size = rand(B, N, C, dtype=dtype), 1.0 + 3 * uniform(B, N, seed=4)
+    x, size = rand(B, N, C, dtype=dtype, offset=N % 2), 1.0 + 3 * uniform(B, N, seed=4)
     metric = rand(B, N, 64, dtype=dtype, seed=5)
     for r in (1, (N - 1) // 2, N // 4):
         check_tome_merge(impl, x, size, metric, r)
@@ -151,7 +161,7 @@ def test_tome_merge(impl, dtype, B, N, C):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,C", SHAPES)
 def test_diffrate_reduce(impl, dtype, B, N, C):
-    x, size = rand(B, N, C, dtype=dtype), 1.0 + 3 * uniform(B, N, seed=4)
+    x, size = rand(B, N, C, dtype=dtype, offset=N % 2), 1.0 + 3 * uniform(B, N, seed=4)
     score = uniform(B, N - 1)
     for keep, merge in [(N, N - 1), (3, 2), (N - 5, N // 3)]:
         check_diffrate_reduce(impl, x, size, score, keep, merge)

@@ -16,7 +16,7 @@ from rich.console import Console
 from .. import __version__, ops
 from ..bundle import (BUILD_ENGINE, FP16, REFERENCES, REPRODUCE, checkpoint_record, debug_dir, graph_io, keep_failed,
                       planned, staging, write_manifest, write_reports)
-from ..console import escape, make as make_console
+from ..console import make as make_console
 from ..engine import scripts
 from ..errors import BuildFailed, ExporterError
 from ..export.fold import fold_constants
@@ -54,10 +54,9 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
                 fold_constants(tmp / g.file)
         io = {g.file: graph_io(tmp / g.file) for g in graphs}
         if spec.plugins:
-            with stage("build the plugin library"):
+            with stage("build the plugin library") as outcome:
                 library_status = build_plugin_library(tmp)
-            if library_status["status"] == "skipped":
-                console.print(f"[yellow]warning[/yellow] plugin library not built: {escape(library_status['reason'])}")
+                outcome.skipped = library_status.get("reason")
         with stage(f"store PyTorch references ({REFERENCES}) and {REPRODUCE}, {BUILD_ENGINE}"):
             references.store(model, size, tmp)
             scripts.write(tmp, spec, command, io, git_commit())

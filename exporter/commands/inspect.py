@@ -8,6 +8,7 @@ parts are reported as such instead of refused, so this is also the command to ru
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,24 @@ def plugin_node(node: onnx.NodeProto) -> dict[str, Any]:
         "version": attrs.pop("plugin_version", None),
         "namespace": attrs.pop("plugin_namespace", None),
         "attributes": attrs,
-        "contract": f"plugins/{known.op}/contract.json" if known else None,
+        "contract": f"exporter/plugins/{known.op}/contract.json" if known else None,
     }
+
+
+def _plugin_lines(nodes: list[dict]) -> list[str]:
+    """Plugin nodes grouped by the plugin they need (a ToMe graph has twelve of one), each group's attributes
+    in node order with repeats counted: `(r=13) x12`, or `(fuse=1, k=70); (fuse=1, k=50)`."""
+    groups: dict[tuple, list[str]] = {}
+    for n in nodes:
+        key = (n["plugin"], n["version"], n["namespace"], n["contract"])
+        groups.setdefault(key, []).append(", ".join(f"{k}={v}" for k, v in n["attributes"].items()))
+    lines = []
+    for (plugin, version, namespace, contract), attrs in groups.items():
+        runs = [(a, len(list(same))) for a, same in itertools.groupby(attrs)]
+        lines += [f"  {len(attrs)} plugin node{'s' if len(attrs) > 1 else ''} {plugin} version {version}, namespace "
+                  f"'{namespace}'; contract {contract or 'none: not a plugin of this exporter'}",
+                  "    " + "; ".join(f"({a})" + (f" x{count}" if count > 1 else "") for a, count in runs)]
+    return lines
 
 
 def render(info: dict[str, Any], console) -> None:
@@ -119,10 +136,7 @@ def render(info: dict[str, Any], console) -> None:
                   f"  inputs:  {shapes(g['inputs'])}", f"  outputs: {shapes(g['outputs'])}",
                   f"  operators: {', '.join(f'{k} {v}' for k, v in g['ops'].items())}"
                   + (", ..." if g["nodes"] > sum(g["ops"].values()) else "")]
-        for n in g["plugin_nodes"]:
-            attrs = ", ".join(f"{k}={v}" for k, v in n["attributes"].items())
-            lines += [f"  plugin node {n['node']}: {n['plugin']} version {n['version']}, namespace '{n['namespace']}'"
-                      f" ({attrs}); contract {n['contract'] or 'none: not a plugin of this exporter'}"]
+        lines += _plugin_lines(g["plugin_nodes"])
     if any(g.get("plugin_nodes") for g in info["graphs"]):
         build = lib["build"] or {}
         lines += [f"plugin library {lib['file']}: "

@@ -66,16 +66,19 @@ def check(bundle: Path, folder: str, entry: dict, here: Present) -> None:
             f"{where} was built with {label} {entry['runtime_version']} for {entry['target']}, but {label} is not installed here.",
             f"{targets.INSTALL[entry['runtime']]} (version {entry['runtime_version']}), or build an engine for this machine's runtime.",
         )
-    gpu = f"{here.gpu.target} ({here.gpu.name})" if here.gpu else "no CUDA GPU"
+    same_version = here.version == entry["runtime_version"]
+    version = [] if same_version else [f"with {label} {entry['runtime_version']}"]
     if here.gpu is None:
         raise ExporterError(
-            f"{where} was built with {label} {entry['runtime_version']} for {entry['target']}, but this machine has "
-            f"{label} {here.version} and no CUDA GPU to run it on.",
+            f"{where} was built {' '.join(version + ['for ' + entry['target']])}, but this machine has "
+            + ("" if same_version else f"{label} {here.version} and ") + "no CUDA GPU to run it on.",
             f"Run `python -m exporter verify {bundle} --engine {folder}` on an {entry['target']} GPU.",
         )
-    if here.version != entry["runtime_version"] or here.gpu.target != entry["target"]:
+    same_gpu = here.gpu.target == entry["target"]
+    if not (same_version and same_gpu):  # say only what differs
+        built = version + ([] if same_gpu else [f"for {entry['target']}"])
+        has = ([] if same_version else [f"{label} {here.version}"]) + ([] if same_gpu else [f"{here.gpu.target} ({here.gpu.name})"])
         raise ExporterError(
-            f"{where} was built with {label} {entry['runtime_version']} for {entry['target']}, but this machine has "
-            f"{label} {here.version} on {gpu}.",
+            f"{where} was built {' '.join(built)}, but this machine has {' on '.join(has)}.",
             f"Rebuild it here with `{rebuild_command(bundle, entry, here.gpu.target)}`.",
         )

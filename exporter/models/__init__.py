@@ -84,6 +84,9 @@ def _pretrained(name: str, model: nn.Module, kwargs: dict) -> nn.Module:
     """timm hub weights, failing in seconds (not after minutes of retries) when the hub is unreachable."""
     hint = "Use --weights PATH for a local checkpoint (.pth/.pt/.safetensors) or --weights random to build without weights."
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    shipped = model.pretrained_cfg.get("file")  # weights inside the package (vit_digits): no hub
+    if shipped and Path(shipped).is_file():
+        return timm.create_model(name, pretrained=True, **kwargs)
     if not offline and not _reachable("huggingface.co"):
         raise ExporterError(f"Pretrained weights for {name} need huggingface.co, which is unreachable from here.", hint)
     try:

@@ -8,10 +8,15 @@ Importing this module registers the model with timm.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-__all__ = ["DIGITS_MEAN", "DIGITS_STD"]
+__all__ = ["CHECKPOINT", "DIGITS_MEAN", "DIGITS_STD"]
+
+# The trained weights ship with the package: `--weights pretrained` (the default) loads them, no hub involved.
+CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "digits_vit.safetensors"
 
 # pixel statistics of the 1,797 scans scaled to [0, 1] (grey, so the same for R, G and B)
 DIGITS_MEAN = (0.305,) * 3
@@ -21,6 +26,7 @@ DIGITS_STD = (0.376,) * 3
 def _cfg(**kwargs) -> dict:
     return {
         "url": "",
+        "file": str(CHECKPOINT),
         "num_classes": 10,
         "input_size": (3, 32, 32),
         "pool_size": None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 from rich.console import Console
 
@@ -13,9 +13,11 @@ from ..console import escape
 
 @dataclass
 class Outcome:
-    """What a stage found: set `problems` inside the stage and it ends with ✗ and the count, not ✓."""
+    """What a stage found: set `problems` inside the stage and it ends with ✗ and the count, not ✓; set
+    `skipped` to the reason it did nothing and it ends with a warning saying so, not ✓."""
 
     problems: int = 0
+    skipped: Optional[str] = None
 
 
 @dataclass
@@ -42,5 +44,7 @@ class Stages:
         if outcome.problems:
             found = f"{outcome.problems} problem{'s' if outcome.problems > 1 else ''}"
             self.console.print(f"[red]✗[/red] {escape(name)}  ({self.durations[name]:.1f}s, {found})")
+        elif outcome.skipped:
+            self.console.print(f"[yellow]warning[/yellow] {escape(name)} skipped: {escape(outcome.skipped)}")
         else:
             self.console.print(f"[green]✓[/green] {escape(name)}  ({self.durations[name]:.1f}s)")

@@ -1,4 +1,6 @@
-"""The token ops' fused kernels, one Python function per op with the custom op's signature and results.
+"""The token ops' fused kernels, one Python function per op with the custom op's signature and results:
+each launches the op's decision kernel, then its movement kernel, sharing a plan in scratch tensors it
+allocates (`_triton.py` says why; `config.py` lists the kernels).
 
 CUDA tensors run the Triton kernels (`_triton.py`, JIT-compiled); CPU tensors run the same kernels in
 Triton's interpreter, so they are tested on machines without a GPU. Triton fixes its mode per process:
@@ -21,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from .config import KERNELS, RESTORE_BLOCK_C, block_for, constexprs, need, num_warps
+from .config import KERNELS, MOVE_C, MOVE_ROWS, constexprs, launch_options, plan_floats, plan_ints
 
 _modules: dict[str, object] = {}
 _lock = threading.RLock()
@@ -82,16 +84,31 @@ def _load(interpret: bool):
     return module
 
 
-def _launch(op: str, device: torch.device, grid: tuple, block_need: int, *args) -> None:
-    block = block_for(block_need)
+def _launch(kernel: str, device: torch.device, grid: tuple, *args) -> None:
     module, interpreted = _kernels(device)
-    kernel = getattr(module, KERNELS[op].name)
+    fn = getattr(module, KERNELS[kernel].name)
     if interpreted:
         with _lock, _interpreting():
-            kernel[grid](*args, **constexprs(op, block))
+            fn[grid](*args, **constexprs(kernel))
     else:
         with torch.cuda.device(device):
-            kernel[grid](*args, **constexprs(op, block), num_warps=num_warps(op, block))
+            fn[grid](*args, **constexprs(kernel), **launch_options(kernel))
+
+
+def _plan(B: int, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decision's scratch and plan for the movement (`_triton.py`): int32 and fp32 words per image."""
+    return (torch.empty(B, plan_ints(N), dtype=torch.int32, device=device),
+            torch.empty(B, plan_floats(N), dtype=torch.float32, device=device))
+
+
+def _combine(x: torch.Tensor, plan: tuple, rows: int, norm: bool) -> torch.Tensor:
+    """The movement: [B, rows, C] from x by the plan's terms (`combine_kernel`)."""
+    B, N, C = x.shape
+    out = x.new_empty(B, rows, C)
+    grid = (B, -(-rows // MOVE_ROWS), -(-C // MOVE_C))
+    if B and rows:
+        _launch("combine_kernel", x.device, grid, x, *plan, out, N, C, rows, int(norm))
+    return out
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -109,15 +126,24 @@ def _check(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
+def _select(x: torch.Tensor, score: torch.Tensor, k: int, extra: bool, norm: bool):
+    """The k best patches by score (idx [B, k], best first) and [class, kept patches, (extra) the dropped
+    ones' score-weighted sum, divided by their weights' sum with `norm`]."""
+    B, N, _ = x.shape
+    idx = torch.empty(B, k, dtype=torch.int64, device=x.device)
+    plan = _plan(B, N, x.device)
+    if B:
+        grid = (B, -(-(N + 1) // constexprs("select_decide_kernel")["BLOCK_I"]))
+        _launch("select_decide_kernel", x.device, grid, score, idx, *plan, N, k, int(extra))
+    return _combine(x, plan, 1 + k + int(extra), norm), idx
+
+
 def topk_prune(x: torch.Tensor, score: torch.Tensor, k: int, fuse: bool):
     """(tokens [B, 1 + k + fuse, C], idx [B, k]) as `reference.topk_prune`."""
     x, score = _tokens(x), _fp32(score)
     B, N, C = x.shape
     _check(score.shape == (B, N - 1) and 1 <= k < N - 1, f"topk_prune: score {tuple(score.shape)}, k={k} for N={N}")
-    tokens = x.new_empty(B, 1 + k + int(fuse), C)
-    idx = torch.empty(B, k, dtype=torch.int64, device=x.device)
-    _launch("topk_prune", x.device, (B,), need("topk_prune", N), x, score, tokens, idx, N, C, k, int(fuse))
-    return tokens, idx
+    return _select(x, score, k, bool(fuse), norm=False)
 
 
 def evovit_select(x: torch.Tensor, g: torch.Tensor, keep: int):
@@ -125,10 +151,7 @@ def evovit_select(x: torch.Tensor, g: torch.Tensor, keep: int):
     x, g = _tokens(x), _fp32(g)
     B, N, C = x.shape
     _check(g.shape == (B, N - 1) and 1 <= keep < N - 1, f"evovit_select: g {tuple(g.shape)}, keep={keep} for N={N}")
-    tokens = x.new_empty(B, keep + 2, C)
-    idx = torch.empty(B, keep, dtype=torch.int64, device=x.device)
-    _launch("evovit_select", x.device, (B,), need("evovit_select", N), x, g, tokens, idx, N, C, keep)
-    return tokens, idx
+    return _select(x, g, keep, True, norm=True)
 
 
 def evovit_restore(x: torch.Tensor, tokens: torch.Tensor, moved: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -141,8 +164,11 @@ def evovit_restore(x: torch.Tensor, tokens: torch.Tensor, moved: torch.Tensor, i
     _check(tokens.shape == (B, K + 2, C) and moved.shape == (B, 1, C) and idx.shape == (B, K),
            f"evovit_restore: tokens {tuple(tokens.shape)}, moved {tuple(moved.shape)}, idx {tuple(idx.shape)} for x {tuple(x.shape)}")
     out = torch.empty_like(x)
-    grid = (B, -(-C // RESTORE_BLOCK_C))
-    _launch("evovit_restore", x.device, grid, need("evovit_restore", N, K), x, tokens, moved, idx, out, N, C, K)
+    plan = _plan(B, N, x.device)
+    if B:
+        _launch("restore_decide_kernel", x.device, (B,), idx, *plan, N, K)
+        grid = (B, -(-N // MOVE_ROWS), -(-C // MOVE_C))
+        _launch("restore_move_kernel", x.device, grid, x, tokens, moved, *plan, out, N, C, K)
     return out
 
 
@@ -154,13 +180,13 @@ def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int
     _check(size.shape == (B, N) and metric.dim() == 3 and metric.shape[:2] == (B, N)
            and metric.dtype in (torch.float32, torch.float16) and 0 < r <= (N - 1) // 2,
            f"tome_merge: size {tuple(size.shape)}, metric {tuple(metric.shape)}, r={r} for x {tuple(x.shape)}")
-    tokens = x.new_empty(B, N - r, C)
     size_out = torch.empty(B, N - r, dtype=torch.float32, device=x.device)
     src = torch.empty(B, r, dtype=torch.int64, device=x.device)
     dst = torch.empty(B, r, dtype=torch.int64, device=x.device)
-    _launch("tome_merge", x.device, (B,), need("tome_merge", N), x, size, metric, tokens, size_out, src, dst,
-            N, C, metric.shape[2], r)
-    return tokens, size_out, src, dst
+    plan = _plan(B, N, x.device)
+    if B:
+        _launch("tome_decide_kernel", x.device, (B,), size, metric, size_out, src, dst, *plan, N, metric.shape[2], r)
+    return _combine(x, plan, N - r, norm=True), size_out, src, dst
 
 
 def diffrate_reduce(x: torch.Tensor, size: torch.Tensor, score: torch.Tensor, keep: int, merge: int):
@@ -170,13 +196,13 @@ def diffrate_reduce(x: torch.Tensor, size: torch.Tensor, score: torch.Tensor, ke
     B, N, C = x.shape
     _check(size.shape == (B, N) and score.shape == (B, N - 1) and 2 <= merge < keep <= N,
            f"diffrate_reduce: size {tuple(size.shape)}, score {tuple(score.shape)}, keep={keep}, merge={merge} for N={N}")
-    tokens = x.new_empty(B, merge, C)
     size_out = torch.empty(B, merge, dtype=torch.float32, device=x.device)
     idx = torch.empty(B, keep - 1, dtype=torch.int64, device=x.device)
     dst = torch.empty(B, keep - merge, dtype=torch.int64, device=x.device)
-    _launch("diffrate_reduce", x.device, (B,), need("diffrate_reduce", N), x, size, score, tokens, size_out, idx, dst,
-            N, C, keep, merge)
-    return tokens, size_out, idx, dst
+    plan = _plan(B, N, x.device)
+    if B:
+        _launch("diffrate_decide_kernel", x.device, (B,), x, size, score, size_out, idx, dst, *plan, N, C, keep, merge)
+    return _combine(x, plan, merge, norm=True), size_out, idx, dst
 
 
 from .hilo_attention import hilo_attention  # noqa: E402  (its own module: it needs the helpers above)

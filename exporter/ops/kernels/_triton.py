@@ -1,16 +1,29 @@
-"""The fused Triton kernels of the token operations, one program per image (restore: per image and C tile).
+"""The token operations' Triton kernels: per op a *decision* (which tokens go where) and a *movement*.
 
-Why this shape: a block holds N <= 256 tokens, so an image's whole choice (ranks, matches, merge
-weights) fits in one program's registers, and fusing it with the row movement saves the index
-round trips the ONNX lowering pays for. Ranks come from comparison counts (ties go to the lower
-position, so the choice is deterministic); fp32 dots use input_precision="ieee" (never TF32);
-scores, similarities, sizes and merge sums stay fp32, and merged tokens are rounded once.
+Why split: the choice reads only fp32 scores or the metric and is small (ranks, partners, counts), the
+movement is nearly all the bytes. A decision runs one program per image (per image and position tile for
+the plain selections) and loops over tiles of tokens, so nothing bounds N; it writes the op's index
+outputs and a *plan*: every output row as a range of terms (token, fp32 weight) of the input. The one
+movement kernel, `combine_kernel`, runs on a grid of (image, row tile, channel tile) and writes each
+output row as the fp32 sum of its terms' rows, optionally divided by their weight sum (a size-weighted
+mean), rounded once: a copy is one term of weight 1 (exact), a merge the direct adds of the rows that
+meet at its destination, never a one-hot product. Rows are contiguous in C, so with C % 16 == 0 and
+16-byte aligned pointers (the AOT "aligned" variants, the JIT's own specialisation) fp16 rows move in
+128-bit loads and stores.
+
+Plan layout, per image (workspace of `config.plan_ints(N)` int32 and `config.plan_floats(N)` fp32):
+ints = [off: N + 1 | tok: N | aux: N + 1], floats = [w: N | aux: N]. Output row o has terms
+off[o] .. off[o + 1] - 1; term q reads input row tok[q] with weight w[q]. Every op's terms number at
+most N (each input token is in at most one output row). `aux` is the decisions' own scratch.
+
+Ranks come from comparison counts over tiles (rank 0 = highest; ties go to the lower position, so the
+choice is deterministic); fp32 similarities use input_precision="ieee" (never TF32). A decision's
+phases are separated by CTA barriers and read what earlier phases wrote with L2 (.cg) loads. Scores
+must be finite (a NaN breaks the comparison ranking).
 
 Every kernel's non-constexpr parameters, in order, are the launch ABI of the AOT launchers
-(exporter/ops/aot.py checks them against its table); the sizes of its blocks are chosen in
-`config.py`. Scores must be finite (a NaN breaks the comparison ranking).
-
-This module imports triton: import it only through `exporter.ops.kernels`.
+(`config.KERNELS`; exporter/ops/aot.py checks them). This module imports triton: import it only through
+`exporter.ops.kernels`.
 """
 import triton
 import triton.language as tl
@@ -19,252 +32,333 @@ TINY = tl.constexpr(1.1754943508222875e-38)  # smallest normal fp32: the referen
 
 
 @triton.jit
-def _order(s_row, n, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr):
-    """[BLOCK_N]: the position of rank q's score (rank 0 = highest; ties: lower position first), 0 past n.
-
-    Ranks of BLOCK_J positions at a time against all n scores, then each rank scattered to its slot
-    by comparison, so nothing larger than [BLOCK_J, BLOCK_N] is ever live."""
-    q = tl.arange(0, BLOCK_N)
-    qm = q < n
-    s_all = tl.load(s_row + q, mask=qm, other=float("-inf"))
-    top = tl.zeros([BLOCK_N], dtype=tl.int32)
-    for i0 in range(0, n, BLOCK_J):
-        i = i0 + tl.arange(0, BLOCK_J)
-        s_i = tl.load(s_row + i, mask=i < n, other=float("-inf"))
-        ahead = (s_all[None, :] > s_i[:, None]) | ((s_all[None, :] == s_i[:, None]) & (q[None, :] < i[:, None]))
-        rank = tl.sum((ahead & qm[None, :]).to(tl.int32), axis=1)
-        hit = (rank[:, None] == q[None, :]) & (i < n)[:, None]
-        top += tl.sum(tl.where(hit, i[:, None], 0), axis=0)
-    return top
-
-
-@triton.jit
-def _select(x_row, out_row, top, w, n, k, C, extra, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out = [class, x[1 + top[:k]], (extra) sum_o w[o] x[1 + top[o]]]: the kept rows copied exactly,
-    the extra row summed in fp32 and rounded once."""
-    o = tl.arange(0, BLOCK_N)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        tl.store(out_row + c, tl.load(x_row + c, mask=cm), mask=cm)
-        rows = tl.load(x_row + (1 + top)[:, None] * C + c[None, :], mask=(o < n)[:, None] & cm[None, :], other=0.0)
-        tl.store(out_row + (1 + o)[:, None] * C + c[None, :], rows, mask=(o < k)[:, None] & cm[None, :])
-        if extra != 0:
-            acc = tl.sum(w[:, None] * rows.to(tl.float32), axis=0)
-            tl.store(out_row + (1 + k) * C + c, acc.to(out_row.dtype.element_ty), mask=cm)
-
-
-@triton.jit
-def topk_prune_kernel(x, score, tokens, idx, N, C, k, fuse,
-                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
-    """EViT: class token, the k best patches (best first), with `fuse` the dropped ones' score-weighted sum."""
+def _plan(plan_i, plan_f, N):
+    """(off, tok, aux ints, w, aux floats) of image program_id(0)'s plan (see the module docstring)."""
     b = tl.program_id(0).to(tl.int64)
-    n = N - 1
-    s_row = score + b * n
-    top = _order(s_row, n, BLOCK_N, BLOCK_J)
-    o = tl.arange(0, BLOCK_N)
-    tl.store(idx + b * k + o, top.to(tl.int64), mask=o < k)
-    w = tl.load(s_row + top, mask=(o >= k) & (o < n), other=0.0)
-    _select(x + b * N * C, tokens + b * (1 + k + fuse) * C, top, w, n, k, C, fuse, BLOCK_N, BLOCK_C)
+    off = plan_i + b * (3 * N + 2)
+    w = plan_f + b * (2 * N)
+    return off, off + N + 1, off + 2 * N + 1, w, w + N
 
 
 @triton.jit
-def evovit_select_kernel(x, g, tokens, idx, N, C, keep,
-                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Evo-ViT: class token, the `keep` best patches by g, and the placeholders' g-weighted mean."""
-    b = tl.program_id(0).to(tl.int64)
-    n = N - 1
-    g_row = g + b * n
-    top = _order(g_row, n, BLOCK_N, BLOCK_J)
-    o = tl.arange(0, BLOCK_N)
-    tl.store(idx + b * keep + o, top.to(tl.int64), mask=o < keep)
-    w = tl.load(g_row + top, mask=(o >= keep) & (o < n), other=0.0)
-    w = w / tl.maximum(tl.sum(w, axis=0), TINY)
-    _select(x + b * N * C, tokens + b * (keep + 2) * C, top, w, n, keep, C, 1, BLOCK_N, BLOCK_C)
+def _rank(s_row, i, n, BLOCK_J: tl.constexpr):
+    """Ranks of the scores at positions i among s_row[:n] (0 = highest; ties: lower position first),
+    counted BLOCK_J positions at a time. Positions past n load -inf and never count."""
+    s_i = tl.load(s_row + i, mask=i < n, other=float("-inf"), cache_modifier=".cg")
+    rank = tl.zeros(i.shape, dtype=tl.int32)
+    for j0 in range(0, n, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        s_j = tl.load(s_row + j, mask=j < n, other=float("-inf"), cache_modifier=".cg")
+        ahead = (s_j[None, :] > s_i[:, None]) | ((s_j[None, :] == s_i[:, None]) & (j[None, :] < i[:, None]))
+        rank += tl.sum(ahead.to(tl.int32), axis=1)
+    return rank
 
 
 @triton.jit
-def evovit_restore_kernel(x, tokens, moved, idx, out, N, C, K,
-                          BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Evo-ViT stage end, grid (B, C tiles): a chosen patch takes its updated token, a placeholder x + moved
-    (added in fp32 and rounded once, as torch adds fp16 tensors, so the result is bit-exact)."""
+def _before(key, i, key_row, upto, BLOCK_J: tl.constexpr):
+    """For each position i, how many positions j < i (of key_row[:upto]) hold the same key (keys < 0
+    never match): a source's place among those sharing its destination."""
+    same = tl.zeros(i.shape, dtype=tl.int32)
+    for j0 in range(0, upto, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        k_j = tl.load(key_row + j, mask=j < upto, other=-1, cache_modifier=".cg")
+        hit = (k_j[None, :] == key[:, None]) & (k_j >= 0)[None, :] & (j[None, :] < i[:, None])
+        same += tl.sum(hit.to(tl.int32), axis=1)
+    return same
+
+
+@triton.jit
+def combine_kernel(x, plan_i, plan_f, out, N, C, M, norm, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Movement, grid (B, row tiles, C tiles): out[b, o] = sum_q w[q] x[b, tok[q]] over row o's terms,
+    divided by max(sum_q w[q], TINY) when `norm`; fp32 accumulation, rounded once."""
     b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    o = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    om = o < M
     cm = c < C
-    x_row = x + b * N * C
-    t_row = tokens + b * (K + 2) * C
-    out_row = out + b * N * C
-    mv = tl.load(moved + b * C + c, mask=cm, other=0.0)
-    tl.store(out_row + c, tl.load(t_row + c, mask=cm), mask=cm)
-    s = tl.arange(0, BLOCK_K)
-    chosen = tl.load(idx + b * K + s, mask=s < K, other=-1).to(tl.int32)
-    for r0 in range(0, N - 1, BLOCK_R):
-        j = r0 + tl.arange(0, BLOCK_R)
-        jm = j < N - 1
-        src = tl.max(tl.where(chosen[None, :] == j[:, None], s[None, :], -1), axis=1)  # slot of patch j, or -1
-        m = jm[:, None] & cm[None, :]
-        waits = m & (src < 0)[:, None]
-        xv = tl.load(x_row + (1 + j)[:, None] * C + c[None, :], mask=waits, other=0.0)
-        tv = tl.load(t_row + (1 + src)[:, None] * C + c[None, :], mask=m & (src >= 0)[:, None], other=0.0)
-        moved_x = (xv.to(tl.float32) + mv.to(tl.float32)[None, :]).to(tv.dtype)  # as torch adds halves
-        tl.store(out_row + (1 + j)[:, None] * C + c[None, :], tl.where(waits, moved_x, tv), mask=m)
+    off, tok, _, w, _ = _plan(plan_i, plan_f, N)
+    start = tl.load(off + o, mask=om, other=0)
+    count = tl.load(off + o + 1, mask=om, other=0) - start
+    x_img = x + b * N * C
+    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    total = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for q in range(0, tl.max(count, axis=0)):
+        live = q < count
+        t = tl.load(tok + start + q, mask=live, other=0)
+        wt = tl.load(w + start + q, mask=live, other=0.0)
+        rows = tl.load(x_img + t[:, None] * C + c[None, :], mask=live[:, None] & cm[None, :], other=0.0)
+        acc += wt[:, None] * rows.to(tl.float32)
+        total += wt
+    if norm != 0:
+        acc = acc / tl.maximum(total, TINY)[:, None]
+    tl.store(out + b * M * C + o[:, None] * C + c[None, :], acc.to(out.dtype.element_ty), mask=om[:, None] & cm[None, :])
 
 
 @triton.jit
-def tome_merge_kernel(x, size, metric, tokens, size_out, src, dst, N, C, Cm, r,
-                      BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """ToMe bipartite soft matching and size-weighted merge of one image.
+def select_decide_kernel(score, idx, plan_i, plan_f, N, k, extra, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """EViT / Evo-ViT decision, grid (B, position tiles covering N + 1): idx[b] = the k best patches,
+    best first; plan rows = [class, the k kept patches, (extra) the dropped ones weighted by score].
 
-    A = even positions (a -> token 2a), B = odd (b -> 2b + 1); BLOCK_A covers both sets. The [A, B]
-    similarities are formed BLOCK_S B tokens at a time (running best match), the ranking of A stays in
-    registers, and the merge runs over the chosen sources BLOCK_S at a time: dense [A, B] and [B, A]
-    MatMuls, unrolled as fp32 FMAs, made 2-4x larger cubins and 90 KB of shared memory at BLOCK_A 128.
-    """
+    Term 0 is the class token, term 1 + rank(i) patch i (weight 1 if kept, else its score), so the
+    dropped patches are the terms of the extra row in rank order."""
+    b = tl.program_id(0).to(tl.int64)
+    n = N - 1
+    off, tok, _, w, _ = _plan(plan_i, plan_f, N)
+    i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    tl.store(off + i, tl.where(i <= k + 1, i, N), mask=i <= k + 1 + extra)
+    tl.store(tok + i, i, mask=i == 0)
+    tl.store(w + i, tl.full([BLOCK_I], 1.0, tl.float32), mask=i == 0)
+    s_row = score + b * n
+    rank = _rank(s_row, i, n, BLOCK_J)
+    im = i < n
+    tl.store(idx + b * k + rank, i.to(tl.int64), mask=im & (rank < k))
+    s = tl.load(s_row + i, mask=im, other=0.0)
+    tl.store(tok + 1 + rank, 1 + i, mask=im)
+    tl.store(w + 1 + rank, tl.where(rank < k, 1.0, s), mask=im)
+
+
+@triton.jit
+def restore_decide_kernel(idx, plan_i, plan_f, N, K, BLOCK_I: tl.constexpr):
+    """Evo-ViT stage end, decision (grid B): aux[j] = the slot of patch j in idx, or -1 (a placeholder)."""
+    b = tl.program_id(0).to(tl.int64)
+    _, _, slot, _, _ = _plan(plan_i, plan_f, N)
+    for j0 in range(0, N - 1, BLOCK_I):
+        j = j0 + tl.arange(0, BLOCK_I)
+        tl.store(slot + j, tl.full([BLOCK_I], -1, tl.int32), mask=j < N - 1)
+    tl.debug_barrier()
+    for s0 in range(0, K, BLOCK_I):
+        s = s0 + tl.arange(0, BLOCK_I)
+        j = tl.load(idx + b * K + s, mask=s < K, other=0).to(tl.int32)
+        tl.store(slot + j, s, mask=s < K)
+
+
+@triton.jit
+def restore_move_kernel(x, tokens, moved, plan_i, plan_f, out, N, C, K, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Evo-ViT stage end, movement (grid B, row tiles, C tiles): a chosen patch takes its updated token, a
+    placeholder x + moved (added in fp32 and rounded once, as torch adds halves: bit-exact)."""
+    b = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    om = o < N
+    cm = c < C
+    _, _, slot_row, _, _ = _plan(plan_i, plan_f, N)
+    slot = tl.load(slot_row + o - 1, mask=om & (o > 0), other=-1)
+    src = tl.where(o == 0, 0, 1 + slot)  # row of `tokens`, or 0 past the class token: a placeholder
+    m = om[:, None] & cm[None, :]
+    taken = m & ((o == 0) | (slot >= 0))[:, None]
+    waits = m & ~taken
+    dst = out + b * N * C + o[:, None] * C + c[None, :]
+    tv = tl.load(tokens + b * (K + 2) * C + src[:, None] * C + c[None, :], mask=taken)
+    tl.store(dst, tv, mask=taken)
+    xv = tl.load(x + b * N * C + o[:, None] * C + c[None, :], mask=waits, other=0.0)
+    mv = tl.load(moved + b * C + c, mask=cm, other=0.0)
+    tl.store(dst, (xv.to(tl.float32) + mv.to(tl.float32)[None, :]).to(out.dtype.element_ty), mask=waits)
+
+
+@triton.jit
+def _sq_norms(rows_ptr, tok, live, C, BLOCK_K: tl.constexpr):
+    """[len(tok)]: squared norms of rows tok (fp32) of a [*, C] matrix, BLOCK_K channels at a time."""
+    acc = tl.zeros(tok.shape, dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        c = c0 + tl.arange(0, BLOCK_K)
+        v = tl.load(rows_ptr + tok[:, None] * C + c[None, :], mask=live[:, None] & (c < C)[None, :], other=0.0)
+        v = v.to(tl.float32)
+        acc += tl.sum(v * v, axis=1)
+    return acc
+
+
+@triton.jit
+def _dots(rows_ptr, tok_i, live_i, tok_j, live_j, C, BLOCK_K: tl.constexpr):
+    """[len(tok_i), len(tok_j)] fp32 dot products of rows of a [*, C] matrix (IEEE fp32, never TF32)."""
+    acc = tl.zeros([tok_i.shape[0], tok_j.shape[0]], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        c = c0 + tl.arange(0, BLOCK_K)
+        cm = c < C
+        vi = tl.load(rows_ptr + tok_i[:, None] * C + c[None, :], mask=live_i[:, None] & cm[None, :], other=0.0)
+        vj = tl.load(rows_ptr + tok_j[:, None] * C + c[None, :], mask=live_j[:, None] & cm[None, :], other=0.0)
+        acc += tl.dot(vi.to(tl.float32), tl.trans(vj.to(tl.float32)), input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def tome_decide_kernel(size, metric, size_out, src, dst, plan_i, plan_f, N, Cm, r,
+                       BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """ToMe bipartite soft matching of one image (grid B): src/dst, merged sizes and the merge plan.
+
+    A = even positions (a -> token 2a), B = odd (b -> 2b + 1). Output rows: the unmerged A tokens
+    ascending (one term each), then every B token: itself, then its sources ascending, weighted by
+    size (the movement divides by the sizes' sum: ToMe's size-weighted mean).
+    aux ints: [partner: na | rank: na]; aux floats: [best: na]."""
     b = tl.program_id(0).to(tl.int64)
     na = (N + 1) // 2
     nb = N // 2
-    ia = tl.arange(0, BLOCK_A)
-    am = ia < na
-    bm = ia < nb  # B index vector is the same arange
+    kept = na - r
+    off, tok, partner_row, w, best_row = _plan(plan_i, plan_f, N)
+    rank_row = partner_row + na
     m_row = metric + b * N * Cm
-    # best B partner of every A token, BLOCK_S B tokens at a time (ties: the lower B position)
-    a2 = tl.zeros([BLOCK_A], dtype=tl.float32)
-    for c0 in range(0, Cm, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        ta = tl.load(m_row + (2 * ia)[:, None] * Cm + c[None, :], mask=am[:, None] & (c < Cm)[None, :], other=0.0).to(tl.float32)
-        a2 += tl.sum(ta * ta, axis=1)
-    best = tl.full([BLOCK_A], float("-inf"), dtype=tl.float32)
-    partner = tl.zeros([BLOCK_A], dtype=tl.int32)
-    for j0 in range(0, nb, BLOCK_S):
-        j = j0 + tl.arange(0, BLOCK_S)
+    s_row = size + b * N
+    so_row = size_out + b * (N - r)
+    # 1: every A token's most similar B token (ties: the lower B position), cosine similarity
+    for a0 in range(0, na, BLOCK_I):
+        ia = a0 + tl.arange(0, BLOCK_I)
+        am = ia < na
+        a_norm = tl.sqrt(_sq_norms(m_row, 2 * ia, am, Cm, BLOCK_K))
+        best = tl.full([BLOCK_I], float("-inf"), dtype=tl.float32)
+        partner = tl.zeros([BLOCK_I], dtype=tl.int32)
+        for j0 in range(0, nb, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            jm = j < nb
+            dots = _dots(m_row, 2 * ia, am, 2 * j + 1, jm, Cm, BLOCK_K)
+            b_norm = tl.sqrt(_sq_norms(m_row, 2 * j + 1, jm, Cm, BLOCK_K))
+            sim = tl.where(jm[None, :], dots / tl.where(jm, b_norm, 1.0)[None, :], float("-inf"))
+            top = tl.max(sim, axis=1)
+            better = top > best
+            partner = tl.where(better, j0 + tl.argmax(sim, axis=1, tie_break_left=True), partner)
+            best = tl.where(better, top, best)
+        best = tl.where(ia == 0, float("-inf"), best / tl.where(am, a_norm, 1.0))  # the class token never merges
+        tl.store(best_row + ia, best, mask=am)
+        tl.store(partner_row + ia, partner, mask=am)
+    tl.debug_barrier()
+    # 2: the r best-matched A tokens merge, best first
+    for a0 in range(0, na, BLOCK_I):
+        ia = a0 + tl.arange(0, BLOCK_I)
+        am = ia < na
+        rank = _rank(best_row, ia, na, BLOCK_J)
+        merged = am & (rank < r)
+        tl.store(rank_row + ia, tl.where(merged, rank, -1), mask=am)
+        partner = tl.load(partner_row + ia, mask=am, other=0, cache_modifier=".cg")
+        tl.store(src + b * r + rank, ia.to(tl.int64), mask=merged)
+        tl.store(dst + b * r + rank, partner.to(tl.int64), mask=merged)
+        tl.store(partner_row + ia, tl.where(merged, partner, -1), mask=am)  # from here on: -1 = not merged
+    tl.debug_barrier()
+    # 3: B rows: merged sizes and term ranges (itself, then its sources)
+    carry = 0
+    for j0 in range(0, nb, BLOCK_I):
+        j = j0 + tl.arange(0, BLOCK_I)
         jm = j < nb
-        dots = tl.zeros([BLOCK_A, BLOCK_S], dtype=tl.float32)
-        b2 = tl.zeros([BLOCK_S], dtype=tl.float32)
-        for c0 in range(0, Cm, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            cm = c < Cm
-            ta = tl.load(m_row + (2 * ia)[:, None] * Cm + c[None, :], mask=am[:, None] & cm[None, :], other=0.0).to(tl.float32)
-            tb = tl.load(m_row + (2 * j + 1)[:, None] * Cm + c[None, :], mask=jm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-            dots += tl.dot(ta, tl.trans(tb), input_precision="ieee")
-            b2 += tl.sum(tb * tb, axis=1)
-        sim = tl.where(jm[None, :], dots / tl.where(jm, tl.sqrt(b2), 1.0)[None, :], float("-inf"))
-        top = tl.max(sim, axis=1)
-        better = top > best
-        partner = tl.where(better, j0 + tl.argmax(sim, axis=1, tie_break_left=True), partner)
-        best = tl.where(better, top, best)
-    best = best / tl.where(am, tl.sqrt(a2), 1.0)
-    best = tl.where((ia == 0) | ~am, float("-inf"), best)
-    ahead = (best[None, :] > best[:, None]) | ((best[None, :] == best[:, None]) & (ia[None, :] < ia[:, None]))
-    rank = tl.sum((ahead & am[None, :]).to(tl.int32), axis=1)
-    merged = (rank < r) & am
-    tl.store(src + b * r + rank, ia.to(tl.int64), mask=merged)
-    tl.store(dst + b * r + rank, partner.to(tl.int64), mask=merged)
-    # output rows: unmerged A ascending (a minus the merged A before it), then every B token
-    pos_a = ia - tl.sum(((ia[None, :] < ia[:, None]) & merged[None, :]).to(tl.int32), axis=1)
-    rest = am & ~merged
-    pos_b = na - r + ia
-    s_a = tl.load(size + b * N + 2 * ia, mask=am, other=0.0)
-    s_b = tl.load(size + b * N + 2 * ia + 1, mask=bm, other=0.0)
-    into = (partner[None, :] == ia[:, None]) & merged[None, :]  # [B, A]: A token a merges into B token b
-    s_new = s_b + tl.sum(tl.where(into, s_a[None, :], 0.0), axis=1)
-    tl.store(size_out + b * (N - r) + pos_a, s_a, mask=rest)
-    tl.store(size_out + b * (N - r) + pos_b, s_new, mask=bm)
-    tl.debug_barrier()  # src/dst written: the merge reads them back BLOCK_S sources at a time
-    x_row = x + b * N * C
-    out_row = tokens + b * (N - r) * C
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        xa = tl.load(x_row + (2 * ia)[:, None] * C + c[None, :], mask=am[:, None] & cm[None, :], other=0.0)
-        tl.store(out_row + pos_a[:, None] * C + c[None, :], xa, mask=rest[:, None] & cm[None, :])
-        acc = tl.load(x_row + (2 * ia + 1)[:, None] * C + c[None, :], mask=bm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-        for s0 in range(0, r, BLOCK_S):
-            s = s0 + tl.arange(0, BLOCK_S)
-            sm = s < r
-            a = tl.load(src + b * r + s, mask=sm, other=0, cache_modifier=".cg").to(tl.int32)
-            p = tl.load(dst + b * r + s, mask=sm, other=-1, cache_modifier=".cg").to(tl.int32)
-            onto = (p[:, None] == ia[None, :]) & sm[:, None]  # [sources, B]
-            s_p = tl.sum(tl.where(onto, s_new[None, :], 0.0), axis=1)  # the partner's merged size
-            w = tl.load(size + b * N + 2 * a, mask=sm, other=0.0) / tl.where(sm, s_p, 1.0)
-            m = sm[:, None] & cm[None, :]
-            xs = tl.load(x_row + (2 * a)[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
-            xp = tl.load(x_row + (2 * p + 1)[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
-            # partner value x_p + sum_i s_i (x_i - x_p) / s'_p, as the reference rewrites the weighted mean
-            acc += tl.dot(tl.trans(onto.to(tl.float32)), w[:, None] * (xs - xp), input_precision="ieee")
-        tl.store(out_row + pos_b[:, None] * C + c[None, :], acc.to(out_row.dtype.element_ty), mask=bm[:, None] & cm[None, :])
+        count = tl.zeros([BLOCK_I], dtype=tl.int32)
+        grow = tl.zeros([BLOCK_I], dtype=tl.float32)
+        for a0 in range(0, na, BLOCK_J):
+            ia = a0 + tl.arange(0, BLOCK_J)
+            am = ia < na
+            p = tl.load(partner_row + ia, mask=am, other=-1, cache_modifier=".cg")
+            s_a = tl.load(s_row + 2 * ia, mask=am, other=0.0)
+            into = p[None, :] == j[:, None]
+            count += tl.sum(into.to(tl.int32), axis=1)
+            grow += tl.sum(tl.where(into, s_a[None, :], 0.0), axis=1)
+        s_b = tl.load(s_row + 2 * j + 1, mask=jm, other=0.0)
+        tl.store(so_row + kept + j, s_b + grow, mask=jm)
+        first = kept + j + carry + tl.cumsum(count, axis=0) - count
+        tl.store(off + kept + j, first, mask=jm)
+        tl.store(tok + first, 2 * j + 1, mask=jm)
+        tl.store(w + first, s_b, mask=jm)
+        carry += tl.sum(count, axis=0)
+    tl.store(off + (N - r) + tl.arange(0, 1), tl.full([1], N, tl.int32))
+    tl.debug_barrier()
+    # 4: A tokens: an unmerged one is its own row, a merged one a term of its partner's
+    before = 0
+    for a0 in range(0, na, BLOCK_I):
+        ia = a0 + tl.arange(0, BLOCK_I)
+        am = ia < na
+        partner = tl.load(partner_row + ia, mask=am, other=-1, cache_modifier=".cg")
+        merged = partner >= 0
+        rest = am & ~merged
+        s_a = tl.load(s_row + 2 * ia, mask=am, other=0.0)
+        pos = ia - (before + tl.cumsum(merged.to(tl.int32), axis=0) - merged.to(tl.int32))
+        tl.store(off + pos, pos, mask=rest)
+        tl.store(so_row + pos, s_a, mask=rest)
+        into = tl.load(off + kept + partner, mask=merged, other=0, cache_modifier=".cg")  # the partner's row start
+        slot = tl.where(merged, into + 1 + _before(partner, ia, partner_row, a0 + BLOCK_I, BLOCK_J), pos)
+        tl.store(tok + slot, 2 * ia, mask=am)
+        tl.store(w + slot, s_a, mask=am)
+        before += tl.sum(merged.to(tl.int32), axis=0)
 
 
 @triton.jit
-def diffrate_reduce_kernel(x, size, score, tokens, size_out, idx, dst, N, C, keep, merge,
-                           BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                           BLOCK_J: tl.constexpr):
-    """DiffRate prune + merge of one image.
+def diffrate_decide_kernel(x, size, score, size_out, idx, dst, plan_i, plan_f, N, C, keep, merge,
+                           BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """DiffRate prune + merge decision of one image (grid B): idx, dst, merged sizes and the merge plan.
 
-    The kept order is written to `idx` first and read back (after a CTA barrier, L2 loads) for the head
-    and for BLOCK_T tail tokens at a time, so no [tail, head] matrix larger than [BLOCK_T, BLOCK_N]
-    is live; the tail's partners go to `dst` and are read back the same way for the merge.
-    """
+    Kept order: class token, then idx (patch position + 1, best first); the first `merge` are the head,
+    the rest the tail, each tail token merging into its most cosine-similar head token but the class
+    token. Output row h: head token h, then its sources, weight 1 each (the movement divides by the
+    count: the reference's unweighted mean). aux ints: [dst: nt]; aux floats: [head norms: merge | tail
+    similarities: nt]."""
     b = tl.program_id(0).to(tl.int64)
     n = N - 1
     nt = keep - merge
     idx_row = idx + b * (keep - 1)
-    dst_row = dst + b * nt
-    x_row = x + b * N * C
-    top = _order(score + b * n, n, BLOCK_N, BLOCK_J)
-    h = tl.arange(0, BLOCK_N)  # head (order) positions; also rank positions for idx
-    tl.store(idx_row + h, (top + 1).to(tl.int64), mask=h < keep - 1)
+    x_img = x + b * N * C
+    s_row = size + b * N
+    off, tok, dst_row, w, norm_row = _plan(plan_i, plan_f, N)
+    sim_row = norm_row + merge
+    # 1: the keep - 1 best patches, best first
+    for i0 in range(0, n, BLOCK_I):
+        i = i0 + tl.arange(0, BLOCK_I)
+        rank = _rank(score + b * n, i, n, BLOCK_J)
+        tl.store(idx_row + rank, (i + 1).to(tl.int64), mask=(i < n) & (rank < keep - 1))
     tl.debug_barrier()
-    hm = h < merge
-    head_tok = tl.load(idx_row + h - 1, mask=hm & (h > 0), other=0, cache_modifier=".cg").to(tl.int32)
-    h2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        xh = tl.load(x_row + head_tok[:, None] * C + c[None, :], mask=hm[:, None] & (c < C)[None, :], other=0.0).to(tl.float32)
-        h2 += tl.sum(xh * xh, axis=1)
-    h_norm = tl.where(hm, tl.sqrt(h2), 1.0)  # padding divides by 1, not 0
-    count = tl.zeros([BLOCK_N], dtype=tl.float32)
-    grow = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for t0 in range(0, nt, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
+    # 2: head norms
+    for h0 in range(0, merge, BLOCK_I):
+        h = h0 + tl.arange(0, BLOCK_I)
+        hm = h < merge
+        head = tl.load(idx_row + h - 1, mask=hm & (h > 0), other=0, cache_modifier=".cg").to(tl.int32)
+        tl.store(norm_row + h, tl.sqrt(_sq_norms(x_img, head, hm, C, BLOCK_K)), mask=hm)
+    tl.debug_barrier()
+    # 3: every tail token's destination (ties: the lower head position) and similarity
+    for t0 in range(0, nt, BLOCK_I):
+        t = t0 + tl.arange(0, BLOCK_I)
         tm = t < nt
-        tail_tok = tl.load(idx_row + merge - 1 + t, mask=tm, other=0, cache_modifier=".cg").to(tl.int32)
-        dots = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
-        t2 = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            cm = c < C
-            xt = tl.load(x_row + tail_tok[:, None] * C + c[None, :], mask=tm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-            xh = tl.load(x_row + head_tok[:, None] * C + c[None, :], mask=hm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-            dots += tl.dot(xt, tl.trans(xh), input_precision="ieee")
-            t2 += tl.sum(xt * xt, axis=1)
-        sim = tl.where(((h >= 1) & hm)[None, :], dots / h_norm[None, :], float("-inf"))  # never the class token
-        d = tl.argmax(sim, axis=1, tie_break_left=True)
-        best = tl.max(sim, axis=1) / tl.where(tm, tl.sqrt(t2), 1.0)
-        tl.store(dst_row + t, d.to(tl.int64), mask=tm)
-        t_size = tl.load(size + b * N + tail_tok, mask=tm, other=0.0)
-        onto = (d[:, None] == h[None, :]) & tm[:, None]
-        count += tl.sum(onto.to(tl.float32), axis=0)
-        grow += tl.sum(tl.where(onto, (t_size * best)[:, None], 0.0), axis=0)
-    h_size = tl.load(size + b * N + head_tok, mask=hm, other=0.0)
-    tl.store(size_out + b * merge + h, h_size + grow, mask=hm)
-    count += 1.0
+        tail = tl.load(idx_row + merge - 1 + t, mask=tm, other=0, cache_modifier=".cg").to(tl.int32)
+        best = tl.full([BLOCK_I], float("-inf"), dtype=tl.float32)
+        d = tl.zeros([BLOCK_I], dtype=tl.int32)
+        for h0 in range(0, merge, BLOCK_J):
+            h = h0 + tl.arange(0, BLOCK_J)
+            hm = h < merge
+            head = tl.load(idx_row + h - 1, mask=hm & (h > 0), other=0, cache_modifier=".cg").to(tl.int32)
+            h_norm = tl.load(norm_row + h, mask=hm, other=1.0, cache_modifier=".cg")
+            dots = _dots(x_img, tail, tm, head, hm, C, BLOCK_K)
+            sim = tl.where(((h >= 1) & hm)[None, :], dots / h_norm[None, :], float("-inf"))  # never the class token
+            top = tl.max(sim, axis=1)
+            better = top > best
+            d = tl.where(better, h0 + tl.argmax(sim, axis=1, tie_break_left=True), d)
+            best = tl.where(better, top, best)
+        t_norm = tl.sqrt(_sq_norms(x_img, tail, tm, C, BLOCK_K))
+        tl.store(dst + b * nt + t, d.to(tl.int64), mask=tm)
+        tl.store(dst_row + t, d, mask=tm)
+        tl.store(sim_row + t, best / tl.where(tm, t_norm, 1.0), mask=tm)
     tl.debug_barrier()
-    out_row = tokens + b * merge * C
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        acc = tl.load(x_row + head_tok[:, None] * C + c[None, :], mask=hm[:, None] & cm[None, :], other=0.0).to(tl.float32)
-        for t0 in range(0, nt, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
+    # 4: head rows: merged sizes and term ranges (itself, then its sources)
+    carry = 0
+    for h0 in range(0, merge, BLOCK_I):
+        h = h0 + tl.arange(0, BLOCK_I)
+        hm = h < merge
+        count = tl.zeros([BLOCK_I], dtype=tl.int32)
+        grow = tl.zeros([BLOCK_I], dtype=tl.float32)
+        for t0 in range(0, nt, BLOCK_J):
+            t = t0 + tl.arange(0, BLOCK_J)
             tm = t < nt
-            tail_tok = tl.load(idx_row + merge - 1 + t, mask=tm, other=0, cache_modifier=".cg").to(tl.int32)
-            d = tl.load(dst_row + t, mask=tm, other=-1, cache_modifier=".cg").to(tl.int32)
-            onto = (d[:, None] == h[None, :]) & tm[:, None]
-            d_tok = tl.sum(tl.where(onto, head_tok[None, :], 0), axis=1)
-            d_count = tl.sum(tl.where(onto, count[None, :], 0.0), axis=1)
-            m = tm[:, None] & cm[None, :]
-            xt = tl.load(x_row + tail_tok[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
-            xd = tl.load(x_row + d_tok[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
-            moved = tl.where(m, (xt - xd) / tl.where(tm, d_count, 1.0)[:, None], 0.0)
-            acc += tl.dot(tl.trans(onto.to(tl.float32)), moved, input_precision="ieee")
-        tl.store(out_row + h[:, None] * C + c[None, :], acc.to(out_row.dtype.element_ty), mask=hm[:, None] & cm[None, :])
+            d = tl.load(dst_row + t, mask=tm, other=-1, cache_modifier=".cg")
+            tail = tl.load(idx_row + merge - 1 + t, mask=tm, other=0, cache_modifier=".cg").to(tl.int32)
+            gain = tl.load(s_row + tail, mask=tm, other=0.0) * tl.load(sim_row + t, mask=tm, other=0.0, cache_modifier=".cg")
+            onto = d[None, :] == h[:, None]
+            count += tl.sum(onto.to(tl.int32), axis=1)
+            grow += tl.sum(tl.where(onto, gain[None, :], 0.0), axis=1)
+        head = tl.load(idx_row + h - 1, mask=hm & (h > 0), other=0, cache_modifier=".cg").to(tl.int32)
+        tl.store(size_out + b * merge + h, tl.load(s_row + head, mask=hm, other=0.0) + grow, mask=hm)
+        first = h + carry + tl.cumsum(count, axis=0) - count
+        tl.store(off + h, first, mask=hm)
+        tl.store(tok + first, head, mask=hm)
+        tl.store(w + first, tl.full([BLOCK_I], 1.0, tl.float32), mask=hm)
+        carry += tl.sum(count, axis=0)
+    tl.store(off + merge + tl.arange(0, 1), tl.full([1], keep, tl.int32))
+    tl.debug_barrier()
+    # 5: tail tokens: a term of their destination's row, in tail order
+    for t0 in range(0, nt, BLOCK_I):
+        t = t0 + tl.arange(0, BLOCK_I)
+        tm = t < nt
+        d = tl.load(dst_row + t, mask=tm, other=0, cache_modifier=".cg")
+        tail = tl.load(idx_row + merge - 1 + t, mask=tm, other=0, cache_modifier=".cg").to(tl.int32)
+        slot = tl.load(off + d, mask=tm, other=0, cache_modifier=".cg") + 1 + _before(d, t, dst_row, t0 + BLOCK_I, BLOCK_J)
+        tl.store(tok + slot, tail, mask=tm)
+        tl.store(w + slot, tl.full([BLOCK_I], 1.0, tl.float32), mask=tm)

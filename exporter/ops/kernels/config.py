@@ -1,53 +1,105 @@
-"""Block sizes and warps of every kernel: one table for the Python launches and the AOT cubins.
+"""The one table of the fused kernels: which kernels make each op, their launch ABI, tiles, warps and
+the variants compiled ahead of time. The Python launches (`kernels/__init__.py`), the AOT generator
+(`exporter/ops/aot.py`) and the C launchers it writes all read it. No triton import here.
 
-A kernel's variant is fixed by its token dtype and one power-of-two block `BLOCK` that must cover the
-op's `need` (patches for the selections and DiffRate, kept slots for the restore, max(|A|, |B|) for
-ToMe); the other tiles follow from BLOCK so a [BLOCK, BLOCK_C] fp32 tile stays near 4K elements
-(about 32 registers a thread at 4 warps). The AOT launchers pick the smallest compiled BLOCK >= need.
-No triton import here: the AOT generator and the tests read this without a GPU.
+Every token op is a decision kernel and a movement kernel (`_triton.py` says why); HiLo's attention
+is one fused kernel. The tiles are fixed, so no token count needs a variant of its own: a kernel's
+variants differ only by the token dtype (kernels reading no token tensor have one) and by "aligned"
+(the parameters in `Kernel.aligned` hinted divisible by 16, as the JIT specialises C % 16 == 0 and
+16-byte aligned pointers, which is what gives fp16 rows 128-bit loads; chosen at launch, with the
+generic variant as fallback). HiLo's head dim is looped over in chunks, so it needs no variant either.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
-AOT_BLOCKS = (16, 32, 64, 128, 256)  # the AOT library serves need <= 256: N <= 257 tokens (ToMe: N <= 256)
-BLOCK_J = 16  # positions ranked at a time (a [BLOCK_J, BLOCK] comparison)
-TAIL_BLOCK = 16  # DiffRate tail tokens matched at a time
-HILO_ROWS = 64  # hilo_attention: window tokens packed into one program's tile (16 windows of 2x2)
+DTYPES = ("fp32", "fp16")  # index = the C launchers' `dtype` (0 = float32, 1 = float16)
+MOVE_ROWS = 16  # movement tiles: [MOVE_ROWS, MOVE_C] output rows x channels per program
+MOVE_C = 64
+HILO_ROWS = 32  # hilo_attention: window tokens in one program's tile (8 windows of 2x2; AOT: windows up to 5x5)
+HILO_CHUNK = 16  # hilo_attention: head-dim channels per dot step
+
+DECIDE = {"BLOCK_I": 32, "BLOCK_J": 64}  # tokens decided at a time x compared at a time
+SIMILARITY = {"BLOCK_I": 32, "BLOCK_J": 32, "BLOCK_K": 16}  # ToMe/DiffRate: + channels per dot step
+MOVE = {"BLOCK_R": MOVE_ROWS, "BLOCK_C": MOVE_C}
 
 
 @dataclass(frozen=True)
 class Kernel:
-    name: str  # the kernel function in _triton.py (or kernels/<op>.py), and the C launcher's `exporter_<op>`
-    op: str
+    name: str  # the function in _triton.py (or kernels/<module>.py)
+    role: str  # "decide", "move" or "fused"
+    ops: tuple[str, ...]  # the ops that launch it
     params: tuple[str, ...]  # non-constexpr parameters, in order: the launch ABI
     pointers: dict  # parameter -> Triton pointer type ("T" = the token dtype)
+    constexprs: dict = field(default_factory=dict)
+    aligned: tuple[str, ...] = ()  # parameters the aligned variant takes as divisible by 16; () = none
+    warps: int = 4
+    stages: int = 1  # no software pipelining: the tiles are small, and pipelined dot loops made sm_87 spill
+    module: str = "_triton"
 
 
-KERNELS = {
-    "topk_prune": Kernel("topk_prune_kernel", "topk_prune", ("x", "score", "tokens", "idx", "N", "C", "k", "fuse"),
-                         {"x": "T", "score": "fp32", "tokens": "T", "idx": "i64"}),
-    "evovit_select": Kernel("evovit_select_kernel", "evovit_select", ("x", "g", "tokens", "idx", "N", "C", "keep"),
-                            {"x": "T", "g": "fp32", "tokens": "T", "idx": "i64"}),
-    "evovit_restore": Kernel("evovit_restore_kernel", "evovit_restore",
-                             ("x", "tokens", "moved", "idx", "out", "N", "C", "K"),
-                             {"x": "T", "tokens": "T", "moved": "T", "idx": "i64", "out": "T"}),
-    "tome_merge": Kernel("tome_merge_kernel", "tome_merge",
-                         ("x", "size", "metric", "tokens", "size_out", "src", "dst", "N", "C", "Cm", "r"),
-                         {"x": "T", "size": "fp32", "metric": "T", "tokens": "T", "size_out": "fp32",
-                          "src": "i64", "dst": "i64"}),
-    "diffrate_reduce": Kernel("diffrate_reduce_kernel", "diffrate_reduce",
-                              ("x", "size", "score", "tokens", "size_out", "idx", "dst", "N", "C", "keep", "merge"),
-                              {"x": "T", "size": "fp32", "score": "fp32", "tokens": "T", "size_out": "fp32",
-                               "idx": "i64", "dst": "i64"}),
-    # in kernels/hilo_attention.py; its BLOCK covers the head dim (windows of up to 8x8 fill a HILO_ROWS tile)
-    "hilo_attention": Kernel("hilo_attention_kernel", "hilo_attention",
-                             ("qkv", "pad", "out", "H", "W", "S", "HEADS", "HD", "WINDOWS"),
-                             {"qkv": "T", "pad": "T", "out": "T"}),
-}
+PLAN = {"plan_i": "i32", "plan_f": "fp32"}
 
-RESTORE_BLOCK_C = 64  # restore's grid is (B, ceil(C / 64))
+KERNELS = {k.name: k for k in (
+    Kernel("select_decide_kernel", "decide", ("topk_prune", "evovit_select"),
+           ("score", "idx", "plan_i", "plan_f", "N", "k", "extra"), {"score": "fp32", "idx": "i64", **PLAN},
+           {"BLOCK_I": DECIDE["BLOCK_I"], "BLOCK_J": DECIDE["BLOCK_J"]}),
+    Kernel("tome_decide_kernel", "decide", ("tome_merge",),
+           ("size", "metric", "size_out", "src", "dst", "plan_i", "plan_f", "N", "Cm", "r"),
+           {"size": "fp32", "metric": "T", "size_out": "fp32", "src": "i64", "dst": "i64", **PLAN},
+           SIMILARITY, aligned=("metric", "Cm")),
+    Kernel("diffrate_decide_kernel", "decide", ("diffrate_reduce",),
+           ("x", "size", "score", "size_out", "idx", "dst", "plan_i", "plan_f", "N", "C", "keep", "merge"),
+           {"x": "T", "size": "fp32", "score": "fp32", "size_out": "fp32", "idx": "i64", "dst": "i64", **PLAN},
+           SIMILARITY, aligned=("x", "C")),
+    Kernel("combine_kernel", "move", ("topk_prune", "evovit_select", "tome_merge", "diffrate_reduce"),
+           ("x", "plan_i", "plan_f", "out", "N", "C", "M", "norm"), {"x": "T", "out": "T", **PLAN},
+           MOVE, aligned=("x", "out", "C")),
+    Kernel("restore_decide_kernel", "decide", ("evovit_restore",), ("idx", "plan_i", "plan_f", "N", "K"),
+           {"idx": "i64", **PLAN}, {"BLOCK_I": 256}),
+    Kernel("restore_move_kernel", "move", ("evovit_restore",),
+           ("x", "tokens", "moved", "plan_i", "plan_f", "out", "N", "C", "K"),
+           {"x": "T", "tokens": "T", "moved": "T", "out": "T", **PLAN}, MOVE,
+           aligned=("x", "tokens", "moved", "out", "C")),
+    # AOT: windows of up to 5x5 fill a HILO_ROWS tile (the JIT takes larger tiles for larger windows); 64 rows
+    # would take windows to 8x8 but its fp32 score/probability tiles need 183+ registers
+    Kernel("hilo_attention_kernel", "fused", ("hilo_attention",),
+           ("qkv", "pad", "out", "H", "W", "S", "HEADS", "HD", "WINDOWS"), {"qkv": "T", "pad": "T", "out": "T"},
+           {"BLOCK_M": HILO_ROWS, "BLOCK_D": HILO_CHUNK}, aligned=("qkv", "pad", "out", "HD"), warps=4, module="hilo_attention"),
+)}
+
+OPS = {op: tuple(k.name for k in KERNELS.values() if op in k.ops)  # launch order: decide, then move
+       for op in ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention")}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled form of a kernel (for one architecture, chosen by `aot.compile_variant`)."""
+    kernel: str
+    dtype: Optional[str]  # "fp32" / "fp16"; None: the kernel reads no token tensor (one variant serves both)
+    aligned: bool  # Kernel.aligned taken as divisible by 16
+
+
+def token_dtypes(kernel: str) -> tuple[Optional[str], ...]:
+    return DTYPES if "T" in KERNELS[kernel].pointers.values() else (None,)
+
+
+def variants(op: str, N: Optional[int] = None) -> list[Variant]:
+    """The variants `op` may launch for N tokens. Any N: the tiles are fixed, so the list is the same for
+    every N (the argument is checked, and is where a token-count specialisation would go)."""
+    if op not in OPS:
+        raise KeyError(op)
+    if N is not None and N < 2:
+        raise ValueError(f"{op}: N = {N} tokens")
+    return [Variant(name, dtype, aligned) for name in OPS[op] for dtype in token_dtypes(name)
+            for aligned in ((True, False) if KERNELS[name].aligned else (False,))]  # aligned first: the common case
+
+
+def all_variants() -> list[Variant]:
+    """Every variant of every kernel, each once (kernels shared by several ops are listed once)."""
+    return list(dict.fromkeys(v for op in OPS for v in variants(op)))
 
 
 def block_for(need: int) -> int:
@@ -58,38 +110,20 @@ def block_for(need: int) -> int:
     return block
 
 
-def constexprs(op: str, block: int) -> dict[str, int]:
-    """The constexpr arguments of `op`'s kernel for block `block`."""
-    tile = max(16, min(64, 4096 // block))
-    if op in ("topk_prune", "evovit_select"):
-        return {"BLOCK_N": block, "BLOCK_C": tile, "BLOCK_J": BLOCK_J}
-    if op == "evovit_restore":
-        return {"BLOCK_K": block, "BLOCK_R": 16, "BLOCK_C": RESTORE_BLOCK_C}
-    if op == "tome_merge":
-        return {"BLOCK_A": block, "BLOCK_C": tile, "BLOCK_S": 16}
-    if op == "diffrate_reduce":
-        return {"BLOCK_N": block, "BLOCK_T": TAIL_BLOCK, "BLOCK_C": tile, "BLOCK_J": BLOCK_J}
-    if op == "hilo_attention":
-        return {"BLOCK_M": HILO_ROWS, "BLOCK_D": block}
-    raise KeyError(op)
+def constexprs(kernel: str) -> dict[str, int]:
+    return dict(KERNELS[kernel].constexprs)
 
 
-def aot_blocks(op: str, blocks=AOT_BLOCKS) -> tuple[int, ...]:
-    """The blocks compiled ahead of time: ToMe stops at 128 (its [BLOCK, BLOCK] fp32 matrices at 256
-    would spill), HiLo's head dim at 128, the others at 256."""
-    return tuple(b for b in blocks if op not in ("tome_merge", "hilo_attention") or b <= 128)
+def launch_options(kernel: str) -> dict[str, int]:
+    """num_warps and num_stages, the same for the JIT launches and the AOT cubins."""
+    return {"num_warps": KERNELS[kernel].warps, "num_stages": KERNELS[kernel].stages}
 
 
-def num_warps(op: str, block: int) -> int:
-    """8 warps where [BLOCK, BLOCK] fp32 matrices live (ToMe at 128+) or the tiles are largest, else 4."""
-    return 8 if block >= 128 else 4
+def plan_ints(N: int) -> int:
+    """int32 words of one image's plan (`_triton.py`): off N + 1, tok N, aux N + 1."""
+    return 3 * N + 2
 
 
-def need(op: str, N: int, K: int = 0) -> int:
-    """What `op`'s block must cover: patches (N - 1), kept slots K (restore) or ceil(N / 2) (ToMe);
-    (hilo_attention's is its head dim: kernels/hilo_attention.py)."""
-    if op == "evovit_restore":
-        return K
-    if op == "tome_merge":
-        return (N + 1) // 2
-    return N - 1
+def plan_floats(N: int) -> int:
+    """fp32 words of one image's plan: w N, aux N."""
+    return 2 * N

@@ -10,7 +10,7 @@ Layout: one program = WINDOWS consecutive windows (row-major over the window gri
 image (grid: window groups x B*heads); their tokens are the rows of one [BLOCK_M, BLOCK_D] tile (row r:
 window r // (s*s), token r % (s*s)), so the scores are one [BLOCK_M, BLOCK_M] tensor-core dot masked to
 the block diagonal of each window.
-For s = 2 that is 16 windows in a 64-row tile: a 16x arithmetic waste that costs nothing next to the
+For s = 2 that is 8 windows in a 32-row tile: an 8x arithmetic waste that costs nothing next to the
 memory traffic, and tl.dot's 16-row minimum would waste as much on a per-window tile. Scores, softmax and
 accumulation are fp32 (fp32 dots with input_precision="ieee", never TF32); the probabilities are rounded
 to the token dtype for the second dot, as the reference's half-precision softmax output is.
@@ -27,7 +27,7 @@ import threading
 
 import torch
 
-from .config import HILO_ROWS, block_for, num_warps
+from .config import HILO_CHUNK, HILO_ROWS, block_for, launch_options
 
 MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
 
@@ -39,6 +39,8 @@ def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """WINDOWS windows (row-major over the window grid) from program_id(0) * WINDOWS on, of head
     program_id(1) % HEADS of image program_id(1) // HEADS: the output rows of their real tokens.
+    The head dim is taken BLOCK_D channels at a time (any HD): the scores accumulate over q/k chunks, then
+    each output chunk is its own dot with the v chunk, so no [BLOCK_M, HD] tile is ever live.
     A plain function that `_jit` decorates once triton is imported in the process's mode (the annotations
     are strings, and `tl` a module global set then)."""
     pid = tl.program_id(0)
@@ -58,26 +60,33 @@ def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
     x = (g % WG) * S + (r % T) % S
     real = alive & (y < H) & (x < W)  # alive but not real: a padding token (bottom/right)
     n = (y * W + x).to(tl.int64)
-    d = tl.arange(0, BLOCK_D)
-    dm = d < HD
     E = 3 * D
-    rows = qkv + b * N * E + n[:, None] * E + head * HD + d[None, :]
-    real_d = real[:, None] & dm[None, :]
-    cols = pad + head * HD + d
-    q = tl.where(real[:, None], tl.load(rows, mask=real_d, other=0.0), tl.load(cols, mask=dm, other=0.0)[None, :])
-    k = tl.where(real[:, None], tl.load(rows + D, mask=real_d, other=0.0),
-                 tl.load(cols + D, mask=dm, other=0.0)[None, :])
-    v = tl.where(real[:, None], tl.load(rows + 2 * D, mask=real_d, other=0.0),
-                 tl.load(cols + 2 * D, mask=dm, other=0.0)[None, :])
-    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [BLOCK_M, BLOCK_M] fp32
+    rows = qkv + b * N * E + n[:, None] * E + head * HD
+    cols = pad + head * HD
+    s = tl.zeros([BLOCK_M, BLOCK_M], dtype=tl.float32)
+    for d0 in range(0, HD, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        dm = d < HD
+        q = tl.load(rows + d[None, :], mask=real[:, None] & dm[None, :], other=0.0)
+        q = tl.where(real[:, None], q, tl.load(cols + d, mask=dm, other=0.0)[None, :])
+        k = tl.load(rows + D + d[None, :], mask=real[:, None] & dm[None, :], other=0.0)
+        k = tl.where(real[:, None], k, tl.load(cols + D + d, mask=dm, other=0.0)[None, :])
+        s += tl.dot(q, tl.trans(k), input_precision="ieee")
+    s = s * scale  # [BLOCK_M, BLOCK_M] fp32
     same = (win[:, None] == win[None, :]) & alive[None, :]
     s = tl.where(same, s, -1.0e30)  # finite: a dead row's softmax is uniform, not NaN (never stored)
     p = tl.exp(s - tl.max(s, axis=1)[:, None])
     p = tl.where(same, p, 0.0)
     total = tl.where(alive, tl.sum(p, axis=1), 1.0)  # a dead row has no key at all
-    o = tl.dot((p / total[:, None]).to(v.dtype), v, input_precision="ieee")
-    dst = out + b * N * D + n[:, None] * D + head * HD + d[None, :]
-    tl.store(dst, o.to(out.dtype.element_ty), mask=real_d)
+    p = (p / total[:, None]).to(qkv.dtype.element_ty)
+    dst = out + b * N * D + n[:, None] * D + head * HD
+    for d0 in range(0, HD, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        dm = d < HD
+        v = tl.load(rows + 2 * D + d[None, :], mask=real[:, None] & dm[None, :], other=0.0)
+        v = tl.where(real[:, None], v, tl.load(cols + 2 * D + d, mask=dm, other=0.0)[None, :])
+        o = tl.dot(p, v, input_precision="ieee")
+        tl.store(dst + d[None, :], o.to(out.dtype.element_ty), mask=real[:, None] & dm[None, :])
 
 
 def _jit(interpret: bool):
@@ -118,7 +127,7 @@ def jit_kernel(interpret: bool = False):
 
 
 def rows(window: int) -> int:
-    """BLOCK_M, the rows of a program's tile: HILO_ROWS (the AOT cubins' tile, windows up to 8x8), more for
+    """BLOCK_M, the rows of a program's tile: HILO_ROWS (the AOT cubins' tile, windows up to 5x5), more for
     larger windows (JIT only)."""
     tokens = window * window
     if tokens > MAX_WINDOW_TOKENS:
@@ -150,10 +159,10 @@ def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int
     windows = -(-height // window) * -(-width // window)
     grid = (-(-windows // per_program), b * heads)
     args = (qkv, pad, out, height, width, window, heads, head_dim, per_program)
-    meta = {"BLOCK_M": block_m, "BLOCK_D": block_for(head_dim)}
+    meta = {"BLOCK_M": block_m, "BLOCK_D": HILO_CHUNK}
     if qkv.is_cuda:
         with torch.cuda.device(qkv.device):
-            jit_kernel()[grid](*args, **meta, num_warps=num_warps("hilo_attention", meta["BLOCK_D"]))
+            jit_kernel()[grid](*args, **meta, **launch_options("hilo_attention_kernel"))
     else:
         from . import _interpreting
 

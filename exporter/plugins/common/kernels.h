@@ -8,7 +8,11 @@
 //   and sizes are float32, indices int64, whatever `dtype` is.
 // - B images, N tokens in (class token first), C channels; the other sizes are the plugins'
 //   attributes (see plugins/<op>/contract.json, which also gives every output's shape).
-// - `workspace` holds at least `<name>_workspace(...)` bytes (may be null when that is 0).
+// - `workspace` holds at least `<name>_workspace(...)` bytes (may be null when that is 0): a token op is a
+//   decision kernel, which writes the op's indices and a plan there, then a movement kernel that reads it,
+//   both on `stream`. Any token count N is served (the kernels tile the tokens).
+// - Variants specialised for C % 16 == 0 and 16-byte aligned pointers (128-bit fp16 rows) are launched when
+//   the actual sizes and pointers allow, else generic ones.
 // - Returns 0 on success, otherwise a CUresult (e.g. 209, no kernel image for this GPU).
 #pragma once
 
@@ -58,7 +62,7 @@ int exporter_diffrate_reduce(void* stream, int dtype, int B, int N, int C, int k
 
 // LITv2 HiLo's Hi-Fi window attention (scale head_dim^-0.5, head_dim = C / heads): qkv [B, H*W, 3*C] (channels
 // q/k/v, head, head_dim), pad [3*C] (the q/k/v of a padding token), out [B, H*W, C]. Windows window x window,
-// maps they do not tile padded bottom/right with `pad` tokens. window <= 8, C / heads <= 128, B * heads <= 65535.
+// maps they do not tile padded bottom/right with `pad` tokens. window <= 5 (any head dim), B * heads <= 65535.
 size_t exporter_hilo_attention_workspace(int dtype, int B, int H, int W, int C, int window, int heads);
 int exporter_hilo_attention(void* stream, int dtype, int B, int H, int W, int C, int window, int heads,
                             const void* qkv, const void* pad, void* out, void* workspace);

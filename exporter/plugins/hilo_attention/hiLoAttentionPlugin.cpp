@@ -24,8 +24,7 @@ enum : size_t
     kHEADS = 3
 };
 
-constexpr int32_t kMAX_WINDOW{8};    // the kernels' tiles hold 64 window tokens (kernels.h)
-constexpr int64_t kMAX_HEAD_DIM{128}; // the largest head dim the kernels are generated for
+constexpr int32_t kMAX_WINDOW{5};    // the kernels' tiles hold 32 window tokens (kernels.h)
 
 std::string checkAttributes(Attributes const& a)
 {
@@ -56,11 +55,6 @@ std::string checkShapes(Attributes const& a, InputDims const& in)
         {
             return "input 'qkv' has " + std::to_string(e) + " channels, not 3 * heads * head_dim with heads = "
                 + std::to_string(a[kHEADS]);
-        }
-        if (e / 3 / a[kHEADS] > kMAX_HEAD_DIM)
-        {
-            return "head_dim = " + std::to_string(e / 3 / a[kHEADS]) + " is above the kernels' "
-                + std::to_string(kMAX_HEAD_DIM);
         }
     }
     return problem.empty() ? expectDim(in, spec, kPAD, 0, e, "E") : problem;
