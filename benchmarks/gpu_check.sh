@@ -54,7 +54,7 @@ else
     echo "estimates: skipped (compute capability '${cc:-none}' has no published figures in exporter.ops.perf)"
 fi
 
-step tests 140 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py \
+step tests 140 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_attend_gpu.py \
     "tests/test_bench.py::test_pytorch_fp16_and_cuda_graphs_are_timed_on_the_gpu"
 for pid in ${estimates[@]+"${estimates[@]}"}; do wait "$pid" || echo "estimate (pid $pid) failed or timed out: see $out/estimate.*.err"; done
 step ops_bench 80 "$python" benchmarks/gpu_ops_bench.py --methods "$methods" --batch "$batches" --rounds 5 --iterations 30 \

@@ -115,8 +115,9 @@ def main() -> int:
     x_size = input_size(dense)
     for batch in batches:
         x = torch.randn(batch, 3, *x_size, generator=torch.Generator().manual_seed(0)).to("cuda", dtype)
-        lines = [f"\nbatch {batch}", "| method | # | op | tokens | standard ops µs | fused µs | speedup | est. standard µs "
-                 "| est. fused µs | measured / est. |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [f"\nbatch {batch}",
+                 "| method | # | op | tokens | standard ops µs | fused µs | speedup | est. standard µs | est. fused µs "
+                 + "| measured / est. |", "|---|---|---|---|---|---|---|---|---|---|"]
         for method in args.methods.split(","):
             model = apply_method(dense, method).to("cuda", dtype)
             calls = captured_calls(model, x)

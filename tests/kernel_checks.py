@@ -48,7 +48,8 @@ def check_topk_prune(kernels, x, score, k, fuse, ties=False):
     tokens, idx = kernels.topk_prune(x, score, k, fuse)
     assert tokens.dtype == x.dtype and idx.dtype == torch.int64 and tokens.shape == (x.shape[0], 1 + k + fuse, x.shape[2])
     same_indices(idx, ref.topk_prune(x.cpu(), score.cpu(), k, fuse)[1], ties, score)
-    expected, _ = ref.topk_prune(x.cpu().double(), score.cpu().double(), k, fuse, chosen=idx.cpu())
+    kept = ref.choose_topk_prune(score.cpu().double(), k, idx.cpu())
+    expected, _ = ref.apply_topk_prune(x.cpu().double(), kept, fuse)
     assert torch.equal(tokens[:, : 1 + k].cpu(), expected[:, : 1 + k].to(x.dtype)), "kept rows are not exact copies"
     if fuse:  # sum of up to N scores (< 1 each) times |x|
         close(tokens[:, -1], expected[:, -1], x.dtype, scale=float(score.sum(dim=1).max()) * float(x.abs().max()))
@@ -58,7 +59,7 @@ def check_evovit_select(kernels, x, g, keep, ties=False):
     tokens, idx = kernels.evovit_select(x, g, keep)
     assert tokens.shape == (x.shape[0], keep + 2, x.shape[2]) and tokens.dtype == x.dtype
     same_indices(idx, ref.evovit_select(x.cpu(), g.cpu(), keep)[1], ties, g)
-    expected, _ = ref.evovit_select(x.cpu().double(), g.cpu().double(), keep, chosen=idx.cpu())
+    expected, _ = ref.apply_evovit_select(x.cpu().double(), ref.choose_evovit_select(g.cpu().double(), keep, idx.cpu()))
     assert torch.equal(tokens[:, :-1].cpu(), expected[:, :-1].to(x.dtype))
     close(tokens[:, -1], expected[:, -1], x.dtype, scale=float(x.abs().max()))  # a convex combination of rows
     return idx
@@ -97,8 +98,8 @@ def check_tome_merge(kernels, x, size, metric, r, ties=False):
     else:
         _, _, ref_src, ref_dst = ref.tome_merge(x.cpu(), size.cpu(), metric.cpu(), r)
         assert torch.equal(src.cpu(), ref_src) and torch.equal(dst.cpu(), ref_dst)
-    exp_tokens, exp_size, _, _ = ref.tome_merge(x.cpu().double(), size.cpu(), metric.cpu().float(), r,
-                                                chosen=(src.cpu(), dst.cpu()))
+    matching = ref.choose_tome_merge(metric.cpu().float(), r, (src.cpu(), dst.cpu()))
+    exp_tokens, exp_size, _, _ = ref.apply_tome_merge(x.cpu().double(), size.cpu(), matching)
     close(tokens, exp_tokens, x.dtype, scale=float(x.abs().max()))
     close(size_out, exp_size, torch.float32, scale=float(size.max()))
 
@@ -119,8 +120,8 @@ def check_diffrate_reduce(kernels, x, size, score, keep, merge, ties=False):
     else:
         _, _, ref_idx, ref_dst = ref.diffrate_reduce(x.cpu(), size.cpu(), score.cpu(), keep, merge)
         assert torch.equal(idx.cpu(), ref_idx) and torch.equal(dst.cpu(), ref_dst)
-    exp_tokens, exp_size, _, _ = ref.diffrate_reduce(x.cpu().double(), size.cpu(), score.cpu(), keep, merge,
-                                                     chosen=(idx.cpu(), dst.cpu()))
+    reduction = ref.choose_diffrate_reduce(x.cpu().double(), score.cpu(), keep, merge, (idx.cpu(), dst.cpu()))
+    exp_tokens, exp_size, _, _ = ref.apply_diffrate_reduce(x.cpu().double(), size.cpu(), reduction)
     close(tokens, exp_tokens, x.dtype, scale=float(x.abs().max()))
     close(size_out, exp_size, torch.float32, scale=float(size.max()) * keep)
 

@@ -64,12 +64,16 @@ def test_contract_shapes_keep_a_symbolic_batch_and_refuse_contradictions():
 
 
 def test_replayed_choices_are_used():
-    """`chosen` replaces the op's own choice (the replay verification relies on)."""
+    """A choice built from recorded indices replaces the op's own (the replay verification relies on), and
+    keeps the scores of this run, which the margins read."""
     x, score, k, fuse = inputs("topk_prune")
-    _, own = ops.topk_prune(x, score, k, fuse)
+    _, own = ops.apply_topk_prune(x, ops.Deferred(ops.choose_topk_prune, (score, k)), fuse)
     other = own.flip(0)
-    tokens, used = ops.topk_prune(x, score, k, fuse, chosen=other)
+    choice = ops.choose_topk_prune(score, k, recorded=other)
+    tokens, used = ops.apply_topk_prune(x, choice, fuse)
     assert torch.equal(used, other) and torch.equal(tokens[:, 1:1 + k], reference.gather_tokens(x[:, 1:], other))
+    [(what, scores, chosen)] = choice.decisions()
+    assert what == "kept tokens" and torch.equal(scores[:, 0], score) and torch.equal(chosen[:, 0], other)
 
 
 PARAMS = {

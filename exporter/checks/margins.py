@@ -1,6 +1,6 @@
 """How far PyTorch's token choices were from tipping, and whether fp16 rounding can tip them.
 
-The token ops hand verification every choice they make (`ops.reference`, `decided`): fp32 scores in
+Every token choice carries what verification reads here (`ops.reference`, `decisions()`): fp32 scores in
 rows and the candidates taken in each row (top-k class attention; ToMe's merged tokens and each one's
 partner; DiffRate's kept tokens, its unmerged head and each merged token's destination). Then:
 

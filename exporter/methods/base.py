@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import ops
 from ..errors import ExporterError
 
 
@@ -167,8 +168,20 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None
 
 
 def cls_attention(q: torch.Tensor, k: torch.Tensor, scale: float, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """softmax(q_cls·Kᵀ·scale + bias) in fp32: [B, heads, N], the class token's attention row."""
-    logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
+    """softmax(q_cls·Kᵀ·scale + bias) in fp32: [B, heads, N], the class token's attention row.
+
+    On a GPU, half-precision q and k go into the product as they are, with fp32 accumulation and output
+    (`bmm(..., out_dtype=float32)`, one head at a time on strided views: no fp32 or contiguous copy of k,
+    which is most of this row's cost); the products of fp16 values are exact in fp32, so this differs from
+    the fp32 route below only in summation order and in scaling after the sum. Elsewhere (the CPU, export)
+    q_cls and k are cast to fp32, which is what the ONNX graphs hold. (The meta device takes the GPU's
+    route, so exporter.ops.perf prices what a GPU runs.)
+    """
+    if k.device.type in ("cuda", "meta") and k.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype:
+        logits = torch.stack([torch.bmm(q[:, h, :1], k[:, h].transpose(-2, -1), out_dtype=torch.float32)
+                              for h in range(k.shape[1])], dim=1) * scale
+    else:
+        logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
     if bias is not None:
         logits = logits + bias.float()[:, None, None, :]
     return logits.softmax(dim=-1)[:, :, 0]
@@ -187,13 +200,13 @@ def mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class Choices:
     """The token choices of one forward pass, passed down the block loop (never kept on a module).
 
-    Every reduction `add`s the indices it chose, in order; the traced forward returns them. Given
-    `replay` (another run's choices, in the same order), each reduction `take`s its share and uses
-    it instead of choosing: PyTorch then computes what that run computed after a near-tie went the
-    other way. `traced` asks for choices comparable across runtimes (EViT then follows token
-    identities, which costs a gather per reduction). Given a `decisions` list, the token ops append
-    every choice to it as (reduction, what, fp32 scores, chosen indices): how far each was from
-    tipping, for verification (`checks.margins`).
+    Every reduction `choose`s through it, then `add`s the indices its op returned, in order; the traced
+    forward returns them. Given `replay` (another run's choices, in the same order), each choice is built
+    from that run's indices instead of made: PyTorch then computes what that run computed after a near-tie
+    went the other way. `traced` asks for choices comparable across runtimes (EViT then follows token
+    identities, which costs a gather per reduction). Given a `decisions` list, every choice's scores are
+    appended to it as (reduction, what, fp32 scores, chosen indices): how far each was from tipping, for
+    verification (`checks.margins`).
     """
 
     def __init__(self, replay: Optional[Sequence[torch.Tensor]] = None, traced: bool = False,
@@ -204,14 +217,26 @@ class Choices:
         self.reductions = 0
         self.decisions = decisions
 
-    @property
-    def decided(self) -> Optional[Callable[[str, torch.Tensor, torch.Tensor], None]]:
-        """The `decided` hook to pass the token ops (None unless decisions are collected)."""
-        if self.decisions is None:
-            return None
-        return lambda what, scores, chosen: self.decisions.append((self.reductions, what, scores, chosen))
+    def choose(self, choose: Callable[..., ops.Choice], *inputs, records: int = 1,
+               located: Optional[Callable] = None):
+        """The choice `choose(*inputs)` (an `ops.choose_<op>`) makes, for `ops.apply_<op>`.
 
-    def take(self, count: int = 1, like: Optional[torch.Tensor] = None):
+        Replaying, it is built from the next `records` replayed index tensors instead (`located` maps them
+        to positions in this run's inputs, where the reduction records something else), as `recorded`.
+        Collecting decisions, its scores are appended. Otherwise nothing in PyTorch needs the choice, and it
+        is left to the op (`ops.Deferred`): one plugin node or fused kernel decides and moves.
+        """
+        if self.replay is None and self.decisions is None:
+            return ops.Deferred(choose, inputs)
+        recorded = self._take(records, like=inputs[0])
+        if recorded is not None and located is not None:
+            recorded = located(recorded)
+        choice = choose(*inputs, recorded=recorded)
+        if self.decisions is not None:
+            self.decisions.extend((self.reductions, *decision) for decision in choice.decisions())
+        return choice
+
+    def _take(self, count: int, like: Optional[torch.Tensor] = None):
         """The next `count` replayed index tensors (as a tuple when count > 1), or None when not replaying."""
         if self.replay is None:
             return None

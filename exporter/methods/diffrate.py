@@ -225,13 +225,12 @@ class DiffRateViT(ReducedViT):
         if step.keep == 1:
             return x[:, :1], None if size is None else size[:, :1]
         if step.merge is None:
-            chosen = choices.take(like=x)
-            chosen = None if chosen is None else chosen - 1
-            x, idx = ops.topk_prune(x, score, step.keep - 1, False, chosen, choices.decided)
+            choice = choices.choose(ops.choose_topk_prune, score, step.keep - 1, located=lambda kept: kept - 1)
+            x, idx = ops.apply_topk_prune(x, choice, False)
             choices.add(idx + 1)
             return x, None if size is None else gather_tokens(size, torch.cat([torch.zeros_like(idx[:, :1]), idx + 1], dim=1))
-        x, size, idx, dst = ops.diffrate_reduce(x, size, score, step.keep, step.merge, choices.take(2, like=x),
-                                                choices.decided)
+        choice = choices.choose(ops.choose_diffrate_reduce, x, score, step.keep, step.merge, records=2)
+        x, size, idx, dst = ops.apply_diffrate_reduce(x, size, choice)
         choices.add(idx, dst)
         return x, size
 

@@ -81,10 +81,10 @@ class EViT(ReducedViT):
         att = attend(blk.attn, blk.norm1(x), cls_row=True)
         x = x + attn_residual(blk, att.out)
         score = att.cls_row[:, :, 1:].mean(dim=1)  # [B, N-1], fp32
-        chosen = choices.take(like=x)
-        if chosen is not None:  # the tokens another run kept: where they are here
-            chosen = (ids[:, None, :] == chosen[:, :, None]).float().argmax(dim=-1)
-        x, idx = ops.topk_prune(x, score, k, self.fuse, chosen, choices.decided)
+        # a replayed run's choice is the token identities it kept: where they are here
+        choice = choices.choose(ops.choose_topk_prune, score, k,
+                                located=lambda kept: (ids[:, None, :] == kept[:, :, None]).float().argmax(dim=-1))
+        x, idx = ops.apply_topk_prune(x, choice, self.fuse)
         if ids is not None:
             ids = gather_tokens(ids, idx)
             choices.add(ids)

@@ -88,7 +88,8 @@ class EvoViT(ReducedViT):
         """Run `blocks` on [class, top-`keep` tokens by g, rep]; return all tokens (in their original
         places) and, when `score`, g updated through the stage."""
         k = self.keep
-        y, idx = ops.evovit_select(x, g, k, choices.take(like=x), choices.decided)  # informative tokens, best first
+        choice = choices.choose(ops.choose_evovit_select, g, k)
+        y, idx = ops.apply_evovit_select(x, choice)  # informative tokens, best first
         choices.add(idx)
         g_inf = gather_tokens(g, idx) if score else None
         moved = 0  # the sum of rep's increments so far

@@ -148,7 +148,8 @@ class ToMeViT(ReducedViT):
             x = x + attn_residual(block, attended.out)
             if r > 0:
                 metric = attended.k.mean(dim=1)
-                x, size, src, dst = ops.tome_merge(x, size, metric, r, choices.take(2, like=x), choices.decided)
+                choice = choices.choose(ops.choose_tome_merge, metric, r, records=2)
+                x, size, src, dst = ops.apply_tome_merge(x, size, choice)
                 choices.add(src, dst)
             x = x + mlp_residual(block, x)
         return x, size

@@ -9,23 +9,28 @@ Each op is a `torch.library` custom op (`torch.ops.exporter.<name>`) with
   standard ops (TopK, Gather, MatMul: the portable default), `plugin` emits one custom node per op
   per block that TensorRT resolves to the plugin of the same name (see `plugin_nodes.py`).
 
-Methods call the functions below. They run the reference maths inline (so a decomposed graph is
-exactly the reference), and the custom op when a plugin graph is being exported or the tensors are
-on a GPU. Passing `chosen` (indices another run returned) replays that run's choices, and passing
-`decided` collects every choice's scores (see `reference`), which only the reference does:
-verification replays and scores in PyTorch on the CPU.
+A reducing op is a decision and a movement (see `reference`): `choose_<op>(...) -> choice` and
+`apply_<op>(x, ..., choice)`, which methods call in that order through `methods.base.Choices`. Where nothing
+has to see the choice in PyTorch, `Choices` leaves it to the op (`Deferred`) and `apply_<op>` runs the
+custom op when a plugin graph is being exported or the tensors are on a GPU (one plugin node, one fused
+kernel: decision and movement together), or the reference maths inline (so a decomposed graph is exactly
+the reference). Where verification needs the choice (replaying another run's indices, or reading every
+choice's scores for the margins), it is made by the reference in PyTorch and applied by the reference:
+verification replays and scores on the CPU.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import reference
-from .reference import Decided
+from .reference import Choice, Kept, Matching, Reduction
+from .reference import choose_diffrate_reduce, choose_evovit_select, choose_tome_merge, choose_topk_prune
 from .contracts import load as load_contract
 
 OPS = ("topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention")
@@ -94,41 +99,60 @@ def _ones(x: Tensor) -> Tensor:
 
 # ---- the functions methods call ---------------------------------------------------------------------
 
-def topk_prune(x: Tensor, score: Tensor, k: int, fuse: bool, chosen: Optional[Tensor] = None, decided: Decided = None):
-    """(tokens [B, 1+k+fuse, C], idx [B, k]); see `reference.topk_prune`."""
-    if chosen is None and decided is None and _custom(x):
-        return torch.ops.exporter.topk_prune(x, score, k, fuse)
-    return reference.topk_prune(x, score, k, fuse, chosen, decided)
+@dataclass(frozen=True)
+class Deferred:
+    """A choice left to the op: the `choose_<op>` that makes it and its arguments. Nothing needs it in
+    PyTorch, so the op may make it where it moves the tokens (one plugin node, one fused kernel)."""
+
+    choose: Callable[..., Choice]
+    inputs: tuple
+
+    def made(self) -> Choice:
+        return self.choose(*self.inputs)
 
 
-def evovit_select(x: Tensor, g: Tensor, keep: int, chosen: Optional[Tensor] = None, decided: Decided = None):
-    """(tokens [B, keep+2, C], idx [B, keep]); see `reference.evovit_select`."""
-    if chosen is None and decided is None and _custom(x):
-        return torch.ops.exporter.evovit_select(x, g, keep)
-    return reference.evovit_select(x, g, keep, chosen, decided)
+def apply_topk_prune(x: Tensor, choice: Union[Kept, Deferred], fuse: bool):
+    """(tokens [B, 1+k+fuse, C], idx [B, k]); see `reference.apply_topk_prune`."""
+    if isinstance(choice, Deferred):
+        if _custom(x):
+            return torch.ops.exporter.topk_prune(x, *choice.inputs, fuse)
+        choice = choice.made()
+    return reference.apply_topk_prune(x, choice, fuse)
+
+
+def apply_evovit_select(x: Tensor, choice: Union[Kept, Deferred]):
+    """(tokens [B, keep+2, C], idx [B, keep]); see `reference.apply_evovit_select`."""
+    if isinstance(choice, Deferred):
+        if _custom(x):
+            return torch.ops.exporter.evovit_select(x, *choice.inputs)
+        choice = choice.made()
+    return reference.apply_evovit_select(x, choice)
 
 
 def evovit_restore(x: Tensor, tokens: Tensor, moved: Tensor, idx: Tensor) -> Tensor:
-    """[B, N, C]; see `reference.evovit_restore`."""
+    """[B, N, C]; see `reference.evovit_restore` (pure movement: the stage's choice is `idx`)."""
     if _custom(x):
         return torch.ops.exporter.evovit_restore(x, tokens, moved, idx)
     return reference.evovit_restore(x, tokens, moved, idx)
 
 
-def tome_merge(x: Tensor, size: Optional[Tensor], metric: Tensor, r: int, chosen=None, decided: Decided = None):
-    """(tokens [B, N-r, C], size [B, N-r], src [B, r], dst [B, r]); see `reference.tome_merge`."""
-    if chosen is None and decided is None and _custom(x):
-        return torch.ops.exporter.tome_merge(x, _ones(x) if size is None else size, metric, r)
-    return reference.tome_merge(x, size, metric, r, chosen, decided)
+def apply_tome_merge(x: Tensor, size: Optional[Tensor], choice: Union[Matching, Deferred]):
+    """(tokens [B, N-r, C], size [B, N-r], src [B, r], dst [B, r]); see `reference.apply_tome_merge`."""
+    if isinstance(choice, Deferred):
+        if _custom(x):
+            return torch.ops.exporter.tome_merge(x, _ones(x) if size is None else size, *choice.inputs)
+        choice = choice.made()
+    return reference.apply_tome_merge(x, size, choice)
 
 
-def diffrate_reduce(x: Tensor, size: Optional[Tensor], score: Tensor, keep: int, merge: int, chosen=None,
-                    decided: Decided = None):
+def apply_diffrate_reduce(x: Tensor, size: Optional[Tensor], choice: Union[Reduction, Deferred]):
     """(tokens [B, merge, C], size [B, merge], idx [B, keep-1], dst [B, keep-merge]); see
-    `reference.diffrate_reduce`."""
-    if chosen is None and decided is None and _custom(x):
-        return torch.ops.exporter.diffrate_reduce(x, _ones(x) if size is None else size, score, keep, merge)
-    return reference.diffrate_reduce(x, size, score, keep, merge, chosen, decided)
+    `reference.apply_diffrate_reduce`."""
+    if isinstance(choice, Deferred):
+        if _custom(x):  # choose_diffrate_reduce(x, score, keep, merge): the op takes x and size first
+            return torch.ops.exporter.diffrate_reduce(x, _ones(x) if size is None else size, *choice.inputs[1:])
+        choice = choice.made()
+    return reference.apply_diffrate_reduce(x, size, choice)
 
 
 def hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: int, heads: int,
@@ -213,4 +237,8 @@ for _name in OPS:
     torch.library.register_fake(f"exporter::{_name}")(_fake(_name))
     torch.library.register_kernel(f"exporter::{_name}", "cuda")(_fused(_name))
 
-__all__ = ["OPS", "LOWERINGS", "lowering", "fused_kernels", "called", *OPS]
+__all__ = [
+    "OPS", "LOWERINGS", "lowering", "fused_kernels", "called", "Deferred",
+    "choose_topk_prune", "apply_topk_prune", "choose_evovit_select", "apply_evovit_select", "evovit_restore",
+    "choose_tome_merge", "apply_tome_merge", "choose_diffrate_reduce", "apply_diffrate_reduce", "hilo_attention",
+]

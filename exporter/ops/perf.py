@@ -262,33 +262,55 @@ def _input_size(model) -> tuple[int, int]:
 # ---- the kernels' estimate ----------------------------------------------------------------------------
 
 def library_key(launch: Launch, precision: str, arch: int) -> tuple:
-    """The AOT library's variant that serves `launch` (its kernel, token dtype and constexprs)."""
+    """The AOT library's variant that serves `launch`: its kernel and constexprs, the token dtype (or none, for
+    a kernel that reads no tokens); the first `aot.variant_keys` lists where several do (the aligned one: the
+    launchers take it when C % 16 == 0 and the pointers are 16-byte aligned, as in these models)."""
     from . import aot
 
     for key in aot.variant_keys([arch]):
         kernel, dtype, constexprs = aot.launch_signature(*key)
-        if (kernel, constexprs) == (launch.kernel, launch.constexprs) and dtype in (precision, None):  # None: no tokens read
+        if kernel == launch.kernel and dtype in (precision, None) and constexprs == launch.constexprs:
             return key
     raise ExporterError(f"The plugin library has no sm_{arch} variant of {launch.kernel} ({precision}, "
                         f"{launch.constexprs}) for this model.",
-                        "Its token counts are beyond the library's blocks (exporter/ops/kernels/config.py).")
+                        "Its launch and exporter/ops/kernels/config.py disagree on the constexprs or dtype; fix the table.")
+
+
+def _frame(frame: tuple) -> tuple:
+    """(file name, line): a cubin from Triton's cache may name another checkout's copy of the same source."""
+    return os.path.basename(frame[0]), frame[1]
 
 
 def dynamic_instructions(variant, launch: Launch) -> float:
-    """Instructions one program executes (per warp): each issued instruction times the executions of its
-    source line (the longest traced suffix of its inlined call chain) per program; untraced lines once."""
-    traced = {frame for chain in launch.hits for frame in chain}
-    per_program = {chain: n / launch.programs for chain, n in launch.hits.items()}
-    total = 0.0
-    for i in variant.facts.issued:
-        chain = tuple(f for f in variant.sources.get(i.address, ()) if (os.path.realpath(f[0]), f[1]) in traced)
-        chain = tuple((os.path.realpath(f), line) for f, line in chain)
-        count = 1.0
+    """Instructions one program executes (per warp).
+
+    An instruction runs as often per program as its source line ran in the interpreter (the longest traced
+    suffix of its inlined call chain), but no more often than its innermost SASS loop iterates (a backward
+    branch's range; its trip count is the count of the branch's own line): the compiler hoists loop-invariant
+    code out of loops keeping the line it came from, and unrolls constant-trip loops into copies that each
+    run once. Outside every loop an instruction runs at most once; untraced lines count once.
+    """
+    from .cubin import branch_target
+
+    per_program = {tuple(map(_frame, chain)): n / launch.programs for chain, n in launch.hits.items()}
+    traced = {frame for chain in per_program for frame in chain}
+
+    def count(address: int):
+        chain = tuple(f for f in map(_frame, variant.sources.get(address, ())) if f in traced)
         for start in range(len(chain)):
             if chain[start:] in per_program:
-                count = per_program[chain[start:]]
-                break
-        total += count
+                return per_program[chain[start:]]
+        return None
+
+    loops = sorted(((branch_target(i), i.address) for i in variant.facts.issued
+                    if branch_target(i) is not None and branch_target(i) < i.address), key=lambda r: r[1] - r[0])
+    trips = {loop: count(loop[1]) for loop in loops}
+    total = 0.0
+    for i in variant.facts.issued:
+        n = count(i.address)
+        inner = next((loop for loop in loops if loop[0] <= i.address <= loop[1]), None)
+        cap = 1.0 if inner is None else trips[inner]
+        total += 1.0 if n is None else n if cap is None else min(n, cap)
     return total
 
 

@@ -16,7 +16,6 @@ onnxruntime gave them: what a plugin graph's debug twin cannot output, for measu
 from __future__ import annotations
 
 import contextlib
-import inspect
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
@@ -25,6 +24,7 @@ import numpy as np
 import onnx
 
 from ..errors import ExporterError
+from ..ops import reference
 from ..ops.contracts import DOMAIN, Contract, all_contracts, by_plugin
 from . import ort as ort_runtime
 
@@ -119,20 +119,25 @@ def _register_all() -> dict[tuple[str, str], str]:
     return {(c.plugin, t): _register(c, t) for c in all_contracts() for t in c.token_dtypes}
 
 
+# What each deciding op chooses from, among its arguments (contract order): a plugin node's choice, for its scores.
+_CHOICES = {
+    "topk_prune": lambda x, score, k, fuse: reference.choose_topk_prune(score, k),
+    "evovit_select": lambda x, g, keep: reference.choose_evovit_select(g, keep),
+    "tome_merge": lambda x, size, metric, r: reference.choose_tome_merge(metric, r),
+    "diffrate_reduce": lambda x, size, score, keep, merge: reference.choose_diffrate_reduce(x, score, keep, merge),
+}
+
+
 def _register(contract: Contract, token: str) -> str:
     """Register `contract`'s op for tokens of `token` with onnxruntime-extensions."""
     import torch
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-    import exporter.ops  # registers torch.ops.exporter.*
-
     kinds = {"float32": PyCustomOpDef.dt_float, "int64": PyCustomOpDef.dt_int64}
     ins, outs = contract.dtypes("float32")  # fp16 tokens cross as float32, see _through_float32
     half = token == "float16"
     op = getattr(torch.ops.exporter, contract.op)
-    chooses = getattr(exporter.ops, contract.op)  # the same reference maths, reporting its choices' scores
-    if "decided" not in inspect.signature(chooses).parameters:
-        chooses = None
+    choose = _CHOICES.get(contract.op)
     name = f"{contract.plugin}_{token}"
 
     def compute(*arrays, **attrs):
@@ -141,10 +146,9 @@ def _register(contract: Contract, token: str) -> str:
         args = (*tensors, *(int(attrs[a]) for a in contract.attributes))
         made = _collected[0]
         with torch.no_grad():
-            if made is not None and chooses is not None:
-                result = chooses(*args, decided=lambda what, scores, chosen: made.append(scores.float().numpy()))
-            else:
-                result = op(*args)
+            result = op(*args)
+            if made is not None and choose is not None:  # the same choice, made again for its scores
+                made.extend(scores.float().numpy() for _, scores, _ in choose(*args).decisions())
         result = result if isinstance(result, tuple) else (result,)
         arrays = [t.float().numpy() if t.dtype == torch.float16 else t.numpy() for t in result]
         return tuple(arrays) if len(arrays) > 1 else arrays[0]
