@@ -1,4 +1,4 @@
-"""`python -m exporter <command>`: build, engine, verify, inspect, methods, bench.
+"""`python -m exporter <command>`: build, engine, verify, inspect, methods, bench, perf.
 
 Argument parsing only: each command's arguments go to its module in `exporter.commands`. Those modules, and
 `options` (which reads the methods' parameters), import torch and onnx: they are imported when a command runs or
@@ -223,6 +223,50 @@ def _bench(args, console: Console) -> int:
     return 0
 
 
+def _add_perf(sub) -> None:
+    from .ops.perf import GPUS, Model  # imports torch (see the module docstring)
+    from .options import add_method_params
+
+    p = sub.add_parser(
+        "perf",
+        help="static GPU-time estimate of a reduced model from its compiled kernels (no GPU needed)",
+        description="Compile every token-op kernel the model uses for --arch, read registers, occupancy and "
+        "instructions from the cubins, and estimate each op's time and the whole forward against dense with a "
+        "stated model of published GPU figures (docs/perf.md). An estimate, not a measurement.",
+    )
+    p.add_argument("--model", default="deit_small_patch16_224", help="a timm ViT name or litv2_small (default %(default)s)")
+    p.add_argument("--method", default="none", help="none, evit, evovit, diffrate, tome (LITv2: none, its HiLo)")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--batch", default="256", help="batch size, or several: 64,256 (--json: a list)")
+    p.add_argument("--arch", default="sm_90", choices=sorted(GPUS))
+    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
+    p.add_argument("--gemm-efficiency", type=float, default=Model.gemm_efficiency,
+                   help="share of the tensor-core peak GEMMs reach (default %(default)s)")
+    p.add_argument("--attention-efficiency", type=float, default=Model.attention_efficiency,
+                   help="share of the peak flash attention reaches (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=0, help="compiler processes (default: the CPUs)")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON on stdout")
+    add_method_params(p)
+    p.set_defaults(run=_perf)
+
+
+def _perf(args, console: Console) -> int:
+    from .commands.perf import run  # torch, triton (see the module docstring)
+    from .methods import get_method
+    from .ops.perf import Model
+    from .options import given_params, parsed_params
+
+    sizes = args.batch.split(",")
+    batches = [int(b) for b in sizes] if all(b.isdigit() for b in sizes) else []
+    if not batches or min(batches) < 1 or not (0 < args.gemm_efficiency <= 1 and 0 < args.attention_efficiency <= 1):
+        raise ExporterError(f"--batch {args.batch!r} must be sizes >= 1 (e.g. 64,256) and the efficiencies in (0, 1].",
+                            "e.g. --batch 64,256 --gemm-efficiency 0.6")
+    params = parsed_params(get_method(args.method), given_params(args))
+    run(args.stdout, args.model, args.method, params, args.img_size, batches, args.arch, args.precision,
+        Model(args.gemm_efficiency, args.attention_efficiency), args.jobs, args.json)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m exporter",
@@ -237,6 +281,7 @@ def parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_methods(sub)
     _add_bench(sub)
+    _add_perf(sub)
     for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
@@ -244,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:  # before the command parsers, which import torch
+        print(f"exporter {__version__}")
+        return 0
     try:
         args = parser().parse_args(argv)
     except RuntimeError as e:  # building the parser imports timm, and timm torchvision
