@@ -2,6 +2,7 @@
 import io
 import re
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -93,9 +94,14 @@ def test_methods_table_is_on_stdout_and_debug_goes_anywhere(capsys):
 def test_version(capsys):
     from exporter import __version__
 
-    with pytest.raises(SystemExit) as e:
-        main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out == f"exporter {__version__}\n"
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"exporter {__version__}\n"
+
+
+def test_version_imports_no_torch():
+    """`--version` answers before the command parsers, which import torch, onnx and timm, are built."""
+    code = "import sys; from exporter.cli import main; main(['--version']); print(sorted({'torch', 'onnx', 'timm'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
 
 
 def test_methods_table_gives_each_method_the_parameters_it_has(capsys, monkeypatch):
