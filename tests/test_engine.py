@@ -585,6 +585,21 @@ def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
     _fails(capsys, ["engine", b], "TensorRT is not installed here", "pip install 'exporter[trt]'")
 
 
+def test_graph_that_does_not_fit_its_recorded_input_is_refused_in_one_sentence(bundle, tmp_path, capsys):
+    """The builder's inputs stage (`engine.network`): a manifest that records an input the graph lacks is named,
+    with the graph's inputs, before any build; no plan is left behind."""
+    pytest.importorskip("tensorrt_rtx")
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b, ignore=shutil.ignore_patterns("engines"))
+    manifest = json.loads((b / artifacts.MANIFEST).read_text())
+    manifest["io"]["model.fp16.onnx"]["inputs"][0]["name"] = "pixels"
+    (b / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    _fails(capsys, ["engine", str(b), "--runtime", "tensorrt-rtx", "--target", "sm86"],
+           "cannot build model.fp16.onnx for the bundle's input and batch: the graph has no input 'pixels' (inputs: input)",
+           "Rebuild the bundle")
+    assert [p.name for p in (b / "engines" / "sm86-tensorrt-rtx").iterdir()] == []
+
+
 def test_tensorrt_without_a_gpu_or_on_another_gpu(bundle, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0.30"))
     monkeypatch.setattr(targets, "gpu_present", lambda: None)
