@@ -24,7 +24,7 @@ import numpy as np
 
 from ..bundle import PLUGIN_LIBRARY, engines_dir
 from ..engine import preflight, targets
-from ..engine.rtx_check import error_logger
+from ..engine.network import error_logger
 from ..errors import ExporterError
 from .runner import Runner
 
