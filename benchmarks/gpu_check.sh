@@ -46,7 +46,7 @@ arch=${ARCH:-$arch}  # e.g. ARCH=sm_90: the estimate part on a machine without a
 estimates=()
 if [ -n "$arch" ]; then
     for m in ${methods//,/ }; do
-        timeout 150 "$python" -m exporter.ops.perf --method "$m" --batch "$batches" --arch "$arch" --jobs 4 --json \
+        timeout 150 "$python" -m exporter perf --method "$m" --batch "$batches" --arch "$arch" --jobs 4 --json \
             >"$out/estimate.$m.json" 2>"$out/estimate.$m.err" &
         estimates+=($!)
     done

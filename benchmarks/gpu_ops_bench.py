@@ -10,7 +10,7 @@ is captured with its inputs (so the shapes are the method's own schedule). Each 
 timed: indices equal, values close; a mismatch fails the run (exit 1) after the table. Both sides are then
 captured as CUDA graphs and replayed back to back (CUDA events), alternating round by round; medians are
 reported. Each batch size's table is printed as soon as it is timed. With --estimates, the static estimate
-of each call (DIR/estimate.<method>.json, written by `python -m exporter.ops.perf --json --batch ...`) is
+of each call (DIR/estimate.<method>.json, written by `python -m exporter perf --json --batch ...`) is
 printed beside the measurement, so the model can be corrected.
 """
 from __future__ import annotations

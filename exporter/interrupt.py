@@ -3,7 +3,7 @@
 SIGTERM (what `kill`, `timeout` and job schedulers send) is turned into a KeyboardInterrupt subclass,
 so every `finally`/`except BaseException` that cleans up after Ctrl-C (the staging directory, the debug
 graphs) cleans up after it too. SIGKILL cannot be caught: its leftovers are swept by the next build
-(artifacts.sweep_stale).
+(bundle.sweep_stale).
 """
 from __future__ import annotations
 

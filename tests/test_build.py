@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from exporter import artifacts
+from exporter import bundle as artifacts
 from exporter.cli import main
 from exporter.models import create_model
 from exporter.runtime import ort as ort_runtime

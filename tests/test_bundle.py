@@ -11,7 +11,7 @@ import stat
 import pytest
 import torch
 
-from exporter import artifacts
+from exporter import bundle as artifacts
 from exporter.cli import main
 
 
@@ -168,7 +168,7 @@ def test_unreadable_file_is_one_sentence(copy, capsys, monkeypatch):
     def denied(path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(artifacts, "sha256", denied)
+    monkeypatch.setattr(artifacts.manifest, "sha256", denied)  # where the files are checked against the manifest
     verify_fails(capsys, copy, "Cannot read", "Permission denied", "fix:", code=2)
 
 
@@ -196,8 +196,8 @@ def test_verify_never_writes_into_the_bundle(built, tmp_path, capsys, monkeypatc
     """A read-only copy with a moved checkpoint: verify passes, the report goes to --report (and stdout without
     it), the bundle is untouched; a different exporter commit is warned about. Then a failing verify
     (impossible threshold) leaves the bundle as it was too: no FAILED report inside a bundle."""
-    from exporter import pipeline
     from exporter.checks import parity
+    from exporter.commands import verify as verify_command
 
     bundle, ckpt = built
     copy = tmp_path / bundle.name
@@ -207,7 +207,7 @@ def test_verify_never_writes_into_the_bundle(built, tmp_path, capsys, monkeypatc
     for p in [*copy.iterdir(), copy]:
         p.chmod(0o555 if p.is_dir() else 0o444)
     before = snapshot(copy)
-    monkeypatch.setattr(pipeline, "_git_commit", lambda: "0000000")
+    monkeypatch.setattr(verify_command, "git_commit", lambda: "0000000")
     report = tmp_path / "verify.json"
     try:
         assert main(["verify", str(copy), "--weights", str(moved), "--report", str(report)]) == 0

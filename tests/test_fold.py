@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter import artifacts
+from exporter import bundle as artifacts
 from exporter.export.fold import fold_constants
 from exporter.export.onnx_export import save
 from exporter.runtime import ort as ort_runtime

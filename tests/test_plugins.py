@@ -19,9 +19,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.errors import ExporterError
+from exporter.engine import rtx_check as rtx
 from exporter.ops import aot, contracts, library
 from exporter.ops.kernels import config
-from exporter.checks import engine_build as rtx
 
 VERSIONS = ("10.13.3", "10.3.0", "11.1")
 ARCHS = library.DEFAULT_ARCHS  # the builds' own: their cubins are compiled once (cached) for all of them

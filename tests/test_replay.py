@@ -15,7 +15,7 @@ from exporter.methods import apply_method
 from exporter.methods.base import Traced
 from exporter.runtime import torch_runner
 from exporter.spec import BatchRange
-from exporter.verify.inputs import held_out
+from exporter.checks.inputs import held_out
 
 METHODS = {
     "evit": dict(locations=(1, 3)),

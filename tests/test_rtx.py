@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from exporter.errors import ExporterError
 from exporter.export.fp16 import export_fp16
 from exporter.export.onnx_export import export_onnx
-from exporter.checks import engine_build as rtx
+from exporter.engine import rtx_check as rtx
 
 
 def relu_graph(path):

@@ -22,7 +22,7 @@ import torch
 from ..export.graphs import Graph
 from ..runtime import Runner, onnx_runner, torch_runner
 from ..spec import BatchRange
-from ..verify.inputs import batches, held_out
+from .inputs import batches, held_out
 from . import margins
 from .parity import Comparison, compare
 

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..artifacts import from_record
+from ..bundle import from_record
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COSINE = 0.999

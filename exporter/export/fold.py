@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from .onnx_export import save
 
@@ -21,8 +22,6 @@ SIZE_LIMIT = 1 << 20
 
 def fold_constants(path: Path) -> int:
     """Fold the constant subgraphs of `path` (weights in `path.data`) in place; returns the nodes removed."""
-    import onnx_graphsurgeon as gs
-
     graph = gs.import_onnx(onnx.load(str(path)))
     before = len(graph.nodes)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
