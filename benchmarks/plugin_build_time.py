@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How long the plugin library of a `build --plugins` takes, cold and warm (issue 20, item 7).
 
     python benchmarks/plugin_build_time.py [--model deit_small_patch16_224] [--method tome] [--dtypes fp16]

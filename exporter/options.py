@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Command-line values checked before any work starts, so a typo costs a sentence, not a traceback; and the
 build's flags, which make a BuildSpec: the CLI adds them to its `build` command, and a bundle's consistency check
 reads a recorded build command back into the spec it builds with the same definitions.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run one function in a child process that can open `libtensorrt_rtx.so` (a TensorRT-RTX wheel workaround).
 
 The `tensorrt-rtx` 1.7 wheel's ONNX parser opens `libtensorrt_rtx.so` when it meets a plugin node, but the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """BuildSpec: everything that determines a bundle, so a build can be named, hashed and repeated."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A bundle must not lie, and `verify` must not change it (issue 13 §2).
 
 One checkpoint build of timm's `test_vit` (dense fp32, batch 2) is shared; every tampering test edits a

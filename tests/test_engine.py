@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Engines: TensorRT-RTX built for real on the CPU (SM86), the content cache, pre-flight refusals with
 fabricated manifests, bad input (exit 2), stored references, reproduce.sh and build_engine.sh parsed back."""
 import copy

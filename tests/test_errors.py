@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every user mistake gives a one-paragraph message with a fix, exit code 2, and no bundle."""
 import os
 import random

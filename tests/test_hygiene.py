@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """No global side effects, results on stdout, and version bounds that say what the code needs."""
 import io
 import re
@@ -163,3 +164,15 @@ def test_piped_tables_are_not_wrapped(capsys):
     for name in list_methods():
         summary = get_method(name).summary
         assert any(f" {name} " in line and summary in line for line in lines), name
+
+
+def test_every_source_file_names_its_license():
+    """An SPDX line at the top of every source file (the LICENSE file is Apache-2.0, as pyproject declares)."""
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    sources = [f for f in files if f.endswith((".py", ".cpp", ".h", ".c", ".in", ".sh")) or f.endswith("CMakeLists.txt")
+               or f == ".ci/run"]
+    missing = [f for f in sources if "SPDX-License-Identifier: Apache-2.0" not in "".join((ROOT / f).read_text().splitlines(True)[:3])]
+    assert sources and missing == []
+    assert "Apache License" in (ROOT / "LICENSE").read_text()

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The per-variant cubin cache (exporter.ops.kernel_cache) and what a library is built from (aot.library_variants):
 a second build compiles nothing, a build of other ops/dtypes compiles only what it has not met, and the key
 follows the kernels' sources and Triton's version."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The AOT kernel library on a machine without a GPU: generated, compiled with g++, loaded with ctypes.
 
 Built once per session for two architectures (the cubins compile in Triton without a GPU), and once for one op

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The token ops' TensorRT plugin library, built and exercised without a GPU.
 
 - `libexporter_plugins.so` compiles (warnings are errors) against TensorRT 10.3.0, 10.13.3 and 11.1 headers,

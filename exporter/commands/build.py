@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter build`: model → method → ONNX (fp32, fp16, plugin graphs) → graph checks → verification →
 bundle.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`inspect`: what a bundle holds, read without running anything.
 
 Its build (command, version, verdict, token schedule), each graph's inputs, outputs and operators, every

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Engines: TensorRT / TensorRT-RTX plans built from a bundle's ONNX, cached by content in engines/<target>/.
 
 - `targets`: runtime names, compute-capability targets, the GPU present.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter engine`: a bundle's ONNX to a TensorRT or TensorRT-RTX plan in engines/<target>-<runtime>/.
 
 One code path for TensorRT 10.x, 11.x and TensorRT-RTX (their Python APIs agree on everything used

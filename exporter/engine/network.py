@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One TensorRT / TensorRT-RTX build of an ONNX graph: parse, configure, build, and the facts of what was built.
 
 The build's and verify's TensorRT-RTX check (`rtx_check`) and the `engine` command (`build`) both build here, and

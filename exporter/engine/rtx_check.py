@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """TensorRT-RTX parse-and-build check: CI's stand-in for TensorRT.
 
 TensorRT itself cannot be installed without NVIDIA's package index, but the `tensorrt_rtx` wheel's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Ahead-of-time build of the fused kernels: cubins per architecture in one C++ source.
 
     python -m exporter.ops.aot --out DIR [--archs 80,86,87,89,90,100,120] [--ops tome_merge,...]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The compiled kernel variants, cached one cubin at a time by content.
 
 A cubin depends on its variant (kernel, token dtype, aligned), its architecture, the Triton version (its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Builds `libexporter_plugins.so`, the token ops' TensorRT plugin library, from `plugins/` with CMake.
 
 The library needs TensorRT's headers (not its libraries), CUDA's headers (found through nvcc by CMake's

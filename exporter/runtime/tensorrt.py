@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A TensorRT or TensorRT-RTX engine as a runner (`runtime.Runner`): a batch of fp32 images in, every
 output as numpy fp32 out. Only open one after `engine.preflight.check` passed.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The plugin library's build into a bundle, for `build --plugins`."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The fused token-op kernels' C launchers: the one ABI the plugins' enqueue() and the ctypes GPU
 // tests call. Each launcher is generated from the Triton kernel of the same name in
 // exporter/ops/kernels (cubins per architecture, launched through the CUDA driver API).
