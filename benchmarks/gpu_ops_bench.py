@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Per-op GPU time of each fused token op against its standard ops (the reference maths, what a decomposed
 graph computes), on the calls a real model makes, beside the static estimates of `exporter.ops.perf`.
 
@@ -10,7 +11,7 @@ is captured with its inputs (so the shapes are the method's own schedule). Each 
 timed: indices equal, values close; a mismatch fails the run (exit 1) after the table. Both sides are then
 captured as CUDA graphs and replayed back to back (CUDA events), alternating round by round; medians are
 reported. Each batch size's table is printed as soon as it is timed. With --estimates, the static estimate
-of each call (DIR/estimate.<method>.json, written by `python -m exporter.ops.perf --json --batch ...`) is
+of each call (DIR/estimate.<method>.json, written by `python -m exporter perf --json --batch ...`) is
 printed beside the measurement, so the model can be corrected.
 """
 from __future__ import annotations

@@ -1,11 +1,15 @@
-"""`python -m exporter <command>`: build, engine, verify, methods, bench.
+# SPDX-License-Identifier: Apache-2.0
+"""`python -m exporter <command>`: build, engine, verify, inspect, methods, bench, perf.
 
-Errors a user can fix print as a short paragraph (problem + fix) with a non-zero exit; pass
+Argument parsing only: each command's arguments go to its module in `exporter.commands`. Those modules, and
+`options` (which reads the methods' parameters), import torch and onnx: they are imported when a command runs or
+its parser is built, so `--version` needs neither. Errors a user can fix print as a short paragraph (problem + fix) with a non-zero exit; pass
 --debug for the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -16,95 +20,24 @@ from rich.console import Console
 
 from . import __version__
 from .console import escape, make as make_console
-from .errors import ExporterError, mismatched_torchvision, out_of_memory
+from .errors import BuildFailed, ExporterError, mismatched_torchvision, out_of_memory
+from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
 
 EXIT_FAILED = 1  # verification or a graph check failed
 EXIT_USAGE = 2  # the user's input is wrong
 
 
-def _method_params():
-    """Every method parameter once, for the build command's 'method parameters' group."""
-    from .methods.base import REGISTRY
-
-    seen = {}
-    for method in REGISTRY.values():
-        for p in method.params:
-            entry = seen.setdefault(p.name, (p, []))
-            entry[1].append(f"{method.name} (default {p.default})")
-    return seen
-
-
 def _add_build(sub) -> None:
-    from .methods import list_methods
-    from .spec import PRECISIONS, BuildSpec
+    from .options import add_build_arguments  # imports torch (see the module docstring)
 
-    d = BuildSpec()
     p = sub.add_parser(
         "build",
         help="export a (token-reduced) ViT to a verified ONNX bundle",
         description="Export a timm ViT, optionally token-reduced, to static-shape ONNX (fp32, and fp16), "
         "check the graphs, verify them against PyTorch on held-out inputs, and write artifacts/<run>/.",
     )
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help=f"timm model name or litv2_small/medium/base (default {d.model})")
-    g.add_argument(
-        "--weights",
-        default=d.weights,
-        help="'pretrained' (timm hub), 'random' (seeded by --seed), or a checkpoint path .pth/.pt/.safetensors "
-        f"in timm's key layout (default {d.weights})",
-    )
-    g.add_argument("--seed", type=int, default=d.seed, help="seed for --weights random (default %(default)s)")
-    g.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model's own)")
-    g = p.add_argument_group("method")
-    g.add_argument("--method", default=d.method, help=f"one of {', '.join(list_methods())} (default {d.method})")
-    mp = p.add_argument_group("method parameters (see `python -m exporter methods`)")
-    for name, (param, users) in _method_params().items():
-        mp.add_argument(param.flag, dest=f"param_{name}", default=None, metavar="VALUE", help=f"{param.help}; {', '.join(users)}")
-    g = p.add_argument_group("export")
-    g.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="fp16 also writes model.fp16.onnx (default %(default)s)")
-    g.add_argument("--io-fp16", action="store_true", help="fp16 graph inputs/outputs (default: fp32 I/O around an fp16 graph)")
-    g.add_argument("--batch", default=str(d.batch), help="fixed batch size, or min:opt:max for a dynamic batch axis (default %(default)s)")
-    g.add_argument(
-        "--plugins",
-        action="store_true",
-        help="also write model.plugins.onnx (each token op one TensorRT plugin node) and build the plugin library",
-    )
-    g.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, 17..20 (default %(default)s; TensorRT 10.3 parses <= 20)")
-    g.add_argument("--out", type=Path, default=Path("artifacts"), help="directory for bundles (default %(default)s)")
+    add_build_arguments(p)
     p.set_defaults(run=_build)
-
-
-def _given(args) -> dict[str, str]:
-    """Method parameters the user passed on the command line, unparsed."""
-    return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
-
-
-def _parsed(method, given: dict[str, str]) -> dict:
-    """`given` parsed by `method`'s parsers; names it does not know stay as text for its error."""
-    from .options import parse_param
-
-    parsers = {p.name: p.parse for p in method.params}
-    return {k: parse_param(k, parsers[k], v) if k in parsers else v for k, v in given.items()}
-
-
-def _spec_from_args(args):
-    from .methods import get_method
-    from .spec import BatchRange, BuildSpec
-
-    params = _parsed(get_method(args.method), _given(args))
-    return BuildSpec(
-        model=args.model,
-        weights=args.weights,
-        seed=args.seed,
-        method=args.method,
-        method_params=params,
-        precision=args.precision,
-        io_fp16=args.io_fp16,
-        batch=BatchRange.parse(args.batch),
-        img_size=args.img_size,
-        opset=args.opset,
-        plugins=args.plugins,
-    )
 
 
 def _passed(args, where) -> None:
@@ -113,9 +46,10 @@ def _passed(args, where) -> None:
 
 
 def _build(args, console: Console) -> int:
-    from .pipeline import build
+    from .commands.build import build  # torch, onnx (see the module docstring)
+    from .options import spec_from_args
 
-    spec = _spec_from_args(args)
+    spec = spec_from_args(args)
     command = "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv)
     bundle = build(spec, args.out, command, console)
     _passed(args, bundle)
@@ -147,12 +81,8 @@ def _add_verify(sub) -> None:
 
 
 def _verify(args, console: Console) -> int:
-    from .pipeline import verify
+    from .commands.verify import verify  # torch, onnx (see the module docstring)
 
-    if args.data is not None:  # a wrong folder fails before minutes of verification
-        from .verify import accuracy
-
-        accuracy.check(args.bundle, args.data)
     verify(args.bundle, console, weights=args.weights, report_to=args.report, engine=args.engine,
            references_only=args.references_only, data=args.data)
     _passed(args, args.bundle)
@@ -173,9 +103,7 @@ def _add_inspect(sub) -> None:
 
 
 def _inspect(args, console: Console) -> int:
-    import json
-
-    from .contents import describe, render
+    from .commands.inspect import describe, render  # onnx (see the module docstring)
 
     info = describe(args.bundle)
     if args.json:
@@ -204,17 +132,16 @@ def _add_engine(sub) -> None:
 
 
 def _engine(args, console: Console) -> int:
-    from .engine.build import build_engine
+    from .commands.engine import engine  # onnx (see the module docstring)
 
-    result = build_engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
-    e = result.entry
-    state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
-    console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})", markup=False)
+    result = engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
     _passed(args, result.folder)
     return 0
 
 
 def _add_methods(sub) -> None:
+    from .options import add_method_params  # imports torch (see the module docstring)
+
     p = sub.add_parser(
         "methods",
         help="list methods and their parameters; with --model, print the token schedule and FLOPs",
@@ -224,54 +151,15 @@ def _add_methods(sub) -> None:
     p.add_argument("--model", default=None, help="a timm ViT name, e.g. deit_small_patch16_224")
     p.add_argument("--method", default=None, help="only this method")
     p.add_argument("--img-size", type=int, default=None)
-    for name, (param, users) in _method_params().items():
-        p.add_argument(param.flag, dest=f"param_{name}", default=None, metavar="VALUE", help=f"{param.help}; {', '.join(users)}")
+    add_method_params(p)
     p.set_defaults(run=_methods)
 
 
 def _methods(args, console: Console) -> int:
-    from rich.table import Table
+    from .commands.methods import methods  # torch (see the module docstring)
+    from .options import given_params
 
-    from .methods import apply_method, get_method, list_methods
-
-    names = [args.method] if args.method else list_methods()
-    methods = [get_method(n) for n in names]
-    if args.model is None:
-        table = Table("method", "parameters (default)", "what it does")
-        for m in methods:
-            table.add_row(m.name, "\n".join(f"{p.flag} ({p.default}): {p.help}" for p in m.params) or "—", m.summary)
-        args.stdout.print(table)
-        return 0
-    from .methods.flops import count_gmacs
-    from .models import create_model, input_size
-
-    dense = create_model(args.model, "random", 0, args.img_size)
-    size = input_size(dense)
-    dense_gmacs = count_gmacs(dense, size)
-    table = Table("method", "parameters", "tokens leaving each block", "GMACs", "vs dense")
-    for m in methods:
-        params = _parsed(m, _given(args))
-        if args.method is None:  # each method takes the parameters it has; the others are another method's
-            params = {k: v for k, v in params.items() if k in {p.name for p in m.params}}
-        try:
-            model = apply_method(dense, m.name, **params)
-        except ExporterError as e:
-            if args.method is not None:
-                raise
-            table.add_row(m.name, "—", f"[yellow]{e.problem}[/yellow]", "—", "—")
-            continue
-        gmacs = count_gmacs(model, size)
-        schedule = model.schedule or ["dense"]
-        resolved = model.params
-        table.add_row(
-            m.name,
-            ", ".join(f"{k}={v}" for k, v in resolved.items()) or "—",
-            " ".join(map(str, schedule)),
-            f"{gmacs:.3f}",
-            f"{dense_gmacs / gmacs:.2f}x",
-        )
-    args.stdout.print(f"{args.model} at {size[0]}x{size[1]}: dense {dense_gmacs:.3f} GMACs", markup=False)
-    args.stdout.print(table)
+    methods(args.stdout, args.model, args.method, args.img_size, given_params(args))
     return 0
 
 
@@ -314,55 +202,69 @@ def _add_bench(sub) -> None:
 
 
 def _bench(args, console: Console) -> int:
-    from .options import check_bench_args
+    from .commands.bench import bench_bundles, bench_models  # torch, onnxruntime (see the module docstring)
+    from .options import check_bench_args, flag
 
     batches = check_bench_args(args)
     if args.bundles:
-        return _bench_bundles(args, batches, console)
-    from .bench import throughput
-    from .models import create_model, input_size
-
+        given = [flag(name) for name in BENCH_EXPORT_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise ExporterError(
+                f"bench takes bundles or {', '.join(given)}, not both: a bundle's model and method were fixed by its build.",
+                f"Drop {', '.join(given)} to time the bundles, or drop the bundles to export and time methods.",
+            )
+        folders = bench_bundles(args.bundles, batches, args.threads, args.rounds, args.iterations, console)
+        _passed(args, ", ".join(map(str, folders)))
+        return 0
     if batches is not None and len(batches) > 1:
         raise ExporterError(f"--batch {args.batch}: bench --models times one batch size.",
                             "Pass one --batch size, or build bundles and bench them (`bench BUNDLE... --batch 1,8,32`).")
-    batch = batches[0] if batches else BENCH_MODELS_BATCH
-    models_text = args.models or BENCH_MODELS
-    methods = throughput.selected_methods(args.methods)
-    models = {}
-    for label, (name, kwargs) in throughput.parse_models(models_text).items():
-        models[label] = create_model(name, args.weights or "random", 0, args.img_size, **kwargs)
-    sizes = {label: input_size(m) for label, m in models.items()}
-    if len(set(sizes.values())) > 1:
-        raise ExporterError(f"The models take different input sizes: {sizes}.", "Pass --img-size for all of them.")
-    size = next(iter(sizes.values()))
-    results = throughput.run(
-        models, methods, size, batch, args.threads, args.rounds, args.iterations, log=console.print
-    )
-    import onnxruntime
-
-    print(f"{models_text}, batch {batch}, {size[0]}x{size[1]}, {args.threads} threads, onnxruntime "
-          f"{onnxruntime.__version__} CPU, fp32, medians of {args.rounds} rounds x {args.iterations} batches\n")
-    print(throughput.table(results, batch))
-    for note in (throughput.lone_note(results), throughput.profile_note(results)):
-        if note:
-            print("\n" + note)
+    bench_models(args.models or BENCH_MODELS, args.weights or "random", args.methods, args.img_size,
+                 batches[0] if batches else BENCH_MODELS_BATCH, args.threads, args.rounds, args.iterations, console)
     return 0
 
 
-def _bench_bundles(args, batches: Optional[list[int]], console: Console) -> int:
-    from .bench import bundles, results
-    from .options import flag
+def _add_perf(sub) -> None:
+    from .ops.perf import GPUS, Model  # imports torch (see the module docstring)
+    from .options import add_method_params
 
-    given = [flag(name) for name in BENCH_EXPORT_FLAGS if getattr(args, name) is not None]
-    if given:
-        raise ExporterError(
-            f"bench takes bundles or {', '.join(given)}, not both: a bundle's model and method were fixed by its build.",
-            f"Drop {', '.join(given)} to time the bundles, or drop the bundles to export and time methods.",
-        )
-    data = bundles.run(args.bundles, batches, args.threads, args.rounds, args.iterations, log=console.print)
-    print(results.markdown(data))
-    folders = ", ".join(str(p / "bench") for p in args.bundles)
-    _passed(args, folders)
+    p = sub.add_parser(
+        "perf",
+        help="static GPU-time estimate of a reduced model from its compiled kernels (no GPU needed)",
+        description="Compile every token-op kernel the model uses for --arch, read registers, occupancy and "
+        "instructions from the cubins, and estimate each op's time and the whole forward against dense with a "
+        "stated model of published GPU figures (docs/perf.md). An estimate, not a measurement.",
+    )
+    p.add_argument("--model", default="deit_small_patch16_224", help="a timm ViT name or litv2_small (default %(default)s)")
+    p.add_argument("--method", default="none", help="none, evit, evovit, diffrate, tome (LITv2: none, its HiLo)")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--batch", default="256", help="batch size, or several: 64,256 (--json: a list)")
+    p.add_argument("--arch", default="sm_90", choices=sorted(GPUS))
+    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
+    p.add_argument("--gemm-efficiency", type=float, default=Model.gemm_efficiency,
+                   help="share of the tensor-core peak GEMMs reach (default %(default)s)")
+    p.add_argument("--attention-efficiency", type=float, default=Model.attention_efficiency,
+                   help="share of the peak flash attention reaches (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=0, help="compiler processes (default: the CPUs)")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON on stdout")
+    add_method_params(p)
+    p.set_defaults(run=_perf)
+
+
+def _perf(args, console: Console) -> int:
+    from .commands.perf import run  # torch, triton (see the module docstring)
+    from .methods import get_method
+    from .ops.perf import Model
+    from .options import given_params, parsed_params
+
+    sizes = args.batch.split(",")
+    batches = [int(b) for b in sizes] if all(b.isdigit() for b in sizes) else []
+    if not batches or min(batches) < 1 or not (0 < args.gemm_efficiency <= 1 and 0 < args.attention_efficiency <= 1):
+        raise ExporterError(f"--batch {args.batch!r} must be sizes >= 1 (e.g. 64,256) and the efficiencies in (0, 1].",
+                            "e.g. --batch 64,256 --gemm-efficiency 0.6")
+    params = parsed_params(get_method(args.method), given_params(args))
+    run(args.stdout, args.model, args.method, params, args.img_size, batches, args.arch, args.precision,
+        Model(args.gemm_efficiency, args.attention_efficiency), args.jobs, args.json)
     return 0
 
 
@@ -380,6 +282,7 @@ def parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_methods(sub)
     _add_bench(sub)
+    _add_perf(sub)
     for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
@@ -387,6 +290,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:  # before the command parsers, which import torch
+        print(f"exporter {__version__}")
+        return 0
     try:
         args = parser().parse_args(argv)
     except RuntimeError as e:  # building the parser imports timm, and timm torchvision
@@ -399,9 +305,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console = make_console()
     args.stdout = make_console(stderr=False)
     start = args.start = time.perf_counter()
-    from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
-    from .pipeline import BuildFailed
-
     try:
         with terminate_as_interrupt():
             return args.run(args, console)

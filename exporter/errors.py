@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One exception type for every user mistake, so the CLI can print it as a sentence, not a traceback."""
 
 
@@ -36,3 +37,12 @@ def mismatched_torchvision(e: BaseException) -> "ExporterError | None":
                          f"operators ({str(e).strip().splitlines()[0][:120]}).",
                          "Reinstall both from one place: pip install --force-reinstall torch torchvision "
                          "(or both from the same --index-url).")
+
+
+class BuildFailed(Exception):
+    """Verification or a graph check failed (exit 1, not a usage error); the message is the summary to print,
+    `where` the directory holding the report."""
+
+    def __init__(self, summary: str, where):
+        super().__init__(summary)
+        self.where = where

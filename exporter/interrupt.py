@@ -1,9 +1,10 @@
+# SPDX-License-Identifier: Apache-2.0
 """Ctrl-C and SIGTERM end a run the same way: cleanup runs on the way out, then one line, exit 128 + signal.
 
 SIGTERM (what `kill`, `timeout` and job schedulers send) is turned into a KeyboardInterrupt subclass,
 so every `finally`/`except BaseException` that cleans up after Ctrl-C (the staging directory, the debug
 graphs) cleans up after it too. SIGKILL cannot be caught: its leftovers are swept by the next build
-(artifacts.sweep_stale).
+(bundle.sweep_stale).
 """
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The dense build end to end: bundle contents, parity at an unseen batch size, determinism, verify."""
 import json
 import platform
@@ -8,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from exporter import artifacts
+from exporter import bundle as artifacts
 from exporter.cli import main
 from exporter.models import create_model
 from exporter.runtime import ort as ort_runtime

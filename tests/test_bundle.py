@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A bundle must not lie, and `verify` must not change it (issue 13 §2).
 
 One checkpoint build of timm's `test_vit` (dense fp32, batch 2) is shared; every tampering test edits a
@@ -11,7 +12,7 @@ import stat
 import pytest
 import torch
 
-from exporter import artifacts
+from exporter import bundle as artifacts
 from exporter.cli import main
 
 
@@ -168,7 +169,7 @@ def test_unreadable_file_is_one_sentence(copy, capsys, monkeypatch):
     def denied(path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(artifacts, "sha256", denied)
+    monkeypatch.setattr(artifacts.manifest, "sha256", denied)  # where the files are checked against the manifest
     verify_fails(capsys, copy, "Cannot read", "Permission denied", "fix:", code=2)
 
 
@@ -196,8 +197,8 @@ def test_verify_never_writes_into_the_bundle(built, tmp_path, capsys, monkeypatc
     """A read-only copy with a moved checkpoint: verify passes, the report goes to --report (and stdout without
     it), the bundle is untouched; a different exporter commit is warned about. Then a failing verify
     (impossible threshold) leaves the bundle as it was too: no FAILED report inside a bundle."""
-    from exporter import pipeline
     from exporter.checks import parity
+    from exporter.commands import verify as verify_command
 
     bundle, ckpt = built
     copy = tmp_path / bundle.name
@@ -207,7 +208,7 @@ def test_verify_never_writes_into_the_bundle(built, tmp_path, capsys, monkeypatc
     for p in [*copy.iterdir(), copy]:
         p.chmod(0o555 if p.is_dir() else 0o444)
     before = snapshot(copy)
-    monkeypatch.setattr(pipeline, "_git_commit", lambda: "0000000")
+    monkeypatch.setattr(verify_command, "git_commit", lambda: "0000000")
     report = tmp_path / "verify.json"
     try:
         assert main(["verify", str(copy), "--weights", str(moved), "--report", str(report)]) == 0
@@ -231,3 +232,15 @@ def test_unwritable_report_path_fails_before_any_work(copy, tmp_path, capsys):
     assert main(["verify", str(copy), "--report", str(tmp_path / "missing" / "verify.json")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--report" in err and "does not exist" in err and "check files" not in err
+
+
+def test_archs_enter_the_spec_only_when_given():
+    """--archs changes the bundle (its library's kernels), so it is in the spec's hash; absent, the spec hashes as it did
+    before the flag existed, so older bundles keep their names and verify."""
+    from exporter.spec import BuildSpec
+
+    plain = BuildSpec(method="tome", plugins=True)
+    assert "archs" not in plain.to_dict() and BuildSpec.from_dict(plain.to_dict()) == plain
+    narrow = BuildSpec(method="tome", plugins=True, archs=(87, 90))
+    assert narrow.to_dict()["archs"] == [87, 90] and BuildSpec.from_dict(narrow.to_dict()) == narrow
+    assert narrow.run_name != plain.run_name

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Engines: TensorRT-RTX built for real on the CPU (SM86), the content cache, pre-flight refusals with
 fabricated manifests, bad input (exit 2), stored references, reproduce.sh and build_engine.sh parsed back."""
 import copy
@@ -17,8 +18,10 @@ import onnx
 import pytest
 import torch
 
-from exporter import artifacts, rtx_child
-from exporter.cli import _spec_from_args, main, parser
+from exporter import bundle as artifacts
+from exporter import rtx_child
+from exporter.bundle import read_references
+from exporter.cli import main, parser
 from exporter.engine import cache, preflight, scripts, targets
 from exporter.runtime import tensorrt as run_module
 from exporter.engine.build import Plan
@@ -59,7 +62,7 @@ def rtx_bundle(bundle):
 
 
 def test_references_are_pytorch_on_the_stored_inputs(bundle):
-    refs = references.load(bundle / references.REFERENCES)
+    refs = read_references(bundle)
     assert refs.inputs.dtype == np.float16 and refs.inputs.shape == (16, 3, 64, 64)
     assert refs.labels[0] == "photo:astronaut" and refs.kept == [] and refs.fp16_sensitive is None
     model = create_model(MODEL, "random", 0, 64)
@@ -78,7 +81,7 @@ def test_fp16_rule_leaves_out_sensitive_samples_only():
     logits = rng.normal(size=(6, 10)).astype(np.float32)
     logits[np.arange(6), rng.integers(0, 10, 6)] += 8  # decisive samples
     closeness = np.array([0.5, 40, 3, 2.5, np.inf, 2], np.float32)
-    refs = references.References(rng.normal(size=(6, 3, 4, 4)).astype(np.float16), [f"s{i}" for i in range(6)], logits,
+    refs = artifacts.References(rng.normal(size=(6, 3, 4, 4)).astype(np.float16), [f"s{i}" for i in range(6)], logits,
                                  [np.zeros((6, 2), np.int16)], closeness <= 2, closeness)
 
     def answer(wrong):
@@ -108,7 +111,7 @@ def test_references_top_up_random_images_until_enough_are_held_in_fp16(tmp_path,
     """A token-reduction model whose first `sensitive_first` samples each have a choice within fp16 rounding:
     seeded random images are added 8 at a time until 16 samples are held, or the cap is reached."""
     from exporter.checks import margins
-    from exporter.verify.inputs import RANDOM_SEED, random_images
+    from exporter.checks.inputs import RANDOM_SEED, random_images
 
     seen = []
 
@@ -120,7 +123,7 @@ def test_references_top_up_random_images_until_enough_are_held_in_fp16(tmp_path,
 
     monkeypatch.setattr(margins.Rounding, "closeness", closeness)
     model = apply_method(create_model(MODEL, "random", 0, 64), "tome", r=4)
-    refs = references.store(model, (64, 64), tmp_path / "refs.npz")
+    refs = references.store(model, (64, 64), tmp_path)
     n = {0: 16, 16: 32, 17: 40, 100: references.MAX_SAMPLES}[sensitive_first]
     assert len(refs.labels) == n and refs.labels[15:] == [f"random:{i}" for i in range(7, n - 8)]
     assert all(k.shape[0] == n for k in refs.kept) and refs.logits.shape[0] == n
@@ -129,7 +132,7 @@ def test_references_top_up_random_images_until_enough_are_held_in_fp16(tmp_path,
     with torch.no_grad():  # the topped-up samples' answers are PyTorch's too
         np.testing.assert_allclose(refs.logits[16:], model(torch.from_numpy(refs.inputs[16:].astype(np.float32))).numpy(),
                                    atol=1e-5, rtol=0)
-    stored = references.load(tmp_path / "refs.npz")
+    stored = read_references(tmp_path)
     assert stored.labels == refs.labels and (stored.fp16_sensitive == (np.arange(n) < sensitive_first)).all()
     np.testing.assert_array_equal(stored.fp16_closeness, np.where(np.arange(n) < sensitive_first, 1.5, 7.0))
 
@@ -138,9 +141,9 @@ def test_reproduce_sh_is_the_build_command(bundle):
     text = (bundle / scripts.REPRODUCE).read_text()
     (line,) = [l for l in text.splitlines() if l.startswith("python -m exporter ")]
     argv = shlex.split(line)[3:]
-    from exporter.pipeline import resolve
+    from exporter.options import resolve, spec_from_args
 
-    assert resolve(_spec_from_args(parser().parse_args(argv))).run_name == bundle.name
+    assert resolve(spec_from_args(parser().parse_args(argv))).run_name == bundle.name
     assert line == artifacts.read_json(bundle / artifacts.MANIFEST)["command"]
     assert subprocess.run(["sh", "-n", str(bundle / scripts.REPRODUCE)]).returncode == 0
 
@@ -237,11 +240,11 @@ def test_force_rebuilds(rtx_bundle, tmp_path, capsys):
     assert engine(copy_, "--graph", "fp32", "--force") == 0
     assert "cache miss (--force), built in" in capsys.readouterr().err
     folder = copy_ / "engines" / "sm86-tensorrt-rtx"
-    entries = cache.read_folder(folder)["entries"]
+    entries = artifacts.read_folder(folder)["entries"]
     assert set(entries) == {"model.onnx", "model.fp16.onnx"}
     old = dict(entries["model.fp16.onnx"], key="0" * 64)  # as if built by another TensorRT-RTX
     old["key_fields"] = dict(old["key_fields"], runtime_version="1.6.0.1")
-    cache.write_entry(folder, "model.fp16.onnx", old)
+    artifacts.write_entry(folder, "model.fp16.onnx", old)
     capsys.readouterr()
     assert engine(copy_) == 0
     assert "cache miss (changed: runtime_version), built in" in " ".join(capsys.readouterr().err.split())
@@ -274,7 +277,7 @@ def test_builds_into_one_engine_folder_take_turns(rtx_bundle):
 
 
 def test_tensorrt_timing_cache_is_reused_or_replaced(tmp_path):
-    from exporter.engine.build import _use_timing_cache
+    from exporter.engine.network import use_timing_cache
 
     class Config:  # the two IBuilderConfig calls, with a cache that fits only this "GPU"
         def __init__(self, fits):
@@ -289,12 +292,12 @@ def test_tensorrt_timing_cache_is_reused_or_replaced(tmp_path):
             return self.fits or tcache[1] == b""
 
     path = tmp_path / "timing.cache"
-    assert _use_timing_cache(Config(True), path) == "new"
+    assert use_timing_cache(Config(True), path) == "new"
     path.write_bytes(b"tactics")
     config = Config(True)
-    assert _use_timing_cache(config, path) == "reused" and config.given == [b"tactics"]
+    assert use_timing_cache(config, path) == "reused" and config.given == [b"tactics"]
     config = Config(False)
-    assert _use_timing_cache(config, path).startswith("replaced") and config.given == [b"tactics", b""]
+    assert use_timing_cache(config, path).startswith("replaced") and config.given == [b"tactics", b""]
 
 
 def test_cache_key_covers_every_input(bundle):
@@ -311,17 +314,17 @@ def test_cache_key_covers_every_input(bundle):
 def test_graph_content_is_in_the_key(bundle, tmp_path):
     copy_ = tmp_path / "b"
     shutil.copytree(bundle, copy_, ignore=shutil.ignore_patterns("engines"))
-    before = cache.graph_sha256(copy_ / "model.fp16.onnx")
+    before = artifacts.graph_sha256(copy_ / "model.fp16.onnx")
     data = copy_ / "model.fp16.onnx.data"
     data.write_bytes(data.read_bytes()[:-2] + b"\1\1")  # the weights, not the graph file
-    assert cache.graph_sha256(copy_ / "model.fp16.onnx") != before
+    assert artifacts.graph_sha256(copy_ / "model.fp16.onnx") != before
 
 
 # --- pre-flight --------------------------------------------------------------------------------------
 
 
 def _entry(bundle):
-    return cache.read_folder(bundle / "engines" / "sm86-tensorrt-rtx")["entries"]["model.fp16.onnx"]
+    return artifacts.read_folder(bundle / "engines" / "sm86-tensorrt-rtx")["entries"]["model.fp16.onnx"]
 
 
 def test_preflight_names_both_sides_and_the_rebuild(rtx_bundle):
@@ -393,9 +396,9 @@ def test_verify_refuses_the_engine_without_a_gpu_and_passes_on_onnxruntime(rtx_b
 
 def test_verify_on_the_stored_references_alone(rtx_bundle, tmp_path, capsys, monkeypatch):
     """--references-only needs no model: create_model is made to fail, and verify still passes."""
-    import exporter.pipeline as pipeline
+    import exporter.commands.verify as verify_command
 
-    monkeypatch.setattr(pipeline, "prepare", lambda spec: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(verify_command, "prepare", lambda spec: pytest.fail("the model was loaded"))
     monkeypatch.setattr(targets, "gpu_present", lambda: None)
     capsys.readouterr()
     report, _ = verify_report(rtx_bundle, tmp_path, "--references-only")
@@ -436,7 +439,7 @@ def in_child(monkeypatch):
 
 
 def _plugin_entry(bundle):
-    return cache.read_folder(bundle / "engines" / "sm86-tensorrt-rtx")["entries"]["model.plugins.onnx"]
+    return artifacts.read_folder(bundle / "engines" / "sm86-tensorrt-rtx")["entries"]["model.plugins.onnx"]
 
 
 def test_plugin_bundle_built_without_the_toolchain_names_why_it_has_no_library(tmp_path, capsys, monkeypatch):
@@ -447,7 +450,7 @@ def test_plugin_bundle_built_without_the_toolchain_names_why_it_has_no_library(t
     assert main(["build", "--model", "test_vit", "--weights", "random", "--method", "evit", "--locations", "1,3",
                  "--batch", "2", "--plugins", "--out", str(tmp_path)]) == 0
     (bundle,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
-    assert (bundle / "model.plugins.onnx").is_file() and not (bundle / cache.PLUGIN_LIBRARY).exists()
+    assert (bundle / "model.plugins.onnx").is_file() and not (bundle / artifacts.PLUGIN_LIBRARY).exists()
     _fails(capsys, ["engine", str(bundle), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"],
            "has model.plugins.onnx but no plugin library plugins/libexporter_plugins.so: its build skipped it "
            "(cmake is not on PATH)", "where cmake, nvcc and TensorRT's headers are found", "--graph fp32 for the standard")
@@ -461,8 +464,8 @@ def test_rtx_plugin_engine_is_built_reused_and_forced(plugin_bundle, in_child, t
     entry = _plugin_entry(b)
     check = artifacts.read_json(b / artifacts.REPORT_JSON)["tensorrt_rtx"]["model.plugins.onnx"]  # the build's own check
     assert entry["plugin_layers"] == check["num_plugin_layers"] == 2 and entry["num_layers"] == check["num_layers"]
-    assert entry["plugin_library"] == cache.PLUGIN_LIBRARY
-    assert entry["key_fields"]["plugin_sha256"] == artifacts.sha256(b / cache.PLUGIN_LIBRARY)
+    assert entry["plugin_library"] == artifacts.PLUGIN_LIBRARY
+    assert entry["key_fields"]["plugin_sha256"] == artifacts.sha256(b / artifacts.PLUGIN_LIBRARY)
     assert entry["sha256"] == artifacts.sha256(folder / "model.plugins.engine") and entry["bytes"] == check["engine_bytes"]
     assert entry["build_seconds"] > 0 and sorted(p.name for p in folder.iterdir()) == ["engine.json", "model.plugins.engine"]
     mtime = (folder / "model.plugins.engine").stat().st_mtime_ns
@@ -520,8 +523,8 @@ def test_rtx_plugin_engine_failures_in_the_child_are_one_sentence(plugin_bundle,
     argv = ["engine", str(bad), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"]
     _fails(capsys, argv, "ONNX parser rejected model.plugins.onnx", f"'{node.name}' (TopKPrune)",
            "attribute 'fuse' = 2 must be 0 or 1", "Rebuild the bundle")
-    (bad / cache.PLUGIN_LIBRARY).write_bytes(b"not a library")
-    _rehash(bad, cache.PLUGIN_LIBRARY)
+    (bad / artifacts.PLUGIN_LIBRARY).write_bytes(b"not a library")
+    _rehash(bad, artifacts.PLUGIN_LIBRARY)
     _fails(capsys, argv, "could not load the plugin library plugins/libexporter_plugins.so")
     # a child that dies (TensorRT-RTX aborting) leaves one sentence and no plan behind
     died = rtx_child.Child(None, None, -6, "[E] [exporter plugins] TopKPrune: oops\nterminate called without an active exception\n")
@@ -576,11 +579,26 @@ def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
     for text, said in [("{", "is not valid JSON"), ("[]", "holds no {graph file: engine entry} table"),
                        ('{"entries": {"model.onnx": 5}}', "holds no {graph file: engine entry} table"),
                        ('{"entries": {"model.onnx": {"engine": "model.engine"}}}', "is damaged (model.onnx lacks gpu; ")]:
-        (folder / cache.ENGINE_JSON).write_text(text)
+        (folder / artifacts.ENGINE_JSON).write_text(text)
         with pytest.raises(ExporterError, match=re.escape(said)):
-            cache.read_folder(folder)
+            artifacts.read_folder(folder)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     _fails(capsys, ["engine", b], "TensorRT is not installed here", "pip install 'exporter[trt]'")
+
+
+def test_graph_that_does_not_fit_its_recorded_input_is_refused_in_one_sentence(bundle, tmp_path, capsys):
+    """The builder's inputs stage (`engine.network`): a manifest that records an input the graph lacks is named,
+    with the graph's inputs, before any build; no plan is left behind."""
+    pytest.importorskip("tensorrt_rtx")
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b, ignore=shutil.ignore_patterns("engines"))
+    manifest = json.loads((b / artifacts.MANIFEST).read_text())
+    manifest["io"]["model.fp16.onnx"]["inputs"][0]["name"] = "pixels"
+    (b / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    _fails(capsys, ["engine", str(b), "--runtime", "tensorrt-rtx", "--target", "sm86"],
+           "cannot build model.fp16.onnx for the bundle's input and batch: the graph has no input 'pixels' (inputs: input)",
+           "Rebuild the bundle")
+    assert [p.name for p in (b / "engines" / "sm86-tensorrt-rtx").iterdir()] == []
 
 
 def test_tensorrt_without_a_gpu_or_on_another_gpu(bundle, capsys, monkeypatch):
@@ -636,7 +654,7 @@ def test_plugin_graph_commands_load_the_library_on_both_versions():
     commands = scripts.trtexec_commands("model.plugins.onnx", "input", (3, 224, 224), (1, 8, 32), plugins=True)
     for (major, action), argv in commands.items():
         assert scripts.flag_problems(argv, major) == [], (major, action)
-        assert f"--dynamicPlugins={cache.PLUGIN_LIBRARY}" in argv
+        assert f"--dynamicPlugins={artifacts.PLUGIN_LIBRARY}" in argv
     fixed = scripts.trtexec_commands("model.onnx", "input", (3, 224, 224), (8, 8, 8), plugins=False)
     assert not any(a.startswith(("--minShapes", "--shapes")) for argv in fixed.values() for a in argv)  # static graph
 
@@ -645,7 +663,7 @@ def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
     from reports import report
 
     from exporter.checks.parity import StoredComparison, compare
-    from exporter.engine.report import EngineRow
+    from exporter.verify.engines import EngineRow
 
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(4, 10)).astype(np.float32)
@@ -668,7 +686,7 @@ def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
 
 
 class FakeTensorRT(types.ModuleType):
-    """The slice of TensorRT 10's Python API that exporter.engine.build calls, recording the calls, so the
+    """The slice of TensorRT 10's Python API that exporter.engine.network calls, recording the calls, so the
     TensorRT path's use of it (strongly typed, profile, timing cache, plugin library, no RTX target) is
     checked without TensorRT. It proves our calls, not TensorRT's behaviour."""
 
@@ -694,8 +712,18 @@ class FakeTensorRT(types.ModuleType):
                     return {"load_library": object(), "set_timing_cache": True, "create_timing_cache": ("cache", args[0] if args else b"")}.get(attr, Obj(attr))
                 return call
 
-        class Network(Obj):
-            num_layers = 7
+        class Network(Obj):  # seven fp16 layers, the fp16 graph's input and output with a dynamic batch
+            num_layers, num_inputs, num_outputs = 7, 1, 1
+
+            def get_layer(self, i):
+                return types.SimpleNamespace(type=types.SimpleNamespace(name="CONVOLUTION"), num_outputs=1,
+                                             get_output_type=lambda j: types.SimpleNamespace(name="HALF"))
+
+            def get_input(self, i):
+                return types.SimpleNamespace(name="input", shape=(-1, 3, 64, 64))
+
+            def get_output(self, i):
+                return types.SimpleNamespace(name="logits", shape=(-1, 10), dtype=types.SimpleNamespace(name="FLOAT"))
 
         class Builder(Obj):
             def __init__(self, logger):
@@ -743,7 +771,7 @@ def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeyp
     assert ("config.create_timing_cache", (b"",)) in fake.calls
     folder = copy_ / "engines" / "sm87-tensorrt"
     assert (folder / "model.fp16.engine").read_bytes() == b"PLAN" and (folder / "timing.cache").read_bytes() == b"TACTICS"
-    entry = cache.read_folder(folder)["entries"]["model.fp16.onnx"]
+    entry = artifacts.read_folder(folder)["entries"]["model.fp16.onnx"]
     assert (entry["runtime"], entry["runtime_version"], entry["target"], entry["gpu"]) == ("tensorrt", "10.3.0.30", "sm87", "Orin")
     assert entry["flags"] == ["STRONGLY_TYPED"] and entry["timing_cache"] == "new"
     preflight.check(copy_, "sm87-tensorrt", entry, preflight.Present("tensorrt", "10.3.0.30", Gpu("Orin", "sm87")))
@@ -752,17 +780,20 @@ def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeyp
     fake.calls.clear()
     assert main(["engine", str(copy_), "--graph", "fp32"]) == 0
     assert ("config.create_timing_cache", (b"TACTICS",)) in fake.calls  # the folder's timing cache is reused
-    assert cache.read_folder(folder)["entries"]["model.onnx"]["timing_cache"] == "reused"
+    assert artifacts.read_folder(folder)["entries"]["model.onnx"]["timing_cache"] == "reused"
     # the plugin graph loads the bundle's library into the builder's registry before parsing
     (copy_ / "model.plugins.onnx").write_bytes((copy_ / "model.fp16.onnx").read_bytes())
     (copy_ / "plugins").mkdir()
-    (copy_ / cache.PLUGIN_LIBRARY).write_bytes(b"\x7fELF stand-in")
-    for name in ("model.plugins.onnx", cache.PLUGIN_LIBRARY):
+    (copy_ / artifacts.PLUGIN_LIBRARY).write_bytes(b"\x7fELF stand-in")
+    for name in ("model.plugins.onnx", artifacts.PLUGIN_LIBRARY):
         _rehash(copy_, name)
+    manifest = json.loads((copy_ / artifacts.MANIFEST).read_text())  # a plugin build records the graph's I/O too
+    manifest["io"]["model.plugins.onnx"] = manifest["io"]["model.fp16.onnx"]
+    (copy_ / artifacts.MANIFEST).write_text(json.dumps(manifest))
     fake.calls.clear()
     assert main(["engine", str(copy_), "--graph", "plugins"]) == 0
     names = [c[0] for c in fake.calls]
     assert names.index("get_plugin_registry.load_library") < names.index("parser.parse_from_file")
-    assert Path(fake.calls[names.index("get_plugin_registry.load_library")][1][0]) == copy_ / cache.PLUGIN_LIBRARY
-    plugin_entry = cache.read_folder(folder)["entries"]["model.plugins.onnx"]
-    assert plugin_entry["key_fields"]["plugin_sha256"] == artifacts.sha256(copy_ / cache.PLUGIN_LIBRARY)
+    assert Path(fake.calls[names.index("get_plugin_registry.load_library")][1][0]) == copy_ / artifacts.PLUGIN_LIBRARY
+    plugin_entry = artifacts.read_folder(folder)["entries"]["model.plugins.onnx"]
+    assert plugin_entry["key_fields"]["plugin_sha256"] == artifacts.sha256(copy_ / artifacts.PLUGIN_LIBRARY)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every user mistake gives a one-paragraph message with a fix, exit code 2, and no bundle."""
 import os
 import random
@@ -33,6 +34,10 @@ def no_bundle(out):
         (["--model", "test_vit", "--weights", "random", "--method", "evit", "--keep-rate", "abc"], ["--keep-rate 'abc' is not a number", "0.7"]),
         (["--model", "test_vit", "--weights", "random", "--method", "evovit", "--alpha", "x"], ["--alpha 'x' is not a number"]),
         (["--model", "test_vit", "--weights", "random", "--method", "evit", "--fuse", "maybe"], ["--fuse 'maybe'", "not a boolean", "true or false"]),
+        # the plugin library's architectures (issue 20 §7)
+        (["--model", "test_vit", "--weights", "random", "--archs", "87"], ["--archs names the plugin library", "--plugins"]),
+        (["--model", "test_vit", "--weights", "random", "--method", "evit", "--plugins", "--archs", "95"], ["95 is not one it supports", "87 for Jetson Orin"]),
+        (["--model", "test_vit", "--weights", "random", "--method", "evit", "--plugins", "--archs", "orin"], ["--archs 'orin'", "e.g. --archs 87,90"]),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, expected):
@@ -94,12 +99,12 @@ def test_bench_counts_must_be_positive(capsys, flag):
 
 def test_ctrl_c_is_one_line_and_cleans_up(tmp_path, capsys, monkeypatch):
     """KeyboardInterrupt mid-build: staging removed, one line, exit 130 (no 90-line traceback)."""
-    from exporter import pipeline
+    from exporter.commands import build as build_command
 
     def interrupted(spec):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "prepare", interrupted)
+    monkeypatch.setattr(build_command, "prepare", interrupted)
     out = tmp_path / "out"
     assert run(out, "--model", "test_vit", "--weights", "random") == 130
     err = capsys.readouterr().err
@@ -121,7 +126,7 @@ def test_tome_r_cap_is_recorded_and_said():
 
 def test_rtx_batch_hint_uses_the_cli_syntax(tmp_path):
     from exporter.errors import ExporterError
-    from exporter.checks.engine_build import rtx_check
+    from exporter.engine.rtx_check import rtx_check
 
     graph = tmp_path / "model.onnx"
     graph.write_bytes(b"")
@@ -157,18 +162,18 @@ def test_paths_print_as_written(tmp_path, capsys):
 def test_out_of_memory_is_a_sentence_and_other_errors_stay_tracebacks(tmp_path, capsys, monkeypatch):
     """A batch too large for the machine (the allocator's RuntimeError) is exit 2 with a fix and no bundle; any other
     unexpected error is a bug and keeps its traceback."""
-    from exporter import pipeline
+    from exporter.commands import build as build_command
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
                            "to allocate 30720000000 bytes.")
 
-    monkeypatch.setattr(pipeline, "export_graph", no_memory)
+    monkeypatch.setattr(build_command, "export_graph", no_memory)
     out = tmp_path / "out"
     assert run(out, "--model", "test_vit", "--weights", "random") == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "error: ran out of memory ([enforce fail" in err and "fix: Use a smaller --batch" in err and no_bundle(out)
-    monkeypatch.setattr(pipeline, "export_graph", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(build_command, "export_graph", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         run(out, "--model", "test_vit", "--weights", "random")
 
@@ -222,7 +227,7 @@ def test_a_stage_that_found_problems_is_not_ticked():
 
     from rich.console import Console
 
-    from exporter.pipeline import Stages
+    from exporter.stages.progress import Stages
 
     console = Console(file=io.StringIO(), width=200)
     stage = Stages(console)

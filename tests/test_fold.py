@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Constant subgraphs are folded before a graph is written (issue 13 §7): what Polygraphy's
 `surgeon sanitize --fold-constants` would remove (36 Slice/Concat nodes of DeiT-S ToMe fp16) is gone,
 the graph computes the same, and folding is deterministic (builds stay byte-identical)."""
@@ -5,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter import artifacts
+from exporter import bundle as artifacts
 from exporter.export.fold import fold_constants
 from exporter.export.onnx_export import save
 from exporter.runtime import ort as ort_runtime

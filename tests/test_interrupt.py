@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Interruption (issue 13 §3): SIGTERM cleans up like Ctrl-C; a killed build's leftovers are swept by the
 next one; two processes finishing the same spec at once both succeed and leave one intact bundle."""
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter import artifacts
+from exporter import bundle as artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def test_sigkill_leftovers_are_swept_by_the_next_build(dirs, monkeypatch):
     proc.communicate()
     leftovers = hidden(out) + debug_dirs(tmp)
     assert leftovers  # SIGKILL cannot be caught
-    owner = artifacts._owner()
+    owner = artifacts.files._owner()
     alive = out / f".other-run.{owner}.abcd1234.partial"  # a build still running: not swept
     elsewhere = out / f".other-run.{leftovers[0].name.split('.')[-3].split('@')[0]}@00000000.abcd1234.partial"  # another host's
     alive.mkdir()
@@ -80,7 +81,7 @@ def test_sigkill_leftovers_are_swept_by_the_next_build(dirs, monkeypatch):
 RACE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from exporter import artifacts
+    from exporter import bundle as artifacts
     out, at = Path(sys.argv[1]), float(sys.argv[2])
     with artifacts.staging(out, "run") as tmp:
         (tmp / "model.onnx").write_bytes(b"graph" * 1000)

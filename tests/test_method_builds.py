@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every method goes through `build` end to end: static graphs that pass the lint and the TensorRT
 compatibility check, parity with PyTorch in fp32 and fp16, and the TensorRT-RTX parse + build; the
 reduced ones with `--plugins`, so their plugin graphs (one plugin node per token op per block) are
@@ -15,6 +16,7 @@ import pytest
 
 from exporter.cli import main
 from exporter.export.fold import fold_constants
+from exporter.bundle import read_references
 from exporter.verify import references
 from toolchain import plugins_buildable
 
@@ -82,7 +84,7 @@ def test_method_builds(tmp_path, method):
         assert manifest["method_params"] == report["method_params"]
         # PyTorch's answers stored for the target: kept indices per reduction, fp16-sensitive samples; onnxruntime
         # on them passes, with only fp16-sensitive samples left out
-        refs = references.load(bundle / references.REFERENCES)
+        refs = read_references(bundle)
         n = len(refs.labels)
         assert refs.kept and all(k.shape[0] == n for k in refs.kept) and refs.fp16_sensitive.shape == (n,)
         assert ((refs.fp16_closeness <= 2) == refs.fp16_sensitive).all()  # the rule, from the stored closeness

@@ -1,9 +1,14 @@
+# SPDX-License-Identifier: Apache-2.0
 """exporter.ops.perf: the time model's arithmetic, and one whole estimate (the trained-fixture ViT's shapes,
 ToMe) run as the command runs it: meta recording, interpreter trace, compiled variants read."""
+import functools
 import json
 
 import pytest
 
+from exporter.cli import main
+from exporter.commands import perf as perf_command
+from exporter.methods.flops import count_gmacs
 from exporter.ops import cubin, perf
 
 H100 = perf.GPUS["sm_90"]
@@ -36,7 +41,12 @@ def test_issue_bound_waves():
 
 @pytest.fixture(scope="module")
 def tome():
-    return perf.estimate(perf.analyse("vit_digits", "tome", {"r": 4}, arch="sm_90", jobs=2), batch=8)
+    build = functools.partial(perf_command.models, "vit_digits", "tome", {"r": 4}, None)
+    dense, reduced = build()
+    about = {"model": "vit_digits", "method": "tome", "params": reduced.params, "schedule": reduced.schedule, "depth": 12}
+    gmacs = (count_gmacs(dense, (32, 32)), count_gmacs(reduced, (32, 32)))
+    analysis = perf.analyse(build, about, (32, 32), gmacs, arch="sm_90", jobs=2)
+    return perf.estimate(analysis, batch=8)
 
 
 def test_estimate_of_a_reduced_model(tome):
@@ -59,7 +69,7 @@ def test_estimate_of_a_reduced_model(tome):
 
 
 def test_command_json_and_bad_input(capsys):
-    assert perf.main(["--model", "vit_digits", "--method", "evit", "--batch", "4,16", "--json", "--jobs", "2"]) == 0
+    assert main(["perf", "--model", "vit_digits", "--method", "evit", "--batch", "4,16", "--json", "--jobs", "2"]) == 0
     small, large = json.loads(capsys.readouterr().out)
     assert small["method"] == "evit" and small["ops"] and small["gpu"]["name"] == "H100 SXM5"
     assert (small["batch"], large["batch"]) == (4, 16) and small["flops_ratio"] == large["flops_ratio"]
@@ -67,8 +77,8 @@ def test_command_json_and_bad_input(capsys):
         assert [4 * k["programs"] for k in a["kernels"]] == [k["programs"] for k in b["kernels"]]
         assert b["memory_us"] == pytest.approx(4 * a["memory_us"])
     assert large["dense_us"] > small["dense_us"]
-    assert perf.main(["--batch", "0"]) == 2 and perf.main(["--batch", "a"]) == 2
-    assert perf.main(["--method", "nope"]) == 2
+    assert main(["perf", "--batch", "0"]) == 2 and main(["perf", "--batch", "a"]) == 2
+    assert main(["perf", "--method", "nope"]) == 2
     assert "Unknown method" in capsys.readouterr().err
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Replaying token choices: PyTorch computes what another run computed after a near-tie went the other way."""
 import copy
 from pathlib import Path
@@ -15,7 +16,7 @@ from exporter.methods import apply_method
 from exporter.methods.base import Traced
 from exporter.runtime import torch_runner
 from exporter.spec import BatchRange
-from exporter.verify.inputs import held_out
+from exporter.checks.inputs import held_out
 
 METHODS = {
     "evit": dict(locations=(1, 3)),

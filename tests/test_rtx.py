@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """TensorRT-RTX parse-and-build check: small graphs, DeiT-Tiny fp32 and fp16, a broken graph, a missing package."""
 import sys
 
@@ -10,7 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 from exporter.errors import ExporterError
 from exporter.export.fp16 import export_fp16
 from exporter.export.onnx_export import export_onnx
-from exporter.checks import engine_build as rtx
+from exporter.engine import rtx_check as rtx
 
 
 def relu_graph(path):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter bench BUNDLE...`: every runtime that can run the bundles here, timed per batch size,
 the results written into each bundle's bench/ folder (bench.json, bench.md, bench.png).
 
@@ -26,20 +27,18 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-import onnx
+import torch
 
-from .. import artifacts
-from ..engine import cache, targets
-from ..engine.report import check_runnable
+from ..bundle import (DAMAGED, ENGINES_DIR, FP32, all_entries, bench_folder, has_plugins, planned, precision_of,
+                      read_intact, recorded_input, write_bench)
+from ..engine import targets
 from ..errors import ExporterError
-from ..export.graphs import FP32, planned
+from ..runtime.tensorrt import check_runnable
 from ..spec import BuildSpec
-from ..verify.bundle import DAMAGED, read_intact
+from ..stages.model import prepare
 from . import machine, plot, results
 from .throughput import method_label
 from .timing import KINDS, Runtime, alone_note, interleaved
-
-BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 
 
 @dataclass
@@ -75,7 +74,7 @@ def open_bundles(paths: list[Path]) -> list[Bundle]:
             if not (path / g.file).is_file():
                 raise ExporterError(f"{path} has no {g.file}, which its build wrote: the bundle is damaged.", DAMAGED)
         _check_writable(path)
-        bundles.append(Bundle(path, manifest, spec, _input(path / FP32)))
+        bundles.append(Bundle(path, manifest, spec, recorded_input(manifest["io"], FP32)[1]))
     inputs = {b.input for b in bundles}
     if len(inputs) > 1:
         said = ", ".join(f"{b.path} {'x'.join(map(str, b.input))}" for b in bundles)
@@ -85,14 +84,9 @@ def open_bundles(paths: list[Path]) -> list[Bundle]:
     return bundles
 
 
-def _input(graph: Path) -> tuple[int, ...]:
-    dims = onnx.load(str(graph), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value for d in dims[1:])
-
-
 def _check_writable(path: Path) -> None:
     """bench/ must be writable, or minutes of timing would end in an error."""
-    folder = path / artifacts.BENCH_DIR
+    folder = bench_folder(path)
     if folder.exists() and not folder.is_dir():
         raise ExporterError(f"{folder} is a file, where bench writes its results.",
                             f"Move {folder} away, then run bench again.")
@@ -141,8 +135,6 @@ def batch_sizes(bundles: list[Bundle], requested: Optional[list[int]]) -> list[i
 def choose_targets(bundles: list[Bundle], cuda: bool) -> tuple[list[Target], list[dict]]:
     """Every runtime to time on every bundle (ordered runtime by runtime, so a dense and a reduced bundle
     take turns back to back), and the engines that cannot run here, with the reason."""
-    from ..pipeline import prepare
-
     found, skipped, here = [], [], {}
     for b in bundles:
         for g in planned(b.spec.precision, b.spec.io_fp16, b.spec.plugins):
@@ -153,16 +145,16 @@ def choose_targets(bundles: list[Bundle], cuda: bool) -> tuple[list[Target], lis
         gpu = [("PyTorch eager CUDA fp16", "torch-cuda-fp16"), ("PyTorch CUDA graph fp16", "torch-cuda-graph-fp16")]
         for runtime, kind in [("PyTorch eager CPU fp32", "torch")] + (gpu if cuda else []):
             found.append(Target(b, runtime, kind, model, runtime))
-        for folder, entry in cache.all_entries(b.path):
+        for folder, entry in all_entries(b.path):
             name = entry["runtime"]
             runtime = (f"{targets.LABEL[name]} {entry['runtime_version']} {entry['target']} "
-                       f"{cache.precision_of(b.path / entry['graph'])}")
-            plugin = cache.has_plugins(b.path / entry["graph"])
+                       f"{precision_of(b.path / entry['graph'])}")
+            plugin = has_plugins(b.path / entry["graph"])
             try:
                 check_runnable(b.path, folder, entry, here)
             except ExporterError as e:
                 skipped.append({"bundle": b.label, "runtime": runtime + (" plugin graph" if plugin else ""),
-                                "engine": f"{artifacts.ENGINES_DIR}/{folder}/{entry['engine']}", "reason": e.problem})
+                                "engine": f"{ENGINES_DIR}/{folder}/{entry['engine']}", "reason": e.problem})
                 continue
             where = (b.path, folder, entry)
             found.append(Target(b, runtime + (" plugin graph" if plugin else ""), name, where, runtime))
@@ -240,34 +232,18 @@ def report(bundles: list[Bundle], targets_: list[Target], skipped: list[dict], b
     }
 
 
-def stored(bundle: Path) -> Optional[dict]:
-    """What `bench` last measured with `bundle` (its bench/bench.json), or None when it has not been timed or
-    that file is unreadable (bench/ is outside the file hashes: a report quotes it, it does not rely on it)."""
-    try:
-        data = artifacts.read_json(bundle / artifacts.BENCH_DIR / BENCH_JSON)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and {"machine", "rows"} <= set(data) else None
-
-
 def write(bundles: list[Bundle], data: dict) -> None:
-    """bench/bench.json, bench.md and bench.png into every bundle, each file written whole (artifacts)."""
+    """bench/bench.json, bench.md and bench.png into every bundle, each file written whole."""
     md = results.markdown(data)
     png = io.BytesIO()
     plot.figure(data).savefig(png, format="png", dpi=120)
     for b in bundles:
-        folder = b.path / artifacts.BENCH_DIR
-        folder.mkdir(exist_ok=True)
-        artifacts.write_json(folder / BENCH_JSON, data)
-        artifacts.write_text(folder / BENCH_MD, md)
-        artifacts.write_bytes(folder / BENCH_PNG, png.getvalue())
+        write_bench(b.path, data, md, png.getvalue())
 
 
 def run(paths: list[Path], requested: Optional[list[int]], threads: int, rounds: int, iterations: int,
         log: Callable[[str], None] = print) -> dict:
     """Time `paths` (bundles) and write the results into each; returns bench.json's content."""
-    import torch
-
     bundles = open_bundles(paths)
     batches = batch_sizes(bundles, requested)
     log("loading the PyTorch models and checking the engines")

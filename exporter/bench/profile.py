@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where onnxruntime's time goes in a reduced model: the token-reduction machinery's share and the size bias's.
 
 Measured with onnxruntime's per-node profiler on the optimised session the bench times, less the
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from ..runtime import ort as ort_runtime
 from .timing import mean_ms
@@ -150,8 +152,7 @@ def profiler_cost(threads: int, nodes: int = 200, runs: int = 30) -> float:
     (Unsqueeze and Squeeze of a [8, 99] tensor, graph optimisations off so they stay): their
     median recorded time less the unprofiled run's time per node. A node's time less this cost is
     its kernel plus the executor's per-node work, which the unprofiled run does pay."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    import onnxruntime as ort  # loaded in a second: only when a graph is profiled
 
     chain = [helper.make_node("Unsqueeze" if i % 2 == 0 else "Squeeze", [f"t{i}", "axes"], [f"t{i + 1}"]) for i in range(nodes)]
     graph = helper.make_graph(

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`bench --models`: every method (and model) exported here and timed against the first dense model, onnxruntime
 against PyTorch, on the CPU.
 
@@ -19,7 +20,7 @@ import torch
 
 from ..errors import ExporterError
 from ..export.onnx_export import export_onnx
-from ..methods import apply_method, get_method
+from ..methods import apply_method, get_method, list_methods
 from ..methods.flops import count_gmacs
 from .profile import OVERHEADS, Profile, profile_overheads
 from .timing import Runtime, alone_note, fmt_ms, interleaved, ratios
@@ -70,8 +71,6 @@ def parse_models(text: str) -> dict[str, tuple[str, dict]]:
 
 def selected_methods(text: Optional[str]) -> list[str]:
     """`--methods a,b` as the methods to run, dense first (all when None); an unknown name fails here."""
-    from ..methods import list_methods
-
     methods = list_methods() if text is None else ["none"] + [m for m in text.split(",") if m != "none"]
     for name in methods:
         get_method(name)

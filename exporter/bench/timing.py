@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Timing that one runtime cannot disturb in another: each runtime's models in a process of their own.
 
 `Runtime` holds one runtime's models (onnxruntime sessions, PyTorch modules on the CPU or the GPU,
@@ -23,7 +24,9 @@ import numpy as np
 import onnx
 import torch
 
+from ..runtime import engine_runner, op_reference
 from ..runtime import ort as ort_runtime
+from .cuda import graphed, synced
 
 
 def timing_options(threads: int):
@@ -152,8 +155,6 @@ def _loaded(kind: str, models: dict, threads: int, stack: contextlib.ExitStack) 
         on_gpu = {key: m.to("cuda", torch.float16).eval() for key, m in models.items()}
         return {key: functools.partial(_cuda_call, m, graph) for key, m in on_gpu.items()}
     if kind in ("tensorrt", "tensorrt-rtx"):
-        from ..runtime import engine_runner
-
         runners = {key: stack.enter_context(engine_runner(*where)) for key, where in models.items()}
         return {key: functools.partial(_engine_call, r) for key, r in runners.items()}
     raise ValueError(f"unknown runtime kind {kind!r} (one of {', '.join(KINDS)})")
@@ -161,8 +162,6 @@ def _loaded(kind: str, models: dict, threads: int, stack: contextlib.ExitStack) 
 
 def _timing_session(path: Path, threads: int):
     """A session with `timing_options`; a plugin graph's plugin nodes run the reference ops."""
-    from ..runtime import op_reference
-
     options = timing_options(threads)
     if op_reference.has_plugins(onnx.load(str(path), load_external_data=False)):
         return op_reference.session(path, options=options)
@@ -184,8 +183,6 @@ def _engine_call(runner: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray
 
 
 def _cuda_call(model: torch.nn.Module, graph: bool, x: np.ndarray) -> Callable[[], None]:
-    from .cuda import graphed, synced
-
     tensor = torch.from_numpy(x).to("cuda", torch.float16)
     return synced(graphed(model, tensor) if graph else lambda: model(tensor))
 

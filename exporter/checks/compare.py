@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run PyTorch and onnxruntime on the same held-out inputs and compare every graph of a bundle.
 
 Plugin graphs run in onnxruntime with their plugin nodes computed by the token ops' reference
@@ -22,7 +23,7 @@ import torch
 from ..export.graphs import Graph
 from ..runtime import Runner, onnx_runner, torch_runner
 from ..spec import BatchRange
-from ..verify.inputs import batches, held_out
+from .inputs import batches, held_out
 from . import margins
 from .parity import Comparison, compare
 

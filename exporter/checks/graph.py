@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Graph checks every build runs before a bundle is written (`check_graph`).
 
 Two questions, each answered as a list of readable problems (empty = clean):
@@ -23,7 +24,9 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, inliner, numpy_helper
 
-from exporter.errors import ExporterError
+from ..errors import ExporterError
+from ..ops.contracts import by_plugin
+from ..ops.plugin_nodes import register_schemas
 
 ModelLike = Union[onnx.ModelProto, str, Path]
 
@@ -113,8 +116,6 @@ class GraphCheck:
 def check_graph(path: Path | str) -> GraphCheck:
     """onnx.checker (full check, weights included; plugin nodes against the schemas their contracts
     give) plus `lint`: everything a build checks on a graph before running it."""
-    from ..ops.plugin_nodes import register_schemas
-
     register_schemas()
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -286,7 +287,7 @@ def _infer_shapes(model: onnx.ModelProto) -> tuple[dict[str, onnx.ValueInfoProto
     The class is driven directly rather than through `infer_shapes()`, which raises on the first node it
     cannot infer and writes `sym_shape_infer_temp.onnx` into the working directory when it does.
     """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # onnxruntime: seconds to load
 
     engine = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=False, guess_output_rank=False, verbose=0)
     declared = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
@@ -312,8 +313,6 @@ def _plugin_shapes(engine, declared: dict[str, onnx.ValueInfoProto]):
     """Shape function for plugin nodes: the output shapes and dtypes their contract gives for the inputs'
     shapes (what the TensorRT plugin computes), or, for a plugin without a contract, the graph's declared
     ones. A contract's shape that contradicts the graph's declaration raises, and shape inference reports it."""
-    from ..ops.contracts import by_plugin
-
     def infer(node: onnx.NodeProto) -> None:
         contract = by_plugin(node.op_type)
         if contract is None or len(node.input) != len(contract.inputs):
@@ -452,8 +451,6 @@ def _node_problems(node: onnx.NodeProto, constants: dict) -> list[str]:
 def _plugin_problems(node: onnx.NodeProto) -> list[str]:
     """A plugin node against its contract (plugins/<op>/contract.json): name, version, namespace, attributes
     and the number of inputs and outputs. Shapes and dtypes are checked with the graph's shapes (`check_static`)."""
-    from ..ops.contracts import by_plugin
-
     name = f"{node.op_type} node '{node.name}' (domain '{node.domain}')"
     contract = by_plugin(node.op_type)
     if contract is None:

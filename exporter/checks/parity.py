@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How close an exported graph's logits are to PyTorch's, and whether that is close enough.
 
 Thresholds (fp32 vs PyTorch fp32): max abs logit error <= 1e-4 and 100% top-1 agreement.
@@ -27,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..artifacts import from_record
+from ..bundle import from_record
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COSINE = 0.999

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Before an engine is deserialized: does it fit the runtime and GPU present, and the bundle's graph?
 
 TensorRT answers a plan from another version with `Serialization assertion stdVersionRead ==
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .. import artifacts
+from ..bundle import ENGINES_DIR, choice_of, engines_dir, graph_sha256, sha256
 from ..errors import ExporterError
-from . import cache, targets
+from . import targets
 from .targets import LABEL, Gpu
 
 
@@ -36,7 +37,7 @@ def present(runtime: str) -> Present:
 
 
 def rebuild_command(bundle: Path, entry: dict, target: Optional[str] = None) -> str:
-    graph = {v: k for k, v in cache.GRAPHS.items()}.get(entry["graph"], "fp16")
+    graph = choice_of(entry["graph"]) or "fp16"
     return (f"python -m exporter engine {bundle} --graph {graph} --runtime {entry['runtime']} "
             f"--target {target or entry['target']} --force")
 
@@ -47,16 +48,16 @@ def describe(entry: dict) -> str:
 
 def check(bundle: Path, folder: str, entry: dict, here: Present) -> None:
     """Raise ExporterError unless `entry`'s engine in engines/`folder` can run here as built."""
-    where = artifacts.ENGINES_DIR + "/" + folder + "/" + entry["engine"]
+    where = ENGINES_DIR + "/" + folder + "/" + entry["engine"]
     label = LABEL[entry["runtime"]]
-    plan = cache.engines_dir(bundle) / folder / entry["engine"]
-    if not plan.is_file() or artifacts.sha256(plan) != entry["sha256"]:
+    plan = engines_dir(bundle) / folder / entry["engine"]
+    if not plan.is_file() or sha256(plan) != entry["sha256"]:
         raise ExporterError(
             f"{where} is missing or differs from its manifest (sha256 {entry['sha256'][:12]}…).",
             f"Rebuild it with `{rebuild_command(bundle, entry)}`.",
         )
     graph = bundle / entry["graph"]
-    if not graph.is_file() or cache.graph_sha256(graph) != entry["key_fields"]["graph_sha256"]:
+    if not graph.is_file() or graph_sha256(graph) != entry["key_fields"]["graph_sha256"]:
         raise ExporterError(
             f"{where} is stale: it was built from another {entry['graph']} than the bundle holds now.",
             f"Rebuild it with `{rebuild_command(bundle, entry)}`.",

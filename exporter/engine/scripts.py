@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """reproduce.sh and build_engine.sh: every bundle says how to rebuild it, and its engines without our package.
 
 - `reproduce.sh`: the exact exporter command that built the bundle (and the engine commands, commented).
@@ -21,14 +22,11 @@ import re
 import shlex
 from pathlib import Path
 
-from .. import __version__, artifacts
+from .. import __version__
+from ..bundle import BUILD_ENGINE, GRAPHS, PLUGIN_LIBRARY, REPRODUCE, TRTEXEC_DIR, choice_of, has_plugins, recorded_input, write_text
 from ..spec import BuildSpec
-from . import cache
 
-REPRODUCE = "reproduce.sh"
-BUILD_ENGINE = "build_engine.sh"
 TRTEXEC_FLAGS = Path(__file__).with_name("data") / "trtexec_flags.json"
-TRTEXEC_DIR = f"{artifacts.ENGINES_DIR}/trtexec"
 MAJORS = ("10", "11")
 # Which trtexec versions of the table each script arm must satisfy.
 TABLE_VERSIONS = {"10": ("10.3", "10.13"), "11": ("11.1",)}
@@ -47,7 +45,7 @@ def trtexec_commands(graph: str, input_name: str, input_shape: tuple[int, ...], 
     profile = [] if batch[0] == batch[2] else [
         f"--minShapes={input_name}:{dims[0]}", f"--optShapes={input_name}:{dims[1]}", f"--maxShapes={input_name}:{dims[2]}"]
     shapes = [] if batch[0] == batch[2] else [f"--shapes={input_name}:{dims[1]}"]
-    plugin = [f"--dynamicPlugins={cache.PLUGIN_LIBRARY}"] if plugins else []
+    plugin = [f"--dynamicPlugins={PLUGIN_LIBRARY}"] if plugins else []
     build = [f"--onnx={graph}", *profile, *plugin, f"--timingCacheFile={TRTEXEC_DIR}/timing.cache",
              f"--saveEngine={engine}", "--skipInference"]
     time = [f"--loadEngine={engine}", *shapes, *plugin, "--warmUp=200", "--duration=3", "--percentile=50,90,95,99"]
@@ -88,20 +86,20 @@ def _sh(argv: list[str]) -> str:
     return " ".join(out)
 
 
-def build_engine_script(bundle: Path, spec: BuildSpec, graphs: list[str]) -> str:
-    from .build import _input
-
+def build_engine_script(spec: BuildSpec, io: dict) -> str:
+    """build_engine.sh for the graphs `io` (the manifest's inputs/outputs per graph file) describes."""
+    graphs = list(io)
     arms = []
     for name in graphs:
-        choice = {v: k for k, v in cache.GRAPHS.items()}[name]
-        input_name, shape = _input(bundle / name)
-        commands = trtexec_commands(name, input_name, shape, spec.batch.as_tuple(), cache.has_plugins(bundle / name))
+        choice = choice_of(name)
+        input_name, shape = recorded_input(io, name)
+        commands = trtexec_commands(name, input_name, shape, spec.batch.as_tuple(), has_plugins(name))
         arms += [f"  {major}:{choice}:{action}) {_sh(argv)} ;;" for (major, action), argv in commands.items()]
-    default = "fp16" if cache.GRAPHS["fp16"] in graphs else "fp32"
+    default = "fp16" if GRAPHS["fp16"] in graphs else "fp32"
     return "\n".join([
         "#!/usr/bin/env bash",
         "# Build (and time) a TensorRT engine from this bundle with trtexec alone, no exporter needed.",
-        f"# Usage: ./{BUILD_ENGINE} [{'|'.join(c for c, f in cache.GRAPHS.items() if f in graphs)}] [build|time]   (default: {default} build)",
+        f"# Usage: ./{BUILD_ENGINE} [{'|'.join(c for c, f in GRAPHS.items() if f in graphs)}] [build|time]   (default: {default} build)",
         "# trtexec: TRTEXEC=/path/to/trtexec (JetPack: /usr/src/tensorrt/bin/trtexec); the TensorRT major version",
         "# is read from its banner ('TensorRT v100300' -> 10), or set TRT_MAJOR=10|11.",
         "# TensorRT 10 (JetPack 6: 10.3, JetPack 7: 10.13): strongly typed on request (--stronglyTyped), so the fp16",
@@ -151,9 +149,8 @@ def reproduce_script(spec: BuildSpec, command: str, commit: str) -> str:
     ])
 
 
-def write(bundle: Path, spec: BuildSpec, command: str, graphs: list, commit: str) -> None:
-    names = [g.file if hasattr(g, "file") else str(g) for g in graphs]
-    for name, text in ((REPRODUCE, reproduce_script(spec, command, commit)),
-                       (BUILD_ENGINE, build_engine_script(bundle, spec, names))):
-        artifacts.write_text(bundle / name, text)
-        (bundle / name).chmod(0o755)  # executable; artifacts.publish_modes applies the umask
+def write(bundle: Path, spec: BuildSpec, command: str, io: dict, commit: str) -> None:
+    """reproduce.sh and build_engine.sh into `bundle`, for the graphs `io` describes."""
+    for name, text in ((REPRODUCE, reproduce_script(spec, command, commit)), (BUILD_ENGINE, build_engine_script(spec, io))):
+        write_text(bundle / name, text)
+        (bundle / name).chmod(0o755)  # executable; bundle.publish_modes applies the umask

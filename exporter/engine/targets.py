@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Runtimes, compute-capability targets and the GPU present.
 
 A target is a compute capability written `sm86`. TensorRT builds for the GPU it runs on, so its
@@ -6,6 +7,7 @@ compute capability. An engine folder is `engines/<target>-<runtime>/`, e.g. `eng
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import re
 import shutil
@@ -92,7 +94,7 @@ def gpu_present() -> Optional[Gpu]:
     """The first CUDA GPU here, or None: torch when it has CUDA, else the CUDA driver (a Jetson's PyPI
     torch is CPU-only, and JetPack 6 has no nvidia-smi), else nvidia-smi."""
     try:
-        import torch
+        import torch  # inside the try: a target's torch may fail to load, the driver is asked next
 
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(0)
@@ -108,8 +110,6 @@ _CC_MAJOR, _CC_MINOR = 75, 76
 
 def _driver_gpu(library: str = "libcuda.so.1") -> Optional[Gpu]:
     """Device 0 through the CUDA driver API (cuInit, cuDeviceGet, cuDeviceGetName, cuDeviceGetAttribute)."""
-    import ctypes
-
     try:
         cuda = ctypes.CDLL(library)
     except OSError:

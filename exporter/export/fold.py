@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Constant folding of a written graph: subgraphs that depend on no input are computed once, at build time.
 
 torch.export leaves a few constant subgraphs (shape arithmetic, casts and reshapes of initializers) that
@@ -13,6 +14,7 @@ import io
 from pathlib import Path
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from .onnx_export import save
 
@@ -21,8 +23,6 @@ SIZE_LIMIT = 1 << 20
 
 def fold_constants(path: Path) -> int:
     """Fold the constant subgraphs of `path` (weights in `path.data`) in place; returns the nodes removed."""
-    import onnx_graphsurgeon as gs
-
     graph = gs.import_onnx(onnx.load(str(path)))
     before = len(graph.nodes)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -1,4 +1,5 @@
-"""The graphs a build writes: fp32 always, fp16 on request.
+# SPDX-License-Identifier: Apache-2.0
+"""Exporting a bundle's graphs (which graphs a spec writes is `bundle.planned`).
 
 A token-reduction model is exported once per precision *with its kept-token indices as extra
 outputs* (the debug graph, which verification uses to tell near-tie flips from bugs), and for an
@@ -8,42 +9,15 @@ both compute the same. Debug graphs never enter the bundle.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ..bundle import Graph
 from ..methods.base import Traced
 from .fp16 import export_fp16
 from .onnx_export import OUTPUT_NAME, export_onnx, keep_outputs
-
-FP32 = "model.onnx"
-FP16 = "model.fp16.onnx"
-PLUGINS = "model.plugins.onnx"
-PLUGINS_FP16 = "model.plugins.fp16.onnx"
-PLUGIN_LIBRARY = Path("plugins/libexporter_plugins.so")  # inside the bundle, with --plugins
-
-
-@dataclass
-class Graph:
-    file: str  # name inside the bundle
-    precision: str
-    io_fp16: bool = False
-    lowering: str = "decompose"  # token ops as standard ops, or as plugin nodes ("plugin")
-    debug: Optional[Path] = None  # the same graph with kept indices as outputs (reduced models)
-
-
-def planned(precision: str, io_fp16: bool, plugins: bool = False) -> list[Graph]:
-    """The graphs of a bundle: standard ops always; with `plugins`, the plugin-node twin of each."""
-    graphs = [Graph(FP32, "fp32")]
-    if precision == "fp16":
-        graphs.append(Graph(FP16, "fp16", io_fp16))
-    if plugins:
-        graphs.append(Graph(PLUGINS, "fp32", lowering="plugin"))
-        if precision == "fp16":
-            graphs.append(Graph(PLUGINS_FP16, "fp16", io_fp16, lowering="plugin"))
-    return graphs
 
 
 def export_graph(model: torch.nn.Module, graph: Graph, bundle: Path, debug_dir: Path, write_deliverable: bool = True, **kwargs) -> Optional[dict]:

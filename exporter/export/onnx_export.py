@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """torch → ONNX with the dynamo exporter: static token shapes, optionally a dynamic batch axis.
 
 Weights go to `<name>.data` beside the graph (what trtexec and Polygraphy expect). Exporting the
@@ -12,7 +13,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import onnx
+import onnx_graphsurgeon as gs
+import onnx_ir as ir
 import torch
+
+from .. import ops
+from ..ops.plugin_nodes import translation_table
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -36,9 +42,6 @@ def export_onnx(
     the symbolic dimension `batch`, and every other dimension stays static. `lowering` is how token
     ops are written: `decompose` (standard ops) or `plugin` (one TensorRT plugin node each).
     """
-    from .. import ops
-    from ..ops.plugin_nodes import translation_table
-
     path = Path(path)
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     lo, opt, hi = batch
@@ -81,8 +84,6 @@ def _rename_batch_dim(model) -> None:
 
 
 def onnx_ir_shape(shape):
-    import onnx_ir as ir
-
     dims = list(shape)
     dims[0] = ir.SymbolicDim(BATCH_DIM)
     return ir.Shape(dims)
@@ -110,8 +111,6 @@ def keep_outputs(src: Path, dst: Path, names: Sequence[str]) -> Path:
     The deliverable graph of a token-reduction model is cut from its debug export (which also
     outputs the kept-token indices), so both come from one trace and compute identical logits.
     """
-    import onnx_graphsurgeon as gs
-
     graph = gs.import_onnx(onnx.load(str(src)))
     graph.outputs = [t for t in graph.outputs if t.name in names]
     graph.cleanup()

@@ -1,6 +1,10 @@
+# SPDX-License-Identifier: Apache-2.0
 """A static estimate of a reduced model's GPU time, from the compiled kernels, without a GPU.
 
-    python -m exporter.ops.perf --model deit_small_patch16_224 --method tome [--r 13] --batch 256 --arch sm_90 [--json]
+    python -m exporter perf --model deit_small_patch16_224 --method tome [--r 13] --batch 256 --arch sm_90 [--json]
+
+(the command is `exporter/commands/perf.py`; this module takes a model-building callable, so the op layer
+imports no model or method)
 
 It is an estimate, with a stated model; a GPU measurement (benchmarks/gpu_check.sh prints both) corrects it.
 
@@ -33,9 +37,7 @@ The time model (every constant is the GPU's published figure, in `GPUS`, or an a
 """
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import math
 import multiprocessing
 import os
@@ -43,7 +45,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
 from ..errors import ExporterError
 
@@ -182,7 +184,7 @@ class Launch:
     hits: dict  # Chain -> executions, summed over the launch's programs
 
 
-def _trace_worker(model_name: str, img_size, method: str, params: dict, precision: str) -> list[tuple[str, list[Launch]]]:
+def _trace_worker(build: Callable, size: tuple, precision: str) -> list[tuple[str, list[Launch]]]:
     """In a fresh process with TRITON_INTERPRET=1: every token op call of one forward at batch 1 on the CPU,
     with the kernel launches it makes (run on the same tensors, cast to `precision`)."""
     import torch
@@ -190,8 +192,6 @@ def _trace_worker(model_name: str, img_size, method: str, params: dict, precisio
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from .. import ops
-    from ..methods import apply_method
-    from ..models import create_model
     from . import kernels
 
     source_dir = str(Path(kernels.__file__).resolve().parent)
@@ -237,8 +237,7 @@ def _trace_worker(model_name: str, img_size, method: str, params: dict, precisio
                 calls.append((func.overloadpacket.__name__, list(launches)))
             return out
 
-    model = apply_method(create_model(model_name, "random", 0, img_size), method, **params)
-    size = _input_size(model)
+    _, model = build()
     with torch.no_grad(), ops.lowering("plugin"), Kernels():
         model(torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)))
     return calls
@@ -248,15 +247,10 @@ def _interpreter_mode() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
 
 
-def trace(model_name: str, img_size, method: str, params: dict, precision: str):
+def trace(build: Callable, size: tuple, precision: str):
+    """`_trace_worker` in a fresh process (Triton's interpreter mode is fixed per process)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_interpreter_mode) as pool:
-        return pool.submit(_trace_worker, model_name, img_size, method, params, precision).result()
-
-
-def _input_size(model) -> tuple[int, int]:
-    from ..models import input_size
-
-    return input_size(getattr(model, "vit", None) or getattr(model, "model", None) or model)
+        return pool.submit(_trace_worker, build, size, precision).result()
 
 
 # ---- the kernels' estimate ----------------------------------------------------------------------------
@@ -341,51 +335,32 @@ class OpRow:
 @dataclass
 class Analysis:
     """What does not depend on the batch: the model's FLOPs, its token ops' launches (traced at batch 1) and
-    their compiled variants."""
-    model_name: str
-    method: str
-    params: dict  # as given (what apply_method takes)
-    resolved: dict  # the method's parameters with its defaults (what the model reports)
-    img_size: Optional[int]
+    their compiled variants. `build` makes fresh (dense, reduced) models on the CPU (a recording moves them to
+    the meta device); it must pickle (a module-level function, or a partial of one) for the tracing process."""
+    build: Callable
+    about: dict  # model, method, params (resolved), schedule, depth: what the result reports
     precision: str
     gpu: GPU
     size: tuple
-    schedule: Optional[list]
-    depth: Optional[int]
     dense_gmacs: float
     gmacs: float
     calls: list  # (op, [Launch]) per token op call, in call order
     variants: dict  # library key -> cubin.Variant (with line info)
 
-    def models(self):
-        """(dense, reduced): fresh, on the CPU (a recording moves them to the meta device)."""
-        from ..methods import apply_method
-        from ..models import create_model
 
-        dense = create_model(self.model_name, "random", 0, self.img_size)
-        return dense, apply_method(dense, self.method, **self.params)
-
-
-def analyse(model_name: str, method: str, params: dict, arch: str, precision: str = "fp16",
-            img_size: Optional[int] = None, jobs: int = 0) -> Analysis:
-    """Build the model, count its FLOPs, trace its token ops' kernels and compile their variants for `arch`."""
-    from ..methods import apply_method
-    from ..methods.flops import count_gmacs
-    from ..models import create_model
+def analyse(build: Callable, about: dict, size: tuple, gmacs: tuple[float, float], arch: str,
+            precision: str = "fp16", jobs: int = 0) -> Analysis:
+    """Trace the token ops' kernels of `build()`'s reduced model and compile their variants for `arch`;
+    `gmacs` is (dense, reduced)."""
     from . import cubin
 
     if arch not in GPUS:
         raise ExporterError(f"--arch {arch} has no published figures here.", f"Use one of {', '.join(GPUS)}.")
     gpu = GPUS[arch]
-    dense = create_model(model_name, "random", 0, img_size)
-    reduced = apply_method(dense, method, **params)
-    size = _input_size(reduced)
-    calls = trace(model_name, img_size, method, params, precision)
+    calls = trace(build, size, precision)
     keys = sorted({library_key(launch, precision, gpu.arch) for _, launches in calls for launch in launches})
     variants = dict(zip(keys, cubin.compile_variants(keys, jobs, line_info=True))) if keys else {}
-    return Analysis(model_name, method, params, getattr(reduced, "params", params), img_size, precision, gpu, size, getattr(reduced, "schedule", None),
-                    len(getattr(dense, "blocks", ())) or None, count_gmacs(dense, size), count_gmacs(reduced, size),
-                    calls, variants)
+    return Analysis(build, about, precision, gpu, size, gmacs[0], gmacs[1], calls, variants)
 
 
 def estimate(a: Analysis, batch: int, model: Model = Model()) -> dict:
@@ -396,9 +371,9 @@ def estimate(a: Analysis, batch: int, model: Model = Model()) -> dict:
 
     gpu, fp16 = a.gpu, a.precision == "fp16"
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[a.precision]
-    dense, reduced = a.models()
+    dense, reduced = a.build()
     dense_costs = record(dense, batch, dtype, a.size)  # (moves both models to the meta device: they share weights)
-    dense, reduced = a.models()
+    dense, reduced = a.build()
     costs = record(reduced, batch, dtype, a.size)
     tokens = [c for c in costs if c.kind == "token"]
     if [c.name for c in tokens] != [name for name, _ in a.calls]:
@@ -432,93 +407,12 @@ def estimate(a: Analysis, batch: int, model: Model = Model()) -> dict:
     standard_us = total(costs, sum(r.standard_us for r in rows))
     return {
         "estimate": "static estimate from compiled kernels, not a measurement (see exporter/ops/perf.py)",
-        "model": a.model_name, "method": a.method, "params": a.resolved, "batch": batch,
+        "model": a.about["model"], "method": a.about["method"], "params": a.about["params"], "batch": batch,
         "precision": a.precision, "arch": f"sm_{gpu.arch}", "gpu": asdict(gpu), "assumptions": asdict(model),
-        "schedule": a.schedule,
+        "schedule": a.about["schedule"],
         "ops": [asdict(r) for r in rows],
-        "dense_us": dense_us, "dense_block_us": dense_us / a.depth if a.depth else None,
+        "dense_us": dense_us, "dense_block_us": dense_us / a.about["depth"] if a.about["depth"] else None,
         "reduced_us": fused_us, "reduced_standard_ops_us": standard_us,
         "speedup": dense_us / fused_us, "speedup_standard_ops": dense_us / standard_us,
         "dense_gmacs": a.dense_gmacs, "gmacs": a.gmacs, "flops_ratio": a.dense_gmacs / a.gmacs,
     }
-
-
-# ---- the command ----------------------------------------------------------------------------------------
-
-def _table(result: dict, console) -> None:
-    from rich.table import Table
-
-    gpu = result["gpu"]
-    console.print(f"{result['model']} {result['method']} {result['params'] or ''} batch {result['batch']} "
-                  f"{result['precision']} on {gpu['name']} ({result['arch']}): {result['estimate']}", markup=False)
-    table = Table("#", "op", "tokens", "kernel", "variant", "regs", "stack", "blocks/SM", "waves", "LDG.128",
-                  "instr/prog", "memory µs", "issue µs", "estimate µs", "standard ops µs")
-    for r in result["ops"]:
-        for n, k in enumerate(r["kernels"]):
-            first = n == 0
-            table.add_row(str(r["index"]) if first else "", r["op"] if first else "",
-                          f"{r['tokens'][0]}→{r['tokens'][1]}" if first else "",
-                          k["kernel"].removesuffix("_kernel"), " ".join(map(str, k["variant"][1:])),
-                          str(k["registers"]), str(k["stack"]),
-                          f"{k['blocks_per_sm']} ({k['limited_by']})", str(k["waves"]), str(k["ldg128"]),
-                          str(k["instructions_per_program"]),
-                          f"{r['memory_us']:.1f}" if first else "", f"{k['issue_us']:.1f}",
-                          f"{r['estimate_us']:.1f}" if first else "", f"{r['standard_us']:.1f}" if first else "")
-    console.print(table)
-    a = result["assumptions"]
-    console.print(
-        f"dense forward {result['dense_us']:.0f} µs"
-        + (f" ({result['dense_block_us']:.1f} µs a block)" if result["dense_block_us"] else "") + "; reduced: "
-        f"{result['reduced_us']:.0f} µs with the fused kernels, {result['reduced_standard_ops_us']:.0f} µs with standard "
-        f"ops. Speedup {result['speedup']:.2f}x fused ({result['speedup_standard_ops']:.2f}x standard ops) vs FLOPs "
-        f"ratio {result['flops_ratio']:.2f}x ({result['speedup'] / result['flops_ratio']:.2f} of it).\n"
-        f"Assumed: GEMMs at {a['gemm_efficiency']:.0%} and attention at {a['attention_efficiency']:.0%} of "
-        f"{gpu['tensor_tflops'] if result['precision'] == 'fp16' else gpu['fp32_tflops']} TFLOPS, "
-        f"{gpu['dram_gbs']:.0f} GB/s, {gpu['sms']} SMs at {gpu['clock_ghz']} GHz issuing 4 warp-instructions a clock "
-        f"({gpu['source']}).", markup=False)
-
-
-def main(argv=None) -> int:
-    from .. import console as consoles
-    from ..cli import _given, _method_params, _parsed
-    from ..methods import get_method
-
-    p = argparse.ArgumentParser(prog="python -m exporter.ops.perf", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="deit_small_patch16_224", help="a timm ViT name or litv2_small (default %(default)s)")
-    p.add_argument("--method", default="none", help="none, evit, evovit, diffrate, tome (LITv2: none, its HiLo)")
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--batch", default="256", help="batch size, or several: 64,256 (--json: a list)")
-    p.add_argument("--arch", default="sm_90", choices=sorted(GPUS))
-    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
-    p.add_argument("--gemm-efficiency", type=float, default=Model.gemm_efficiency)
-    p.add_argument("--attention-efficiency", type=float, default=Model.attention_efficiency)
-    p.add_argument("--jobs", type=int, default=0, help="compiler processes (default: the CPUs)")
-    p.add_argument("--json", action="store_true", help="print the estimate as JSON on stdout")
-    for name, (param, users) in _method_params().items():
-        p.add_argument(param.flag, dest=f"param_{name}", default=None, metavar="VALUE", help=f"{param.help}; {', '.join(users)}")
-    args = p.parse_args(argv)
-    err = consoles.make()
-    try:
-        batches = [int(b) for b in args.batch.split(",")] if all(b.isdigit() for b in args.batch.split(",")) else []
-        if not batches or min(batches) < 1 or not (0 < args.gemm_efficiency <= 1 and 0 < args.attention_efficiency <= 1):
-            raise ExporterError(f"--batch {args.batch!r} must be sizes >= 1 (e.g. 64,256) and the efficiencies in (0, 1].",
-                                "e.g. --batch 64,256 --gemm-efficiency 0.6")
-        params = _parsed(get_method(args.method), _given(args))
-        analysis = analyse(args.model, args.method, params, args.arch, args.precision, args.img_size, args.jobs)
-        results = [estimate(analysis, b, Model(args.gemm_efficiency, args.attention_efficiency)) for b in batches]
-    except ExporterError as e:
-        err.print(f"[red]error:[/red] {consoles.escape(str(e))}")
-        return 2
-    if args.json:
-        print(json.dumps(results[0] if len(results) == 1 else results, indent=1, default=str))
-        return 0
-    out = consoles.make(stderr=False)
-    if not out.is_terminal:
-        out.width = 200  # a log keeps the table's rows whole
-    for result in results:
-        _table(result, out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

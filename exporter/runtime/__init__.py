@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Runners: one call shape for every runtime a graph is checked or timed in.
 
 A runner is called with a batch of images (numpy, fp32) and returns every output of the model as
@@ -10,22 +11,21 @@ imported lazily, so a machine without one can still use the others.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ContextManager, Optional, Protocol, Sequence
+from typing import ContextManager, Optional, Sequence
 
 import numpy as np
+import onnx
+import torch
 
-
-class Runner(Protocol):
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]: ...
+from . import tensorrt
+from .runner import Runner
 
 
 def onnx_runner(path: Path | str, threads: Optional[int] = None, scores: bool = False) -> Runner:
     """onnxruntime on the graph at `path`; a plugin graph's plugin nodes run the reference ops. With `scores`,
     a plugin graph's outputs are followed by every token choice's scores, as a standard-op fp16 debug graph
     outputs them (`op_reference.scores`)."""
-    import onnx
-
-    from . import op_reference, ort
+    from . import op_reference, ort  # onnxruntime: seconds to load, and torch_runner's callers need it not
 
     plugins = op_reference.has_plugins(onnx.load(str(path), load_external_data=False))
     session = (op_reference.session if plugins else ort.session)(path, threads)
@@ -43,10 +43,8 @@ def onnx_runner(path: Path | str, threads: Optional[int] = None, scores: bool = 
 def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None, decisions: Optional[list] = None) -> Runner:
     """The PyTorch model's `forward_traced` (logits, then kept indices); with `replay`, indices per
     reduction for the whole sample set, handed out to the calls in order (wrapping around, as
-    `verify.inputs.batches` pads the last batch). A `decisions` list receives, per call, the list of
+    `checks.inputs.batches` pads the last batch). A `decisions` list receives, per call, the list of
     every token choice as (reduction, what, scores, chosen) in numpy (see `methods.base.Choices`)."""
-    import torch
-
     done = 0
 
     def run(x: np.ndarray) -> list[np.ndarray]:
@@ -67,9 +65,7 @@ def torch_runner(model, replay: Optional[Sequence[np.ndarray]] = None, decisions
 def engine_runner(bundle: Path, folder: str, entry: dict) -> ContextManager[Runner]:
     """The engine `entry` of `bundle`/engines/`folder` (a context manager: it holds the engine and its
     device buffers while open). Only after `engine.preflight.check` passed."""
-    from .tensorrt import runner
-
-    return runner(bundle, folder, entry)
+    return tensorrt.runner(bundle, folder, entry)
 
 
 __all__ = ["Runner", "engine_runner", "onnx_runner", "torch_runner"]

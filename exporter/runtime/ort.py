@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """onnxruntime sessions with explicit, reproducible thread settings (benchmarks compare like with like)."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 def session_options(threads: Optional[int] = None):
     """Quiet options with explicit threads (intra-op `threads`, one inter-op), all graph optimisations on."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # seconds to load: only when a graph runs
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -21,7 +22,7 @@ def session_options(threads: Optional[int] = None):
 
 def session(model: Path | str | bytes, threads: Optional[int] = None, providers: Optional[list[str]] = None, options=None):
     """A session on a model file (or serialized model) from `session_options(threads)` unless `options` are given."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # seconds to load: only when a graph runs
 
     options = options or session_options(threads)
     model = model if isinstance(model, bytes) else str(model)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A TensorRT or TensorRT-RTX engine as a runner (`runtime.Runner`): a batch of fp32 images in, every
 output as numpy fp32 out. Only open one after `engine.preflight.check` passed.
 
@@ -22,10 +23,11 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..checks.engine_build import error_logger
-from ..engine import cache, targets
+from ..bundle import PLUGIN_LIBRARY, engines_dir
+from ..engine import preflight, targets
+from ..engine.network import error_logger
 from ..errors import ExporterError
-from . import Runner
+from .runner import Runner
 
 
 def uses_polygraphy(entry: dict) -> bool:
@@ -37,7 +39,7 @@ def cannot_run(entry: dict) -> Optional[ExporterError]:
     if uses_polygraphy(entry):
         return None
     try:
-        import torch
+        import torch  # inside the try: a target's torch may fail to load (then Polygraphy is the way)
 
         if torch.cuda.is_available():
             return None
@@ -48,6 +50,17 @@ def cannot_run(entry: dict) -> Optional[ExporterError]:
                          "has no CUDA.", f"Run {extra}install a CUDA build of torch.")
 
 
+def check_runnable(bundle: Path, folder: str, entry: dict, here: dict[str, preflight.Present]) -> None:
+    """Raise the ExporterError that says why engines/`folder`'s `entry` cannot run on this machine: its
+    pre-flight (runtime, GPU, plan), then a way to feed it. `here` caches `preflight.present` per runtime."""
+    if entry["runtime"] not in here:
+        here[entry["runtime"]] = preflight.present(entry["runtime"])
+    preflight.check(bundle, folder, entry, here[entry["runtime"]])
+    problem = cannot_run(entry)
+    if problem:
+        raise problem
+
+
 @contextlib.contextmanager
 def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Runner]:
     """The engine `entry` of `bundle`/engines/`folder` as a runner, its device buffers held while open."""
@@ -55,15 +68,15 @@ def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Runner]:
     logger = error_logger(trt)
     runtime = trt.Runtime(logger)
     if entry.get("plugin_library"):
-        runtime.get_plugin_registry().load_library(str(bundle / cache.PLUGIN_LIBRARY))
-    plan = (cache.engines_dir(bundle) / folder / entry["engine"]).read_bytes()
+        runtime.get_plugin_registry().load_library(str(bundle / PLUGIN_LIBRARY))
+    plan = (engines_dir(bundle) / folder / entry["engine"]).read_bytes()
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise ExporterError(f"{targets.LABEL[entry['runtime']]} could not deserialize {entry['engine']}: "
                             f"{'; '.join(logger.errors) or 'no error was logged'}.",
                             f"Rebuild it with `python -m exporter engine {bundle} --runtime {entry['runtime']} --force`.")
     if uses_polygraphy(entry):
-        from polygraphy.backend.trt import TrtRunner
+        from polygraphy.backend.trt import TrtRunner  # optional (the trt extra)
 
         inp, outputs = _io_names(trt, engine)
         dtype = np.float16 if engine.get_tensor_dtype(inp[0]).name == "HALF" else np.float32
@@ -85,7 +98,7 @@ def _io_names(trt, engine) -> tuple[list[str], list[str]]:
 
 
 def _torch_runner(trt, engine, entry: dict, logger) -> Runner:
-    import torch
+    import torch  # as in cannot_run: only where torch has CUDA
 
     context = engine.create_execution_context()
     inputs, outputs = _io_names(trt, engine)

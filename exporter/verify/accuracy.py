@@ -1,9 +1,10 @@
+# SPDX-License-Identifier: Apache-2.0
 """Top-1/top-5 of a bundle on labelled images (`verify --data DIR`): PyTorch and every graph, on the same images.
 
 Parity on held-out photos shows the graphs compute what PyTorch computes; this shows what that means for
 classification: the graphs' accuracy next to their PyTorch model's (and the dense model's, for a reduced one).
 The folder is read in ImageNet layout with torchvision's ImageFolder (class index = position of the sub-folder's
-name in sorted order) and preprocessed with timm's eval transform for the model, as `verify.inputs` does.
+name in sorted order) and preprocessed with timm's eval transform for the model, as `checks.inputs` does.
 Field names follow timm's validate.py (top1, top1_err, top5, top5_err, in percent).
 """
 from __future__ import annotations
@@ -14,14 +15,18 @@ from typing import Optional
 
 import numpy as np
 import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..bundle import read_manifest, recorded_classes
 from ..console import make as make_console
 from ..errors import ExporterError
+from ..models import input_size
 from ..runtime import onnx_runner
 from ..spec import BuildSpec
-from .bundle import read_manifest
+from ..stages.model import prepare
 
 
 
@@ -62,15 +67,9 @@ class Accuracy:
 LAYOUT = "one sub-folder per class holding its images (ImageNet layout: DIR/<class>/<image>)"
 
 
-def num_classes(manifest: dict) -> int:
-    """Classes the bundle predicts, from the logits shape the manifest records."""
-    io = next(iter(manifest["io"].values()))
-    return int(io["outputs"][0]["shape"][-1])
-
-
 def open_folder(data: Path, classes: int):
     """`data` as a torchvision ImageFolder, checked against the model's class count before any work is done."""
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # torchvision's datasets: only for verify --data
 
     fix = f"Give --data a folder with {LAYOUT}, e.g. `python -m exporter.fixtures.digits export-split DIR`."
     if not data.is_dir():
@@ -97,8 +96,6 @@ def open_folder(data: Path, classes: int):
 
 def _image(path: str, decode: bool = True):
     """The image at `path` as RGB (torchvision's loader), or an ExporterError naming the file PIL cannot read."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             return image.convert("RGB") if decode else None
@@ -110,18 +107,13 @@ def _image(path: str, decode: bool = True):
 def check(bundle: Path, data: Path):
     """The bundle's manifest and its dataset, or the error a user can fix (before verification starts)."""
     manifest, _ = read_manifest(bundle)
-    return manifest, open_folder(data, num_classes(manifest))
+    return manifest, open_folder(data, recorded_classes(manifest))
 
 
 def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads: Optional[int] = None) -> Accuracy:
     """Top-1/top-5 of PyTorch (the bundle's model, and the dense one if reduced) and of every graph on `data`
     (plugin graphs on the token ops' reference), for the report's `accuracy`. `threads` sets PyTorch's and onnxruntime's intra-op
     threads for the run (default: theirs)."""
-    from timm.data import create_transform, resolve_data_config
-
-    from ..models import input_size
-    from ..pipeline import prepare
-
     console = console or make_console()
     manifest, dataset = check(bundle, data)
     spec = BuildSpec.from_dict(manifest["spec"])

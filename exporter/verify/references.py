@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PyTorch's answers stored in the bundle (references.npz), so a target without the workstation's
 PyTorch model can be held to the same thresholds.
 
@@ -20,37 +21,25 @@ the runtime.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from ..bundle import References, write_references
+from ..checks.compare import _rounding, _scored
+from ..checks.inputs import PHOTOS, RANDOM_SEED, batches, held_out, random_images
 from ..checks.parity import NEAR_TIE, Comparison, StoredComparison, compare, failing
 from ..runtime import Runner
-from .inputs import PHOTOS, RANDOM_SEED, batches, held_out, random_images
-
-REFERENCES = "references.npz"
-
-
-@dataclass
-class References:
-    inputs: np.ndarray  # [n, 3, H, W] float16
-    labels: list[str]
-    logits: np.ndarray  # [n, classes] float32, PyTorch fp32 on inputs.astype(float32)
-    kept: list[np.ndarray]  # per reduction, [n, k] kept-token indices (empty for dense models)
-    fp16_sensitive: Optional[np.ndarray]  # [n] bool, or None for dense models
-    fp16_closeness: Optional[np.ndarray] = None  # [n] float32, or None for dense models (and older bundles)
-
 
 FP16_HELD = 16  # samples an fp16 check on stored references should hold to the thresholds
 MAX_SAMPLES = 48  # a cap on the file: DeiT-S inputs are ~300 KB each in fp16
 TOP_UP = 8  # extra random images per round when too many samples are fp16-sensitive
 
 
-def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> References:
-    """Run PyTorch on the held-out inputs (rounded to fp16) and write `path` (npz, compressed).
+def store(model: torch.nn.Module, size: tuple[int, int], bundle: Path) -> References:
+    """Run PyTorch on the held-out inputs (rounded to fp16) and write them into `bundle` (references.npz).
 
     A target cannot observe its engine's token choices, so its fp16 check holds only the samples with no
     choice within fp16 rounding; where the held-out inputs leave fewer than FP16_HELD of those (DiffRate
@@ -67,34 +56,17 @@ def store(model: torch.nn.Module, size: tuple[int, int], path: Path) -> Referenc
         closeness = np.concatenate([closeness, more_closeness])
     sensitive = None if closeness is None else closeness <= NEAR_TIE
     refs = References(x.half().numpy(), labels, logits, kept, sensitive, closeness)
-    arrays = {"inputs": refs.inputs, "labels": np.array(labels), "logits": refs.logits}
-    arrays.update({f"kept{i}": k for i, k in enumerate(refs.kept)})
-    if closeness is not None:
-        arrays.update(fp16_sensitive=sensitive, fp16_closeness=closeness)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    write_references(bundle, refs)
     return refs
 
 
 def _answers(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], Optional[np.ndarray]]:
     """PyTorch fp32's logits and kept indices on `x` rounded to fp16, and how close each sample's token
     choices are to fp16 rounding (None for a dense model)."""
-    from ..checks.compare import _rounding, _scored
-
     xs = x.half().float()
     (logits, *kept), decisions = _scored(model, xs)
     closeness = _rounding(model, xs, kept, decisions).closeness().astype(np.float32) if kept else None
     return logits.astype(np.float32), [k.astype(np.int16) for k in kept], closeness
-
-
-def load(path: Path) -> Optional[References]:
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        kept = [z[f"kept{i}"] for i in range(sum(1 for k in z.files if k.startswith("kept")))]
-        optional = {k: z[k] if k in z.files else None for k in ("fp16_sensitive", "fp16_closeness")}
-        return References(z["inputs"], [str(s) for s in z["labels"]], z["logits"], kept, **optional)
 
 
 def check(

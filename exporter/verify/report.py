@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The report of a build or a verify: every check that ran and what it found, as one typed object.
 
 `build` writes it into the bundle as report.json (`to_dict`) and report.md (`markdown`); `verify` rebuilds
@@ -11,14 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .. import artifacts
-from ..artifacts import from_record
-from ..checks.engine_build import RtxCheck
+from ..bundle import REPORT_JSON, REPORT_MD, from_record, read_json
 from ..checks.parity import Comparison, StoredComparison
-from ..engine.report import EngineRow
+from ..engine.rtx_check import RtxCheck
 from ..errors import ExporterError
 from ..spec import BuildSpec
 from .accuracy import Accuracy
+from .engines import EngineRow
+from .report_md import render
 
 
 @dataclass
@@ -108,15 +109,34 @@ class Report:
         )
 
     @classmethod
+    def read(cls, bundle: Path) -> "Report":
+        """The report `bundle`'s build wrote, or an ExporterError saying it is not one."""
+        return cls.load(bundle / REPORT_JSON)
+
+    @classmethod
     def load(cls, path: Path) -> "Report":
         """report.json at `path`, or an ExporterError saying it is not one."""
         try:
-            return cls.from_dict(artifacts.read_json(path))
+            return cls.from_dict(read_json(path))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, ExporterError) as e:
             raise ExporterError(f"{path} is not a report written by `python -m exporter build` ({type(e).__name__}: {e}).",
                                 "Rebuild the bundle with `python -m exporter build` (its reproduce.sh has the command).") from None
 
     def markdown(self) -> str:
-        from .report_md import render
-
         return render(self)
+
+
+def report_problems(bundle: Path, manifest: dict) -> list[str]:
+    """The build's reports against the manifest: present, a passed build, and this run's."""
+    missing = [f for f in (REPORT_JSON, REPORT_MD) if f not in manifest["files"]]
+    if missing:
+        return [f"{', '.join(missing)} missing: a bundle carries its build's report"]
+    try:
+        report = Report.read(bundle)
+    except ExporterError as e:
+        return [e.problem]
+    if not report.passed:
+        return [f"{REPORT_JSON} does not record a passed build"]
+    if report.run_name != manifest["run_name"] or report.spec.to_dict() != manifest["spec"]:
+        return [f"{REPORT_JSON} belongs to another run"]
+    return []

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """report.md: the answer to "can I ship this?", top to bottom, rendered from a `Report`.
 
 Verdict, what was built, parity per runtime (onnxruntime against PyTorch; every runtime against the
@@ -6,13 +7,10 @@ and what was skipped and why.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..bench import machine, results
 from ..checks.parity import NEAR_TIE, Comparison, StoredComparison
 from ..spec import BuildSpec
-
-if TYPE_CHECKING:
-    from .report import Report
+from .accuracy import table
 
 ROW_HEAD = [
     "| graph | batch | samples | max abs | max rel | min cosine | top-1 agree | decisive (top-1 agree) | token flips | result |",
@@ -20,7 +18,7 @@ ROW_HEAD = [
 ]
 
 
-def render(report: "Report") -> str:
+def render(report) -> str:  # a verify.report.Report (which imports this module to render itself)
     spec = report.spec
     lines = [
         f"# {report.run_name}",
@@ -88,8 +86,6 @@ def render(report: "Report") -> str:
                      "`--runtime tensorrt-rtx --target sm86` for an RTX GPU from any x86-64 machine; "
                      "`./build_engine.sh` does the same with trtexec alone.")
     if report.accuracy:  # added by `verify --data`
-        from .accuracy import table
-
         lines += ["", "## Accuracy on labelled images", "", table(report.accuracy)]
     lines += ["", "## Throughput", "", *_throughput(report.throughput), "", "## Skipped, and why", ""]
     lines += [f"- {s}" for s in _skipped(report)] or ["- nothing"]
@@ -103,8 +99,6 @@ def _throughput(bench: "dict | None") -> list[str]:
                 "present (onnxruntime, PyTorch, the engines that run here) into bench/; an engine on its GPU without "
                 "the exporter: `./build_engine.sh fp16 time` (trtexec; its qps are batches/s, multiply by the batch "
                 "for images/s)."]
-    from ..bench import machine, results
-
     return [f"Measured by `python -m exporter bench` on {machine.summary(bench['machine'])} "
             "(bench/bench.md has the settings, bench/bench.png the plot):", "", results.table(bench["rows"]), "",
             *(f"- {note}" for note in results.notes(bench))]
@@ -121,7 +115,7 @@ def _weights_note(spec: BuildSpec) -> list[str]:
     ]
 
 
-def _verdict(report: "Report") -> str:
+def _verdict(report) -> str:
     """Two or three sentences: ship or not, and what was not shown."""
     graphs = sorted({c.graph for c in report.comparisons})
     out = []
@@ -142,7 +136,7 @@ def _verdict(report: "Report") -> str:
     return " ".join(out)
 
 
-def _skipped(report: "Report") -> list[str]:
+def _skipped(report) -> list[str]:
     items = [f"TensorRT-RTX check of {g}: {r.reason}" for g, r in report.tensorrt_rtx.items() if r.status == "skipped"]
     items += [f"engine {e.folder}/{e.engine}: {e.reason}" for e in report.engines if e.status in ("skipped", "built")]
     items += [f"**Warning:** {w}" for w in report.warnings()]

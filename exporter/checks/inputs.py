@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Held-out verification inputs: seeded random images and real photos, never the export's dummy input.
 
 Photos come from scikit-image's bundled data (no download) and go through timm's own eval transform
@@ -8,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "camera")
 RANDOM_SEED = 20261122  # differs from any export or init seed on purpose
@@ -16,8 +18,7 @@ RANDOM_SEED = 20261122  # differs from any export or init seed on purpose
 def photos(model: torch.nn.Module, size: tuple[int, int]) -> torch.Tensor:
     """[len(PHOTOS), 3, *size] preprocessed with timm's eval transform for `model` (mean, std,
     crop, interpolation from its pretrained config) at the resolution the graph was built for."""
-    import skimage.data
-    from timm.data import create_transform, resolve_data_config
+    import skimage.data  # scikit-image loads its data registry: only when photos are made
 
     transform = create_transform(**resolve_data_config({"input_size": (3, *size)}, model=model))
     images = []

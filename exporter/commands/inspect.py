@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`inspect`: what a bundle holds, read without running anything.
 
 Its build (command, version, verdict, token schedule), each graph's inputs, outputs and operators, every
@@ -15,9 +16,11 @@ from typing import Any
 
 import onnx
 
-from . import artifacts
-from .errors import ExporterError
-from .ops import contracts
+from ..bundle import PLUGIN_LIBRARY, all_entries, file_problems, graph_files, io_of, read_manifest
+from ..checks.graph import attributes
+from ..errors import ExporterError
+from ..ops import contracts
+from ..verify.report import Report
 
 TOP_OPS = 8  # operator types listed per graph, most frequent first
 
@@ -25,22 +28,18 @@ TOP_OPS = 8  # operator types listed per graph, most frequent first
 def describe(bundle: Path) -> dict[str, Any]:
     """Everything `inspect` shows, as plain data (what `--json` prints). Only a directory that is not a bundle
     at all (no readable manifest) is an ExporterError."""
-    from .engine import cache
-    from .verify.bundle import file_problems, read_manifest
-    from .verify.report import Report
-
     manifest, spec = read_manifest(bundle)
     try:
-        verdict = "PASSED" if Report.load(bundle / artifacts.REPORT_JSON).passed else "FAILED"
+        verdict = "PASSED" if Report.read(bundle).passed else "FAILED"
     except ExporterError as e:
         verdict = f"unreadable report: {e.problem}"
     try:
         engines = [{"folder": folder, **{k: e.get(k) for k in ("graph", "engine", "runtime", "runtime_version",
                                                                   "target", "bytes", "built_at")}}
-                   for folder, e in cache.all_entries(bundle)]
+                   for folder, e in all_entries(bundle)]
     except ExporterError as e:
         engines = [{"folder": "?", "problem": e.problem}]
-    library = bundle / cache.PLUGIN_LIBRARY
+    library = bundle / PLUGIN_LIBRARY
     return {
         "bundle": str(bundle),
         "run_name": manifest["run_name"],
@@ -55,7 +54,7 @@ def describe(bundle: Path) -> dict[str, Any]:
         "schedule": manifest.get("schedule"),
         "flops": manifest.get("flops"),
         "files": {"listed": len(manifest["files"]), "problems": file_problems(bundle, manifest)},
-        "plugin_library": {"file": cache.PLUGIN_LIBRARY, "present": library.is_file(),
+        "plugin_library": {"file": PLUGIN_LIBRARY, "present": library.is_file(),
                            "build": manifest.get("plugin_library")},
         "graphs": [graph(bundle / name) for name in sorted(manifest["io"], key=lambda g: ("plugins" in g, "fp16" in g))],
         "engines": engines,
@@ -68,14 +67,12 @@ def graph(path: Path) -> dict[str, Any]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # a missing file, or protobuf's DecodeError for a truncated or foreign one
         return {"file": path.name, "problem": f"cannot be read as ONNX ({type(e).__name__}: {e})"}
-    from .engine.cache import graph_files
-
     ops = Counter(n.op_type for n in model.graph.node)
     return {
         "file": path.name,
         "bytes": sum(f.stat().st_size for f in graph_files(path, model) if f.is_file()),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
-        **io(model),
+        **io_of(model),
         "nodes": len(model.graph.node),
         "ops": dict(ops.most_common(TOP_OPS)),
         "plugin_nodes": [plugin_node(n) for n in model.graph.node if n.domain == contracts.DOMAIN],
@@ -84,8 +81,6 @@ def graph(path: Path) -> dict[str, Any]:
 
 def plugin_node(node: onnx.NodeProto) -> dict[str, Any]:
     """A custom-domain node as TensorRT's ONNX parser will look its plugin up (op_type, version, namespace)."""
-    from .checks.graph import attributes
-
     attrs = attributes(node)
     known = contracts.by_plugin(node.op_type)
     return {
@@ -112,15 +107,6 @@ def _plugin_lines(nodes: list[dict]) -> list[str]:
                   f"'{namespace}'; contract {contract or 'none: not a plugin of this exporter'}",
                   "    " + "; ".join(f"({a})" + (f" x{count}" if count > 1 else "") for a, count in runs)]
     return lines
-
-
-def io(model: onnx.ModelProto) -> dict[str, list[dict]]:
-    """Inputs and outputs: name, numpy dtype, shape (a named dimension stays a name, e.g. 'batch')."""
-    def values(items):
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in items]
-
-    return {"inputs": values(model.graph.input), "outputs": values(model.graph.output)}
 
 
 def render(info: dict[str, Any], console) -> None:
@@ -155,7 +141,8 @@ def render(info: dict[str, Any], console) -> None:
     if any(g.get("plugin_nodes") for g in info["graphs"]):
         build = lib["build"] or {}
         lines += [f"plugin library {lib['file']}: "
-                  + ("in the bundle" if lib["present"] else f"missing ({build.get('reason', 'not built')})")]
+                  + ((f"in the bundle, serving {build['serves']}" if build.get("serves") else "in the bundle")
+                     if lib["present"] else f"missing ({build.get('reason', 'not built')})")]
     for e in info["engines"]:
         if "problem" in e:
             lines += [f"engines: {e['problem']}"]

@@ -1,32 +1,29 @@
-"""What `verify` checks before it runs anything, and never changes: the bundle on disk.
+# SPDX-License-Identifier: Apache-2.0
+"""manifest.json: the build's record, read and written; and what `verify` checks before it runs anything (it
+never changes the bundle):
 
 1. The manifest is readable JSON with every field verification relies on (else a sentence, exit 2).
 2. Its file list is the directory, exactly: every file under the bundle but the manifest itself, reports
    and subfolders included, with the recorded sha256 (else FAILED, exit 1).
 3. It agrees with itself: the spec hashes to the run name, the command line gives the spec, the graphs
    present are those the spec's precision writes, each graph's inputs/outputs and opset are the ones
-   recorded, the reports belong to this run, and a checkpoint build records its checkpoint's sha256.
+   recorded, and a checkpoint build records its checkpoint's sha256 (that the reports belong to this run is
+   `exporter.verify.report.report_problems`: a report is verify's to read).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import shlex
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import onnx
 
-from .. import artifacts
 from ..errors import ExporterError
+from ..options import spec_of_command
 from ..spec import BuildSpec
+from .files import file_hashes, sha256, write_json
+from .layout import MANIFEST, UNHASHED_SUBTREES, planned
 
-if TYPE_CHECKING:
-    from .report import Report
-
-CLI = "python -m exporter "
 DAMAGED = "Copy the bundle again from where it was built, or rebuild it with `python -m exporter build`."
 # field -> type: what verification reads from the manifest
 REQUIRED = {
@@ -51,10 +48,10 @@ def unreadable(path: Path, e: OSError) -> ExporterError:
 
 def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
     """The manifest and its spec, or an ExporterError naming what is wrong with them."""
-    path = bundle / artifacts.MANIFEST
+    path = bundle / MANIFEST
     if not path.is_file():
         raise ExporterError(
-            f"{bundle} is not a bundle (no {artifacts.MANIFEST}).",
+            f"{bundle} is not a bundle (no {MANIFEST}).",
             "Pass a directory made by `python -m exporter build`, e.g. artifacts/<run>.",
         )
     try:
@@ -87,15 +84,15 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
 
 def bundle_files(bundle: Path) -> set[str]:
     """Every entry under `bundle` but its directories, the manifest and what is added on a target after the
-    build (engines, with manifests of their own, and bench timings: `artifacts.UNHASHED_SUBTREES`), as
+    build (engines, with manifests of their own, and bench timings: `UNHASHED_SUBTREES`), as
     relative POSIX paths."""
     try:
         entries = list(bundle.rglob("*"))
     except OSError as e:
         raise unreadable(bundle, e) from None
     names = {p.relative_to(bundle).as_posix() for p in entries if (p.is_symlink() or not p.is_dir())
-             and p.relative_to(bundle).parts[0] not in artifacts.UNHASHED_SUBTREES}
-    return names - {artifacts.MANIFEST}
+             and p.relative_to(bundle).parts[0] not in UNHASHED_SUBTREES}
+    return names - {MANIFEST}
 
 
 def file_problems(bundle: Path, manifest: dict) -> list[str]:
@@ -110,7 +107,7 @@ def file_problems(bundle: Path, manifest: dict) -> list[str]:
     for name in sorted(set(listed) & present):
         path = bundle / name
         try:
-            if path.is_symlink() or not path.is_file() or artifacts.sha256(path) != listed[name]:
+            if path.is_symlink() or not path.is_file() or sha256(path) != listed[name]:
                 changed.append(name)
         except OSError as e:
             raise unreadable(path, e) from None
@@ -130,15 +127,12 @@ def read_intact(bundle: Path) -> tuple[dict, BuildSpec]:
 
 def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[str]:
     """The manifest against itself and the (hash-checked) graphs; run after file_problems found none."""
-    from ..export.graphs import planned
-    from ..pipeline import _io
-
     problems = []
     if spec.run_name != manifest["run_name"]:
         problems.append(
             f"the spec hashes to {spec.run_name}, not the recorded run_name {manifest['run_name']} (spec or run_name edited)"
         )
-    if _command_spec(manifest["command"]) != spec.to_dict():
+    if (built := spec_of_command(manifest["command"])) is None or built.to_dict() != spec.to_dict():
         problems.append(f"the recorded command does not build the recorded spec: {manifest['command']}")
     if manifest["opset"] != spec.opset:
         problems.append(f"opset {manifest['opset']} differs from the spec's opset {spec.opset}")
@@ -157,48 +151,13 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset != spec.opset:
             problems.append(f"{g} is opset {opset}, the spec says {spec.opset}")
-        if manifest["io"].get(g) not in (None, _io(bundle / g)):
-            problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {_io(bundle / g)}")
+        if manifest["io"].get(g) not in (None, graph_io(bundle / g)):
+            problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {graph_io(bundle / g)}")
     if (manifest.get("fp16") is not None) != (spec.precision == "fp16"):
         problems.append(f"fp16 facts {'present' if manifest.get('fp16') else 'absent'} in a {spec.precision} build")
     if spec.weights not in NAMED_WEIGHTS and not isinstance(manifest.get("weights_sha256"), str):
         problems.append("the checkpoint's sha256 (weights_sha256) is not recorded")
-    problems += _report_problems(bundle, manifest)
     return problems
-
-
-def _report_problems(bundle: Path, manifest: dict) -> list[str]:
-    missing = [f for f in (artifacts.REPORT_JSON, artifacts.REPORT_MD) if f not in manifest["files"]]
-    if missing:
-        return [f"{', '.join(missing)} missing: a bundle carries its build's report"]
-    from .report import Report
-
-    try:
-        report = Report.load(bundle / artifacts.REPORT_JSON)
-    except ExporterError as e:
-        return [e.problem]
-    if not report.passed:
-        return [f"{artifacts.REPORT_JSON} does not record a passed build"]
-    if report.run_name != manifest["run_name"] or report.spec.to_dict() != manifest["spec"]:
-        return [f"{artifacts.REPORT_JSON} belongs to another run"]
-    return []
-
-
-def _command_spec(command: str) -> Optional[dict]:
-    """The spec `command` (a recorded `python -m exporter build ...`) builds, or None if it builds none."""
-    from ..cli import _spec_from_args, parser
-    from ..pipeline import resolve
-
-    if not command.startswith(CLI):
-        return None
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            args = parser().parse_args(shlex.split(command[len(CLI):]))
-        if args.command != "build":
-            return None
-        return resolve(_spec_from_args(args)).to_dict()
-    except (SystemExit, ValueError, ExporterError):
-        return None
 
 
 def checkpoint(spec: BuildSpec, manifest: dict, moved: Optional[Path]) -> Optional[Path]:
@@ -217,7 +176,7 @@ def checkpoint(spec: BuildSpec, manifest: dict, moved: Optional[Path]) -> Option
             "Pass its new location: python -m exporter verify BUNDLE --weights PATH.",
         )
     try:
-        digest = artifacts.sha256(path)
+        digest = sha256(path)
     except OSError as e:
         raise unreadable(path, e) from None
     if digest != manifest["weights_sha256"]:
@@ -240,34 +199,47 @@ def version_warning(manifest: dict, version: str, commit: str) -> Optional[str]:
     )
 
 
-def check_report_path(path: Optional[Path]) -> None:
-    """Fail before any work if `--report PATH` cannot be written."""
-    if path is not None and (path.is_dir() or not path.parent.is_dir()):
-        raise ExporterError(
-            f"--report {path} is {'a directory' if path.is_dir() else 'in a directory that does not exist'}.",
-            "Pass --report a file path (e.g. verify.json or verify.md) in an existing directory.",
-        )
-
-
-def write_report(report: "Report", path: Optional[Path]) -> None:
-    """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
-    if path is None:
-        sys.stdout.write(report.markdown())
-        return
-    try:
-        if path.suffix == ".json":
-            artifacts.write_json(path, report.to_dict())
-        else:
-            artifacts.write_text(path, report.markdown())
-    except OSError as e:
-        raise ExporterError(
-            f"Cannot write --report {path}: {e.strerror or e}.", "Pass --report a path in a directory you can write to."
-        ) from None
-
-
 def checkpoint_record(spec: BuildSpec) -> dict:
     """For a checkpoint build: its absolute path and sha256, so verify can refuse another file by name."""
     if spec.weights in NAMED_WEIGHTS:
         return {}
     path = Path(spec.weights).resolve()
-    return {"weights_path": str(path), "weights_sha256": artifacts.sha256(path)}
+    return {"weights_path": str(path), "weights_sha256": sha256(path)}
+
+
+def graph_io(path: Path) -> dict[str, list[dict]]:
+    """A graph's inputs and outputs as the manifest records them: name, numpy dtype, shape (a named dimension
+    stays a name, e.g. 'batch')."""
+    return io_of(onnx.load(str(path), load_external_data=False))
+
+
+def io_of(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """`graph_io` of a graph already loaded."""
+    def values(items):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in items]
+
+    return {"inputs": values(model.graph.input), "outputs": values(model.graph.output)}
+
+
+def recorded_input(io: dict, graph: str) -> tuple[str, tuple[int, ...]]:
+    """The name and shape (without the batch axis) of `graph`'s input, as `io` (the manifest's) records it."""
+    inputs = (io.get(graph) or {}).get("inputs") or []
+    if not inputs:
+        raise ExporterError(f"The manifest records no input for {graph}.", DAMAGED)
+    name, dims = inputs[0]["name"], inputs[0]["shape"][1:]
+    if any(not isinstance(d, int) or d < 1 for d in dims):
+        raise ExporterError(f"{graph}: input '{name}' has a dynamic dimension other than the batch.",
+                            "Rebuild the bundle with `python -m exporter build` (only the batch axis may be dynamic).")
+    return name, tuple(dims)
+
+
+def recorded_classes(manifest: dict) -> int:
+    """Classes the bundle predicts, from the logits shape the manifest records."""
+    io = next(iter(manifest["io"].values()))
+    return int(io["outputs"][0]["shape"][-1])
+
+
+def write_manifest(bundle: Path, record: dict[str, Any]) -> None:
+    """manifest.json: `record` with the sha256 of every file in `bundle` (the reports included), written last."""
+    write_json(bundle / MANIFEST, {**record, "files": file_hashes(bundle)})

@@ -1,6 +1,7 @@
-"""Engines in the report: what each engine folder holds, and (from verify) whether it ran and held parity.
+# SPDX-License-Identifier: Apache-2.0
+"""verify's engine stage: the report's row for each engine the bundle holds, and whether it ran and held parity.
 
-`check_engines` is verify's engine stage: every engine in the bundle is pre-flighted against this
+`check_engines`: every engine in the bundle is pre-flighted against this
 machine; one that fits runs on the stored references (verify.references) and is held to the same
 thresholds as onnxruntime; one that does not is reported as skipped with the reason, unless the user
 asked for it with `verify --engine`, which refuses (exit 2) with the pre-flight sentence.
@@ -11,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..artifacts import from_record
+from ..bundle import REFERENCES, all_entries, from_record, precision_of, read_references
 from ..checks.parity import StoredComparison
+from ..engine import preflight, targets
 from ..errors import ExporterError
 from ..runtime import engine_runner
-from ..runtime import tensorrt as trt_runtime
-from ..verify import references
-from . import cache, preflight, targets
+from ..runtime.tensorrt import check_runnable
+from . import references
 
 
 @dataclass
@@ -55,26 +56,15 @@ class EngineRow:
 
 def entries_for(bundle: Path, name: str) -> list[tuple[str, dict]]:
     """Engines named by `verify --engine`: a folder (sm86-tensorrt-rtx) or a target (sm86)."""
-    found = [(f, e) for f, e in cache.all_entries(bundle) if name in (f, e["target"])]
+    found = [(f, e) for f, e in all_entries(bundle) if name in (f, e["target"])]
     if not found:
-        have = sorted({f for f, _ in cache.all_entries(bundle)})
+        have = sorted({f for f, _ in all_entries(bundle)})
         raise ExporterError(
             f"{bundle} has no engine for '{name}' (engines: {', '.join(have) or 'none'}).",
             f"Build one with `python -m exporter engine {bundle} --runtime tensorrt-rtx --target sm86` "
             "(or --runtime tensorrt on the target GPU).",
         )
     return found
-
-
-def check_runnable(bundle: Path, folder: str, entry: dict, here: dict[str, preflight.Present]) -> None:
-    """Raise the ExporterError that says why engines/`folder`'s `entry` cannot run on this machine: its
-    pre-flight (runtime, GPU, plan), then a way to feed it. `here` caches `preflight.present` per runtime."""
-    if entry["runtime"] not in here:
-        here[entry["runtime"]] = preflight.present(entry["runtime"])
-    preflight.check(bundle, folder, entry, here[entry["runtime"]])
-    problem = trt_runtime.cannot_run(entry)
-    if problem:
-        raise problem
 
 
 def preflight_required(bundle: Path, name: Optional[str]) -> None:
@@ -89,10 +79,10 @@ def preflight_required(bundle: Path, name: Optional[str]) -> None:
 def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] = None) -> list[EngineRow]:
     """One row per engine: its manifest facts, status (passed/failed/skipped) and parity rows."""
     wanted = {f + "/" + e["graph"] for f, e in entries_for(bundle, required)} if required else set()
-    refs = references.load(bundle / references.REFERENCES)
+    refs = read_references(bundle)
     here: dict[str, preflight.Present] = {}
     rows = []
-    for folder, entry in cache.all_entries(bundle):
+    for folder, entry in all_entries(bundle):
         row = EngineRow.of(folder, entry)
         rows.append(row)
         try:
@@ -103,12 +93,12 @@ def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] 
             row.status, row.reason = "skipped", e.problem
             continue
         if refs is None:
-            row.status, row.reason = "skipped", f"the bundle has no {references.REFERENCES} (built by an older exporter)"
+            row.status, row.reason = "skipped", f"the bundle has no {REFERENCES} (built by an older exporter)"
             continue
         via = "Polygraphy TrtRunner" if trt_runtime.uses_polygraphy(entry) else "torch CUDA buffers"
         label = f"{targets.LABEL[entry['runtime']]} {entry['runtime_version']} ({here[entry['runtime']].gpu.name}, {via})"
         with engine_runner(bundle, folder, entry) as runner:
-            row.comparisons = references.check(refs, runner, entry["engine"], cache.precision_of(bundle / entry["graph"]),
+            row.comparisons = references.check(refs, runner, entry["engine"], precision_of(bundle / entry["graph"]),
                                                batch_sizes, label)
         row.status = "passed" if all(c.passed for c in row.comparisons) else "failed"
     return rows
@@ -117,7 +107,7 @@ def check_engines(bundle: Path, batch_sizes: list[int], required: Optional[str] 
 def built(bundle: Path) -> list[EngineRow]:
     """Rows for the engines the bundle holds, not run (what `build` records in the report)."""
     rows = []
-    for folder, entry in cache.all_entries(bundle):
+    for folder, entry in all_entries(bundle):
         row = EngineRow.of(folder, entry)
         row.reason = f"not run yet: `python -m exporter verify {bundle} --engine {folder}` on an {entry['target']} GPU"
         rows.append(row)

@@ -1,4 +1,5 @@
-"""The bundle on disk: layout, manifest, and atomic writes.
+# SPDX-License-Identifier: Apache-2.0
+"""The bundle on disk: atomic writes, file hashes, and a bundle built in hiding.
 
 A bundle is built in a hidden temp directory beside its final place and renamed at the end, so an
 interrupted or failed build never leaves a directory that looks complete.
@@ -19,17 +20,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-from .errors import ExporterError
-
-MANIFEST = "manifest.json"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
-ENGINES_DIR = "engines"
-BENCH_DIR = "bench"
-# Subtrees outside the portable file hashes, written after the bundle on one machine: engines/<target>-<runtime>/
-# holds plans built on (or for) one GPU and runtime, each with its own manifest (engine.json, exporter/engine);
-# bench/ the timings of `python -m exporter bench`, with the machine they were measured on (exporter/bench).
-UNHASHED_SUBTREES = (ENGINES_DIR, BENCH_DIR)
+from ..errors import ExporterError
+from .layout import MANIFEST, REPORT_JSON, REPORT_MD, UNHASHED_SUBTREES
 
 
 def check_writable(out: Path) -> None:

@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: Apache-2.0
+"""THE bundle: a build's output directory, and the one owner of everything about it.
+
+- `layout`: every file name, and which graphs a spec's build writes;
+- `files`: atomic writes, file hashes, and a bundle assembled in hiding and renamed into place;
+- `manifest`: manifest.json read and written, its files and its consistency checked, the recorded spec and I/O;
+- `references`: references.npz, PyTorch's answers on the held-out inputs;
+- `engines`: the engines index (engines/<target>-<runtime>/engine.json) and the graph content engines are keyed by;
+- `results`: the build's report files and bench's timings.
+
+Commands ask this package; none knows a file name of its own.
+"""
+from .engines import ENTRY_FIELDS, all_entries, engines_dir, graph_files, graph_sha256, read_folder, write_entry
+from .files import (
+    DEBUG_PREFIX,
+    check_writable,
+    debug_dir,
+    file_hashes,
+    from_record,
+    keep_failed,
+    publish_modes,
+    read_json,
+    same_bundle,
+    sha256,
+    staging,
+    sweep_stale,
+    write_bytes,
+    write_json,
+    write_text,
+)
+from .layout import (
+    BENCH_DIR,
+    BUILD_ENGINE,
+    ENGINE_JSON,
+    ENGINES_DIR,
+    FP16,
+    FP32,
+    GRAPHS,
+    MANIFEST,
+    PLUGIN_LIBRARY,
+    PLUGINS,
+    PLUGINS_FP16,
+    REFERENCES,
+    REPORT_JSON,
+    REPORT_MD,
+    REPRODUCE,
+    TIMING_CACHE,
+    TRTEXEC_DIR,
+    UNHASHED_SUBTREES,
+    Graph,
+    choice_of,
+    default_graph,
+    graph_path,
+    has_plugins,
+    planned,
+    precision_of,
+)
+from .manifest import (
+    DAMAGED,
+    NAMED_WEIGHTS,
+    REQUIRED,
+    bundle_files,
+    checkpoint,
+    checkpoint_record,
+    consistency_problems,
+    file_problems,
+    graph_io,
+    io_of,
+    read_intact,
+    read_manifest,
+    recorded_classes,
+    recorded_input,
+    unreadable,
+    version_warning,
+    write_manifest,
+)
+from .references import References, has_references, read_references, write_references
+from .results import bench_folder, read_bench, write_bench, write_reports

@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`python -m exporter bench`: with bundles, every runtime that can run them here, timed into their bench/ folders;
+without, every method of every --models model exported here and timed side by side (`exporter.bench`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import onnxruntime
+from rich.console import Console
+
+from ..bench import bundles, results, throughput
+from ..bundle import bench_folder
+from ..errors import ExporterError
+from ..models import create_model, input_size
+
+
+def bench_bundles(paths: list[Path], batches: Optional[list[int]], threads: int, rounds: int, iterations: int,
+                  console: Console) -> list[Path]:
+    """Time the bundles, print the table; the bench folders written."""
+    data = bundles.run(paths, batches, threads, rounds, iterations, log=console.print)
+    print(results.markdown(data))
+    return [bench_folder(p) for p in paths]
+
+
+def bench_models(models_text: str, weights: str, methods_text: Optional[str], img_size: Optional[int], batch: int,
+                 threads: int, rounds: int, iterations: int, console: Console) -> None:
+    """Export every method of every model (`models_text`: comma-separated, variants as name(arg=value)) and print
+    measured speedups next to FLOPs ratios."""
+    methods = throughput.selected_methods(methods_text)
+    models = {}
+    for label, (name, kwargs) in throughput.parse_models(models_text).items():
+        models[label] = create_model(name, weights, 0, img_size, **kwargs)
+    sizes = {label: input_size(m) for label, m in models.items()}
+    if len(set(sizes.values())) > 1:
+        raise ExporterError(f"The models take different input sizes: {sizes}.", "Pass --img-size for all of them.")
+    size = next(iter(sizes.values()))
+    measured = throughput.run(models, methods, size, batch, threads, rounds, iterations, log=console.print)
+    print(f"{models_text}, batch {batch}, {size[0]}x{size[1]}, {threads} threads, onnxruntime "
+          f"{onnxruntime.__version__} CPU, fp32, medians of {rounds} rounds x {iterations} batches\n")
+    print(throughput.table(measured, batch))
+    for note in (throughput.lone_note(measured), throughput.profile_note(measured)):
+        if note:
+            print("\n" + note)

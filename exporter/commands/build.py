@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`python -m exporter build`: model → method → ONNX (fp32, fp16, plugin graphs) → graph checks → verification →
+bundle.
+
+Every stage is timed and shown as it runs; the bundle is assembled in a temp dir and only renamed into place once
+everything passed (see `bundle.staging`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+from rich.console import Console
+
+from .. import __version__, ops
+from ..bundle import (BUILD_ENGINE, FP16, REFERENCES, REPRODUCE, checkpoint_record, debug_dir, graph_io, keep_failed,
+                      planned, staging, write_manifest, write_reports)
+from ..console import make as make_console
+from ..engine import scripts
+from ..errors import BuildFailed, ExporterError
+from ..export.fold import fold_constants
+from ..export.graphs import export_graph
+from ..models import input_size
+from ..options import resolve
+from ..spec import BuildSpec
+from ..stages.facts import git_commit, tool_versions
+from ..stages.library import build_plugin_library
+from ..stages.model import prepare
+from ..stages.progress import Stages
+from ..verify import references
+from ..verify.evaluate import evaluate
+
+
+def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] = None) -> Path:
+    """Build `spec` into `out`/<run name> (`command`: the command line, recorded); the bundle's path, or
+    BuildFailed with the failed build kept beside it for inspection."""
+    console = console or make_console()
+    spec = resolve(spec)
+    stage = Stages(console)
+    with staging(out, spec.run_name) as tmp, debug_dir() as debug:
+        with stage(f"load {spec.model} and apply method {spec.method}"):
+            dense, model = prepare(spec)
+            size = input_size(dense)
+            token_ops = _token_ops(spec, model, size) if spec.plugins else ()
+        kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
+        graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
+        fp16_facts = library_status = None
+        for g in graphs:
+            with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
+                facts = export_graph(model, g, tmp, debug, **kwargs)
+                fp16_facts = facts if g.file == FP16 else fp16_facts
+                fold_constants(tmp / g.file)
+        io = {g.file: graph_io(tmp / g.file) for g in graphs}
+        if spec.plugins:
+            with stage("build the plugin library") as outcome:
+                dtypes = ["fp32"] + (["fp16"] if spec.precision == "fp16" else [])  # the plugin graphs' token dtypes
+                library_status = build_plugin_library(tmp, token_ops, dtypes, spec.archs)
+                outcome.skipped = library_status.get("reason")
+        with stage(f"store PyTorch references ({REFERENCES}) and {REPRODUCE}, {BUILD_ENGINE}"):
+            references.store(model, size, tmp)
+            scripts.write(tmp, spec, command, io, git_commit())
+        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
+        write_reports(tmp, report.to_dict(), report.markdown())  # before the manifest, whose hashes cover them
+        if not report.passed:
+            kept = keep_failed(tmp, out, spec.run_name)
+            raise BuildFailed("\n".join(report.failures()), kept)
+        write_manifest(tmp, {
+            "exporter_version": __version__,
+            "run_name": spec.run_name,
+            "command": command,
+            "spec": spec.to_dict(),
+            "git_commit": git_commit(),
+            "tools": tool_versions(),
+            "opset": spec.opset,
+            "stages_seconds": stage.durations,
+            "schedule": report.schedule,
+            "method_params": report.method_params,
+            "flops": asdict(report.flops),
+            "fp16": fp16_facts,
+            "plugin_library": library_status,
+            "io": io,
+            **checkpoint_record(spec),
+        })
+    return out / spec.run_name
+
+
+def _token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> list[str]:
+    """The token ops the model calls, whose kernels the plugin library needs; --plugins needs at least one (a
+    method's, or LITv2's HiLo window attention)."""
+    called = sorted(ops.called(model, torch.zeros(1, 3, *size)))
+    if not called:
+        raise ExporterError(
+            f"--plugins lowers token operations to TensorRT plugins, and {spec.model} with method "
+            f"'{spec.method}' calls no token operation.",
+            "Pass --method evit, evovit, diffrate or tome, or a LITv2 model with Hi-Fi heads (HiLo window "
+            "attention), with --plugins; or drop --plugins.",
+        )
+    return called
