@@ -56,7 +56,7 @@ def read(path: Path | str) -> dict[str, Any]:
         raise ExporterError(f"--schedule {path} is not a schedule file ({type(e).__name__}).", fix) from None
     missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
     if missing or record.get("format") != FORMAT:
-        raise ExporterError(f"--schedule {path} is not a {FORMAT} file (missing {', '.join(missing) or 'its format'}).", fix)
+        raise ExporterError(f"--schedule {path} is not a schedule file of format {FORMAT} (missing {', '.join(missing) or 'its format'}).", fix)
     return record
 
 
