@@ -81,11 +81,10 @@ def flops_cost(vit: nn.Module) -> tuple[BlockCost, float]:
         merged = (keep - out) * out * (2 * C + 1)
         return (attention(n_in) + reduces * n_in * D + merged + out * 2 * C * H) / 1e9
 
-    from ..models import input_size
     from .flops import count_gmacs
 
     n = vit.patch_embed.num_patches + 1
-    return BlockCost(fn, "GMACs"), count_gmacs(vit, input_size(vit)) - len(vit.blocks) * fn(n, n, n)
+    return BlockCost(fn, "GMACs"), count_gmacs(vit, tuple(vit.patch_embed.img_size)) - len(vit.blocks) * fn(n, n, n)
 
 
 @dataclass
@@ -303,7 +302,7 @@ def search(model: SearchViT, images: torch.Tensor, labels: torch.Tensor, setting
             optimizer.step()
             correct += int((logits.argmax(-1) == labels[rows]).sum())
             seen += len(rows)
-            report(Progress(step + 1, steps, float(loss), float(counts.cost), correct / seen))
+            report(Progress(step + 1, steps, loss.item(), counts.cost.item(), correct / seen))
         if checkpoint is not None:
             _save(model, optimizer, checkpoint, settings, epoch + 1)
     prune, merge = model.schedule()
