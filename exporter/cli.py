@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`python -m exporter <command>`: build, engine, verify, inspect, methods, bench, perf.
+"""`python -m exporter <command>`: build, engine, verify, inspect, methods, bench, perf, search.
 
 Argument parsing only: each command's arguments go to its module in `exporter.commands`. Those modules, and
 `options` (which reads the methods' parameters), import torch and onnx: they are imported when a command runs or
@@ -287,10 +287,11 @@ def _add_search(sub) -> None:
     p.add_argument("--images", type=int, default=1000, help="search on at most this many images (default %(default)s)")
     p.add_argument("--target-flops", type=float, default=None, metavar="GMACS", help="the budget in GMACs (papers' GFLOPs)")
     p.add_argument("--target-latency-ms", type=float, default=None, metavar="MS", help="the budget as a latency")
-    p.add_argument("--epochs", type=int, default=10, help="default %(default)s")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step (default %(default)s)")
-    p.add_argument("--lr", type=float, default=0.01, help="the rates' peak learning rate (default %(default)s)")
-    p.add_argument("--min-lr", type=float, default=0.001, help="cosine schedule floor (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=6, help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=0.1, help="the rates' peak learning rate (default %(default)s; "
+                   "the authors' 0.01 is for thousands of steps, docs/search.md)")
+    p.add_argument("--min-lr", type=float, default=0.01, help="cosine schedule floor (default %(default)s)")
     p.add_argument("--penalty", type=float, default=50.0, help="weight of (cost/target - 1)^2 (default %(default)s)")
     p.add_argument("--granularity", type=int, default=1, help="step between candidate counts (default %(default)s; the authors used 4)")
     p.add_argument("--checkpoint", type=Path, default=None, help="save the rates here every epoch and resume from it")
