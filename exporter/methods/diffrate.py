@@ -273,7 +273,7 @@ def apply(
     if len(given) > 1:
         raise ExporterError(
             f"DiffRate got {' and '.join(given)}, which each choose the counts.",
-            "Pass one of --flops (a published schedule), the per-block counts, or --schedule (a searched one).",
+            "Pass --flops (a published schedule), the per-block counts or --schedule (a searched one), not both.",
         )
     if schedule is not None:
         prune_kept, merge_kept = counts_for(schedule, model)
