@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 from ..errors import ExporterError
-from .layout import MANIFEST, REPORT_JSON, REPORT_MD, UNHASHED_SUBTREES
+from .layout import MANIFEST, REPORT_JSON, REPORT_MD, SIGNATURE, UNHASHED_SUBTREES
 
 
 def check_writable(out: Path) -> None:
@@ -226,7 +226,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST, SIGNATURE)) -> dict[str, str]:
     """sha256 of every file under `bundle` (subfolders and hidden files included) but the paths in `exclude`."""
     return {
         name: sha256(p)
