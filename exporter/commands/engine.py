@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 from rich.console import Console
 
+from ..bundle import sweep_stale
 from ..bundle.trust import vouch
 from ..engine.build import EngineResult, build_engine
 
@@ -16,6 +17,7 @@ def engine(bundle: Path, graph: Optional[str], runtime: str, target: Optional[st
            console: Console, trusted_keys: Sequence[Path] = (), trust_plugins: bool = False) -> EngineResult:
     """The engine, built or found in the cache; one line says which, where and why. A plugin graph's engine loads
     the bundle's plugin library: only when its signature verified with one of `trusted_keys`, or `trust_plugins`."""
+    sweep_stale()  # a killed run's TensorRT-RTX folders
     vouch(bundle, trusted_keys, trust_plugins)
     result = build_engine(bundle, graph, runtime, target, force, console)
     e = result.entry

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..bundle import (checkpoint, consistency_problems, debug_dir, file_problems, planned, read_bench, read_manifest,
-                      version_warning, write_json, write_text)
+                      sweep_stale, version_warning, write_json, write_text)
 from ..bundle.signature import Signature, check
 from ..bundle.trust import decide
 from ..console import escape, make as make_console
@@ -42,6 +42,7 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
         accuracy.check(bundle, data)
     manifest, spec = read_manifest(bundle)
     check_report_path(report_to)
+    sweep_stale()  # a killed run's TensorRT-RTX and debug folders
     stage = Stages(console)
     signature = check_signature(bundle, trusted_keys, require_signature, stage)
     decide(bundle, signature, trust_plugins)
