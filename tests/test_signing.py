@@ -230,3 +230,29 @@ def test_verify_checks_an_untrusted_plugin_bundle_without_loading_it(hostile, ca
     assert ("skipped the TensorRT-RTX check of model.plugins.onnx: plugins/libexporter_plugins.so was not loaded: "
             "a plugin library is native code") in text
     assert "model.plugins.onnx: skipped" in text and "--trusted-key PUB" in text  # in the report too
+
+
+def test_build_plugins_checks_the_library_it_compiled(tmp_path, monkeypatch, capsys):
+    """`build --plugins` loads its own library in its TensorRT-RTX check (the builder's code, not received): a
+    stand-in compiler that leaves the hostile library shows the check loads it, where verify would not."""
+    pytest.importorskip("tensorrt_rtx")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler for the stand-in plugin library")
+    from exporter.ops import library
+
+    mark, src = tmp_path / "ran", tmp_path / "hostile.c"
+    src.write_text(HOSTILE)
+
+    def compile_stand_in(folder, **_):
+        folder.mkdir(parents=True, exist_ok=True)
+        built = folder / "libexporter_plugins.so"
+        subprocess.run([cc, "-shared", "-fPIC", f'-DMARK="{mark}"', "-o", str(built), str(src)], check=True)
+        return built
+
+    monkeypatch.setattr(library, "missing_toolchain", lambda: None)
+    monkeypatch.setattr(library, "build_library", compile_stand_in)
+    monkeypatch.setattr(library, "served", lambda built: {"ops": {}, "archs": [86]})
+    main(["build", "--model", "test_vit", "--weights", "random", "--method", "tome", "--r", "2", "--plugins",
+          "--batch", "2", "--out", str(tmp_path / "out")])  # fails: the stand-in has no plugins
+    assert mark.exists()
