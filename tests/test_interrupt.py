@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Interruption (issue 13 §3): SIGTERM cleans up like Ctrl-C; a killed build's leftovers are swept by the
 next one; two processes finishing the same spec at once both succeed and leave one intact bundle."""
+import contextlib
 import json
 import os
 import signal
@@ -216,3 +217,46 @@ def test_a_killed_runs_rtx_folders_are_swept(tmp_path, monkeypatch):
         d.mkdir()
     os.utime(old, (time.time() - 2 * artifacts.files.LEGACY_AGE_S,) * 2)
     assert set(artifacts.sweep_stale()) == {gone, old} and live.exists()
+
+
+def hold_in_child(request: dict) -> dict:
+    """Run by `rtx_child` in the child process: say who it is, then wait to be killed."""
+    Path(request["ready"]).write_text(str(os.getpid()))
+    time.sleep(300)
+    return {}
+
+
+KILLED_PARENT = textwrap.dedent("""
+    import sys
+    from exporter import rtx_child
+    rtx_child.run("test_interrupt:hold_in_child", {"ready": sys.argv[1]}, "the test's child")
+""")
+
+
+def test_a_sigkilled_parents_rtx_child_dies_and_its_folder_is_swept(tmp_path, monkeypatch):
+    pytest.importorskip("tensorrt_rtx")
+    ready = tmp_path / "ready"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(ready)], env=env)
+    wait_for(lambda: ready.exists() and ready.read_text(), parent, timeout=120)
+    child = int(ready.read_text())
+    folders = [p for p in tmp_path.iterdir() if p.name.startswith("exporter-rtx-")]
+    parent.kill()
+    parent.wait()
+
+    def running() -> bool:
+        with contextlib.suppress(OSError):
+            return b"rtx_child" in Path(f"/proc/{child}/cmdline").read_bytes()
+        return False
+
+    deadline = time.monotonic() + 30
+    try:
+        while running():
+            assert time.monotonic() < deadline, "the RTX child outlived its SIGKILLed parent"
+            time.sleep(0.1)
+    finally:
+        if running():
+            os.kill(child, signal.SIGKILL)  # a failed test leaves no orphan
+    assert len(folders) == 1 and folders[0].exists()  # SIGKILL cannot be caught: the next run sweeps it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert artifacts.sweep_stale() == folders and not folders[0].exists()
