@@ -52,8 +52,6 @@ DEBUG_PREFIX = "exporter-debug-"
 LEGACY_AGE_S = 24 * 3600
 
 
-
-
 @contextlib.contextmanager
 def staging(out: Path, name: str) -> Iterator[Path]:
     """Yield a temp dir; on success it becomes `out/name` (replacing an older bundle), else it is removed.

@@ -11,8 +11,7 @@ from typing import Optional
 import torch
 
 from ..bundle import FP16, PLUGIN_LIBRARY, REFERENCES, Graph, has_references, read_references
-from ..bundle.trust import ENABLE, untrusted
-from ..bundle.trust import library as trusted_library
+from ..bundle.trust import ENABLE, library as trusted_library, untrusted
 from ..checks import graph as graph_check
 from ..checks import parity
 from ..checks.compare import compare_graphs, verify_batches
