@@ -103,6 +103,19 @@ def test_an_added_file_fails_the_signature(copy, keys, capsys):
     assert code == 1 and "added since signing: extra.txt" in text, text
 
 
+@pytest.mark.parametrize("plant", ["fifo", "symlink"])
+def test_a_planted_fifo_or_symlink_fails_the_signature_without_hanging(copy, keys, capsys, tmp_path, plant):
+    import os
+
+    if plant == "fifo":
+        os.mkfifo(copy / "pipe")
+    else:
+        (tmp_path / "outside.txt").write_text("the receiver's file")
+        (copy / "pipe").symlink_to(tmp_path / "outside.txt")
+    code, text = verify(capsys, copy, "--trusted-key", keys["alice"][1])
+    assert code == 1 and "does not verify" in text and "pipe" in text, text
+
+
 def test_resigned_by_another_key_fails(copy, keys, capsys):
     """The attacker rehashes and signs with a key of their own: not the key the receiver trusts."""
     (copy / artifacts.REPRODUCE).write_text("#!/bin/sh\n")
