@@ -95,6 +95,15 @@ def test_search_is_deterministic_and_resumable(dense, images, tmp_path):
     assert first[0] != [65] * 12 or first[1] != [65] * 12
 
 
+def test_python_api(dense, images):
+    from exporter import methods
+
+    prune, merge = methods.search(dense, *images, 0.03, epochs=1, batch=24, seed=1)
+    assert len(prune) == len(merge) == 12 and prune[0] == merge[0] == 65
+    assert all(2 <= c <= 65 for c in prune + merge)
+    assert methods.search(dense, *images, 0.03, epochs=1, batch=24, seed=1) == (prune, merge)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits-search")

@@ -277,7 +277,6 @@ def search(model: SearchViT, images: torch.Tensor, labels: torch.Tensor, setting
     epoch, and a search with the same settings resumes from it. The batches of epoch e come from a generator
     seeded with (seed, e), so a resumed search is the same as an uninterrupted one. Returns (prune_kept,
     merge_kept, cost of those counts)."""
-    torch.manual_seed(settings.seed)
     params = model.rate_parameters()
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     start = 0
