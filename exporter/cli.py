@@ -325,8 +325,7 @@ def _add_search(sub) -> None:
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="search images, DIR/<class>/<image>")
     p.add_argument("--eval-data", type=Path, default=None, metavar="DIR", help="held-out images for the comparison")
     p.add_argument("--images", type=int, default=1000, help="search on at most this many images (default %(default)s)")
-    p.add_argument("--target-flops", type=float, default=None, metavar="GMACS", help="the budget in GMACs (papers' GFLOPs)")
-    p.add_argument("--target-latency-ms", type=float, default=None, metavar="MS", help="the budget as a latency")
+    p.add_argument("--target-flops", type=float, required=True, metavar="GMACS", help="the budget in GMACs (papers' GFLOPs)")
     p.add_argument("--epochs", type=int, default=6, help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=0.1, help="the rates' peak learning rate (default %(default)s; "

@@ -93,16 +93,11 @@ def run(args, console: Console, out: Console) -> Path:
     if args.method != "diffrate":
         raise ExporterError(f"search --method {args.method}: only DiffRate learns its schedule.",
                             "Pass --method diffrate (the other methods take their rates as parameters).")
-    if (args.target_flops is None) == (args.target_latency_ms is None):
-        raise ExporterError("search needs one budget: --target-flops GMACS or --target-latency-ms MS.",
-                            "e.g. --target-flops 2.9 (DeiT-S at DiffRate's published budget).")
     for name in ("epochs", "batch_size", "granularity"):
         if getattr(args, name) < 1:
             raise ExporterError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1.", "Pass a positive number.")
     dense = create_model(args.model, args.weights, args.seed, args.img_size)
     check_vit(dense)
-    if args.target_latency_ms is not None:
-        raise ExporterError("--target-latency-ms is not implemented yet in this build.", "Use --target-flops.")
     cost, constant = flops_cost(dense)
     model = SearchViT(dense, cost, constant, args.granularity)
     tokens, depth = model.tokens, len(dense.blocks)

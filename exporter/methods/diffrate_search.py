@@ -11,7 +11,7 @@ training path is `DiffRate/ddp.py` and the `self.training` branch of `DiffRate/p
   token computes exactly what the real forward (`diffrate.DiffRateViT`, the project's reduction ops) computes;
 - the mask is straight-through too: its value is 0/1, its gradient that of P(count > position), so the task
   loss reaches the distribution of the counts through the tokens each count would drop;
-- the cost (counted FLOPs, or a fitted latency per block) is a differentiable function of the counts, and the
+- the cost (the counted FLOPs; any per-block `BlockCost` would do) is a differentiable function of the counts, and the
   loss is distillation against the dense model plus `penalty * (cost / target - 1)^2`.
 Only the rates' logits train (AdamW, cosine schedule). The relative penalty replaces the authors' absolute
 (GFLOPs - target)^2 with lambda = 5, which for DeiT-S at 2.9 GFLOPs is a relative lambda of 5 * 2.9^2 = 42.
@@ -60,7 +60,7 @@ class BlockCost:
     kept by class attention and the tokens leaving (MLP). `fn(n_in, keep, out)` works on floats and tensors."""
 
     fn: Callable
-    unit: str  # "GMACs" or "ms"
+    unit: str  # e.g. "GMACs"
 
     def __call__(self, n_in, keep, out):
         return self.fn(n_in, keep, out)
@@ -248,7 +248,7 @@ class Settings:
     """What a search depends on besides the model and the images (recorded in the schedule file)."""
 
     target: float  # in the cost's unit
-    unit: str  # "GMACs" or "ms"
+    unit: str  # the cost's, e.g. "GMACs"
     epochs: int = 6
     batch: int = 16
     lr: float = 0.1  # the authors' --arch-lr is 0.01, for 3,750 steps (docs/search.md)

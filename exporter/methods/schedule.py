@@ -3,11 +3,10 @@
 
 Fields (README, "DiffRate search"): format, model (timm name), img_size, tokens, depth, weights (as given) and
 weights_sha256 (of the model's state dict: names, dtypes, shapes and bytes, so hub weights, a checkpoint and seeded
-random weights are all identified), budget ({unit: GMACs or ms, target, and for latency the runtime and batch}),
-prune_kept and merge_kept (class token included, one per block), tokens (leaving each block), gmacs and dense_gmacs
-(counted), latency_ms (measured, latency searches), accuracy ({data, images, top1, dense_top1} on the search images,
-and held_out on --eval-data), latency_table (latency searches), settings, seed, comparison (the baselines' rows)
-and command. A schedule is refused for any model but the one it was searched on, with other weights included.
+random weights are all identified), budget ({unit: GMACs, target}), prune_kept and merge_kept (class token
+included, one per block), tokens_after (leaving each block), gmacs and dense_gmacs (counted), accuracy ({data,
+images, top1, dense_top1} on the search images) and held_out (the same on --eval-data), settings, seed, comparison
+(the baselines' rows) and command. A schedule is refused for any model but the one it was searched on, with other weights included.
 """
 from __future__ import annotations
 
@@ -94,8 +93,7 @@ def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
     budget = record["budget"]
     rows = [
         ("model", f"{record['model']} (weights {record.get('weights')}, sha256 {record['weights_sha256'][:12]}...)"),
-        ("budget", f"{budget['target']} {budget['unit']}"
-         + (f" on {budget['runtime']} at batch {budget['batch']}" if budget.get("runtime") else "")),
+        ("budget", f"{budget['target']} {budget['unit']}"),
         ("prune_kept", ",".join(map(str, record["prune_kept"]))),
         ("merge_kept", ",".join(map(str, record["merge_kept"]))),
     ]
@@ -103,8 +101,6 @@ def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("tokens leaving each block", " ".join(map(str, record["tokens_after"]))))
     if "gmacs" in record:
         rows.append(("GMACs", f"{record['gmacs']:.4f} (dense {record['dense_gmacs']:.4f})"))
-    if record.get("latency_ms") is not None:
-        rows.append(("latency", f"{record['latency_ms']:.3f} ms"))
     for key in ("accuracy", "held_out"):
         if record.get(key):
             a = record[key]
