@@ -70,7 +70,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         with stage(f"store PyTorch references ({REFERENCES}) and {REPRODUCE}, {BUILD_ENGINE}"):
             references.store(model, size, tmp)
             scripts.write(tmp, spec, command, io, git_commit())
-        report = evaluate(spec, dense, model, tmp, [g for g in graphs if g.precision not in QUANTIZED], stage, fp16_facts)
+        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         failures = report.failures()
         if quantized is not None:
             g = next(g for g in graphs if g.precision in QUANTIZED)

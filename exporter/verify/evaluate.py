@@ -21,7 +21,7 @@ from ..errors import ExporterError
 from ..methods.flops import count_gmacs
 from ..models import input_size
 from ..runtime import onnx_runner
-from ..spec import BuildSpec
+from ..spec import QUANTIZED, BuildSpec
 from ..stages.progress import Stages
 from . import engines as engine_stage
 from . import references
@@ -41,14 +41,15 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
                 f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
             )
         found.problems = sum(map(len, problems.values()))
+    exact = [g for g in graphs if g.precision not in QUANTIZED]  # 8-bit graphs are judged on data (verify.quantized)
     with stage("verify against PyTorch") as found:
-        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
+        comparisons = compare_graphs(model, bundle, exact, spec.batch, size)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     library = bundle / PLUGIN_LIBRARY
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")) as found:
-        rtx = {g.file: _rtx(bundle / g.file, spec, size, g.lowering, library) for g in graphs}
+        rtx = {g.file: _rtx(bundle / g.file, spec, size, g.lowering, library, g.precision) for g in graphs}
         found.problems = sum(r.status == "failed" for r in rtx.values())
-    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
+    stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines)
     report = Report(
         run_name=spec.run_name,
         spec=spec,
@@ -104,12 +105,14 @@ def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tup
     return stored, engines
 
 
-def _rtx(graph: Path, spec: BuildSpec, size, lowering: str, library: Path) -> RtxCheck:
-    """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded."""
+def _rtx(graph: Path, spec: BuildSpec, size, lowering: str, library: Path, precision: str = "fp32") -> RtxCheck:
+    """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded; an fp8 graph
+    for SM89 (Ada, the first RTX architecture with fp8 tensor cores), every other one for the default SM86."""
     if lowering == "plugin" and not library.is_file():
         return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
     plugins = {"plugin_library": library} if lowering == "plugin" else {}
-    return rtx_check(graph, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **plugins)
+    target = {"compute_capability": "SM89"} if precision == "fp8" else {}
+    return rtx_check(graph, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **plugins, **target)
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> Flops:
