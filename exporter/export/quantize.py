@@ -111,6 +111,7 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD[precision]),
             use_external_data_format=True,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "QuantizeBias": False,  # TensorRT dequantizes 8-bit types only, not int32 biases
                            # one Q/DQ pair per tensor, shared by its consumers: the pattern TensorRT fuses
                            "DedicatedQDQPair": False,
                            # MatMul weights are [in, out]: a scale per output channel is axis 1
