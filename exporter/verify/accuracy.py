@@ -18,11 +18,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..bundle import read_manifest, recorded_classes
+from ..bundle import precision_of, read_manifest, recorded_classes
 from ..console import make as make_console
 from ..models import input_size
 from ..runtime import onnx_runner
-from ..spec import BuildSpec
+from ..spec import PRECISIONS, BuildSpec
 from ..stages.images import eval_transform, open_folder
 from ..stages.model import prepare
 
@@ -81,7 +81,7 @@ def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads
     runners = {"pytorch": _torch(model)}
     if spec.method != "none":
         runners["pytorch (dense)"] = _torch(dense)
-    for graph in sorted(manifest["io"], key=lambda g: ("fp16" in g, g)):  # fp32 first
+    for graph in sorted(manifest["io"], key=lambda g: (PRECISIONS.index(precision_of(g)), g)):  # fp32, fp16, 8-bit
         runners[graph] = _onnx(onnx_runner(bundle / graph, threads), spec.batch.opt)
     batch = spec.batch.opt
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
