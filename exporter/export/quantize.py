@@ -18,6 +18,9 @@ Only the remaining MatMul/Gemm nodes, the heavy products of attention and MLP, g
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .fold import fold_constants
 from .fp16 import SELECTORS
@@ -32,7 +36,11 @@ from .onnx_export import INPUT_NAME, save
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")  # with a weight: the projections score regions stop at
-CALIBRATION_METHOD = {"int8": "MinMax", "fp8": "Distribution"}  # onnxruntime quantizes float8 from Distribution only
+# int8: onnxruntime's MinMax (scale = amax / 127). fp8: onnxruntime calibrates float8 with Distribution only, whose
+# scales (from each tensor's spread) clipped the digits fixture's activations to 74% top-1; its scales are replaced
+# with amax / 448 from a MinMax pass over the same images (max calibration, as TensorRT's fp8 recipes do)
+CALIBRATION_METHOD = {"int8": "MinMax", "fp8": "MinMax (amax / 448)"}
+FP8_MAX = 448.0  # largest float8 e4m3fn value
 
 
 def high_precision_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -94,6 +102,7 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
             chunk = next(self.chunks, None)
             return None if chunk is None else {INPUT_NAME: chunk}
 
+    batches = list(batches)  # read twice for fp8
     with tempfile.TemporaryDirectory(prefix="exporter-quantize-") as tmp:
         folded = Path(tmp) / src.name  # weights as initializers, so every projection's weight gets its Q/DQ
         shutil.copyfile(src, folded)
@@ -104,20 +113,25 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         excluded = {n for names in kept.values() for n in names}
         chosen = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in excluded]
         out = Path(tmp) / dst.name
-        quantize_static(
-            str(folded), str(out), Reader(batches), quant_format=QuantFormat.QDQ,
-            activation_type=kind, weight_type=kind, per_channel=precision == "int8",
-            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=chosen,
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD[precision]),
-            use_external_data_format=True,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                           "QuantizeBias": False,  # TensorRT dequantizes 8-bit types only, not int32 biases
-                           # one Q/DQ pair per tensor, shared by its consumers: the pattern TensorRT fuses
-                           "DedicatedQDQPair": False,
-                           # MatMul weights are [in, out]: a scale per output channel is axis 1
-                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
-        )
-        save(onnx.load(str(out)), dst)
+        with _quiet():
+            quantize_static(
+                str(folded), str(out), Reader(batches), quant_format=QuantFormat.QDQ,
+                activation_type=kind, weight_type=kind, per_channel=precision == "int8",
+                op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=chosen,
+                calibrate_method=CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution,
+                use_external_data_format=True,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               "QuantizeBias": False,  # TensorRT dequantizes 8-bit types only, not int32 biases
+                               # one Q/DQ pair per tensor, shared by its consumers: the pattern TensorRT fuses
+                               "DedicatedQDQPair": False,
+                               # MatMul weights are [in, out]: a scale per output channel is axis 1
+                               "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+            )
+        quantized = onnx.load(str(out))
+        if precision == "fp8":
+            with _quiet():
+                _max_scales(quantized, _amax(folded, Reader(batches), Path(tmp)))
+        save(quantized, dst)
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
         "precision": precision,
@@ -130,6 +144,42 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
     }
 
 
+def _amax(model: Path, reader, tmp: Path) -> dict[str, float]:
+    """Largest magnitude of every MatMul/Gemm input and output on the calibration images (onnxruntime's MinMax)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(model, ["MatMul", "Gemm"], augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
+                                   extra_options={"symmetric": True})
+    calibrator.collect_data(reader)
+    return {name: float(np.max(np.abs(np.asarray(data.range_value, dtype=np.float64))))
+            for name, data in calibrator.compute_data().items()}
+
+
+def _max_scales(model: onnx.ModelProto, amax: dict[str, float]) -> None:
+    """Set every activation's fp8 scale (shared by its QuantizeLinear and DequantizeLinear) to amax / FP8_MAX."""
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants and node.input[0] in amax:
+            scale = constants[node.input[1]]
+            value = np.array(max(amax[node.input[0]], 1e-12) / FP8_MAX, dtype=np.float32).reshape(np.shape(numpy_helper.to_array(scale)))
+            scale.CopyFrom(numpy_helper.from_array(value, scale.name))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Hide what onnxruntime's quantizer prints (histogram settings, its advice to pre-process, via the root logger)
+    and onnx-graphsurgeon's float8 notices; the build's progress display replaces them."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
     """The calibrated scale of every quantized activation (the amax/scale cache: amax = scale x 127 for int8,
     x 448 for fp8 e4m3): QuantizeLinear input -> scale."""
@@ -138,5 +188,5 @@ def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
     scales = {}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in weights and node.input[1] in constants:
-            scales[node.input[0]] = float(onnx.numpy_helper.to_array(constants[node.input[1]]).reshape(-1)[0])
+            scales[node.input[0]] = float(numpy_helper.to_array(constants[node.input[1]]).reshape(-1)[0])
     return scales
