@@ -122,6 +122,9 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
                 use_external_data_format=True,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                "QuantizeBias": False,  # TensorRT dequantizes 8-bit types only, not int32 biases
+                               # inputs only: a GEMM's output stays fp32 (onnxruntime's default also rounds it to
+                               # 8 bits, which fed 8-bit keys into the score region)
+                               "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
                                # one Q/DQ pair per tensor, shared by its consumers: the pattern TensorRT fuses
                                "DedicatedQDQPair": False,
                                # MatMul weights are [in, out]: a scale per output channel is axis 1
@@ -131,6 +134,7 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         if precision == "fp8":
             with _quiet():
                 _max_scales(quantized, _amax(folded, Reader(batches), Path(tmp)))
+        dst.parent.mkdir(parents=True, exist_ok=True)
         save(quantized, dst)
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
