@@ -71,18 +71,19 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             references.store(model, size, tmp)
             scripts.write(tmp, spec, command, io, git_commit())
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
-        failures = report.failures()
         if quantized is not None:
             g = next(g for g in graphs if g.precision in QUANTIZED)
             with stage(f"judge {g.file} on {len(calibration.held_out)} held-out images") as found:
                 quantized["judged"] = judge(model, tmp / g.file, g.debug, tmp / FP16, calibration, spec.batch.max, spec.weights)
                 found.problems = len(quantized["judged"].get("failures", []))
             write_json(tmp / CALIBRATION, quantized)
-            failures += quantized["judged"].get("failures", [])
+            report.quantized = quantized["judged"]
+            if not report.quantized["judged"]:
+                console.print(f"[yellow]warning[/yellow] {g.file}: {report.quantized['reason']}")
         write_reports(tmp, report.to_dict(), report.markdown())  # before the manifest, whose hashes cover them
-        if failures:
+        if not report.passed:
             kept = keep_failed(tmp, out, spec.run_name)
-            raise BuildFailed("\n".join(failures), kept)
+            raise BuildFailed("\n".join(report.failures()), kept)
         write_manifest(tmp, {
             "exporter_version": __version__,
             "run_name": spec.run_name,
