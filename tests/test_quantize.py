@@ -69,22 +69,29 @@ def test_random_weights_cannot_be_judged():
 
 
 def test_gate_fails_with_the_numbers(bundle, monkeypatch):
-    """The gate compares against PyTorch fp32 on the held-out images: an 8-bit graph that predicts one class fails
-    with its top-1 and the allowed drop."""
+    """The gate compares against PyTorch fp32 on the held-out images: an 8-bit graph that predicts another class than
+    PyTorch (here right on every image) fails with its top-1 and the allowed drop."""
+    import torch
+
+    from exporter.spec import BuildSpec
+    from exporter.stages.model import prepare
     from exporter.verify import quantized
 
-    monkeypatch.setattr(quantized, "_run", lambda path, x, batch: [np.eye(10, dtype=np.float32)[np.zeros(len(x), int)]])
+    _, model = prepare(BuildSpec.from_dict(read_manifest(bundle)[0]["spec"]))
+    images = torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        labels = model(images).argmax(1).numpy()
+    wrong = (labels + 1) % 10
+    monkeypatch.setattr(quantized, "_run", lambda path, x, batch: [np.eye(10, dtype=np.float32)[wrong]])
 
     class Held:
         held_out = list(range(20))
 
         @staticmethod
         def tensors(indices):
-            return np.zeros((20, 3, 32, 32), np.float32), np.arange(20) % 10
+            return images.numpy(), labels
 
-    from exporter.stages.model import prepare
-    from exporter.spec import BuildSpec
-
-    _, model = prepare(BuildSpec.from_dict(read_manifest(bundle)[0]["spec"]))
-    result = judge(model, bundle / "model.int8.onnx", None, None, Held(), 16, "pretrained")
-    assert result["failures"] and "points below PyTorch fp32" in result["failures"][0] and "allowed: 1" in result["failures"][0]
+    result = judge(model, bundle / "model.int8.onnx", None, None, Held(), 20, "pretrained")
+    assert result["accuracy"]["pytorch fp32"]["top1"] == 100.0 and result["accuracy"]["model.int8.onnx"]["top1"] == 0.0
+    assert result["failures"] == ["model.int8.onnx: top-1 0.00% on 20 held-out images is 100.00 points below PyTorch "
+                                  "fp32's 100.00% (allowed: 1)"]
