@@ -46,6 +46,7 @@ class Report:
     accuracy: Optional[Accuracy] = None  # verify --data
     throughput: Optional[dict] = None  # bench/bench.json as `bench` wrote it, when it timed the bundle (verify)
     quantized: Optional[dict] = None  # the 8-bit graph judged on held-out images (build, `verify.quantized.judge`)
+    signature: Optional[str] = None  # verify: who signed the bundle, checked with the trusted keys, or "unsigned"
 
     @property
     def passed(self) -> bool:
@@ -89,6 +90,7 @@ class Report:
             **({"accuracy": self.accuracy.to_dict()} if self.accuracy else {}),
             **({"throughput": self.throughput} if self.throughput else {}),
             **({"quantized": self.quantized} if self.quantized else {}),
+            **({"signature": self.signature} if self.signature else {}),
         }
 
     @classmethod
@@ -110,6 +112,7 @@ class Report:
             accuracy=Accuracy.from_dict(d["accuracy"]) if d.get("accuracy") else None,
             throughput=d.get("throughput"),
             quantized=d.get("quantized"),
+            signature=d.get("signature"),
         )
 
     @classmethod
