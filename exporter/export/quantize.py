@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """The 8-bit graph (int8 or fp8): explicit Q/DQ for TensorRT's strongly typed builder, with token choices in fp32.
 
-onnxruntime's static quantizer writes QuantizeLinear/DequantizeLinear pairs in front of each quantized MatMul/Gemm
-(QDQ format, what TensorRT 10 and 11 fuse into 8-bit GEMMs): symmetric activations and weights, weights per
-output channel for int8 (per tensor for fp8, as TensorRT's fp8 GEMMs take them), activation scales from the
-calibration images. Why not NVIDIA Model Optimizer: docs/quantization.md (measured on the digits fixture).
+onnxruntime's static quantizer writes QuantizeLinear/DequantizeLinear pairs on the inputs of each quantized
+MatMul/Gemm, never on its output or bias (QDQ format, what TensorRT 10 and 11 fuse into 8-bit GEMMs): symmetric
+activations and weights, weights per output channel for int8 (per tensor for fp8), activation scales from the
+calibration images (int8 MinMax; fp8 amax / 448, see CALIBRATION_METHOD). Why not NVIDIA Model Optimizer: docs/quantization.md (measured on the digits fixture).
 
 What stays in fp32 is derived from where a token is chosen, as for the fp16 graph (`fp16.SELECTORS`): every
 TopK/ArgMax/ArgMin is a choice, and
