@@ -22,7 +22,7 @@ from ..errors import ExporterError
 from ..methods.flops import count_gmacs
 from ..models import input_size
 from ..runtime import onnx_runner
-from ..spec import BuildSpec
+from ..spec import QUANTIZED, BuildSpec
 from ..stages.progress import Stages
 from . import engines as engine_stage
 from . import references
@@ -42,8 +42,9 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
                 f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
             )
         found.problems = sum(map(len, problems.values()))
+    exact = [g for g in graphs if g.precision not in QUANTIZED]  # 8-bit graphs are judged on data (verify.quantized)
     with stage("verify against PyTorch") as found:
-        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
+        comparisons = compare_graphs(model, bundle, exact, spec.batch, size)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if loaded else "")) as found:
@@ -54,7 +55,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     for graph, r in rtx.items():
         if r.status == "skipped" and not found.skipped:
             stage.console.print(f"[yellow]skipped[/yellow] the TensorRT-RTX check of {graph}: {escape(r.reason)}")
-    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
+    stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines)
     report = Report(
         run_name=spec.run_name,
         spec=spec,
@@ -112,9 +113,11 @@ def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tup
 
 def _rtx(bundle: Path, g: Graph, spec: BuildSpec, size) -> RtxCheck:
     """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded, when this run
-    trusts it (`bundle.trust`), else skipped: the library's code would run on load."""
+    trusts it (`bundle.trust`), else skipped: the library's code would run on load. An fp8 graph is built for SM89
+    (Ada, the first RTX architecture with fp8 tensor cores), every other one for the default SM86."""
     if g.lowering != "plugin":
-        return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size))
+        target = {"compute_capability": "SM89"} if g.precision == "fp8" else {}
+        return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **target)
     if not (bundle / PLUGIN_LIBRARY).is_file():
         return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
     if (reason := untrusted(bundle)) is not None:
