@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -19,7 +19,7 @@ from ..engine.rtx_check import RtxCheck, rtx_check
 from ..errors import ExporterError
 from ..methods.flops import count_gmacs
 from ..models import input_size
-from ..runtime import onnx_runner
+from ..runtime import Runner, onnx_runner
 from ..spec import BuildSpec
 from ..stages.progress import Stages
 from . import engines as engine_stage
@@ -33,6 +33,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
     engines; returns the report (writes nothing)."""
     size = input_size(dense)
+    open_graph = _sessions()
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
         problems = {g.file: graph_check.check_graph(bundle / g.file).problems for g in graphs}
         if fp16_facts and fp16_facts["unguarded_selectors"]:
@@ -41,13 +42,13 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
             )
         found.problems = sum(map(len, problems.values()))
     with stage("verify against PyTorch") as found:
-        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
+        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size, open_graph=open_graph)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     library = bundle / PLUGIN_LIBRARY
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")) as found:
         rtx = {g.file: _rtx(bundle / g.file, spec, size, g.lowering, library) for g in graphs}
         found.problems = sum(r.status == "failed" for r in rtx.values())
-    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_graph)
     report = Report(
         run_name=spec.run_name,
         spec=spec,
@@ -80,18 +81,30 @@ def on_stored_references(spec: BuildSpec, bundle: Path, graphs: list[Graph], sta
     if not has_references(bundle):
         raise ExporterError(f"{bundle} has no {REFERENCES} (built by an older exporter).",
                             "Run `python -m exporter verify` without --references-only, or rebuild the bundle.")
-    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines=True)
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, True, _sessions())
     return replace(Report.read(bundle), references=stored, engines=engines)
 
 
-def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tuple[list[StoredComparison], list[EngineRow]]:
+def _sessions() -> Callable[[Path], Runner]:
+    """Opens a graph in onnxruntime once, however many checks run it (a session on DeiT-S takes seconds)."""
+    opened: dict[Path, Runner] = {}
+
+    def open_graph(path: Path) -> Runner:
+        if path not in opened:
+            opened[path] = onnx_runner(path)
+        return opened[path]
+
+    return open_graph
+
+
+def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_graph) -> tuple[list[StoredComparison], list[EngineRow]]:
     """onnxruntime on the stored PyTorch references, and (verify) every engine that can run here."""
     refs = read_references(bundle)
     stored = []
     if refs is not None:
         with stage("onnxruntime on the stored PyTorch references"):
             for g in graphs:
-                stored += references.check(refs, onnx_runner(bundle / g.file), g.file, g.precision,
+                stored += references.check(refs, open_graph(bundle / g.file), g.file, g.precision,
                                            verify_batches(spec.batch), "onnxruntime (CPU)")
     if not run_engines:
         return stored, engine_stage.built(bundle)
