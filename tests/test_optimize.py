@@ -58,7 +58,7 @@ def test_slices_become_a_split_as_onnxscript_makes_them():
 def test_an_exported_graph_comes_out_as_onnxscript_makes_it(method, params):
     """A token-reduction model's debug graph, exported unoptimized with a dynamic batch as `export_onnx` does."""
     torch.manual_seed(0)
-    model = Traced(apply_method(timm.create_model("test_vit").eval(), method, **params))
+    model = Traced(apply_method(timm.create_model("test_vit").eval(), method, **params)).eval()
     with torch.no_grad():
         program = torch.onnx.export(model, (torch.zeros(2, 3, 160, 160),), dynamo=True, optimize=False,
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4)},))
