@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The package as a user gets it: build a wheel, install it into a fresh virtualenv, and run the README's
 # quickstart from a folder outside the checkout, so nothing can come from the source tree.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Every check that needs an NVIDIA GPU, as one run that fits a short loan of a GPU machine: within 6 minutes
 # on an H100/H200 including compilation. In order: the machine; the static estimates (CPU, in the background,
 # while the GPU-only tests run); the per-op benchmark beside those estimates; the end-to-end PyTorch benchmark

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Per-op GPU time of each fused token op against its standard ops (the reference maths, what a decomposed
 graph computes), on the calls a real model makes, beside the static estimates of `exporter.ops.perf`.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PyTorch throughput of every token-reduction method against the dense model on an NVIDIA GPU: the
 standard-op reduction, the fused kernels, the authors' formulation and torch.compile side by side.
 

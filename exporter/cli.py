@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter <command>`: build, engine, verify, inspect, methods, bench, perf.
 
 Argument parsing only: each command's arguments go to its module in `exporter.commands`. Those modules, and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The terminal consoles. User text (paths, names, messages) must print as written: rich would turn
 ':b:' in `--batch a:b:c` into an emoji and read '[/b]' in a folder name as a closing tag (and raise),
 so emoji codes are off and callers escape user text inside their own markup (`escape`). Piped into a

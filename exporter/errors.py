@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One exception type for every user mistake, so the CLI can print it as a sentence, not a traceback."""
 
 

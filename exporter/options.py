@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Command-line values checked before any work starts, so a typo costs a sentence, not a traceback; and the
 build's flags, which make a BuildSpec: the CLI adds them to its `build` command, and a bundle's consistency check
 reads a recorded build command back into the spec it builds with the same definitions.
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional
 from .errors import ExporterError
 from .methods import get_method, list_methods
 from .methods.base import REGISTRY
+from .ops import library
 from .spec import PRECISIONS, BatchRange, BuildSpec
 
 CLI = "python -m exporter "  # how a recorded command begins
@@ -108,6 +110,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write model.plugins.onnx (each token op one TensorRT plugin node) and build the plugin library",
     )
+    g.add_argument("--archs", default=None, metavar="80,87,90",
+                   help="with --plugins: the GPU architectures (compute capability x10) the plugin library's kernels "
+                   "are compiled for (default: 80, 86, 87, 89, 90, 100, 120: Ampere, Jetson Orin, Ada, Hopper, Blackwell)")
     g.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, 17..20 (default %(default)s; TensorRT 10.3 parses <= 20)")
     g.add_argument("--out", type=Path, default=Path("artifacts"), help="directory for bundles (default %(default)s)")
 
@@ -138,7 +143,18 @@ def spec_from_args(args) -> BuildSpec:
         img_size=args.img_size,
         opset=args.opset,
         plugins=args.plugins,
+        archs=_archs(args.archs),
     )
+
+
+def _archs(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """--archs 87,90 -> (87, 90), checked against what the kernel compiler can build."""
+    if text is None:
+        return None
+    parts = [a.strip().removeprefix("sm_").removeprefix("sm") for a in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ExporterError(f"--archs {text!r} is not a list of compute capabilities.", "e.g. --archs 87,90 (sm_87, sm_90)")
+    return library.checked_archs([int(p) for p in parts])
 
 
 def resolve(spec: BuildSpec) -> BuildSpec:

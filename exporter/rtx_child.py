@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run one function in a child process that can open `libtensorrt_rtx.so` (a TensorRT-RTX wheel workaround).
 
 The `tensorrt-rtx` 1.7 wheel's ONNX parser opens `libtensorrt_rtx.so` when it meets a plugin node, but the
@@ -7,7 +8,8 @@ LD_LIBRARY_PATH once, at process start, so the fix cannot be applied in the runn
 LD_LIBRARY_PATH (site-packages is left alone). The child imports the named function, calls it with a JSON
 request and prints its JSON answer, or the ExporterError it raised, as one line on stdout; the parent gets
 both back with the child's stderr, where TensorRT-RTX and the plugin library write what its logger misses.
-Used by the build's TensorRT-RTX check and by `engine --graph plugins --runtime tensorrt-rtx`.
+Used by `exporter.engine.network.build_in_child`: the TensorRT-RTX check's plugin graphs, and
+`engine --graph plugins --runtime tensorrt-rtx`.
 """
 from __future__ import annotations
 

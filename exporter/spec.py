@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """BuildSpec: everything that determines a bundle, so a build can be named, hashed and repeated."""
 from __future__ import annotations
 
@@ -63,8 +64,13 @@ class BuildSpec:
     # also write the plugin graphs (token ops as TensorRT plugin nodes) and library; the model must call at
     # least one token op (a method's, or LITv2's HiLo window attention): the build checks, as only the model knows
     plugins: bool = False
+    # the plugin library's GPU architectures (compute capability x10); None: the library's default set
+    archs: Optional[tuple[int, ...]] = None
 
     def __post_init__(self):
+        if self.archs is not None and not self.plugins:
+            raise ExporterError("--archs names the plugin library's GPU architectures, and this build has no plugins.",
+                                "Add --plugins, or drop --archs.")
         if self.precision not in PRECISIONS:
             raise ExporterError(f"Unknown precision '{self.precision}'.", f"Use one of: {', '.join(PRECISIONS)}.")
         if self.io_fp16 and self.precision != "fp16":
@@ -78,6 +84,10 @@ class BuildSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["batch"] = str(self.batch)
+        if self.archs is None:  # absent, so specs from before --archs keep their hash and run name
+            del d["archs"]
+        else:
+            d["archs"] = list(self.archs)
         d["method_params"] = json.loads(json.dumps(self.method_params, sort_keys=True))
         return d
 
@@ -85,6 +95,8 @@ class BuildSpec:
     def from_dict(cls, d: dict[str, Any]) -> "BuildSpec":
         d = dict(d)
         d["batch"] = BatchRange.parse(d["batch"])
+        if d.get("archs") is not None:
+            d["archs"] = tuple(d["archs"])
         return cls(**d)
 
     @property

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests never touch the network: timm's hub is offline and models are built with random weights.
 
 Shared fixtures live here; small test models and inputs in `vits.py`."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A tiny Triton kernel compiled for sm_90 by tests/test_cubin.py (in a fresh compiled-mode process):
 one row copy, with and without the JIT's divisibility hints, so the reader's 128-bit count is checked on
 code whose loads are known."""

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 /* A stand-in libcuda.so.1 for tests/test_kernels_aot.py: reports a device of compute capability
  * $FAKE_CC, accepts ELF images as modules and records what each launch was given (kernel name, the
  * size of its cubin, grid, block, shared memory, parameters), so the launchers' variant choice and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Checks shared by the kernel tests (CPU interpreter and CUDA): each kernel against `exporter.ops.reference`.
 
 Indices: equal to the reference's where no scores tie; where they may, the kernel's choice must be a

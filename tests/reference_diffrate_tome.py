@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Plain re-implementations of DiffRate's and ToMe's inference, the way the authors' code computes it.
 
 Explicit attention softmax with +log(size), torch.sort/argsort, scatter_reduce 'mean'/'sum' and in-place

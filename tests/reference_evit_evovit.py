@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Plain re-implementations of EViT and Evo-ViT inference, written the way the authors' code does
 it (materialised attention maps, sort, scatter-based complement index, in-place writes), for
 checking the export-friendly modules. The small timm ViTs and their inputs are `vits.py`'s.

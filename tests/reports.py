@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A `Report` with only the parts a test sets: the rest empty, a passed dense fp32 build by default."""
 from exporter.spec import BatchRange, BuildSpec
 from exporter.verify.report import Flops, Report

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Exported accuracy on real images: the trained digits fixture built with every method, fp32 and fp16.
 
 Random weights prove parity; these tests show that each exported reduced graph classifies the 360 held-out scans

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The class-token row on a GPU (fp16 q and k into an fp32-accumulating product, no fp32 copy of k) against
 the fp32 route the CPU and the ONNX graphs take. Skipped without CUDA; benchmarks/gpu_check.sh runs it."""
 import pytest

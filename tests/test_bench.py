@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The benchmarks: which ONNX nodes count as token-selection code, the table, and the GPU script without a GPU."""
 import ast
 import json

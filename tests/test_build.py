@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The dense build end to end: bundle contents, parity at an unseen batch size, determinism, verify."""
 import json
 import platform

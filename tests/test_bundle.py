@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A bundle must not lie, and `verify` must not change it (issue 13 §2).
 
 One checkpoint build of timm's `test_vit` (dense fp32, batch 2) is shared; every tampering test edits a
@@ -231,3 +232,15 @@ def test_unwritable_report_path_fails_before_any_work(copy, tmp_path, capsys):
     assert main(["verify", str(copy), "--report", str(tmp_path / "missing" / "verify.json")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--report" in err and "does not exist" in err and "check files" not in err
+
+
+def test_archs_enter_the_spec_only_when_given():
+    """--archs changes the bundle (its library's kernels), so it is in the spec's hash; absent, the spec hashes as it did
+    before the flag existed, so older bundles keep their names and verify."""
+    from exporter.spec import BuildSpec
+
+    plain = BuildSpec(method="tome", plugins=True)
+    assert "archs" not in plain.to_dict() and BuildSpec.from_dict(plain.to_dict()) == plain
+    narrow = BuildSpec(method="tome", plugins=True, archs=(87, 90))
+    assert narrow.to_dict()["archs"] == [87, 90] and BuildSpec.from_dict(narrow.to_dict()) == narrow
+    assert narrow.run_name != plain.run_name

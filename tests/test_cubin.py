@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """exporter.ops.cubin reads compiled kernels without a GPU: a known copy kernel and a library variant,
 compiled for sm_90 in fresh compiled-mode processes (Triton's mode is fixed per process)."""
 import multiprocessing

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The targets of issue 20 on the shipped library's own cubins (every variant `aot.variant_keys` lists for
 sm_87 and sm_90, fp16 and fp32, compiled as `build --plugins` compiles them), read without a GPU:
 

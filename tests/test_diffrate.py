@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """DiffRate: against a plain re-implementation of the authors' inference, at the extremes, through ONNX,
 with the published schedules, and on bad input."""
 from __future__ import annotations

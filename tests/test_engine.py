@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Engines: TensorRT-RTX built for real on the CPU (SM86), the content cache, pre-flight refusals with
 fabricated manifests, bad input (exit 2), stored references, reproduce.sh and build_engine.sh parsed back."""
 import copy
@@ -276,7 +277,7 @@ def test_builds_into_one_engine_folder_take_turns(rtx_bundle):
 
 
 def test_tensorrt_timing_cache_is_reused_or_replaced(tmp_path):
-    from exporter.engine.build import _use_timing_cache
+    from exporter.engine.network import use_timing_cache
 
     class Config:  # the two IBuilderConfig calls, with a cache that fits only this "GPU"
         def __init__(self, fits):
@@ -291,12 +292,12 @@ def test_tensorrt_timing_cache_is_reused_or_replaced(tmp_path):
             return self.fits or tcache[1] == b""
 
     path = tmp_path / "timing.cache"
-    assert _use_timing_cache(Config(True), path) == "new"
+    assert use_timing_cache(Config(True), path) == "new"
     path.write_bytes(b"tactics")
     config = Config(True)
-    assert _use_timing_cache(config, path) == "reused" and config.given == [b"tactics"]
+    assert use_timing_cache(config, path) == "reused" and config.given == [b"tactics"]
     config = Config(False)
-    assert _use_timing_cache(config, path).startswith("replaced") and config.given == [b"tactics", b""]
+    assert use_timing_cache(config, path).startswith("replaced") and config.given == [b"tactics", b""]
 
 
 def test_cache_key_covers_every_input(bundle):
@@ -585,6 +586,21 @@ def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
     _fails(capsys, ["engine", b], "TensorRT is not installed here", "pip install 'exporter[trt]'")
 
 
+def test_graph_that_does_not_fit_its_recorded_input_is_refused_in_one_sentence(bundle, tmp_path, capsys):
+    """The builder's inputs stage (`engine.network`): a manifest that records an input the graph lacks is named,
+    with the graph's inputs, before any build; no plan is left behind."""
+    pytest.importorskip("tensorrt_rtx")
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b, ignore=shutil.ignore_patterns("engines"))
+    manifest = json.loads((b / artifacts.MANIFEST).read_text())
+    manifest["io"]["model.fp16.onnx"]["inputs"][0]["name"] = "pixels"
+    (b / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    _fails(capsys, ["engine", str(b), "--runtime", "tensorrt-rtx", "--target", "sm86"],
+           "cannot build model.fp16.onnx for the bundle's input and batch: the graph has no input 'pixels' (inputs: input)",
+           "Rebuild the bundle")
+    assert [p.name for p in (b / "engines" / "sm86-tensorrt-rtx").iterdir()] == []
+
+
 def test_tensorrt_without_a_gpu_or_on_another_gpu(bundle, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0.30"))
     monkeypatch.setattr(targets, "gpu_present", lambda: None)
@@ -670,7 +686,7 @@ def test_report_md_answers_can_i_ship_with_an_engine_that_failed():
 
 
 class FakeTensorRT(types.ModuleType):
-    """The slice of TensorRT 10's Python API that exporter.engine.build calls, recording the calls, so the
+    """The slice of TensorRT 10's Python API that exporter.engine.network calls, recording the calls, so the
     TensorRT path's use of it (strongly typed, profile, timing cache, plugin library, no RTX target) is
     checked without TensorRT. It proves our calls, not TensorRT's behaviour."""
 
@@ -696,8 +712,18 @@ class FakeTensorRT(types.ModuleType):
                     return {"load_library": object(), "set_timing_cache": True, "create_timing_cache": ("cache", args[0] if args else b"")}.get(attr, Obj(attr))
                 return call
 
-        class Network(Obj):
-            num_layers = 7
+        class Network(Obj):  # seven fp16 layers, the fp16 graph's input and output with a dynamic batch
+            num_layers, num_inputs, num_outputs = 7, 1, 1
+
+            def get_layer(self, i):
+                return types.SimpleNamespace(type=types.SimpleNamespace(name="CONVOLUTION"), num_outputs=1,
+                                             get_output_type=lambda j: types.SimpleNamespace(name="HALF"))
+
+            def get_input(self, i):
+                return types.SimpleNamespace(name="input", shape=(-1, 3, 64, 64))
+
+            def get_output(self, i):
+                return types.SimpleNamespace(name="logits", shape=(-1, 10), dtype=types.SimpleNamespace(name="FLOAT"))
 
         class Builder(Obj):
             def __init__(self, logger):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every user mistake gives a one-paragraph message with a fix, exit code 2, and no bundle."""
 import os
 import random
@@ -33,6 +34,10 @@ def no_bundle(out):
         (["--model", "test_vit", "--weights", "random", "--method", "evit", "--keep-rate", "abc"], ["--keep-rate 'abc' is not a number", "0.7"]),
         (["--model", "test_vit", "--weights", "random", "--method", "evovit", "--alpha", "x"], ["--alpha 'x' is not a number"]),
         (["--model", "test_vit", "--weights", "random", "--method", "evit", "--fuse", "maybe"], ["--fuse 'maybe'", "not a boolean", "true or false"]),
+        # the plugin library's architectures (issue 20 §7)
+        (["--model", "test_vit", "--weights", "random", "--archs", "87"], ["--archs names the plugin library", "--plugins"]),
+        (["--model", "test_vit", "--weights", "random", "--method", "evit", "--plugins", "--archs", "95"], ["95 is not one it supports", "87 for Jetson Orin"]),
+        (["--model", "test_vit", "--weights", "random", "--method", "evit", "--plugins", "--archs", "orin"], ["--archs 'orin'", "e.g. --archs 87,90"]),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, expected):

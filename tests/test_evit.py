@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """EViT: against a plain re-implementation of the authors' inference, at the extremes, in fp16, through
 ONNX, and on bad input."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Evo-ViT: against a plain re-implementation of the slow-fast update (written with the authors' sort,
 flattened gathers and in-place writes), at the extremes, in fp16, through ONNX, and on bad input."""
 from __future__ import annotations

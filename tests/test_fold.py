@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Constant subgraphs are folded before a graph is written (issue 13 §7): what Polygraphy's
 `surgeon sanitize --fold-constants` would remove (36 Slice/Concat nodes of DeiT-S ToMe fp16) is gone,
 the graph computes the same, and folding is deterministic (builds stay byte-identical)."""

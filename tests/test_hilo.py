@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HiLo attention and the deformable conv against plain reference implementations (float64, decisive tolerances)."""
 import pytest
 import torch

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The `hilo_attention` token op (HiLo's Hi-Fi window attention): its fused Triton kernel against the reference
 in Triton's interpreter, its plugin node in LITv2 plugin graphs, and `build --plugins` on LITv2."""
 import collections

@@ -1,7 +1,9 @@
+# SPDX-License-Identifier: Apache-2.0
 """No global side effects, results on stdout, and version bounds that say what the code needs."""
 import io
 import re
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -93,9 +95,14 @@ def test_methods_table_is_on_stdout_and_debug_goes_anywhere(capsys):
 def test_version(capsys):
     from exporter import __version__
 
-    with pytest.raises(SystemExit) as e:
-        main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out == f"exporter {__version__}\n"
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"exporter {__version__}\n"
+
+
+def test_version_imports_no_torch():
+    """`--version` answers before the command parsers, which import torch, onnx and timm, are built."""
+    code = "import sys; from exporter.cli import main; main(['--version']); print(sorted({'torch', 'onnx', 'timm'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
 
 
 def test_methods_table_gives_each_method_the_parameters_it_has(capsys, monkeypatch):
@@ -157,3 +164,15 @@ def test_piped_tables_are_not_wrapped(capsys):
     for name in list_methods():
         summary = get_method(name).summary
         assert any(f" {name} " in line and summary in line for line in lines), name
+
+
+def test_every_source_file_names_its_license():
+    """An SPDX line at the top of every source file (the LICENSE file is Apache-2.0, as pyproject declares)."""
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    sources = [f for f in files if f.endswith((".py", ".cpp", ".h", ".c", ".in", ".sh")) or f.endswith("CMakeLists.txt")
+               or f == ".ci/run"]
+    missing = [f for f in sources if "SPDX-License-Identifier: Apache-2.0" not in "".join((ROOT / f).read_text().splitlines(True)[:3])]
+    assert sources and missing == []
+    assert "Apache License" in (ROOT / "LICENSE").read_text()

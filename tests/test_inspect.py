@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`inspect` shows what a bundle holds without running it: graphs, plugin nodes and the plugins they need,
 engines, and damage, which it reports instead of refusing."""
 import json

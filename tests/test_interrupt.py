@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Interruption (issue 13 §3): SIGTERM cleans up like Ctrl-C; a killed build's leftovers are swept by the
 next one; two processes finishing the same spec at once both succeed and leave one intact bundle."""
 import json

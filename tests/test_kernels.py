@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The fused Triton kernels against the reference maths, on the CPU through Triton's interpreter.
 
 Triton picks interpreter or compiled mode when it is first imported. If this process imported it in

@@ -1,6 +1,8 @@
+# SPDX-License-Identifier: Apache-2.0
 """The AOT kernel library on a machine without a GPU: generated, compiled with g++, loaded with ctypes.
 
-Built once per session for two architectures (the cubins compile in Triton without a GPU). The launchers
+Built once per session for two architectures (the cubins compile in Triton without a GPU), and once for one op
+and dtype on one architecture (what it lacks is refused, naming it). The launchers
 are called in subprocesses, since the driver is resolved once per process: with no driver (a clean
 CUDA_ERROR_NOT_INITIALIZED, no crash) and with tests/fake_libcuda.c, which records each launch so the
 cubin choice per compute capability and alignment, and each op's launches (decision, then movement:
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.ops import aot
+from exporter.ops import aot, library as plugin_library
 from exporter.ops.kernels import config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,16 +27,30 @@ ARCHS = [87, 90]
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("gcc") is None, reason="needs g++/gcc")
 
 
-@pytest.fixture(scope="session")
-def library(tmp_path_factory):
-    out = tmp_path_factory.mktemp("aot")
-    cpp = aot.build(out, ARCHS, jobs=2)
-    lib = out / "libexporter_kernels.so"
+def compile_library(cpp: Path) -> tuple[Path, Path]:
+    """kernels.cpp compiled with g++ (warnings are errors), and the fake driver beside it."""
+    lib = cpp.with_name("libexporter_kernels.so")
     subprocess.run(["g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-I", str(HEADER.parent),
                     str(cpp), "-o", str(lib), "-ldl"], check=True)
-    fake = out / "libcuda_fake.so"
+    fake = cpp.with_name("libcuda_fake.so")
     subprocess.run(["gcc", "-O1", "-fPIC", "-shared", str(ROOT / "tests" / "fake_libcuda.c"), "-o", str(fake)], check=True)
-    return lib, fake, cpp.read_text()
+    return lib, fake
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory):
+    cpp = aot.build(tmp_path_factory.mktemp("aot"), ARCHS, jobs=2)
+    return *compile_library(cpp), cpp.read_text()
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    """A library of topk_prune for fp32 tokens on sm_90 only, its cubins from a fresh cache."""
+    out = tmp_path_factory.mktemp("subset")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(out / "cache"))
+        cpp = plugin_library.generated_kernels(out, [90], aot.library_variants(["topk_prune"], ["fp32"]), jobs=2)
+    return compile_library(cpp)
 
 
 # Runs in a fresh process: argv = library, calls (JSON); prints each call's return code and, when the
@@ -46,7 +62,8 @@ fake = ctypes.CDLL(os.environ["EXPORTER_LIBCUDA"]) if os.path.exists(os.environ[
 results = []
 for name, args, sizes, params in json.loads(sys.argv[2]):
     fn = getattr(lib, name)
-    fn.restype = ctypes.c_size_t if name.endswith("_workspace") else ctypes.c_int
+    text = name in ("exporter_kernels_error", "exporter_kernels_served")
+    fn.restype = ctypes.c_size_t if name.endswith("_workspace") else ctypes.c_char_p if text else ctypes.c_int
     conv = [ctypes.c_void_p(a) if s == 8 else ctypes.c_int(a) for a, s in zip(args, sizes)]
     if fake:
         table = ((ctypes.c_int * 32) * 8).in_dll(fake, "fake_sizes")
@@ -54,7 +71,7 @@ for name, args, sizes, params in json.loads(sys.argv[2]):
             table[i][:] = (params[i] if i < len(params) else []) + [0] * (32 - (len(params[i]) if i < len(params) else 0))
         ctypes.c_int.in_dll(fake, "fake_logged").value = 0
     rc = fn(*conv)
-    rec = {"rc": rc}
+    rec = {"rc": rc.decode() if text else rc}
     if fake:
         rec["loads"] = ctypes.c_int.in_dll(fake, "fake_loads").value
         rec["launches"] = ctypes.c_int.in_dll(fake, "fake_launches").value
@@ -110,7 +127,7 @@ def variant(source, kernel, dtype, aligned, arch_index):
 def test_exports_the_header_and_needs_no_libcuda(library):
     lib, _, _ = library
     declared = set(re.findall(r"\b(exporter_\w+)\s*\(", HEADER.read_text()))
-    assert len(declared) == 13  # six launchers, six workspace queries, the preload
+    assert len(declared) == 15  # six launchers, six workspace queries, the preload, what it serves, the last error
     defined = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
     assert declared <= {line.split()[-1] for line in defined.splitlines()}
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True, check=True).stdout
@@ -223,3 +240,39 @@ def test_cubin_choice_per_compute_capability(library, cc, rc):
         decide, move = result["log"]
         assert decide["params"][:7] == [0x2000, 0x4000, *plan(2, 17), 17, 4, 1]
         assert move["image"] == variant(source, "Combine", 0, 1, ARCHS.index(87))[2]
+
+
+ERROR = ["exporter_kernels_error", [], [], []]
+
+
+def test_a_library_refuses_what_it_was_not_built_for(subset):
+    """topk_prune fp32 on sm_90 runs; fp16, another op, another architecture are each 209 with nothing launched
+    (not even the decision the library has) and a sentence naming the op, the dtype and the architecture."""
+    lib, fake = subset
+    serves = {"ops": {"topk_prune": ["fp32"], "evovit_select": ["fp32"]}, "archs": [90]}  # the same two kernels
+    hilo = ["exporter_hilo_attention", [0x10, 0, 3, 14, 14, 32, 2, 2, 0x1000, 0x2000, 0x3000, 0],
+            [P] + [I] * 7 + [P] * 4, [[P] * 3 + [I] * 6 + [P, P]]]
+    tome = ["exporter_tome_merge", [0x10, 0, 3, 31, 20, 16, 5, 0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000, WS],
+            [P, I, I, I, I, I, I, P, P, P, P, P, P, P, P], []]
+    (served, before, ok, fp16, fp16_error, other, other_error, fused, fused_error) = call(
+        lib, fake, [["exporter_kernels_served", [], [], []], ERROR, topk(), topk(dtype=1), ERROR, tome, ERROR,
+                    hilo, ERROR], cc=90)
+    assert json.loads(served["rc"]) == serves == plugin_library.served(lib)
+    assert before["rc"] == "" and ok["rc"] == 0 and ok["launches"] == 2
+    serving = "(it serves topk_prune (fp32), evovit_select (fp32) on sm_90); rebuild it with"
+    fix = f"{serving} that op, dtype and architecture (exporter.ops.library.build_library(..., archs=, ops=, dtypes=))"
+    assert fp16["rc"] == 209 and fp16["launches"] == ok["launches"], "the decision is there, not the movement"
+    assert fp16_error["rc"] == f"this plugin library has no topk_prune kernel for float16 tokens on sm_90 {fix}"
+    assert other["rc"] == 209 and other["launches"] == ok["launches"]
+    assert other_error["rc"] == f"this plugin library has no tome_merge kernel for float32 tokens on sm_90 {fix}"
+    assert fused["rc"] == 209 and fused_error["rc"].startswith("this plugin library has no hilo_attention kernel for "
+                                                               "float32 tokens on sm_90 (")
+
+    launch, error, preload, preload_error = call(lib, fake, [topk(), ERROR, ["exporter_kernels_preload", [], [], []],
+                                                             ERROR], cc=87)
+    assert launch["rc"] == 209 and launch["launches"] == 0
+    assert error["rc"] == f"this plugin library has no topk_prune kernel for float32 tokens on sm_87 {fix}"
+    assert preload["rc"] == 209 and preload["loads"] == 0
+    assert preload_error["rc"] == ("this plugin library has no kernels for the GPU's architecture sm_87 "
+                                   f"{serving} that architecture (exporter.ops.library.build_library(..., archs=, "
+                                   "ops=, dtypes=))")

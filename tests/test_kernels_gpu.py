@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The kernels on a CUDA GPU: the Triton JIT kernels, then the AOT library's C launchers (via ctypes), both
 against the reference with the checks of tests/kernel_checks.py. Skipped without CUDA.
 

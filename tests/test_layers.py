@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The floor plan of shared/DESIGN.md, read from the imports (in-function ones included): the import-linter
 contracts in pyproject.toml (the layers top to bottom, the commands as siblings) are kept, and no module of the
 package imports itself back through others (a circle)."""

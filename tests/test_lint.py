@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Graph lint: each TensorRT 10.3 violation on a hand-built graph, static-shape checks, and a clean DeiT export."""
 import numpy as np
 import onnx

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """LITv2 models: timm registry, official checkpoint layout, FLOPs, bad input, and a static ONNX export that runs in
 onnxruntime and builds with TensorRT-RTX."""
 import copy

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every method goes through `build` end to end: static graphs that pass the lint and the TensorRT
 compatibility check, parity with PyTorch in fp32 and fp16, and the TensorRT-RTX parse + build; the
 reduced ones with `--plugins`, so their plugin graphs (one plugin node per token op per block) are

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The token op layer: custom ops whose shapes come from the plugin contracts, and the plugin lowering."""
 import collections
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The verification thresholds tell a broken graph from rounding and from near-tie token flips."""
 import numpy as np
 

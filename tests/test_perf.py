@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """exporter.ops.perf: the time model's arithmetic, and one whole estimate (the trained-fixture ViT's shapes,
 ToMe) run as the command runs it: meta recording, interpreter trace, compiled variants read."""
 import functools

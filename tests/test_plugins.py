@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The token ops' TensorRT plugin library, built and exercised without a GPU.
 
 - `libexporter_plugins.so` compiles (warnings are errors) against TensorRT 10.3.0, 10.13.3 and 11.1 headers,
@@ -19,11 +20,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from exporter.errors import ExporterError
-from exporter.ops import contracts, library
 from exporter.engine import rtx_check as rtx
+from exporter.ops import aot, contracts, library
+from exporter.ops.kernels import config
 
 VERSIONS = ("10.13.3", "10.3.0", "11.1")
-ARCHS = library.DEFAULT_ARCHS  # the builds' own: kernels.cpp is generated once (cached) for all of them
+ARCHS = library.DEFAULT_ARCHS  # the builds' own: their cubins are compiled once (cached) for all of them
 SIZES = {"N": 197, "C": 64, "Cm": 32, "K": 48,  # DeiT at 224 px: 197 tokens; K: Evo-ViT's informative tokens
          "E": 192}  # HiLo's q/k/v channels: LITv2-S stage 3, 2 Hi-Fi heads of 32
 ATTRIBUTES = {  # valid values for N = 197
@@ -50,8 +52,8 @@ def test_every_contract_has_a_case():
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """Version -> (library, host test, seconds to build). All three compile the same kernels.cpp, generated
-    once per content (`library.generated_kernels`, or EXPORTER_KERNELS_CPP)."""
+    """Version -> (library, host test, seconds to build). All three compile the same kernels.cpp, its cubins
+    compiled once per content (`exporter.ops.kernel_cache`), or EXPORTER_KERNELS_CPP."""
     if MISSING is not None:
         pytest.skip(f"the plugin library cannot be built here: {MISSING}")
     headers = library.header_versions()
@@ -73,6 +75,9 @@ def built(tmp_path_factory):
 def test_library_compiles_and_needs_no_tensorrt_library(built, version):
     lib = built[version][0]
     assert lib.is_file() and lib.stat().st_size > 0
+    # every op and dtype (no ops/dtypes given), recorded beside the library and in it
+    assert library.served(lib) == aot.served(config.all_variants(), ARCHS) == library._served_by(lib)
+    assert lib.with_name(library.SERVED_NAME).is_file()
     if shutil.which("nm") is None:
         pytest.skip("nm is not on PATH")
     symbols = lambda which: subprocess.run(["nm", "-D", which, str(lib)], capture_output=True, text=True,  # noqa: E731

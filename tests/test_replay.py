@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Replaying token choices: PyTorch computes what another run computed after a near-tie went the other way."""
 import copy
 from pathlib import Path

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """TensorRT-RTX parse-and-build check: small graphs, DeiT-Tiny fp32 and fp16, a broken graph, a missing package."""
 import sys
 

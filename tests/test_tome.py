@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ToMe: against a plain re-implementation of the authors' inference, at the extremes, through ONNX, the r
 schedules, and bad input."""
 from __future__ import annotations

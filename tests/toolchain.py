@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Whether this machine can build the plugin library, judged from the facts themselves (not from
 `library.missing_toolchain`, which tests must be able to catch lying): where they all hold, a
 `--plugins` build must produce the library."""

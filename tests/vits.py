@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Small timm ViTs and inputs for the tests: one builder, one image helper."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter bench`: throughput measured side by side, never in a timed test.
 
 - `bundles`: `bench BUNDLE...`, every runtime present on built bundles, written into their bench/ folders

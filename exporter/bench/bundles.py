@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter bench BUNDLE...`: every runtime that can run the bundles here, timed per batch size,
 the results written into each bundle's bench/ folder (bench.json, bench.md, bench.png).
 

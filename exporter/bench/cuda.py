@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Timing on a CUDA GPU: a host timer sees the GPU's work only after a synchronisation, and CUDA graphs
 replay a model without Python's per-kernel launch cost (what an engine avoids too)."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The machine a benchmark ran on, recorded beside its numbers: a time means nothing without it."""
 from __future__ import annotations
 

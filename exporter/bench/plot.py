@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """bench.png: throughput against batch size per runtime and bundle, and measured speedup against FLOPs ratio.
 
 Drawn on a bare matplotlib Figure with the Agg canvas (no pyplot), so no GUI backend or global state is

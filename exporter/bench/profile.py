@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where onnxruntime's time goes in a reduced model: the token-reduction machinery's share and the size bias's.
 
 Measured with onnxruntime's per-node profiler on the optimised session the bench times, less the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What `bench BUNDLE...` measured, as numbers (bench.json) and tables (bench.md, stdout).
 
 Per (bundle, runtime, batch): latency percentiles over every timed call, images/s from the median, and

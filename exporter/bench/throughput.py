@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`bench --models`: every method (and model) exported here and timed against the first dense model, onnxruntime
 against PyTorch, on the CPU.
 

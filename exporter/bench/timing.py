@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Timing that one runtime cannot disturb in another: each runtime's models in a process of their own.
 
 `Runtime` holds one runtime's models (onnxruntime sessions, PyTorch modules on the CPU or the GPU,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """THE bundle: a build's output directory, and the one owner of everything about it.
 
 - `layout`: every file name, and which graphs a spec's build writes;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The engines index: engines/<target>-<runtime>/engine.json, one entry per graph, and the graph content an
 engine is keyed by (the graph file and the external weight files it references).
 

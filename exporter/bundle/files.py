@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The bundle on disk: atomic writes, file hashes, and a bundle built in hiding.
 
 A bundle is built in a hidden temp directory beside its final place and renamed at the end, so an

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where everything lies in a bundle: every file name, and which graphs a spec's build writes.
 
     artifacts/<run>/

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """manifest.json: the build's record, read and written; and what `verify` checks before it runs anything (it
 never changes the bundle):
 

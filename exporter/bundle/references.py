@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """references.npz: PyTorch's answers on the held-out inputs, stored so a target without the PyTorch model can
 be held to the same thresholds (`exporter.verify.references` computes and checks them)."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What commands leave in a bundle besides its graphs: the build's report (report.json, report.md) and the
 timings of `bench` (bench/bench.json, bench.md, bench.png), each file written whole."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a build checks, each check returning a typed result:
 
 - `graph`: onnx.checker, static shapes (only the batch dynamic), TensorRT 10.3 op support, plugin nodes

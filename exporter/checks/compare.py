@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run PyTorch and onnxruntime on the same held-out inputs and compare every graph of a bundle.
 
 Plugin graphs run in onnxruntime with their plugin nodes computed by the token ops' reference

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Graph checks every build runs before a bundle is written (`check_graph`).
 
 Two questions, each answered as a list of readable problems (empty = clean):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Held-out verification inputs: seeded random images and real photos, never the export's dummy input.
 
 Photos come from scikit-image's bundled data (no download) and go through timm's own eval transform

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How far PyTorch's token choices were from tipping, and whether fp16 rounding can tip them.
 
 Every token choice carries what verification reads here (`ops.reference`, `decisions()`): fp32 scores in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How close an exported graph's logits are to PyTorch's, and whether that is close enough.
 
 Thresholds (fp32 vs PyTorch fp32): max abs logit error <= 1e-4 and 100% top-1 agreement.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter bench`: with bundles, every runtime that can run them here, timed into their bench/ folders;
 without, every method of every --models model exported here and timed side by side (`exporter.bench`)."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter build`: model → method → ONNX (fp32, fp16, plugin graphs) → graph checks → verification →
 bundle.
 
@@ -42,8 +43,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         with stage(f"load {spec.model} and apply method {spec.method}"):
             dense, model = prepare(spec)
             size = input_size(dense)
-            if spec.plugins:
-                _check_token_ops(spec, model, size)
+            token_ops = _token_ops(spec, model, size) if spec.plugins else ()
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
         fp16_facts = library_status = None
@@ -55,7 +55,8 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         io = {g.file: graph_io(tmp / g.file) for g in graphs}
         if spec.plugins:
             with stage("build the plugin library") as outcome:
-                library_status = build_plugin_library(tmp)
+                dtypes = ["fp32"] + (["fp16"] if spec.precision == "fp16" else [])  # the plugin graphs' token dtypes
+                library_status = build_plugin_library(tmp, token_ops, dtypes, spec.archs)
                 outcome.skipped = library_status.get("reason")
         with stage(f"store PyTorch references ({REFERENCES}) and {REPRODUCE}, {BUILD_ENGINE}"):
             references.store(model, size, tmp)
@@ -85,12 +86,15 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
     return out / spec.run_name
 
 
-def _check_token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> None:
-    """--plugins needs at least one token op in the model (a method's, or LITv2's HiLo window attention)."""
-    if not ops.called(model, torch.zeros(1, 3, *size)):
+def _token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> list[str]:
+    """The token ops the model calls, whose kernels the plugin library needs; --plugins needs at least one (a
+    method's, or LITv2's HiLo window attention)."""
+    called = sorted(ops.called(model, torch.zeros(1, 3, *size)))
+    if not called:
         raise ExporterError(
             f"--plugins lowers token operations to TensorRT plugins, and {spec.model} with method "
             f"'{spec.method}' calls no token operation.",
             "Pass --method evit, evovit, diffrate or tome, or a LITv2 model with Hi-Fi heads (HiLo window "
             "attention), with --plugins; or drop --plugins.",
         )
+    return called

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter engine BUNDLE`: build (or reuse) a TensorRT / TensorRT-RTX engine from a bundle's graph
 into engines/<target>-<runtime>/ (the builder is `exporter.engine.build`)."""
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`inspect`: what a bundle holds, read without running anything.
 
 Its build (command, version, verdict, token schedule), each graph's inputs, outputs and operators, every
@@ -140,7 +141,8 @@ def render(info: dict[str, Any], console) -> None:
     if any(g.get("plugin_nodes") for g in info["graphs"]):
         build = lib["build"] or {}
         lines += [f"plugin library {lib['file']}: "
-                  + ("in the bundle" if lib["present"] else f"missing ({build.get('reason', 'not built')})")]
+                  + ((f"in the bundle, serving {build['serves']}" if build.get("serves") else "in the bundle")
+                     if lib["present"] else f"missing ({build.get('reason', 'not built')})")]
     for e in info["engines"]:
         if "problem" in e:
             lines += [f"engines: {e['problem']}"]

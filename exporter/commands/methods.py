@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter methods`: the token-reduction methods and their parameters; with a model, each method's
 token schedule and GMACs."""
 from __future__ import annotations

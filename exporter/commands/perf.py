@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter perf`: the static GPU-time estimate of a reduced model (`exporter.ops.perf`), from its
 compiled kernels, without a GPU: one table per batch size, or `--json`."""
 from __future__ import annotations

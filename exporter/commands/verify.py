@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`python -m exporter verify BUNDLE`: re-run the checks of an existing bundle (e.g. after copying it) without
 changing it, and write the report outside it."""
 from __future__ import annotations

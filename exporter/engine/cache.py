@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Engines cached by content, and the manifest of each engine folder.
 
 `engines/<target>-<runtime>/engine.json` holds one entry per graph: what the engine was built from

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Before an engine is deserialized: does it fit the runtime and GPU present, and the bundle's graph?
 
 TensorRT answers a plan from another version with `Serialization assertion stdVersionRead ==

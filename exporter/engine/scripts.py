@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """reproduce.sh and build_engine.sh: every bundle says how to rebuild it, and its engines without our package.
 
 - `reproduce.sh`: the exact exporter command that built the bundle (and the engine commands, commented).

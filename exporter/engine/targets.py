@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Runtimes, compute-capability targets and the GPU present.
 
 A target is a compute capability written `sm86`. TensorRT builds for the GPU it runs on, so its

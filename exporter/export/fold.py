@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Constant folding of a written graph: subgraphs that depend on no input are computed once, at build time.
 
 torch.export leaves a few constant subgraphs (shape arithmetic, casts and reshapes of initializers) that

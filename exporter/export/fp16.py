@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The fp16 graph: exported from the model in half precision, with fp32 islands where PyTorch asks.
 
 TensorRT 11 has no fp16 builder flag: precision lives in the graph, built strongly typed.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Exporting a bundle's graphs (which graphs a spec writes is `bundle.planned`).
 
 A token-reduction model is exported once per precision *with its kept-token indices as extra

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """torch → ONNX with the dynamo exporter: static token shapes, optionally a dynamic batch axis.
 
 Weights go to `<name>.data` beside the graph (what trtexec and Polygraphy expect). Exporting the

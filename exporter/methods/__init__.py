@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Token-reduction methods: `apply_method(model, name, **params)` returns a reduced `nn.Module`.
 
 One module per method registers itself here on import. `none` is the dense baseline.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What every token-reduction method shares: its registry entry, parameter checking, and the
 forward pass of a reduced timm VisionTransformer.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """DiffRate: prune by class attention, then merge by similarity, in every block.
 
 Chen et al., "DiffRate: Differentiable Compression Rate for Efficient Vision Transformers", ICCV 2023

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """EViT: keep the patch tokens the class token attends to most, fuse the rest into one token.
 
 Paper: Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via Token

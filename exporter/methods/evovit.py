@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Evo-ViT: slow-fast token evolution. Informative tokens go through the blocks; the others wait as
 placeholders and move with the increments of one representative token.
 

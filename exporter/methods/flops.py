@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Counted FLOPs of a forward pass, via torch's FlopCounterMode (what the graph really multiplies).
 
 Reported as GMACs (multiply-accumulates), the convention of the papers' "GFLOPs" (DeiT-S 4.6).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ToMe: bipartite soft matching merges r tokens in every block.
 
 Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461); official code

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Model creation and weight loading: timm ViTs plus the project's LITv2, with errors a user can act on."""
 from __future__ import annotations
 

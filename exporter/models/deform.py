@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Deformable convolution written in standard ONNX ops, and LITv2's deformable token merging (DTM).
 
 LITv2 (ziplab/LITv2, `classification/models/patch_embed.py::DTM`) merges 2×2 tokens with a DCNv1

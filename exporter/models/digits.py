@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`vit_digits`: a small timm VisionTransformer for scikit-learn's handwritten digits, the project's trained fixture.
 
 Pretrained weights and ImageNet cannot be downloaded in CI, so exported accuracy is checked on a model trained

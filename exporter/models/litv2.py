@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """LITv2 (Pan, Cai, Zhuang: "Fast Vision Transformers with HiLo Attention", NeurIPS 2022,
 https://arxiv.org/abs/2205.13213; official code and weights: https://github.com/ziplab/LITv2, Apache-2.0).
 

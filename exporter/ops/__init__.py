@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Token operations: one op per reduction step of a block, what every method is built from, and LITv2's
 HiLo window attention (`hilo_attention`, the Hi-Fi branch: window partition, padding and attention).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The plugins' contract files (`plugins/<op>/contract.json`): the one description of each token op's
 plugin node that the exporter emits, the graph lint checks and the C++ plugin is tested against.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a compiled kernel is, read from its cubin without a GPU: registers, stack, spills, shared memory,
 global load/store widths, tensor-core instructions, instruction count, and how many blocks fit an SM.
 

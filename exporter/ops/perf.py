@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A static estimate of a reduced model's GPU time, from the compiled kernels, without a GPU.
 
     python -m exporter perf --model deit_small_patch16_224 --method tome [--r 13] --batch 256 --arch sm_90 [--json]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The `plugin` lowering: each token op becomes one custom ONNX node that TensorRT's ONNX parser turns
 into the plugin of the same name.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The token operations' reference maths: what every lowering and kernel is held to.
 
 Each op that reduces tokens is a decision and a movement, like ToMe's own `bipartite_soft_matching`, which

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Runners: one call shape for every runtime a graph is checked or timed in.
 
 A runner is called with a batch of images (numpy, fp32) and returns every output of the model as

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """onnxruntime sessions for plugin graphs: the plugin nodes run the token ops' reference maths.
 
 A plugin graph (`model.plugins.onnx`) holds one custom node per token op per block, which no runtime

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """onnxruntime sessions with explicit, reproducible thread settings (benchmarks compare like with like)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The call shape every runtime is wrapped in (see the package docstring)."""
 from __future__ import annotations
 

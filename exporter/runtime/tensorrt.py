@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A TensorRT or TensorRT-RTX engine as a runner (`runtime.Runner`): a batch of fp32 images in, every
 output as numpy fp32 out. Only open one after `engine.preflight.check` passed.
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..bundle import PLUGIN_LIBRARY, engines_dir
 from ..engine import preflight, targets
-from ..engine.rtx_check import error_logger
+from ..engine.network import error_logger
 from ..errors import ExporterError
 from .runner import Runner
 

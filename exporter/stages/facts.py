@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a manifest records about the code that built a bundle: the exporter's git commit and the tools' versions."""
 from __future__ import annotations
 

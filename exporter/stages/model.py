@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The PyTorch models a spec describes: the dense model and the reduced one (the reference every graph is held to)."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A command's stages as they run: a spinner (or a line in a log), then ✓ or ✗ with the time it took."""
 from __future__ import annotations
 

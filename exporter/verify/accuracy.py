@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Top-1/top-5 of a bundle on labelled images (`verify --data DIR`): PyTorch and every graph, on the same images.
 
 Parity on held-out photos shows the graphs compute what PyTorch computes; this shows what that means for

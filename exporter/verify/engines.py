@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """verify's engine stage: the report's row for each engine the bundle holds, and whether it ran and held parity.
 
 `check_engines`: every engine in the bundle is pre-flighted against this

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Evaluating a bundle's graphs, for `build` and `verify` alike: graph checks, parity against PyTorch, the
 TensorRT-RTX parse and build, onnxruntime on the stored PyTorch references and (verify) the engines that can
 run here. The result is the `Report`; nothing is written."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PyTorch's answers stored in the bundle (references.npz), so a target without the workstation's
 PyTorch model can be held to the same thresholds.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The report of a build or a verify: every check that ran and what it found, as one typed object.
 
 `build` writes it into the bundle as report.json (`to_dict`) and report.md (`markdown`); `verify` rebuilds

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """report.md: the answer to "can I ship this?", top to bottom, rendered from a `Report`.
 
 Verdict, what was built, parity per runtime (onnxruntime against PyTorch; every runtime against the

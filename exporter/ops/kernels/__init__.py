@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The token ops' fused kernels, one Python function per op with the custom op's signature and results:
 each launches the op's decision kernel, then its movement kernel, sharing a plan in scratch tensors it
 allocates (`_triton.py` says why; `config.py` lists the kernels).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The token operations' Triton kernels: per op a *decision* (which tokens go where) and a *movement*.
 
 Why split: the choice reads only fp32 scores or the metric and is small (ranks, partners, counts), the

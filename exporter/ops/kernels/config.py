@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one table of the fused kernels: which kernels make each op, their launch ABI, tiles, warps and
 the variants compiled ahead of time. The Python launches (`kernels/__init__.py`), the AOT generator
 (`exporter/ops/aot.py`) and the C launchers it writes all read it. No triton import here.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The fused kernel of `hilo_attention` (LITv2 HiLo's Hi-Fi window attention): one pass over q/k/v.
 
 Why one kernel: in standard ops a window attention of s*s = 4 tokens is a padded copy of the map, two

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The fused token-op kernels' C launchers: the one ABI the plugins' enqueue() and the ctypes GPU
 // tests call. Each launcher is generated from the Triton kernel of the same name in
 // exporter/ops/kernels (cubins per architecture, launched through the CUDA driver API).
@@ -13,7 +14,9 @@
 //   both on `stream`. Any token count N is served (the kernels tile the tokens).
 // - Variants specialised for C % 16 == 0 and 16-byte aligned pointers (128-bit fp16 rows) are launched when
 //   the actual sizes and pointers allow, else generic ones.
-// - Returns 0 on success, otherwise a CUresult (e.g. 209, no kernel image for this GPU).
+// - Returns 0 on success, otherwise a CUresult. A library holds the kernels of some ops, token dtypes and GPU
+//   architectures (exporter_kernels_served): a launch of anything else launches nothing and returns 209
+//   (CUDA_ERROR_NO_BINARY_FOR_GPU), with exporter_kernels_error() saying what is missing.
 #pragma once
 
 #include <cstddef>
@@ -22,6 +25,14 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// What this library's kernels serve, as JSON: {"ops": {"tome_merge": ["fp16"], ...}, "archs": [87, 90, ...]}
+// (an op for a dtype: every kernel it launches for it; archs: the compute capabilities x10 of its cubins).
+char const* exporter_kernels_served(void);
+
+// Why the calling thread's last launcher or preload call returned 209: a sentence naming the op, the token dtype
+// and the GPU architecture this library has no kernel for, and what it serves. Empty before any such failure.
+char const* exporter_kernels_error(void);
 
 // Load every kernel for the current context's GPU now. Launchers otherwise load a kernel's module on
 // its first launch, which must not happen inside a CUDA-graph capture: plugins call this when they

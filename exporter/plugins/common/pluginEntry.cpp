@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The library's entry points, as IPluginRegistry::loadLibrary, trtexec --dynamicPlugins and Polygraphy --plugins
 // expect them: getCreators (every creator, no static self-registration) and setLoggerFinder.
 #include "pluginLogging.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Plugin fields: the integer attributes of a token op, read from a PluginFieldCollection against the names
 // the op expects, and written back for serialization.
 #ifndef TRT_EXPORTER_PLUGIN_FIELDS_H

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Logging through the ILoggerFinder that TensorRT hands the library (setLoggerFinder): messages reach the
 // application's logger; without a finder (a host test that dlopens the library) they go to stderr.
 #ifndef TRT_EXPORTER_PLUGIN_LOGGING_H

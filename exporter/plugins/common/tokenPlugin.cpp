@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "tokenPlugin.h"
 #include "kernels.h"
 #include "pluginLogging.h"
@@ -17,7 +18,7 @@ namespace plugin
 {
 namespace
 {
-constexpr int kNoKernelForGpu = 209; // CUDA_ERROR_NO_BINARY_FOR_GPU, as kernels.h returns it
+constexpr int kNoKernelForGpu = 209; // CUDA_ERROR_NO_BINARY_FOR_GPU: a kernel this library lacks (kernels.h)
 
 bool isTokenType(DataType type) noexcept
 {
@@ -334,10 +335,14 @@ int32_t TokenPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc
     trace(mSpec->name, "enqueue");
     Launch const launch{inputDesc[0].type == DataType::kHALF ? 1 : 0, mFields.values(), inputDesc};
     int32_t const status = mSpec->enqueue(launch, inputs, outputs, workspace, stream);
-    if (status != 0)
+    if (status == kNoKernelForGpu)
+    {
+        logError(std::string(mSpec->name) + ": " + exporter_kernels_error());
+    }
+    else if (status != 0)
     {
         logError(std::string(mSpec->name) + ": the kernel launcher failed with CUDA driver status "
-            + std::to_string(status) + (status == 209 ? " (no kernel image for this GPU)" : ""));
+            + std::to_string(status));
     }
     return status;
 }
@@ -350,8 +355,7 @@ nvinfer1::IPluginV3* TokenPlugin::attachToContext(nvinfer1::IPluginResourceConte
     int const status = exporter_kernels_preload();
     if (status == kNoKernelForGpu)
     {
-        logError(std::string(mSpec->name) + ": the plugin library has no kernels for this GPU's architecture; "
-            "rebuild it with this GPU in CUDA_ARCHS (cmake -DCUDA_ARCHS=...)");
+        logError(std::string(mSpec->name) + ": " + exporter_kernels_error());
         return nullptr;
     }
     if (status != 0)

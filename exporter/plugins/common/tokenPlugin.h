@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One IPluginV3 implementation for every token op, driven by a per-op description (TokenOpSpec): the ops'
 // folders hold only what differs (attribute checks, shape rules, output shapes, the kernels.h launcher).
 //

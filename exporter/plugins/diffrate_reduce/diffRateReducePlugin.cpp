@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // DiffRateReduce: DiffRate's prune to keep tokens by score, then the merge of every kept token beyond the first
 // merge into its most similar head token. See README.md and contract.json.
 #include "kernels.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // EvoViTRestore: Evo-ViT stage end, the informative tokens back in their places and every placeholder moved by
 // the representative token's summed increments. No attributes: K comes from idx. See README.md and contract.json.
 #include "kernels.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // EvoViTSelect: Evo-ViT stage start, [class, the keep patch tokens of highest global class attention g (best
 // first), the representative token]. See README.md and contract.json.
 #include "kernels.h"

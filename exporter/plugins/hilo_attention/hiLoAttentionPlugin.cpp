@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // HiLoAttention: LITv2 HiLo's Hi-Fi branch, multi-head attention inside every window x window patch of the
 // height x width token map, from the tokens' q/k/v projection; maps the window does not tile are padded
 // bottom/right with tokens whose projection is `pad`. See README.md and contract.json.

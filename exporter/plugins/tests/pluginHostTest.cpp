@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Host-side test of libexporter_plugins.so: no GPU and no TensorRT library (TensorRT's headers only). It dlopens
 // the library as IPluginRegistry::loadLibrary does and checks every creator it is told about:
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ToMeMerge: bipartite soft matching on the metric and the size-weighted merge of r tokens (ToMe). See README.md
 // and contract.json.
 #include "kernels.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // TopKPrune: the class token and the k patch tokens of highest score (best first), with fuse the dropped
 // patches' score-weighted sum appended (EViT; DiffRate's prune-only blocks). See README.md and contract.json.
 #include "kernels.h"
