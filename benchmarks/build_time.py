@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How long `python -m exporter build` takes: each method's default DeiT-S fp16 bundle (random weights), built in a
 fresh process one at a time, with the manifest's stage times.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`export.optimize` is torch.onnx.export's optimizer (onnxscript's `optimize_ir`, then its ONNX fusions) found
 faster: on any graph it must make exactly what onnxscript makes."""
 import numpy as np

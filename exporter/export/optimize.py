@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The graph optimizer `torch.onnx.export(..., optimize=True)` runs, run by us: the same onnxscript passes and
 rules (`onnxscript.optimizer.optimize_ir` with its defaults, then `onnxscript.rewriter.onnx_fusions.fuse`, as
 torch 2.8+ calls them), found faster.
