@@ -124,6 +124,11 @@ def variant(source, kernel, dtype, aligned, arch_index):
     return int(m.group(1)), int(m.group(2)), int(size.group(1))
 
 
+def tiles(rows, C):
+    """A movement grid's row and channel tiles (the launchers' kMoveRows and kMoveC come from config)."""
+    return [-(-rows // config.MOVE_ROWS), -(-C // config.MOVE_C)]
+
+
 def test_exports_the_header_and_needs_no_libcuda(library):
     lib, _, _ = library
     declared = set(re.findall(r"\b(exporter_\w+)\s*\(", HEADER.read_text()))
@@ -170,21 +175,21 @@ def test_launch_abi_on_a_fake_sm90(library):
     # size, metric, size_out, src, dst, the plan, N, Cm, r, then Triton's two scratch pointers
     assert decide["params"] == [0x2000, 0x3000, 0x5000, 0x6000, 0x7000, *plan(3, 31), 31, 16, 5, 0, 0]
     shared, warps, size = variant(source, "Combine", 1, 0, arch)  # C = 20: the generic variant
-    assert move["launch"] == [3, 2, 1, 32 * warps, 1, 1, shared] and move["image"] == size  # (B, 26 rows / 16, 20 / 64)
+    assert move["launch"] == [3, *tiles(26, 20), 32 * warps, 1, 1, shared] and move["image"] == size  # (B, 26 rows, C = 20)
     assert move["params"] == [0x1000, *plan(3, 31), 0x4000, 31, 20, 26, 1, 0, 0]
     assert again["loads"] == first["loads"] == 2 and again["launches"] == 4, "a module is loaded once per context"
 
     decide, move = rest["log"]
     assert decide["function"] == "restore_decide_kernel" and decide["launch"][:3] == [2, 1, 1]
     assert decide["params"] == [0x4000, *plan(2, 17), 17, 5, 0, 0]
-    assert move["function"] == "restore_move_kernel" and move["launch"][:3] == [2, 2, 3]  # (B, 17 rows / 16, 130 / 64)
+    assert move["function"] == "restore_move_kernel" and move["launch"][:3] == [2, *tiles(17, 130)]  # (B, 17 rows, C = 130)
     assert move["params"] == [0x1000, 0x2000, 0x3000, *plan(2, 17), 0x5000, 17, 130, 5, 0, 0]
     assert move["image"] == variant(source, "RestoreMove", 0, 0, arch)[2]
 
     decide, move = merge["log"]  # ViT-B/16 at 384 px: 577 tokens
     assert decide["image"] == variant(source, "DiffrateDecide", 1, 1, arch)[2]
     assert decide["params"] == [0x1000, 0x2000, 0x3000, 0x5000, 0x6000, 0x7000, *plan(2, 577), 577, 384, 500, 200, 0, 0]
-    assert move["launch"][:3] == [2, 13, 6] and move["image"] == variant(source, "Combine", 1, 1, arch)[2]
+    assert move["launch"][:3] == [2, *tiles(200, 384)] and move["image"] == variant(source, "Combine", 1, 1, arch)[2]
     assert move["params"] == [0x1000, *plan(2, 577), 0x4000, 577, 384, 200, 1, 0, 0]
 
     decide, move = unaligned["log"]  # x at 8 bytes past 16: the generic movement

@@ -20,14 +20,8 @@ def test_the_layer_contracts_are_kept(monkeypatch):
     assert lint_imports(config_filename=str(ROOT / "pyproject.toml")) == EXIT_STATUS_SUCCESS
 
 
-# Circles in code other engineers own (issue 20: exporter/ops/kernels), listed until they are broken there: the test
-# fails on any other circle, and on a listed one that no longer exists (so the list only shrinks).
-KNOWN = {frozenset({"exporter.ops.kernels", "exporter.ops.kernels.hilo_attention"})}
-
-
 def test_no_import_circles():
     graph = grimp.build_graph("exporter")
     edges = nx.DiGraph((m, i) for m in graph.modules for i in graph.find_modules_directly_imported_by(m))
     circles = {frozenset(c) for c in nx.strongly_connected_components(edges) if len(c) > 1}
-    assert circles - KNOWN == set(), f"import circles: {[sorted(c) for c in circles - KNOWN]}"
-    assert KNOWN - circles == set(), f"no longer circles, remove them from KNOWN: {[sorted(c) for c in KNOWN - circles]}"
+    assert circles == set(), f"import circles: {[sorted(c) for c in circles]}"

@@ -96,7 +96,7 @@ def compile_variant(kernel: str, dtype: Optional[str], aligned: bool, arch: int,
     # what the JIT derives for C % 16 == 0 and 16-byte aligned pointers: 128-bit fp16 rows
     attrs = {(fn.arg_names.index(p),): [["tt.divisibility", 16]] for p in kernel.aligned} if variant.aligned else {}
     source = ASTSource(fn=fn, signature=sig, constexprs=config.constexprs(kernel.name), attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=config.launch_options(kernel.name))
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=config.launch_options(kernel.name, variant.aligned))
     md = compiled.metadata
     if md.global_scratch_size or md.profile_scratch_size or md.num_ctas != 1 or md.launch_cooperative_grid or md.launch_pdl:
         raise RuntimeError(f"{kernel.name}: needs scratch, clusters, cooperative or PDL launch (not supported by the launchers)")

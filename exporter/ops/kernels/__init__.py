@@ -14,45 +14,19 @@ so the mode does not depend on who imported `_triton` first. Importing this pack
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from .config import KERNELS, MOVE_C, MOVE_ROWS, constexprs, launch_options, plan_floats, plan_ints
+from .config import KERNELS, MOVE_C, MOVE_ROWS, constexprs, is_aligned, launch_options, plan_floats, plan_ints
+from .hilo_attention import hilo_attention
+from .mode import interpreting as _interpreting, triton_mode
 
 _modules: dict[str, object] = {}
 _lock = threading.RLock()
-
-
-def triton_mode() -> Optional[str]:
-    """"interpreter" or "jit": how triton was imported in this process; None before it is imported."""
-    if "triton.language" not in sys.modules:
-        return None
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return "interpreter" if isinstance(tl.zeros, InterpretedFunction) else "jit"
-
-
-@contextlib.contextmanager
-def _interpreting(value: Optional[str] = "1"):
-    """TRITON_INTERPRET=1 while kernels are imported, decorated and run: triton.jit and parts of the
-    interpreter read it then (e.g. gluon's import asserts it). value=None: unset (compiled mode)."""
-    before = os.environ.pop("TRITON_INTERPRET", None)
-    if value is not None:
-        os.environ["TRITON_INTERPRET"] = value
-    try:
-        yield
-    finally:
-        os.environ.pop("TRITON_INTERPRET", None)
-        if before is not None:
-            os.environ["TRITON_INTERPRET"] = before
 
 
 def _kernels(device: torch.device):
@@ -93,7 +67,8 @@ def _launch(kernel: str, device: torch.device, grid: tuple, *args) -> None:
             fn[grid](*args, **constexprs(kernel))
     else:
         with torch.cuda.device(device):
-            fn[grid](*args, **constexprs(kernel), **launch_options(kernel))
+            aligned = is_aligned(kernel, dict(zip(KERNELS[kernel].params, args)))
+            fn[grid](*args, **constexprs(kernel), **launch_options(kernel, aligned))
 
 
 def _plan(B: int, N: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +181,5 @@ def diffrate_reduce(x: torch.Tensor, size: torch.Tensor, score: torch.Tensor, ke
     return _combine(x, plan, merge, norm=True), size_out, idx, dst
 
 
-from .hilo_attention import hilo_attention  # noqa: E402  (its own module: it needs the helpers above)
 
 __all__ = ["topk_prune", "evovit_select", "evovit_restore", "tome_merge", "diffrate_reduce", "hilo_attention"]

@@ -18,7 +18,9 @@ off[o] .. off[o + 1] - 1; term q reads input row tok[q] with weight w[q]. Every 
 most N (each input token is in at most one output row). `aux` is the decisions' own scratch.
 
 Ranks come from comparison counts over tiles (rank 0 = highest; ties go to the lower position, so the
-choice is deterministic); fp32 similarities use input_precision="ieee" (never TF32). A decision's
+choice is deterministic). Similarities of fp32 rows use input_precision="ieee" (never TF32); of fp16 rows,
+tensor-core dots of the fp16 values with fp32 accumulation (the products are exact in fp32, as when the
+reference casts to fp32; only the summation order differs, as it does between any two fp32 matmuls). A decision's
 phases are separated by CTA barriers and read what earlier phases wrote with L2 (.cg) loads. Scores
 must be finite (a NaN breaks the comparison ranking).
 
@@ -69,9 +71,21 @@ def _before(key, i, key_row, upto, BLOCK_J: tl.constexpr):
 
 
 @triton.jit
+def _term(x_img, tok, w, start, count, q, c, cm, C):
+    """Term q of each output row (weight, input row in fp32); weight and row 0 past the row's terms."""
+    live = q < count
+    t = tl.load(tok + start + q, mask=live, other=0)
+    wt = tl.load(w + start + q, mask=live, other=0.0)
+    rows = tl.load(x_img + (t[:, None] * C + c[None, :]), mask=live[:, None] & cm[None, :], other=0.0)
+    return wt, rows.to(tl.float32)
+
+
+@triton.jit
 def combine_kernel(x, plan_i, plan_f, out, N, C, M, norm, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Movement, grid (B, row tiles, C tiles): out[b, o] = sum_q w[q] x[b, tok[q]] over row o's terms,
-    divided by max(sum_q w[q], TINY) when `norm`; fp32 accumulation, rounded once."""
+    times 1 / max(sum_q w[q], TINY) when `norm`; fp32 accumulation in term order, rounded once.
+    Two terms a step: both rows' loads are in flight together, which halves the serial latency of a long
+    row (EViT's and Evo-ViT's fused token sums every dropped patch)."""
     b = tl.program_id(0).to(tl.int64)
     o = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -83,16 +97,16 @@ def combine_kernel(x, plan_i, plan_f, out, N, C, M, norm, BLOCK_R: tl.constexpr,
     x_img = x + b * N * C
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for q in range(0, tl.max(count, axis=0)):
-        live = q < count
-        t = tl.load(tok + start + q, mask=live, other=0)
-        wt = tl.load(w + start + q, mask=live, other=0.0)
-        rows = tl.load(x_img + t[:, None] * C + c[None, :], mask=live[:, None] & cm[None, :], other=0.0)
-        acc += wt[:, None] * rows.to(tl.float32)
-        total += wt
+    for q in range(0, tl.max(count, axis=0), 2):
+        w0, r0 = _term(x_img, tok, w, start, count, q, c, cm, C)
+        w1, r1 = _term(x_img, tok, w, start, count, q + 1, c, cm, C)
+        acc += w0[:, None] * r0
+        acc += w1[:, None] * r1
+        total += w0
+        total += w1
     if norm != 0:
-        acc = acc / tl.maximum(total, TINY)[:, None]
-    tl.store(out + b * M * C + o[:, None] * C + c[None, :], acc.to(out.dtype.element_ty), mask=om[:, None] & cm[None, :])
+        acc = acc * (1.0 / tl.maximum(total, TINY))[:, None]  # a reciprocal per row, not a division per element
+    tl.store(out + b * M * C + (o[:, None] * C + c[None, :]), acc.to(out.dtype.element_ty), mask=om[:, None] & cm[None, :])
 
 
 @triton.jit
@@ -152,32 +166,40 @@ def restore_move_kernel(x, tokens, moved, plan_i, plan_f, out, N, C, K, BLOCK_R:
     tv = tl.load(tokens + b * (K + 2) * C + src[:, None] * C + c[None, :], mask=taken)
     tl.store(dst, tv, mask=taken)
     xv = tl.load(x + b * N * C + o[:, None] * C + c[None, :], mask=waits, other=0.0)
-    mv = tl.load(moved + b * C + c, mask=cm, other=0.0)
-    tl.store(dst, (xv.to(tl.float32) + mv.to(tl.float32)[None, :]).to(out.dtype.element_ty), mask=waits)
+    # `moved` loaded per placeholder row (cached): in the tile's own layout, so the sum needs no conversion
+    mv = tl.load(moved + b * C + (0 * o[:, None] + c[None, :]), mask=waits, other=0.0)
+    tl.store(dst, (xv.to(tl.float32) + mv.to(tl.float32)).to(out.dtype.element_ty), mask=waits)
 
 
 @triton.jit
 def _sq_norms(rows_ptr, tok, live, C, BLOCK_K: tl.constexpr):
-    """[len(tok)]: squared norms of rows tok (fp32) of a [*, C] matrix, BLOCK_K channels at a time."""
-    acc = tl.zeros(tok.shape, dtype=tl.float32)
+    """[len(tok)]: squared norms of rows tok (fp32) of a [*, C] matrix, BLOCK_K channels at a time, summed
+    across the channels once at the end (not a cross-thread reduction per step)."""
+    acc = tl.zeros([tok.shape[0], BLOCK_K], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_K):
         c = c0 + tl.arange(0, BLOCK_K)
         v = tl.load(rows_ptr + tok[:, None] * C + c[None, :], mask=live[:, None] & (c < C)[None, :], other=0.0)
         v = v.to(tl.float32)
-        acc += tl.sum(v * v, axis=1)
-    return acc
+        acc += v * v
+    return tl.sum(acc, axis=1)
 
 
 @triton.jit
-def _dots(rows_ptr, tok_i, live_i, tok_j, live_j, C, BLOCK_K: tl.constexpr):
-    """[len(tok_i), len(tok_j)] fp32 dot products of rows of a [*, C] matrix (IEEE fp32, never TF32)."""
+def _dots(rows_ptr, tok_i, tok_j, C, BLOCK_K: tl.constexpr):
+    """[len(tok_i), len(tok_j)] fp32 dot products of rows of a [*, C] matrix. fp16 rows: tensor-core dots of
+    the fp16 values with fp32 accumulation (each product exact in fp32, as in the fp32 maths); fp32 rows:
+    IEEE fp32 (never TF32). Every index must be a row of the matrix: callers point lanes past their tile's
+    end at row 0 and discard those products (so only the channels are masked here)."""
     acc = tl.zeros([tok_i.shape[0], tok_j.shape[0]], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_K):
         c = c0 + tl.arange(0, BLOCK_K)
         cm = c < C
-        vi = tl.load(rows_ptr + tok_i[:, None] * C + c[None, :], mask=live_i[:, None] & cm[None, :], other=0.0)
-        vj = tl.load(rows_ptr + tok_j[:, None] * C + c[None, :], mask=live_j[:, None] & cm[None, :], other=0.0)
-        acc += tl.dot(vi.to(tl.float32), tl.trans(vj.to(tl.float32)), input_precision="ieee")
+        vi = tl.load(rows_ptr + tok_i[:, None] * C + c[None, :], mask=cm[None, :], other=0.0)
+        vj = tl.load(rows_ptr + tok_j[:, None] * C + c[None, :], mask=cm[None, :], other=0.0)
+        if rows_ptr.dtype.element_ty == tl.float16:
+            acc = tl.dot(vi, tl.trans(vj), acc)
+        else:
+            acc += tl.dot(vi.to(tl.float32), tl.trans(vj.to(tl.float32)), input_precision="ieee")
     return acc
 
 
@@ -189,7 +211,7 @@ def tome_decide_kernel(size, metric, size_out, src, dst, plan_i, plan_f, N, Cm, 
     A = even positions (a -> token 2a), B = odd (b -> 2b + 1). Output rows: the unmerged A tokens
     ascending (one term each), then every B token: itself, then its sources ascending, weighted by
     size (the movement divides by the sizes' sum: ToMe's size-weighted mean).
-    aux ints: [partner: na | rank: na]; aux floats: [best: na]."""
+    aux ints: [partner: na | rank: na]; aux floats: [best: na | B norms' reciprocals: nb]."""
     b = tl.program_id(0).to(tl.int64)
     na = (N + 1) // 2
     nb = N // 2
@@ -199,23 +221,29 @@ def tome_decide_kernel(size, metric, size_out, src, dst, plan_i, plan_f, N, Cm, 
     m_row = metric + b * N * Cm
     s_row = size + b * N
     so_row = size_out + b * (N - r)
+    b_scale_row = best_row + na
+    # 0: 1 / the B norms, once (every A tile reads them; a product per similarity, not a division)
+    for j0 in range(0, nb, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        tl.store(b_scale_row + j, 1.0 / tl.sqrt(_sq_norms(m_row, 2 * j + 1, j < nb, Cm, BLOCK_K)), mask=j < nb)
+    tl.debug_barrier()
     # 1: every A token's most similar B token (ties: the lower B position), cosine similarity
     for a0 in range(0, na, BLOCK_I):
         ia = a0 + tl.arange(0, BLOCK_I)
         am = ia < na
-        a_norm = tl.sqrt(_sq_norms(m_row, 2 * ia, am, Cm, BLOCK_K))
         best = tl.full([BLOCK_I], float("-inf"), dtype=tl.float32)
         partner = tl.zeros([BLOCK_I], dtype=tl.int32)
         for j0 in range(0, nb, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
             jm = j < nb
-            dots = _dots(m_row, 2 * ia, am, 2 * j + 1, jm, Cm, BLOCK_K)
-            b_norm = tl.sqrt(_sq_norms(m_row, 2 * j + 1, jm, Cm, BLOCK_K))
-            sim = tl.where(jm[None, :], dots / tl.where(jm, b_norm, 1.0)[None, :], float("-inf"))
+            dots = _dots(m_row, tl.where(am, 2 * ia, 0), tl.where(jm, 2 * j + 1, 0), Cm, BLOCK_K)
+            b_scale = tl.load(b_scale_row + j, mask=jm, other=1.0, cache_modifier=".cg")
+            sim = tl.where(jm[None, :], dots * b_scale[None, :], float("-inf"))
             top = tl.max(sim, axis=1)
             better = top > best
             partner = tl.where(better, j0 + tl.argmax(sim, axis=1, tie_break_left=True), partner)
             best = tl.where(better, top, best)
+        a_norm = tl.sqrt(_sq_norms(m_row, 2 * ia, am, Cm, BLOCK_K))  # after the loop: not live across it
         best = tl.where(ia == 0, float("-inf"), best / tl.where(am, a_norm, 1.0))  # the class token never merges
         tl.store(best_row + ia, best, mask=am)
         tl.store(partner_row + ia, partner, mask=am)
@@ -283,28 +311,28 @@ def diffrate_decide_kernel(x, size, score, size_out, idx, dst, plan_i, plan_f, N
     Kept order: class token, then idx (patch position + 1, best first); the first `merge` are the head,
     the rest the tail, each tail token merging into its most cosine-similar head token but the class
     token. Output row h: head token h, then its sources, weight 1 each (the movement divides by the
-    count: the reference's unweighted mean). aux ints: [dst: nt]; aux floats: [head norms: merge | tail
-    similarities: nt]."""
+    count: the reference's unweighted mean). aux ints: [dst: nt]; aux floats: [1 / head norms: merge |
+    tail similarities: nt]."""
     b = tl.program_id(0).to(tl.int64)
     n = N - 1
     nt = keep - merge
     idx_row = idx + b * (keep - 1)
     x_img = x + b * N * C
     s_row = size + b * N
-    off, tok, dst_row, w, norm_row = _plan(plan_i, plan_f, N)
-    sim_row = norm_row + merge
+    off, tok, dst_row, w, scale_row = _plan(plan_i, plan_f, N)
+    sim_row = scale_row + merge
     # 1: the keep - 1 best patches, best first
     for i0 in range(0, n, BLOCK_I):
         i = i0 + tl.arange(0, BLOCK_I)
         rank = _rank(score + b * n, i, n, BLOCK_J)
         tl.store(idx_row + rank, (i + 1).to(tl.int64), mask=(i < n) & (rank < keep - 1))
     tl.debug_barrier()
-    # 2: head norms
+    # 2: 1 / the head norms (a product per similarity, not a division)
     for h0 in range(0, merge, BLOCK_I):
         h = h0 + tl.arange(0, BLOCK_I)
         hm = h < merge
         head = tl.load(idx_row + h - 1, mask=hm & (h > 0), other=0, cache_modifier=".cg").to(tl.int32)
-        tl.store(norm_row + h, tl.sqrt(_sq_norms(x_img, head, hm, C, BLOCK_K)), mask=hm)
+        tl.store(scale_row + h, 1.0 / tl.sqrt(_sq_norms(x_img, head, hm, C, BLOCK_K)), mask=hm)
     tl.debug_barrier()
     # 3: every tail token's destination (ties: the lower head position) and similarity
     for t0 in range(0, nt, BLOCK_I):
@@ -317,9 +345,9 @@ def diffrate_decide_kernel(x, size, score, size_out, idx, dst, plan_i, plan_f, N
             h = h0 + tl.arange(0, BLOCK_J)
             hm = h < merge
             head = tl.load(idx_row + h - 1, mask=hm & (h > 0), other=0, cache_modifier=".cg").to(tl.int32)
-            h_norm = tl.load(norm_row + h, mask=hm, other=1.0, cache_modifier=".cg")
-            dots = _dots(x_img, tail, tm, head, hm, C, BLOCK_K)
-            sim = tl.where(((h >= 1) & hm)[None, :], dots / h_norm[None, :], float("-inf"))  # never the class token
+            h_scale = tl.load(scale_row + h, mask=hm, other=1.0, cache_modifier=".cg")
+            dots = _dots(x_img, tail, head, C, BLOCK_K)  # rows past the tiles' ends: 0 (loaded with other=0)
+            sim = tl.where(((h >= 1) & hm)[None, :], dots * h_scale[None, :], float("-inf"))  # never the class token
             top = tl.max(sim, axis=1)
             better = top > best
             d = tl.where(better, h0 + tl.argmax(sim, axis=1, tie_break_left=True), d)

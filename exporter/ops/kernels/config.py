@@ -18,7 +18,7 @@ from typing import Optional
 MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 DTYPES = ("fp32", "fp16")  # index = the C launchers' `dtype` (0 = float32, 1 = float16)
 MOVE_ROWS = 16  # movement tiles: [MOVE_ROWS, MOVE_C] output rows x channels per program
-MOVE_C = 64
+MOVE_C = 128
 HILO_ROWS = 32  # hilo_attention: window tokens in one program's tile (8 windows of 2x2; AOT: windows up to 5x5)
 HILO_CHUNK = 16  # hilo_attention: head-dim channels per dot step
 
@@ -37,6 +37,7 @@ class Kernel:
     constexprs: dict = field(default_factory=dict)
     aligned: tuple[str, ...] = ()  # parameters the aligned variant takes as divisible by 16; () = none
     warps: int = 4
+    generic_warps: Optional[int] = None  # the generic variant's, if not `warps` (its scalar loads need more registers)
     stages: int = 1  # no software pipelining: the tiles are small, and pipelined dot loops made sm_87 spill
     module: str = "_triton"
 
@@ -57,13 +58,13 @@ KERNELS = {k.name: k for k in (
            SIMILARITY, aligned=("x", "C")),
     Kernel("combine_kernel", "move", ("topk_prune", "evovit_select", "tome_merge", "diffrate_reduce"),
            ("x", "plan_i", "plan_f", "out", "N", "C", "M", "norm"), {"x": "T", "out": "T", **PLAN},
-           MOVE, aligned=("x", "out", "C")),
+           MOVE, aligned=("x", "out", "C"), generic_warps=8),  # generic: 8 elements a thread, as fp32 or unaligned
     Kernel("restore_decide_kernel", "decide", ("evovit_restore",), ("idx", "plan_i", "plan_f", "N", "K"),
            {"idx": "i64", **PLAN}, {"BLOCK_I": 256}),
     Kernel("restore_move_kernel", "move", ("evovit_restore",),
            ("x", "tokens", "moved", "plan_i", "plan_f", "out", "N", "C", "K"),
            {"x": "T", "tokens": "T", "moved": "T", "out": "T", **PLAN}, MOVE,
-           aligned=("x", "tokens", "moved", "out", "C")),
+           aligned=("x", "tokens", "moved", "out", "C"), generic_warps=8),
     # AOT: windows of up to 5x5 fill a HILO_ROWS tile (the JIT takes larger tiles for larger windows); 64 rows
     # would take windows to 8x8 but its fp32 score/probability tiles need 183+ registers
     Kernel("hilo_attention_kernel", "fused", ("hilo_attention",),
@@ -115,9 +116,20 @@ def constexprs(kernel: str) -> dict[str, int]:
     return dict(KERNELS[kernel].constexprs)
 
 
-def launch_options(kernel: str) -> dict[str, int]:
-    """num_warps and num_stages, the same for the JIT launches and the AOT cubins."""
-    return {"num_warps": KERNELS[kernel].warps, "num_stages": KERNELS[kernel].stages}
+def launch_options(kernel: str, aligned: bool = True) -> dict[str, int]:
+    """num_warps and num_stages of the aligned (or only) or the generic variant, the same for the JIT
+    launches and the AOT cubins."""
+    k = KERNELS[kernel]
+    return {"num_warps": k.warps if aligned or k.generic_warps is None else k.generic_warps, "num_stages": k.stages}
+
+
+def is_aligned(kernel: str, args: dict) -> bool:
+    """Whether a launch with `args` (parameter -> int or tensor) may take the aligned variant: every
+    parameter of `Kernel.aligned` divisible by 16 (a tensor: its address), as the JIT specialises and the
+    C launchers choose."""
+    names = KERNELS[kernel].aligned
+    return bool(names) and all((a.data_ptr() if hasattr(a, "data_ptr") else a) % 16 == 0
+                               for a in (args[n] for n in names))
 
 
 def plan_ints(N: int) -> int:

@@ -29,6 +29,7 @@ import threading
 import torch
 
 from .config import HILO_CHUNK, HILO_ROWS, block_for, launch_options
+from .mode import interpreting as _interpreting, triton_mode
 
 MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
 
@@ -95,8 +96,6 @@ def _jit(interpret: bool):
     functions, tl.max and tl.sum, are interpreted only if TRITON_INTERPRET=1 then): the first call imports it
     in the mode it needs, as the other kernels do (`exporter.ops.kernels`), and a call needing the other mode
     raises (run it in a fresh process)."""
-    from . import _interpreting, triton_mode
-
     mode = triton_mode()
     if mode is None:
         with _interpreting() if interpret else contextlib.nullcontext():
@@ -165,8 +164,6 @@ def hilo_attention(qkv: torch.Tensor, pad: torch.Tensor, height: int, width: int
         with torch.cuda.device(qkv.device):
             jit_kernel()[grid](*args, **meta, **launch_options("hilo_attention_kernel"))
     else:
-        from . import _interpreting
-
         with _lock, _interpreting():
             jit_kernel(interpret=True)[grid](*args, **meta)
     return out
