@@ -299,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error = mismatched_torchvision(e)
         if error is None or "--debug" in argv:
             raise
-        make_console().print(f"[bold red]error:[/bold red] {escape(error.problem)}\n  [bold]fix:[/bold] {escape(error.fix)}")
+        _say(make_console(), error)
         return EXIT_USAGE
     args.argv = argv
     console = make_console()
@@ -323,10 +323,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error = e if isinstance(e, ExporterError) else out_of_memory(e)
         if args.debug or error is None:
             raise
-        console.print(f"[bold red]error:[/bold red] {escape(error.problem)}")
-        if error.fix:
-            console.print(f"  [bold]fix:[/bold] {escape(error.fix)}")
+        _say(console, error)
         return EXIT_USAGE
+
+
+def _say(console: Console, error: ExporterError) -> None:
+    """A user's mistake as one paragraph: the problem, then the fix."""
+    console.print(f"[bold red]error:[/bold red] {escape(error.problem)}")
+    if error.fix:
+        console.print(f"  [bold]fix:[/bold] {escape(error.fix)}")
 
 
 if __name__ == "__main__":

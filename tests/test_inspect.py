@@ -76,7 +76,7 @@ def test_not_a_bundle_is_exit_2(tmp_path, capsys):
 
 
 def test_identical_plugin_nodes_are_counted_not_repeated():
-    from exporter.contents import _plugin_lines
+    from exporter.commands.inspect import _plugin_lines
 
     node = {"plugin": "ToMeMerge", "version": "1", "namespace": "exporter", "contract": "c.json"}
     nodes = [dict(node, node=f"n{i}", attributes={"r": 13 if i < 11 else 4}) for i in range(12)]
