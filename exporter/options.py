@@ -17,7 +17,7 @@ from .errors import ExporterError
 from .methods import get_method, list_methods
 from .methods.base import REGISTRY
 from .ops import library
-from .spec import PRECISIONS, BatchRange, BuildSpec
+from .spec import CALIB_SAMPLES, PRECISIONS, BatchRange, BuildSpec
 
 CLI = "python -m exporter "  # how a recorded command begins
 
@@ -102,7 +102,13 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=d.method, help=f"one of {', '.join(list_methods())} (default {d.method})")
     add_method_params(p.add_argument_group("method parameters (see `python -m exporter methods`)"))
     g = p.add_argument_group("export")
-    g.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="fp16 also writes model.fp16.onnx (default %(default)s)")
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="fp16 also writes model.fp16.onnx; int8/fp8 also model.fp16.onnx and model.int8.onnx/model.fp8.onnx, "
+                   "calibrated on --calib (default %(default)s)")
+    g.add_argument("--calib", default=None, metavar="DIR",
+                   help="int8/fp8: calibration images, one sub-folder per class (the layout of `verify --data`); the images "
+                   "not calibrated on are the held-out set the 8-bit graph's accuracy is checked on")
+    g.add_argument("--calib-samples", type=int, default=CALIB_SAMPLES, metavar="N",
+                   help="int8/fp8: images calibrated on, drawn seeded by --seed (default %(default)s)")
     g.add_argument("--io-fp16", action="store_true", help="fp16 graph inputs/outputs (default: fp32 I/O around an fp16 graph)")
     g.add_argument("--batch", default=str(d.batch), help="fixed batch size, or min:opt:max for a dynamic batch axis (default %(default)s)")
     g.add_argument(
@@ -146,6 +152,8 @@ def spec_from_args(args) -> BuildSpec:
         opset=args.opset,
         plugins=args.plugins,
         archs=_archs(args.archs),
+        calib=args.calib,
+        calib_samples=args.calib_samples,
     )
 
 

@@ -9,7 +9,9 @@ from typing import Any, Optional
 
 from .errors import ExporterError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+QUANTIZED = ("int8", "fp8")  # 8-bit graphs, calibrated on images (--calib)
+CALIB_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class BuildSpec:
     plugins: bool = False
     # the plugin library's GPU architectures (compute capability x10); None: the library's default set
     archs: Optional[tuple[int, ...]] = None
+    # int8/fp8: the ImageNet-layout folder calibrated on, and how many of its images (seeded by `seed`)
+    calib: Optional[str] = None
+    calib_samples: int = CALIB_SAMPLES
 
     def __post_init__(self):
         if self.archs is not None and not self.plugins:
@@ -73,6 +78,19 @@ class BuildSpec:
                                 "Add --plugins, or drop --archs.")
         if self.precision not in PRECISIONS:
             raise ExporterError(f"Unknown precision '{self.precision}'.", f"Use one of: {', '.join(PRECISIONS)}.")
+        if self.precision in QUANTIZED and self.calib is None:
+            raise ExporterError(f"--precision {self.precision} calibrates the 8-bit graph on images, and no --calib was given.",
+                                "Pass --calib DIR, a folder with one sub-folder of images per class (the layout of "
+                                "`verify --data`), e.g. `python -m exporter.fixtures.digits export-split DIR --split train`.")
+        if self.calib is not None and self.precision not in QUANTIZED:
+            raise ExporterError(f"--calib calibrates an int8 or fp8 graph, and this build is {self.precision}.",
+                                "Add --precision int8 (or fp8), or drop --calib.")
+        if self.precision == "fp8" and self.opset < 19:
+            raise ExporterError(f"FP8 Q/DQ nodes (float8e4m3fn) need ONNX opset 19 or later, and this build is opset {self.opset}.",
+                                "Add --opset 19 (TensorRT 10.3 and later parse it).")
+        if self.calib_samples < 1:
+            raise ExporterError(f"--calib-samples {self.calib_samples} is not a positive number of images.",
+                                f"Pass --calib-samples 1 or more (default {CALIB_SAMPLES}).")
         if self.io_fp16 and self.precision != "fp16":
             raise ExporterError("--io-fp16 only applies to fp16 builds.", "Add --precision fp16 or drop --io-fp16.")
         if not 17 <= self.opset <= 20:
@@ -88,6 +106,8 @@ class BuildSpec:
             del d["archs"]
         else:
             d["archs"] = list(self.archs)
+        if self.precision not in QUANTIZED:  # absent, so specs from before int8/fp8 keep their hash and run name
+            del d["calib"], d["calib_samples"]
         d["method_params"] = json.loads(json.dumps(self.method_params, sort_keys=True))
         return d
 

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Exported accuracy on real images: the trained digits fixture built with every method, fp32 and fp16.
+"""Exported accuracy on real images: the trained digits fixture built with every method, fp32, fp16 and int8.
 
 Random weights prove parity; these tests show that each exported reduced graph classifies the 360 held-out scans
-as its PyTorch model does (top-1 within one image, fp16 within one image of fp32), and print each method's
-accuracy and its drop against dense after the run. Each bundle is built once per session, at one batch size.
+as its PyTorch model does (top-1 within one image, fp16 within one image of fp32, int8 within one point of fp32),
+and print each method's accuracy and its drop against dense after the run. The int8 graph is calibrated on
+training scans (CALIB_PER_CLASS of each digit; the build judges it on those it did not calibrate on). Each bundle is
+built once per session, at one batch size.
 """
 import json
 
@@ -14,6 +16,7 @@ from exporter.fixtures import digits
 from exporter.verify import accuracy
 
 METHODS = list(digits.SETTINGS)
+CALIB_PER_CLASS = 40  # 400 training scans: 256 calibrate, 144 judge the int8 graph in the build
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +27,22 @@ def split_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    """method -> bundle, built lazily (a test asking for one method builds only that one)."""
+def calib_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits-calib")
+    digits.export_split(out, "train", per_class=CALIB_PER_CLASS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory, calib_dir):
+    """method -> bundle (fp32, fp16 and int8 graphs), built lazily (a test asking for one method builds only that one)."""
     built = {}
 
     def get(method):
         if method not in built:
             out = tmp_path_factory.mktemp(f"digits-{method}")
-            built[method] = digits.build(out, method, digits.SETTINGS[method][0])
+            built[method] = digits.build(out, method, digits.SETTINGS[method][0], precision="int8",
+                                         calib=["--calib", str(calib_dir), "--calib-samples", "256"])
         return built[method]
 
     return get
@@ -40,23 +51,26 @@ def bundles(tmp_path_factory):
 @pytest.fixture(scope="session")
 def measured(bundles, split_dir, terminal_summary):
     """method -> `accuracy.measure` result on the held-out split; adds a row to the printed table per method."""
-    results = {}
+    results, agreements = {}, {}
 
     def get(method):
         if method not in results:
             results[method] = accuracy.measure(bundles(method), split_dir, threads=1)
-            _summarise(terminal_summary, results)
+            agreements[method] = json.loads((bundles(method) / "manifest.json").read_text())["quantized"]["token_choice_agreement"]
+            _summarise(terminal_summary, results, agreements)
         return results[method]
 
     return get
 
 
-def _summarise(lines, results):
-    """The table printed after the run: top-1 per runtime and the drop against dense PyTorch."""
+def _summarise(lines, results, agreements):
+    """The table printed after the run: top-1 per runtime, the drop against dense PyTorch, and the int8 graph's
+    token-choice agreement with PyTorch fp32 (mean and lowest over the reductions, on the build's held-out scans)."""
     dense = results["none"].score("pytorch").top1 if "none" in results else None
     lines[:] = [
-        f"vit_digits, {digits.TEST_SIZE} held-out scans, top-1 % (drop vs dense PyTorch)",
-        f"{'method':<10} {'parameters':<36} {'PyTorch':>16} {'fp32 ONNX':>10} {'fp16 ONNX':>10}",
+        f"vit_digits, {digits.TEST_SIZE} held-out scans, top-1 % (drop vs dense PyTorch); int8 token choices as PyTorch's",
+        f"{'method':<10} {'parameters':<36} {'PyTorch':>16} {'fp32 ONNX':>10} {'fp16 ONNX':>10} {'int8 ONNX':>10} "
+        f"{'int8 tokens mean/min':>21}",
     ]
     for method in METHODS:
         if method not in results:
@@ -68,8 +82,13 @@ def _summarise(lines, results):
         params = params if len(params) <= 36 else params[:33] + "..."
         lines.append(
             f"{method:<10} {params:<36} {f'{torch_top1:.2f}{drop}':>16} "
-            f"{r.score('model.onnx').top1:>10.2f} {r.score('model.fp16.onnx').top1:>10.2f}"
+            f"{r.score('model.onnx').top1:>10.2f} {r.score('model.fp16.onnx').top1:>10.2f} "
+            f"{r.score('model.int8.onnx').top1:>10.2f} {_agreement(agreements[method]):>21}"
         )
+
+
+def _agreement(shares) -> str:
+    return f"{100 * sum(shares) / len(shares):.1f}% / {100 * min(shares):.1f}%" if shares else "-"
 
 
 def test_export_split_layout(split_dir):
@@ -94,9 +113,10 @@ def test_fixture_is_trained_and_held_out(measured):
 def test_exported_accuracy_matches_pytorch(measured, method):
     result = measured(method)
     assert result.images == digits.TEST_SIZE and result.classes == 10
-    torch_row, fp32, fp16 = (result.score(r) for r in ("pytorch", "model.onnx", "model.fp16.onnx"))
+    torch_row, fp32, fp16, int8 = (result.score(r) for r in ("pytorch", "model.onnx", "model.fp16.onnx", "model.int8.onnx"))
     assert abs(fp32.correct_top1 - torch_row.correct_top1) <= 1, result
     assert abs(fp16.correct_top1 - fp32.correct_top1) <= 1, result
+    assert int8.top1 >= fp32.top1 - 1.0, result  # the build's own gate, here on the test split
     # near-ties aside, the graphs make PyTorch's predictions image by image
     assert fp32.top1_agreement >= digits.TEST_SIZE - 1 and fp16.top1_agreement >= digits.TEST_SIZE - 2
     if method != "none":
@@ -121,7 +141,7 @@ def test_verify_data_command(bundles, split_dir, capsys):
     out = capsys.readouterr().out
     assert "PASSED" in out and "## Accuracy on labelled images" in out
     rows = [line.split("|")[1].strip() for line in out.splitlines() if f"/{digits.TEST_SIZE} |" in line]
-    assert rows == ["pytorch", "model.onnx", "model.fp16.onnx"]
+    assert rows == ["pytorch", "model.onnx", "model.fp16.onnx", "model.int8.onnx"]
     assert (bundle / "report.json").read_bytes() == before
 
 

@@ -5,7 +5,8 @@
       manifest.json                      the build's record and the sha256 of every file below but engines/, bench/
       signature.sig                      `sign`'s signature of the manifest and every hashed file (optional)
       report.json, report.md             the build's report
-      model.onnx, model.fp16.onnx        standard-op graphs (fp16 with --precision fp16)
+      model.onnx, model.fp16.onnx        standard-op graphs (fp16 with --precision fp16, int8 or fp8)
+      model.int8.onnx | model.fp8.onnx   with --precision int8|fp8: explicit Q/DQ graph; calibration.json beside it
       model.plugins.onnx, model.plugins.fp16.onnx, plugins/libexporter_plugins.so     with --plugins
       references.npz                     PyTorch's answers on the held-out inputs
       reproduce.sh, build_engine.sh      the build's command; trtexec without the exporter
@@ -36,7 +37,11 @@ FP32 = "model.onnx"
 FP16 = "model.fp16.onnx"
 PLUGINS = "model.plugins.onnx"
 PLUGINS_FP16 = "model.plugins.fp16.onnx"
-GRAPHS = {"fp32": FP32, "fp16": FP16, "plugins": PLUGINS, "plugins-fp16": PLUGINS_FP16}  # --graph choice -> file
+INT8 = "model.int8.onnx"  # with --precision int8: Q/DQ graph, calibrated
+FP8 = "model.fp8.onnx"  # with --precision fp8
+QUANTIZED_GRAPHS = {"int8": INT8, "fp8": FP8}
+CALIBRATION = "calibration.json"  # int8/fp8: how the 8-bit graph was calibrated, its scales, what stayed high precision
+GRAPHS = {"fp32": FP32, "fp16": FP16, "plugins": PLUGINS, "plugins-fp16": PLUGINS_FP16, **QUANTIZED_GRAPHS}  # --graph -> file
 
 ENGINES_DIR = "engines"
 ENGINE_JSON = "engine.json"  # in each engines/<target>-<runtime>/
@@ -62,8 +67,10 @@ class Graph:
 def planned(precision: str, io_fp16: bool, plugins: bool = False) -> list[Graph]:
     """The graphs of a bundle: standard ops always; with `plugins`, the plugin-node twin of each."""
     graphs = [Graph(FP32, "fp32")]
-    if precision == "fp16":
+    if precision != "fp32":  # an 8-bit graph is judged next to the fp16 one
         graphs.append(Graph(FP16, "fp16", io_fp16))
+    if precision in QUANTIZED_GRAPHS:
+        graphs.append(Graph(QUANTIZED_GRAPHS[precision], precision))
     if plugins:
         graphs.append(Graph(PLUGINS, "fp32", lowering="plugin"))
         if precision == "fp16":
@@ -77,7 +84,8 @@ def choice_of(graph_file: str) -> Optional[str]:
 
 
 def precision_of(graph: Path | str) -> str:
-    return "fp16" if str(graph).endswith(".fp16.onnx") else "fp32"
+    name = str(graph)
+    return next((p for p in ("fp16", *QUANTIZED_GRAPHS) if name.endswith(f".{p}.onnx")), "fp32")
 
 
 def has_plugins(graph: Path | str) -> bool:
@@ -104,6 +112,8 @@ def graph_path(bundle: Path, choice: Optional[str]) -> Path:
             "fp32": "rebuild the bundle with `python -m exporter build`",
             "plugins": "rebuild it with `python -m exporter build ... --plugins`, or pass --graph fp16",
             "plugins-fp16": "rebuild it with `python -m exporter build ... --plugins --precision fp16`, or pass --graph fp16",
+            "int8": "rebuild it with `python -m exporter build ... --precision int8 --calib DIR`, or pass --graph fp16",
+            "fp8": "rebuild it with `python -m exporter build ... --precision fp8 --calib DIR`, or pass --graph fp16",
         }[choice]
         raise ExporterError(f"{bundle} has no {path.name} (the --graph {choice} graph).", how[0].upper() + how[1:] + ".")
     return path

@@ -153,7 +153,7 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
             problems.append(f"{g} is opset {opset}, the spec says {spec.opset}")
         if manifest["io"].get(g) not in (None, graph_io(bundle / g)):
             problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {graph_io(bundle / g)}")
-    if (manifest.get("fp16") is not None) != (spec.precision == "fp16"):
+    if (manifest.get("fp16") is not None) != (spec.precision != "fp32"):
         problems.append(f"fp16 facts {'present' if manifest.get('fp16') else 'absent'} in a {spec.precision} build")
     if spec.weights not in NAMED_WEIGHTS and not isinstance(manifest.get("weights_sha256"), str):
         problems.append("the checkpoint's sha256 (weights_sha256) is not recorded")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -44,14 +44,25 @@ def compare_graphs(
     batch: BatchRange,
     img_size: tuple[int, int],
     threads: Optional[int] = None,
+    open_graph: Optional[Callable[[Path], Runner]] = None,
 ) -> list[Comparison]:
+    """Every graph against PyTorch on the held-out inputs, at each of `verify_batches(batch)`; `open_graph` opens a
+    bundle graph (default: a new onnxruntime session with `threads`), so a caller can reuse its sessions."""
     x, _ = held_out(model, img_size)
     n = x.shape[0]
     (ref, *ref_idx), decisions = _scored(model, x)
     estimate: Optional[margins.Rounding] = None  # the half model's, made only for a graph whose scores cannot be seen
+    replays: dict = {}  # PyTorch replaying onnxruntime's choices, run once for every graph and batch size making them
+
+    def replayed_by_torch(chosen: list[np.ndarray]):
+        key = tuple((a.dtype.str, a.shape, a.tobytes()) for a in chosen)
+        if key not in replays:
+            replays[key] = _scored(model, x, chosen)
+        return replays[key]
+
     results = []
     for g in graphs:
-        graph = onnx_runner(bundle / g.file, threads)
+        graph = open_graph(bundle / g.file) if open_graph else onnx_runner(bundle / g.file, threads)
         debug = onnx_runner(g.debug, threads, scores=g.precision == "fp16") if g.debug else None
         for bs in verify_batches(batch):
             (out,) = _outputs(graph, x, bs)
@@ -63,7 +74,7 @@ def compare_graphs(
                 ort_idx, ort_scores = traced[:len(ref_idx)], traced[len(ref_idx):]
                 flips = ties = _flipped(n, ref_idx, ort_idx)
                 if flips.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
-                    (replayed, *_), chosen = _scored(model, x, ort_idx)
+                    (replayed, *_), chosen = replayed_by_torch(ort_idx)
                     if g.precision == "fp16":  # a tie only where fp16 rounding can tip the first differing choice
                         if len(ort_scores) == len(chosen):
                             errors = _measured(chosen, ort_scores)
@@ -84,10 +95,11 @@ def _scored(model: torch.nn.Module, x: torch.Tensor, replay: Optional[list[np.nd
     return outputs, margins.join(calls, x.shape[0])
 
 
-def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], decisions) -> margins.Rounding:
-    """PyTorch fp32's choices with the fp16 error of their scores: its half model replays fp32's choices
-    (`kept`), so both score the same tokens."""
-    _, half = _scored(copy.deepcopy(model).half(), x.half(), kept)
+def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], decisions,
+              half_model: Optional[torch.nn.Module] = None) -> margins.Rounding:
+    """PyTorch fp32's choices with the fp16 error of their scores: its half model (`half_model`, default: made here)
+    replays fp32's choices (`kept`), so both score the same tokens."""
+    _, half = _scored(copy.deepcopy(model).half() if half_model is None else half_model, x.half(), kept)
     return margins.Rounding.measure(decisions, half, estimated=True)
 
 

@@ -6,6 +6,8 @@ for the model, so they look like what the deployed model will see.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from PIL import Image
@@ -18,9 +20,17 @@ RANDOM_SEED = 20261122  # differs from any export or init seed on purpose
 def photos(model: torch.nn.Module, size: tuple[int, int]) -> torch.Tensor:
     """[len(PHOTOS), 3, *size] preprocessed with timm's eval transform for `model` (mean, std,
     crop, interpolation from its pretrained config) at the resolution the graph was built for."""
+    config = resolve_data_config({"input_size": (3, *size)}, model=model)
+    return _photos(tuple(sorted(config.items()))).clone()
+
+
+@functools.lru_cache(maxsize=4)
+def _photos(config: tuple) -> torch.Tensor:
+    """The photos through the eval transform of `config` (timm's data config, as items): made once per process,
+    though a build's references and its parity check both hold the model to them."""
     import skimage.data  # scikit-image loads its data registry: only when photos are made
 
-    transform = create_transform(**resolve_data_config({"input_size": (3, *size)}, model=model))
+    transform = create_transform(**dict(config))
     images = []
     for name in PHOTOS:
         array = getattr(skimage.data, name)()

@@ -15,23 +15,27 @@ import torch
 from rich.console import Console
 
 from .. import __version__, ops
-from ..bundle import (BUILD_ENGINE, FP16, REFERENCES, REPRODUCE, SIGNATURE, checkpoint_record, debug_dir, graph_io,
-                      keep_failed, planned, staging, write_manifest, write_reports)
+from ..bundle import (BUILD_ENGINE, CALIBRATION, FP16, REFERENCES, REPRODUCE, SIGNATURE, checkpoint_record, debug_dir,
+                      graph_io, keep_failed, planned, staging, write_json, write_manifest, write_reports)
 from ..bundle.signature import load_private_key, sign
 from ..console import make as make_console
 from ..engine import scripts
 from ..errors import BuildFailed, ExporterError
 from ..export.fold import fold_constants
 from ..export.graphs import export_graph
+from ..export.onnx_export import OUTPUT_NAME, keep_outputs
+from ..export.quantize import quantize
 from ..models import input_size
 from ..options import resolve
-from ..spec import BuildSpec
+from ..spec import QUANTIZED, BuildSpec
+from ..stages.calibration import batches, open_calibration
 from ..stages.facts import git_commit, tool_versions
 from ..stages.library import build_plugin_library
 from ..stages.model import prepare
 from ..stages.progress import Stages
 from ..verify import references
 from ..verify.evaluate import evaluate
+from ..verify.quantized import judge
 
 
 def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] = None, sign_key: Optional[Path] = None) -> Path:
@@ -48,10 +52,15 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             dense, model = prepare(spec)
             size = input_size(dense)
             token_ops = _token_ops(spec, model, size) if spec.plugins else ()
+            calibration = open_calibration(spec, dense, size, dense.num_classes) if spec.precision in QUANTIZED else None
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
-        fp16_facts = library_status = None
+        fp16_facts = library_status = quantized = None
         for g in graphs:
+            if g.precision in QUANTIZED:
+                with stage(f"quantize to {g.precision} (calibrated on {spec.calib_samples} images of --calib)"):
+                    quantized = _quantize(graphs[0], g, tmp, debug, calibration, spec)
+                continue
             with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
                 facts = export_graph(model, g, tmp, debug, **kwargs)
                 fp16_facts = facts if g.file == FP16 else fp16_facts
@@ -66,6 +75,15 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             references.store(model, size, tmp)
             scripts.write(tmp, spec, command, io, git_commit())
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
+        if quantized is not None:
+            g = next(g for g in graphs if g.precision in QUANTIZED)
+            with stage(f"judge {g.file} on {len(calibration.held_out)} held-out images") as found:
+                quantized["judged"] = judge(model, tmp / g.file, g.debug, tmp / FP16, calibration, spec.batch.max, spec.weights)
+                found.problems = len(quantized["judged"].get("failures", []))
+            write_json(tmp / CALIBRATION, quantized)
+            report.quantized = quantized["judged"]
+            if not report.quantized["judged"]:
+                console.print(f"[yellow]warning[/yellow] {g.file}: {report.quantized['reason']}")
         write_reports(tmp, report.to_dict(), report.markdown())  # before the manifest, whose hashes cover them
         if not report.passed:
             kept = keep_failed(tmp, out, spec.run_name)
@@ -83,6 +101,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "method_params": report.method_params,
             "flops": asdict(report.flops),
             "fp16": fp16_facts,
+            **({"quantized": _summary(quantized)} if quantized else {}),
             "plugin_library": library_status,
             "io": io,
             **checkpoint_record(spec),
@@ -105,3 +124,26 @@ def _token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> list[str]:
             "attention), with --plugins; or drop --plugins.",
         )
     return called
+
+
+def _quantize(fp32, graph, bundle: Path, debug: Path, calibration, spec: BuildSpec) -> dict:
+    """The 8-bit `graph` from the fp32 one (its debug twin for a reduced model, so token choices can be compared),
+    calibrated on the calibration images; returns the calibration record (calibration.json)."""
+    source = fp32.debug or bundle / fp32.file
+    images, _ = calibration.tensors(calibration.calibrate)
+    target = debug / graph.file if fp32.debug else bundle / graph.file
+    record = quantize(source, target, graph.precision, batches(images, spec.batch.max))
+    if fp32.debug:
+        graph.debug = target
+        keep_outputs(target, bundle / graph.file, [OUTPUT_NAME])
+    return {**record, "images": {**calibration.record(), "seed": spec.seed}}
+
+
+def _summary(quantized: dict) -> dict:
+    """What the manifest says of the 8-bit graph (the whole record, scales included, is calibration.json)."""
+    judged = quantized["judged"]
+    return {"file": CALIBRATION, "calibration_method": quantized["calibration_method"],
+            "calibrated_on": len(quantized["images"]["calibrated_on"]), "quantized_nodes": len(quantized["quantized_nodes"]),
+            "high_precision_nodes": {k: len(v) for k, v in quantized["high_precision"].items()},
+            "accuracy": judged.get("accuracy"), "token_choice_agreement": judged.get("token_choice_agreement"),
+            "judged": judged["judged"]}

@@ -119,6 +119,7 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
                                 "TensorRT builds for the GPU it runs on.",
                                 f"Run on an {wanted} GPU, or drop --target to build for {found.target}.")
         wanted, gpu = found.target, found.name
+    targets.check_precision(precision_of(path), wanted)
     name, shape = recorded_input(manifest["io"], path.name)
     return Plan(bundle, path, plugin, runtime, version, wanted, gpu, name, shape, spec.batch), trt
 

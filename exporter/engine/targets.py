@@ -146,3 +146,15 @@ def _smi_gpu() -> Optional[Gpu]:
 def folder(target: str, runtime: str) -> str:
     """engines/<this>/ for a target and runtime."""
     return f"{target}-{runtime}"
+
+
+FP8_SINCE = 89  # fp8 tensor cores: Ada (sm89), Hopper (sm90), Blackwell; not Ampere (sm80/86) nor Jetson Orin (sm87)
+
+
+def check_precision(precision: str, target: str) -> None:
+    """An fp8 graph needs a GPU with fp8 tensor cores; a usage error before any build starts."""
+    if precision == "fp8" and int(target.removeprefix("sm")) < FP8_SINCE:
+        raise ExporterError(f"{target} has no fp8 tensor cores (they start at sm89), so TensorRT cannot build the fp8 graph "
+                            "for it.",
+                            "Build the int8 graph (--graph int8; a bundle built with --precision int8) for it, or target "
+                            "sm89 or later (RTX 40xx, H100, Blackwell).")

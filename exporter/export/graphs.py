@@ -16,12 +16,16 @@ import torch
 
 from ..bundle import Graph
 from ..methods.base import Traced
+from ..spec import QUANTIZED
 from .fp16 import export_fp16
 from .onnx_export import OUTPUT_NAME, export_onnx, keep_outputs
 
 
 def export_graph(model: torch.nn.Module, graph: Graph, bundle: Path, debug_dir: Path, write_deliverable: bool = True, **kwargs) -> Optional[dict]:
-    """Write `graph` into `bundle` (and its debug twin into `debug_dir`); returns fp16 facts or None."""
+    """Write `graph` into `bundle` (and its debug twin into `debug_dir`); returns fp16 facts or None. An 8-bit graph
+    is not exported: `quantize` makes it from the fp32 one (and verification judges it on data)."""
+    if graph.precision in QUANTIZED:
+        return None
     fp16 = graph.precision == "fp16"
     kwargs = {**kwargs, "lowering": graph.lowering}
 

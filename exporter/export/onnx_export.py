@@ -19,6 +19,7 @@ import torch
 
 from .. import ops
 from ..ops.plugin_nodes import translation_table
+from .optimize import optimize
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -65,9 +66,10 @@ def export_onnx(
             input_names=[INPUT_NAME],
             output_names=names,
             dynamic_shapes=dynamic_shapes,
-            optimize=True,
+            optimize=False,  # optimize.optimize: the same passes, found faster
             verbose=False,
         )
+    optimize(program.model)
     if dynamic:
         _rename_batch_dim(program.model)
     path.parent.mkdir(parents=True, exist_ok=True)

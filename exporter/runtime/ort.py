@@ -26,6 +26,11 @@ def session(model: Path | str | bytes, threads: Optional[int] = None, providers:
 
     options = options or session_options(threads)
     model = model if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes) and _float8(model):
+        # onnxruntime's CPU fusions rewrite DequantizeLinear -> MatMul into QLinearMatMul, which has no float8
+        # kernel; unfused, float8 Q/DQ run as written: values rounded to fp8, products in fp32 (what TensorRT's
+        # fp8 GEMMs compute, up to their accumulation order)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
 
 
@@ -39,3 +44,11 @@ def feed(sess, x: np.ndarray) -> dict[str, np.ndarray]:
     inp = sess.get_inputs()[0]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     return {inp.name: x.astype(dtype, copy=False)}
+
+
+def _float8(path: str) -> bool:
+    """Whether the graph at `path` quantizes to float8 (its Q/DQ zero points are float8 constants)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)

@@ -15,17 +15,15 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image
-from timm.data import create_transform, resolve_data_config
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..bundle import read_manifest, recorded_classes
+from ..bundle import precision_of, read_manifest, recorded_classes
 from ..console import make as make_console
-from ..errors import ExporterError
 from ..models import input_size
 from ..runtime import onnx_runner
-from ..spec import BuildSpec
+from ..spec import PRECISIONS, BuildSpec
+from ..stages.images import eval_transform, open_folder
 from ..stages.model import prepare
 
 
@@ -64,46 +62,6 @@ class Accuracy:
         return cls(**{**d, "results": [Score(**r) for r in d["results"]]})
 
 
-LAYOUT = "one sub-folder per class holding its images (ImageNet layout: DIR/<class>/<image>)"
-
-
-def open_folder(data: Path, classes: int):
-    """`data` as a torchvision ImageFolder, checked against the model's class count before any work is done."""
-    from torchvision.datasets import ImageFolder  # torchvision's datasets: only for verify --data
-
-    fix = f"Give --data a folder with {LAYOUT}, e.g. `python -m exporter.fixtures.digits export-split DIR`."
-    if not data.is_dir():
-        raise ExporterError(f"--data {data} is not a directory.", fix)
-    try:
-        dataset = ImageFolder(str(data), loader=_image)
-    except FileNotFoundError as e:
-        if any(p.is_dir() for p in data.iterdir()):  # torchvision names the class folders that hold no image
-            raise ExporterError(f"--data {data}: {e}", fix) from None
-        loose = sum(1 for p in data.iterdir() if p.is_file())
-        raise ExporterError(
-            f"--data {data} has no class sub-folders with images ({loose} files lie directly in it).", fix
-        ) from None
-    if len(dataset.classes) != classes:
-        raise ExporterError(
-            f"--data {data} has {len(dataset.classes)} class folders but the model predicts {classes} classes.",
-            f"Give one sub-folder per class, all {classes} of them, named so that their sorted order is the model's "
-            "class order (as torchvision's ImageFolder maps them).",
-        )
-    for path, _ in dataset.samples:  # headers only: a file that is no image fails here, not minutes into the run
-        _image(path, decode=False)
-    return dataset
-
-
-def _image(path: str, decode: bool = True):
-    """The image at `path` as RGB (torchvision's loader), or an ExporterError naming the file PIL cannot read."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB") if decode else None
-    except OSError as e:  # PIL.UnidentifiedImageError, truncated files, unreadable files
-        raise ExporterError(f"--data: {path} is not an image PIL can read ({e}).",
-                            "Remove or replace that file; every file with an image extension under --data is read.") from None
-
-
 def check(bundle: Path, data: Path):
     """The bundle's manifest and its dataset, or the error a user can fix (before verification starts)."""
     manifest, _ = read_manifest(bundle)
@@ -119,11 +77,11 @@ def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads
     spec = BuildSpec.from_dict(manifest["spec"])
     dense, model = prepare(spec)
     size = input_size(dense)
-    dataset.transform = create_transform(**resolve_data_config({"input_size": (3, *size)}, model=dense))
+    dataset.transform = eval_transform(dense, size)
     runners = {"pytorch": _torch(model)}
     if spec.method != "none":
         runners["pytorch (dense)"] = _torch(dense)
-    for graph in sorted(manifest["io"], key=lambda g: ("fp16" in g, g)):  # fp32 first
+    for graph in sorted(manifest["io"], key=lambda g: (PRECISIONS.index(precision_of(g)), g)):  # fp32, fp16, 8-bit
         runners[graph] = _onnx(onnx_runner(bundle / graph, threads), spec.batch.opt)
     batch = spec.batch.opt
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -21,8 +21,8 @@ from ..engine.rtx_check import RtxCheck, rtx_check
 from ..errors import ExporterError
 from ..methods.flops import count_gmacs
 from ..models import input_size
-from ..runtime import onnx_runner
-from ..spec import BuildSpec
+from ..runtime import Runner, onnx_runner
+from ..spec import QUANTIZED, BuildSpec
 from ..stages.progress import Stages
 from . import engines as engine_stage
 from . import references
@@ -35,6 +35,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
     engines; returns the report (writes nothing)."""
     size = input_size(dense)
+    open_graph = _sessions()
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
         problems = {g.file: graph_check.check_graph(bundle / g.file).problems for g in graphs}
         if fp16_facts and fp16_facts["unguarded_selectors"]:
@@ -42,8 +43,9 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
                 f"token choices made in fp16 at {fp16_facts['unguarded_selectors']} (scores must be fp32)"
             )
         found.problems = sum(map(len, problems.values()))
+    exact = [g for g in graphs if g.precision not in QUANTIZED]  # 8-bit graphs are judged on data (verify.quantized)
     with stage("verify against PyTorch") as found:
-        comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
+        comparisons = compare_graphs(model, bundle, exact, spec.batch, size, open_graph=open_graph)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if loaded else "")) as found:
@@ -54,7 +56,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     for graph, r in rtx.items():
         if r.status == "skipped" and not found.skipped:
             stage.console.print(f"[yellow]skipped[/yellow] the TensorRT-RTX check of {graph}: {escape(r.reason)}")
-    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
+    stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines, open_graph)
     report = Report(
         run_name=spec.run_name,
         spec=spec,
@@ -87,18 +89,30 @@ def on_stored_references(spec: BuildSpec, bundle: Path, graphs: list[Graph], sta
     if not has_references(bundle):
         raise ExporterError(f"{bundle} has no {REFERENCES} (built by an older exporter).",
                             "Run `python -m exporter verify` without --references-only, or rebuild the bundle.")
-    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines=True)
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, True, _sessions())
     return replace(Report.read(bundle), references=stored, engines=engines)
 
 
-def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tuple[list[StoredComparison], list[EngineRow]]:
+def _sessions() -> Callable[[Path], Runner]:
+    """Opens a graph in onnxruntime once, however many checks run it (a session on DeiT-S takes seconds)."""
+    opened: dict[Path, Runner] = {}
+
+    def open_graph(path: Path) -> Runner:
+        if path not in opened:
+            opened[path] = onnx_runner(path)
+        return opened[path]
+
+    return open_graph
+
+
+def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_graph) -> tuple[list[StoredComparison], list[EngineRow]]:
     """onnxruntime on the stored PyTorch references, and (verify) every engine that can run here."""
     refs = read_references(bundle)
     stored = []
     if refs is not None:
         with stage("onnxruntime on the stored PyTorch references"):
             for g in graphs:
-                stored += references.check(refs, onnx_runner(bundle / g.file), g.file, g.precision,
+                stored += references.check(refs, open_graph(bundle / g.file), g.file, g.precision,
                                            verify_batches(spec.batch), "onnxruntime (CPU)")
     if not run_engines:
         return stored, engine_stage.built(bundle)
@@ -112,9 +126,11 @@ def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tup
 
 def _rtx(bundle: Path, g: Graph, spec: BuildSpec, size) -> RtxCheck:
     """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded, when this run
-    trusts it (`bundle.trust`), else skipped: the library's code would run on load."""
+    trusts it (`bundle.trust`), else skipped: the library's code would run on load. An fp8 graph is built for SM89
+    (Ada, the first RTX architecture with fp8 tensor cores), every other one for the default SM86."""
     if g.lowering != "plugin":
-        return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size))
+        target = {"compute_capability": "SM89"} if g.precision == "fp8" else {}
+        return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **target)
     if not (bundle / PLUGIN_LIBRARY).is_file():
         return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
     if (reason := untrusted(bundle)) is not None:

@@ -21,8 +21,10 @@ the runtime.
 """
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -45,11 +47,12 @@ def store(model: torch.nn.Module, size: tuple[int, int], bundle: Path) -> Refere
     choice within fp16 rounding; where the held-out inputs leave fewer than FP16_HELD of those (DiffRate
     has choices near the cut on most inputs), more seeded random images are added, up to MAX_SAMPLES."""
     x, labels = held_out(model, size)
-    logits, kept, closeness = _answers(model, x)
+    half = functools.cache(lambda: copy.deepcopy(model).half())  # one copy for every round's fp16 error estimate
+    logits, kept, closeness = _answers(model, half, x)
     while closeness is not None and len(labels) < MAX_SAMPLES and (closeness > NEAR_TIE).sum() < FP16_HELD:
         first = len(labels) - len(PHOTOS)
         extra = random_images(TOP_UP, size, seed=RANDOM_SEED + first)
-        more_logits, more_kept, more_closeness = _answers(model, extra)
+        more_logits, more_kept, more_closeness = _answers(model, half, extra)
         x, labels = torch.cat([x, extra]), labels + [f"random:{first + i}" for i in range(TOP_UP)]
         logits = np.concatenate([logits, more_logits])
         kept = [np.concatenate(pair) for pair in zip(kept, more_kept)]
@@ -60,12 +63,12 @@ def store(model: torch.nn.Module, size: tuple[int, int], bundle: Path) -> Refere
     return refs
 
 
-def _answers(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], Optional[np.ndarray]]:
+def _answers(model: torch.nn.Module, half: Callable[[], torch.nn.Module], x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], Optional[np.ndarray]]:
     """PyTorch fp32's logits and kept indices on `x` rounded to fp16, and how close each sample's token
-    choices are to fp16 rounding (None for a dense model)."""
+    choices are to fp16 rounding (None for a dense model; `half()`: the model in half precision)."""
     xs = x.half().float()
     (logits, *kept), decisions = _scored(model, xs)
-    closeness = _rounding(model, xs, kept, decisions).closeness().astype(np.float32) if kept else None
+    closeness = _rounding(model, xs, kept, decisions, half()).closeness().astype(np.float32) if kept else None
     return logits.astype(np.float32), [k.astype(np.int16) for k in kept], closeness
 
 

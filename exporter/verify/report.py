@@ -45,6 +45,7 @@ class Report:
     engines: list[EngineRow] = field(default_factory=list)
     accuracy: Optional[Accuracy] = None  # verify --data
     throughput: Optional[dict] = None  # bench/bench.json as `bench` wrote it, when it timed the bundle (verify)
+    quantized: Optional[dict] = None  # the 8-bit graph judged on held-out images (build, `verify.quantized.judge`)
     signature: Optional[str] = None  # verify: who signed the bundle, checked with the trusted keys, or "unsigned"
 
     @property
@@ -58,6 +59,7 @@ class Report:
         lines += [f"{graph}: TensorRT-RTX {r.reason}" for graph, r in self.tensorrt_rtx.items() if r.status == "failed"]
         lines += [f"{c.graph} ({c.runtime}) on the stored references at batch {c.batch}: {f}"
                   for c in self.references for f in c.failures]
+        lines += (self.quantized or {}).get("failures", [])
         for e in self.engines:
             lines += [f"engines/{e.folder}/{e.engine} at batch {c.batch}: {f}" for c in e.comparisons for f in c.failures]
             if e.status == "failed" and not any(c.failures for c in e.comparisons):
@@ -87,6 +89,7 @@ class Report:
             "engines": [e.to_dict() for e in self.engines],
             **({"accuracy": self.accuracy.to_dict()} if self.accuracy else {}),
             **({"throughput": self.throughput} if self.throughput else {}),
+            **({"quantized": self.quantized} if self.quantized else {}),
             **({"signature": self.signature} if self.signature else {}),
         }
 
@@ -108,6 +111,7 @@ class Report:
             engines=[EngineRow.from_dict(e) for e in d.get("engines", [])],
             accuracy=Accuracy.from_dict(d["accuracy"]) if d.get("accuracy") else None,
             throughput=d.get("throughput"),
+            quantized=d.get("quantized"),
             signature=d.get("signature"),
         )
 

@@ -86,11 +86,27 @@ def render(report) -> str:  # a verify.report.Report (which imports this module 
         lines.append("- none built: `python -m exporter engine <bundle> --runtime tensorrt` on the target GPU, or "
                      "`--runtime tensorrt-rtx --target sm86` for an RTX GPU from any x86-64 machine; "
                      "`./build_engine.sh` does the same with trtexec alone.")
+    if report.quantized:  # an int8/fp8 build
+        lines += ["", "## 8-bit graph on held-out images", "", *_quantized(report.quantized)]
     if report.accuracy:  # added by `verify --data`
         lines += ["", "## Accuracy on labelled images", "", table(report.accuracy)]
     lines += ["", "## Throughput", "", *_throughput(report.throughput), "", "## Skipped, and why", ""]
     lines += [f"- {s}" for s in _skipped(report)] or ["- nothing"]
     return "\n".join(lines) + "\n"
+
+
+def _quantized(judged: dict) -> list[str]:
+    """The judgement of `verify.quantized.judge`: accuracy per runtime, token-choice agreement per reduction."""
+    if not judged["judged"]:
+        return [judged["reason"]]
+    lines = [f"{judged['images']} images not calibrated on; threshold: {judged['threshold']}.", "",
+             "| runtime | top1 | top5 | same top-1 as PyTorch |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['top1']:.2f} | {r['top5']:.2f} | {r['same_top1_as_pytorch']:.2f} |"
+              for name, r in judged["accuracy"].items()]
+    if judged["token_choice_agreement"]:
+        shares = ", ".join(f"{100 * a:.1f}%" for a in judged["token_choice_agreement"])
+        lines += ["", f"Tokens kept as PyTorch fp32 keeps them, per reduction: {shares}."]
+    return lines
 
 
 def _throughput(bench: "dict | None") -> list[str]:
