@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`python -m exporter <command>`: build, engine, verify, inspect, sign, methods, bench, perf.
+"""`python -m exporter <command>`: build, engine, verify, inspect, sign, methods, bench, perf, search.
 
 Argument parsing only: each command's arguments go to its module in `exporter.commands`. Those modules, and
 `options` (which reads the methods' parameters), import torch and onnx: they are imported when a command runs or
@@ -308,6 +308,43 @@ def _perf(args, console: Console) -> int:
     return 0
 
 
+def _add_search(sub) -> None:
+    p = sub.add_parser(
+        "search",
+        help="learn a DiffRate schedule (per-block prune and merge counts) for a model and a FLOPs budget",
+        description="DiffRate's differentiable search with the model frozen: only the per-block rates train, on "
+        "labelled images, against the dense model plus a penalty on the cost's distance to the target. Writes a "
+        "schedule file for `build --method diffrate --schedule FILE`, and compares it with a uniform schedule of "
+        "the same cost and the scaled published DeiT-S schedule.",
+    )
+    p.add_argument("--method", default="diffrate", help="diffrate (the only method that searches its rates)")
+    p.add_argument("--model", required=True, help="a timm ViT with a class token, e.g. deit_small_patch16_224")
+    p.add_argument("--weights", default="pretrained", help="pretrained, random or a checkpoint path (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the search, the image choice and random weights")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="search images, DIR/<class>/<image>")
+    p.add_argument("--eval-data", type=Path, default=None, metavar="DIR", help="held-out images for the comparison")
+    p.add_argument("--images", type=int, default=1000, help="search on at most this many images (default %(default)s)")
+    p.add_argument("--target-flops", type=float, required=True, metavar="GMACS", help="the budget in GMACs (papers' GFLOPs)")
+    p.add_argument("--epochs", type=int, default=6, help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=0.1, help="the rates' peak learning rate (default %(default)s; "
+                   "the authors' 0.01 is for thousands of steps, docs/search.md)")
+    p.add_argument("--min-lr", type=float, default=0.01, help="cosine schedule floor (default %(default)s)")
+    p.add_argument("--penalty", type=float, default=50.0, help="weight of (cost/target - 1)^2 (default %(default)s)")
+    p.add_argument("--granularity", type=int, default=1, help="step between candidate counts (default %(default)s; the authors used 4)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="save the rates here every epoch and resume from it")
+    p.add_argument("--out", type=Path, default=None, help="the schedule file (default schedules/<model>-diffrate-<target>.json)")
+    p.set_defaults(run=_search)
+
+
+def _search(args, console: Console) -> int:
+    from .commands.search import run  # torch (see the module docstring)
+
+    _passed(args, run(args, console, args.stdout))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m exporter",
@@ -324,6 +361,7 @@ def parser() -> argparse.ArgumentParser:
     _add_methods(sub)
     _add_bench(sub)
     _add_perf(sub)
+    _add_search(sub)
     for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p

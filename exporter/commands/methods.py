@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..errors import ExporterError
 from ..methods import apply_method, get_method, list_methods
+from ..methods import schedule as schedule_file
 from ..methods.flops import count_gmacs
 from ..models import create_model, input_size
 from ..options import parsed_params
@@ -21,6 +22,12 @@ def methods(out: Console, model_name: Optional[str], method: Optional[str], img_
     model built with random weights and each method applied with the `given` parameters (unparsed text)."""
     names = [method] if method else list_methods()
     chosen = [get_method(n) for n in names]
+    if model_name is None and "schedule" in given:  # a searched schedule file, as it was searched
+        table = Table("field", "value", title=given["schedule"])
+        for field, value in schedule_file.summary(schedule_file.read(given["schedule"])):
+            table.add_row(field, value)
+        out.print(table)
+        return
     if model_name is None:
         table = Table("method", "parameters (default)", "what it does")
         for m in chosen:

@@ -38,4 +38,17 @@ def apply_method(model: nn.Module, name: str, **params) -> nn.Module:
     return method.apply(model, **method.resolve(params)).eval()
 
 
-__all__ = ["apply_method", "list_methods", "get_method", "Dense", "ReducedViT", "Traced", "Method"]
+def search(model: nn.Module, images, labels, target_gmacs: float, checkpoint=None, report=None, **settings):
+    """DiffRate's search for a frozen `model` (`diffrate_search`): the (prune_kept, merge_kept) whose counted GMACs
+    meet `target_gmacs`, learned on `images` (preprocessed [M, 3, H, W]) and `labels`; `settings` are
+    `diffrate_search.Settings` fields (epochs, batch, lr, penalty, granularity, seed...)."""
+    from .diffrate_search import SearchViT, Settings, flops_cost, search as run
+
+    cost, constant = flops_cost(model)
+    options = Settings(target=target_gmacs, unit="GMACs", **settings)
+    searcher = SearchViT(model, cost, constant, options.granularity)
+    prune, merge, _ = run(searcher, images, labels, options, checkpoint, report or (lambda p: None))
+    return prune, merge
+
+
+__all__ = ["apply_method", "search", "list_methods", "get_method", "Dense", "ReducedViT", "Traced", "Method"]

@@ -45,6 +45,7 @@ from torch import nn
 from ..errors import ExporterError
 from .. import ops
 from ..ops.reference import gather_tokens, log_size
+from .schedule import counts_for, schedule_path
 from .base import (
     Choices,
     Param,
@@ -252,6 +253,7 @@ def _flops(text: str) -> float:
         Param("flops", _flops, None, "GFLOPs of a published schedule for the model's family (default: the README's, e.g. 2.9 for DeiT-S)"),
         Param("prune_kept", int_list, None, "tokens kept by pruning after each block, class token included"),
         Param("merge_kept", int_list, None, "tokens kept by merging after each block, class token included"),
+        Param("schedule", schedule_path, None, "a schedule file written by `search --method diffrate` for this model and weights"),
     ],
 )
 def apply(
@@ -259,23 +261,30 @@ def apply(
     flops: Optional[float] = None,
     prune_kept: Optional[Sequence[int]] = None,
     merge_kept: Optional[Sequence[int]] = None,
+    schedule: Optional[str] = None,
 ) -> DiffRateViT:
-    """DiffRate with a published schedule (`flops`) or explicit counts (a missing list keeps every token)."""
+    """DiffRate with a published schedule (`flops`), explicit counts (a missing list keeps every token) or a
+    searched `schedule` file."""
     check_vit(model)
     depth, tokens = len(model.blocks), model.patch_embed.num_patches + model.num_prefix_tokens
     explicit = prune_kept is not None or merge_kept is not None
-    if explicit and flops is not None:
+    given = [flag for flag, value in (("--flops", flops), ("--prune-kept/--merge-kept", explicit or None),
+                                      ("--schedule", schedule)) if value is not None]
+    if len(given) > 1:
         raise ExporterError(
-            "DiffRate got both --flops and explicit --prune-kept/--merge-kept counts.",
-            "Pass either --flops (a published schedule) or the per-block counts, not both.",
+            f"DiffRate got {' and '.join(given)}, which each choose the counts.",
+            "Pass --flops (a published schedule), the per-block counts or --schedule (a searched one), not both.",
         )
+    if schedule is not None:
+        prune_kept, merge_kept = counts_for(schedule, model)
+        explicit = True
     if explicit:
         prune_kept = _counts(prune_kept if prune_kept is not None else (tokens,) * depth, depth, tokens, "prune_kept")
         merge_kept = _counts(merge_kept if merge_kept is not None else (tokens,) * depth, depth, tokens, "merge_kept")
     else:
         flops = DEFAULT_FLOPS[family_of(model).name] if flops is None else flops
         prune_kept, merge_kept = published_schedule(model, flops)
-    params = {"flops": flops, "prune_kept": prune_kept, "merge_kept": merge_kept}
+    params = {"flops": flops, "prune_kept": prune_kept, "merge_kept": merge_kept, "schedule": schedule}
     reduced = DiffRateViT(model, prune_kept, merge_kept, params)
     if model.global_pool == "avg" and min(reduced.schedule) < 2:
         raise ExporterError(

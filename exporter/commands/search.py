@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`python -m exporter search --method diffrate`: learn DiffRate's per-block counts for a frozen model and a budget
+(`exporter.methods.diffrate_search`), write the schedule file (`exporter.methods.schedule`), and compare it with a
+uniform schedule of the same cost and the published DeiT-S schedule scaled to the model, on the search images and
+on held-out ones: real (counted) GMACs and top-1 of each.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import ExporterError
+from ..methods import apply_method
+from ..methods import schedule as schedule_file
+from ..methods.base import check_vit
+from ..methods.diffrate import published
+from ..methods.diffrate_search import SearchViT, Settings, flops_cost, search, uniform
+from ..methods.flops import count_gmacs
+from ..models import create_model, input_size
+
+DEIT_S_PATCHES = 196  # the published DeiT-S schedules' patch tokens (224 / 16)
+
+
+@dataclass
+class Images:
+    """Preprocessed images and their labels, and where they came from."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    data: str
+
+
+@dataclass
+class Row:
+    """One schedule of the comparison."""
+
+    name: str
+    prune_kept: list[int]
+    merge_kept: list[int]
+    tokens: list[int]
+    gmacs: float
+    top1: float
+    held_out: Optional[float]
+
+
+def load_images(folder: Path, dense: torch.nn.Module, limit: Optional[int], seed: int) -> Images:
+    """Up to `limit` images of an ImageNet-layout folder (a seeded choice when it has more), through the model's
+    eval transform."""
+    from timm.data import create_transform, resolve_data_config
+
+    from ..verify.accuracy import open_folder
+
+    dataset = open_folder(folder, dense.num_classes)
+    dataset.transform = create_transform(**resolve_data_config({"input_size": (3, *input_size(dense))}, model=dense))
+    rows = range(len(dataset))
+    if limit is not None and limit < len(dataset):
+        rows = sorted(torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+    pairs = [dataset[i] for i in rows]
+    return Images(torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs]), str(folder))
+
+
+def top1(model: torch.nn.Module, images: Images) -> float:
+    """Percent of `images` whose argmax is the label."""
+    with torch.no_grad():
+        predicted = torch.cat([model(chunk).argmax(-1) for chunk in images.x.split(128)])
+    return 100.0 * float((predicted == images.y).float().mean())
+
+
+def scaled_published(tokens: int, depth: int, cost, target: float) -> Optional[tuple[str, list[int], list[int]]]:
+    """The published DeiT-S schedule whose scaled cost is closest to `target`, its counts scaled from 196 patches
+    to the model's (round((c - 1) * patches / 196) + 1, as the digits fixture's rows): (name, prune, merge), or
+    None for a model of another depth."""
+    if depth != 12:
+        return None
+    patches = tokens - 1
+    choices = []
+    for flops, (prune, merge) in published()["ViT-S-DeiT"].items():
+        prune = prune or (DEIT_S_PATCHES + 1,) * depth
+        scale = [[round((c - 1) * patches / DEIT_S_PATCHES) + 1 for c in counts] for counts in (prune, merge)]
+        choices.append((f"DeiT-S {flops} GFLOPs, scaled", *scale))
+    return min(choices, key=lambda c: abs(cost(c[1], c[2]) - target))
+
+
+def run(args, console: Console, out: Console) -> Path:
+    """The command: search, write the schedule file, print the comparison; returns the file's path."""
+    if args.method != "diffrate":
+        raise ExporterError(f"search --method {args.method}: only DiffRate learns its schedule.",
+                            "Pass --method diffrate (the other methods take their rates as parameters).")
+    for name in ("epochs", "batch_size", "granularity"):
+        if getattr(args, name) < 1:
+            raise ExporterError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1.", "Pass a positive number.")
+    dense = create_model(args.model, args.weights, args.seed, args.img_size)
+    check_vit(dense)
+    cost, constant = flops_cost(dense)
+    model = SearchViT(dense, cost, constant, args.granularity)
+    tokens, depth = model.tokens, len(dense.blocks)
+
+    def schedule_cost(prune, merge) -> float:
+        from ..methods.diffrate import plan
+
+        _, leaving = plan(tokens, prune, merge)
+        total, n = constant + cost(tokens, tokens, tokens), tokens
+        for p, out_n in zip(prune[1:], leaving[1:]):
+            total += cost(n, min(n, p), out_n)
+            n = out_n
+        return total
+
+    dense_cost = schedule_cost([tokens] * depth, [tokens] * depth)
+    smallest = schedule_cost([tokens] + [args.granularity + 1] * (depth - 1), [tokens] + [args.granularity + 1] * (depth - 1))
+    target = args.target_flops
+    if not smallest < target < dense_cost:
+        raise ExporterError(
+            f"--target-flops {target} lies outside what DiffRate can reach on {args.model}: "
+            f"{smallest:.4f} GMACs (every block after the first keeping {args.granularity + 1} tokens) to "
+            f"{dense_cost:.4f} (dense).",
+            f"Pass a budget between {smallest:.4f} and {dense_cost:.4f} GMACs.",
+        )
+    data = load_images(args.data, dense, args.images, args.seed)
+    held_out = load_images(args.eval_data, dense, None, args.seed) if args.eval_data else None
+    settings = Settings(target, "GMACs", args.epochs, args.batch_size, args.lr, args.min_lr, args.penalty,
+                        args.granularity, args.seed)
+    columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("search", total=None, line="")
+
+        def report(p) -> None:
+            progress.update(task, total=p.steps, completed=p.step,
+                            line=f"loss {p.loss:.3f}  cost {p.cost:.4f} GMACs  top-1 {100 * p.top1:.1f}%")
+
+        prune, merge, _ = search(model, data.x, data.y, settings, args.checkpoint, report)
+
+    rows = [_row("searched", dense, prune, merge, data, held_out)]
+    rows.append(_row("uniform, same cost", dense, *uniform(tokens, depth, schedule_cost, target), data, held_out))
+    scaled = scaled_published(tokens, depth, schedule_cost, target)
+    if scaled is not None:
+        rows.append(_row(scaled[0], dense, scaled[1], scaled[2], data, held_out))
+    dense_row = Row("dense", [tokens] * depth, [tokens] * depth, [tokens] * depth, count_gmacs(dense, input_size(dense)),
+                    top1(dense, data), top1(dense, held_out) if held_out else None)
+    searched = rows[0]
+    path = args.out or Path("schedules") / f"{args.model}-diffrate-{target:g}gmacs.json"
+    record = {
+        "model": schedule_file.model_name(dense), "img_size": list(input_size(dense)), "tokens": tokens, "depth": depth,
+        "weights": args.weights, "weights_sha256": schedule_file.weights_sha256(dense),
+        "budget": {"unit": "GMACs", "target": target},
+        "prune_kept": prune, "merge_kept": merge, "tokens_after": searched.tokens,
+        "gmacs": searched.gmacs, "dense_gmacs": dense_row.gmacs,
+        "accuracy": {"data": data.data, "images": len(data.y), "top1": searched.top1, "dense_top1": dense_row.top1},
+        "held_out": None if held_out is None else {
+            "data": held_out.data, "images": len(held_out.y), "top1": searched.held_out, "dense_top1": dense_row.held_out},
+        "settings": asdict(settings), "seed": args.seed,
+        "comparison": [asdict(r) for r in [dense_row, *rows]],
+        "command": "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv),
+    }
+    schedule_file.write(path, record)
+    out.print(_table(dense_row, rows, target, held_out is not None))
+    return path
+
+
+def _row(name: str, dense, prune, merge, data: Images, held_out: Optional[Images]) -> Row:
+    reduced = apply_method(dense, "diffrate", prune_kept=prune, merge_kept=merge)
+    return Row(name, list(prune), list(merge), list(reduced.schedule), count_gmacs(reduced, input_size(dense)),
+               top1(reduced, data), top1(reduced, held_out) if held_out else None)
+
+
+def _table(dense: Row, rows: list[Row], target: float, held: bool) -> Table:
+    table = Table("schedule", "tokens leaving each block", "GMACs", "vs target", "top-1 search data",
+                  *(["top-1 held out"] if held else []), title=f"DiffRate schedules at {target:g} GMACs")
+    for r in [dense, *rows]:
+        table.add_row(r.name, " ".join(map(str, r.tokens)), f"{r.gmacs:.4f}", f"{100 * (r.gmacs / target - 1):+.1f}%",
+                      f"{r.top1:.2f}", *([f"{r.held_out:.2f}"] if held else []))
+    return table
