@@ -244,3 +244,21 @@ def test_archs_enter_the_spec_only_when_given():
     narrow = BuildSpec(method="tome", plugins=True, archs=(87, 90))
     assert narrow.to_dict()["archs"] == [87, 90] and BuildSpec.from_dict(narrow.to_dict()) == narrow
     assert narrow.run_name != plain.run_name
+
+
+def test_a_method_parameter_added_after_the_build_keeps_old_bundles_consistent(tmp_path):
+    """A bundle built before DiffRate had --schedule records no `schedule`; its recorded command still builds its
+    spec (the new parameter at its default), while a command that passes the new parameter does not."""
+    from exporter.bundle.manifest import consistency_problems
+    from exporter.options import CLI, resolve
+    from exporter.spec import BuildSpec
+
+    command = CLI + "build --model vit_digits --weights random --method diffrate --flops 2.9"
+    params = dict(resolve(BuildSpec(model="vit_digits", weights="random", method="diffrate",
+                                    method_params={"flops": 2.9})).method_params)
+    del params["schedule"]
+    old = BuildSpec(model="vit_digits", weights="random", method="diffrate", method_params=params)
+    manifest = {"run_name": old.run_name, "command": command, "opset": old.opset, "files": {}, "io": {}}
+    assert not [p for p in consistency_problems(tmp_path, manifest, old) if "recorded command" in p]
+    manifest["command"] = command.replace("--flops 2.9", "--schedule s.json")
+    assert [p for p in consistency_problems(tmp_path, manifest, old) if "recorded command" in p]

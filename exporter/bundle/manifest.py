@@ -19,7 +19,7 @@ from typing import Any, Optional
 import onnx
 
 from ..errors import ExporterError
-from ..options import spec_of_command
+from ..options import resolve, spec_of_command
 from ..spec import BuildSpec
 from .files import file_hashes, sha256, write_json
 from .layout import MANIFEST, SIGNATURE, UNHASHED_SUBTREES, planned
@@ -116,6 +116,15 @@ def file_problems(bundle: Path, manifest: dict) -> list[str]:
     return problems
 
 
+def _with_defaults(spec: BuildSpec) -> BuildSpec:
+    """The recorded spec with the method's current defaults filled in: a parameter added to a method after the
+    bundle was built is absent from its spec, and the recorded command builds it at its default."""
+    try:
+        return resolve(spec)
+    except ExporterError:  # a parameter the method no longer has: the command cannot build this spec
+        return spec
+
+
 def read_intact(bundle: Path) -> tuple[dict, BuildSpec]:
     """`read_manifest`, then the files against it: for commands that use a bundle's graphs without verifying them
     again (engine, bench), so that they use the graphs that were verified."""
@@ -132,7 +141,7 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
         problems.append(
             f"the spec hashes to {spec.run_name}, not the recorded run_name {manifest['run_name']} (spec or run_name edited)"
         )
-    if (built := spec_of_command(manifest["command"])) is None or built.to_dict() != spec.to_dict():
+    if (built := spec_of_command(manifest["command"])) is None or built.to_dict() != _with_defaults(spec).to_dict():
         problems.append(f"the recorded command does not build the recorded spec: {manifest['command']}")
     if manifest["opset"] != spec.opset:
         problems.append(f"opset {manifest['opset']} differs from the spec's opset {spec.opset}")
