@@ -219,7 +219,11 @@ def _range_cache(ranges: dict[str, tuple[float, float]], tmp: Path, quantize_sta
                             "calibration_cache_path (the plugin nodes' ranges are measured outside it).",
                             "Upgrade onnxruntime (pip install -U onnxruntime), or build without --plugins.")
     method = CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution
-    data = {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()}
+    # Distribution (fp8) reads a spread: amax stands in, as `_max_scales` then sets every activation's scale from amax
+    spread = {} if method == CalibrationMethod.MinMax else {"avg": np.float32(0)}
+    data = {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi), **spread,
+                          **({"std": np.float32(max(abs(lo), abs(hi)))} if spread else {}))
+            for k, (lo, hi) in ranges.items()}
     cache = tmp / "ranges.json"
     save_tensors_data(TensorsData(method, data), cache)
     return cache
