@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..bench import bundles, results, throughput
 from ..bundle import bench_folder
+from ..console import inert
 from ..errors import ExporterError
 from ..models import create_model, input_size
 
@@ -18,8 +19,9 @@ from ..models import create_model, input_size
 def bench_bundles(paths: list[Path], batches: Optional[list[int]], threads: int, rounds: int, iterations: int,
                   console: Console) -> list[Path]:
     """Time the bundles, print the table; the bench folders written."""
-    data = bundles.run(paths, batches, threads, rounds, iterations, log=console.print)
-    print(results.markdown(data))
+    data = bundles.run(paths, batches, threads, rounds, iterations,
+                       log=lambda line: console.print(inert(line), markup=False))
+    print(inert(results.markdown(data), lines=True))
     return [bench_folder(p) for p in paths]
 
 

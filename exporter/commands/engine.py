@@ -8,6 +8,7 @@ from typing import Optional
 
 from rich.console import Console
 
+from ..console import inert
 from ..engine.build import EngineResult, build_engine
 
 
@@ -17,5 +18,5 @@ def engine(bundle: Path, graph: Optional[str], runtime: str, target: Optional[st
     result = build_engine(bundle, graph, runtime, target, force, console)
     e = result.entry
     state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
-    console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})", markup=False)
+    console.print(inert(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})"), markup=False)
     return result

@@ -11,9 +11,9 @@ from typing import Optional
 from rich.console import Console
 
 from .. import __version__
-from ..bundle import (checkpoint, consistency_problems, debug_dir, file_problems, planned, read_bench, read_manifest,
-                      version_warning, write_json, write_text)
-from ..console import escape, make as make_console
+from ..bundle import (checkpoint, consistency_problems, debug_dir, file_problems, is_inside, planned, read_bench,
+                      read_manifest, version_warning, write_json, write_text)
+from ..console import escape, inert, make as make_console
 from ..errors import BuildFailed, ExporterError
 from ..export.graphs import export_graph
 from ..models import input_size
@@ -37,7 +37,7 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     if data is not None:  # a wrong folder fails before minutes of verification
         accuracy.check(bundle, data)
     manifest, spec = read_manifest(bundle)
-    check_report_path(report_to)
+    check_report_path(report_to, bundle)
     preflight_required(bundle, engine)  # `--engine` that cannot run here: refused before any work
     stage = Stages(console)
     with stage("check files and manifest") as found:
@@ -70,8 +70,14 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     return report
 
 
-def check_report_path(path: Optional[Path]) -> None:
-    """Fail before any work if `--report PATH` cannot be written."""
+def check_report_path(path: Optional[Path], bundle: Path) -> None:
+    """Fail before any work if `--report PATH` cannot be written, or would be written into the bundle (verify never
+    changes a bundle: a file added to it fails its next verify)."""
+    if path is not None and is_inside(path.parent, bundle):
+        beside = bundle.parent / f"{bundle.name}.verify{path.suffix or '.md'}"
+        raise ExporterError(f"--report {path} lies inside the bundle {bundle}: verify does not change a bundle, and a "
+                            "report written into it would fail the next verify.",
+                            f"Write it outside the bundle, e.g. --report {beside}.")
     if path is not None and (path.is_dir() or not path.parent.is_dir()):
         raise ExporterError(
             f"--report {path} is {'a directory' if path.is_dir() else 'in a directory that does not exist'}.",
@@ -82,7 +88,7 @@ def check_report_path(path: Optional[Path]) -> None:
 def write_report(report: Report, path: Optional[Path]) -> None:
     """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
     if path is None:
-        sys.stdout.write(report.markdown())
+        sys.stdout.write(inert(report.markdown(), lines=True))
         return
     try:
         if path.suffix == ".json":

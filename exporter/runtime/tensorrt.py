@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..bundle import PLUGIN_LIBRARY, engines_dir
+from ..bundle import PLUGIN_LIBRARY, engines_dir, read_inside
 from ..engine import preflight, targets
 from ..engine.network import error_logger
 from ..errors import ExporterError
@@ -69,7 +69,7 @@ def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Runner]:
     runtime = trt.Runtime(logger)
     if entry.get("plugin_library"):
         runtime.get_plugin_registry().load_library(str(bundle / PLUGIN_LIBRARY))
-    plan = (engines_dir(bundle) / folder / entry["engine"]).read_bytes()
+    plan = read_inside(engines_dir(bundle) / folder / entry["engine"], bundle, "plan")
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise ExporterError(f"{targets.LABEL[entry['runtime']]} could not deserialize {entry['engine']}: "
