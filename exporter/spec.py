@@ -12,6 +12,9 @@ from .errors import ExporterError
 PRECISIONS = ("fp32", "fp16")
 
 
+MAX_IMG_SIZE = 4096  # pixels a side: 65536 tokens at patch 16, whose attention alone needs tens of GB per image
+
+
 @dataclass(frozen=True)
 class BatchRange:
     """Batch sizes an artifact accepts: fixed (min == max) or a dynamic axis with an optimum."""
@@ -75,6 +78,13 @@ class BuildSpec:
             raise ExporterError(f"Unknown precision '{self.precision}'.", f"Use one of: {', '.join(PRECISIONS)}.")
         if self.io_fp16 and self.precision != "fp16":
             raise ExporterError("--io-fp16 only applies to fp16 builds.", "Add --precision fp16 or drop --io-fp16.")
+        if not 0 <= self.seed < 2**64:
+            raise ExporterError(f"--seed {self.seed} is outside 0..2^64-1, the seeds torch's generator takes.",
+                                "Pass --seed a whole number from 0 to 18446744073709551615.")
+        if self.img_size is not None and not 1 <= self.img_size <= MAX_IMG_SIZE:
+            raise ExporterError(f"--img-size {self.img_size} is outside 1..{MAX_IMG_SIZE}.",
+                                f"Pass an --img-size up to {MAX_IMG_SIZE} (a multiple of the model's patch size), "
+                                "or omit it for the model's own.")
         if not 17 <= self.opset <= 20:
             raise ExporterError(
                 f"Opset {self.opset} is outside the supported 17..20.",
