@@ -74,7 +74,7 @@ def staging(out: Path, name: str) -> Iterator[Path]:
         publish_modes(tmp)
         _install(tmp, out / name)
     except BaseException as e:
-        full = isinstance(e, DiskFull) or (isinstance(e, OSError) and _full_disk(e, out))
+        full = (isinstance(e, DiskFull) and e.folder != out) or (isinstance(e, OSError) and _full_disk(e, out))
         written = _size(tmp)  # before the partial files go
         shutil.rmtree(tmp, ignore_errors=True)
         if full:  # named by the folder the user gave, not the hidden one
@@ -226,7 +226,9 @@ def write_bytes(path: Path, data: bytes, root: Optional[Path] = None) -> None:
 
 
 class DiskFull(ExporterError):
-    """A write refused for lack of space (`no_space`)."""
+    """A write refused for lack of space in `folder` (`no_space`)."""
+
+    folder: Path
 
 
 def no_space(folder: Path, needed: Optional[int] = None, written: Optional[int] = None) -> DiskFull:
@@ -240,8 +242,10 @@ def no_space(folder: Path, needed: Optional[int] = None, written: Optional[int] 
         free += f", at least {needed / 1e6:.1f} MB needed"
     if written:
         free += f"; the build had written {written / 1e6:.1f} MB when it ran out, and needs more than that"
-    return DiskFull(f"The disk holding {folder} has no room for this ({free}): nothing was kept.",
-                    "Free space there, or pass --out a folder on a disk with room for the bundle.")
+    error = DiskFull(f"The disk holding {folder} has no room for this ({free}): nothing was kept.",
+                     "Free space there, or pass --out a folder on a disk with room for the bundle.")
+    error.folder = folder
+    return error
 
 
 def check_space(folder: Path, needed: int) -> None:

@@ -190,6 +190,8 @@ def read_intact(bundle: Path) -> tuple[dict, BuildSpec]:
     manifest, spec = read_manifest(bundle)
     if problems := file_problems(bundle, manifest):
         raise ExporterError(f"{bundle} does not match its manifest ({'; '.join(problems)}).", DAMAGED)
+    for graph in set(manifest["io"]) & set(manifest["files"]):  # weights kept outside: refused before a runtime opens them
+        load_graph(bundle / graph, bundle)
     return manifest, spec
 
 

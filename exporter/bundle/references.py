@@ -12,7 +12,9 @@ import numpy as np
 
 from ..errors import ExporterError
 from .files import DAMAGED, LIMITS, open_inside, write_bytes
-from .layout import REFERENCES
+from .engines import load_graph
+from .layout import FP32, REFERENCES
+from .manifest import io_of
 
 
 @dataclass
@@ -64,9 +66,22 @@ def read_references(bundle: Path) -> Optional[References]:
             raise
         except Exception as e:  # not a zip (BadZipFile), a member that is not an array, pickled objects, ...
             raise _damaged(path, f"it cannot be read as numpy arrays ({type(e).__name__}: {e})") from None
-    if problem := _shape_problem(refs):
+    if problem := _shape_problem(refs) or _graph_problem(refs, bundle):
         raise _damaged(path, problem)
     return refs
+
+
+def _graph_problem(refs: References, bundle: Path) -> Optional[str]:
+    """The inputs and logits against the fp32 graph's input and output (what the runtimes are fed and compared)."""
+    if not (bundle / FP32).is_file():
+        return None
+    io = io_of(load_graph(bundle / FP32, bundle))
+    image, logits = io["inputs"][0]["shape"][1:], io["outputs"][0]["shape"][-1]
+    if list(refs.inputs.shape[1:]) != image:
+        return f"inputs are {list(refs.inputs.shape[1:])} per image, {FP32} takes {image}"
+    if refs.logits.shape[1] != logits:
+        return f"logits have {refs.logits.shape[1]} classes, {FP32} gives {logits}"
+    return None
 
 
 def _shape_problem(refs: References) -> Optional[str]:
@@ -75,7 +90,7 @@ def _shape_problem(refs: References) -> Optional[str]:
     if refs.inputs.ndim != 4 or refs.inputs.shape[1] != 3 or refs.inputs.dtype != np.float16:
         return f"inputs are {refs.inputs.dtype}{list(refs.inputs.shape)}, not float16 [n, 3, H, W]"
     if refs.logits.ndim != 2 or len(refs.logits) != n or refs.logits.dtype != np.float32:
-        return f"logits are {refs.logits.dtype}{list(refs.logits.shape)}, not float32 [{n}, classes]"
+        return f"logits are {refs.logits.dtype}{list(refs.logits.shape)}, not float32[{n}, classes]"
     if len(refs.labels) != n:
         return f"{len(refs.labels)} labels for {n} inputs"
     for i, k in enumerate(refs.kept):
