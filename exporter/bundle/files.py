@@ -113,7 +113,7 @@ def same_bundle(a: Path, b: Path) -> bool:
         if (ma.get("exporter_version"), ma.get("git_commit")) != (mb.get("exporter_version"), mb.get("git_commit")):
             return False
         return file_hashes(a, exclude=record) == file_hashes(b, exclude=record)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, ExporterError):  # a damaged bundle in place is not this one
         return False
 
 

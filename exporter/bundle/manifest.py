@@ -246,7 +246,7 @@ def checkpoint(spec: BuildSpec, manifest: dict, moved: Optional[Path]) -> Option
             "Pass its new location: python -m exporter verify BUNDLE --weights PATH.",
         )
     try:
-        digest = sha256(path)
+        digest = sha256(path.resolve())  # the user's file, which may be a link (a hub cache's are)
     except OSError as e:
         raise unreadable(path, e) from None
     if digest != manifest["weights_sha256"]:
