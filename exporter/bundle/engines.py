@@ -93,8 +93,8 @@ def read_folder(folder: Path, root: Optional[Path] = None) -> dict:
             what = "holds no {graph file: engine entry} table under 'entries'"
         else:
             lacking = sorted({f"{g} lacks {f}" for g, e in entries.items() for f in ENTRY_FIELDS if f not in e})
-            wrong = sorted(f"{g}: {problem}" for g, e in entries.items() for problem in _entry_problems(g, e))
-            what = f"is damaged ({'; '.join(lacking or wrong)})" if lacking or wrong else None
+            wrong = lacking or sorted(f"{g}: {problem}" for g, e in entries.items() for problem in _entry_problems(g, e))
+            what = f"is damaged ({'; '.join(wrong)})" if wrong else None
     if what:
         raise ExporterError(f"{path} {what}.", f"Delete {folder} and rebuild its engines with `python -m exporter engine`.")
     return data
