@@ -170,7 +170,7 @@ def unhashed_problems(bundle: Path) -> list[str]:
     odd = []
     for sub in UNHASHED_SUBTREES:
         top = bundle / sub
-        if top.is_symlink() or (top.exists() and not top.is_dir()):
+        if top.is_symlink() or (top.exists() and not (top.is_dir() or top.is_file())):  # a file: in the way, not a hazard
             odd.append(sub)
             continue
         for folder, dirs, files in os.walk(top):  # never follows a link to a directory
