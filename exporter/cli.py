@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`python -m exporter <command>`: build, engine, verify, inspect, methods, bench, perf.
+"""`python -m exporter <command>`: build, engine, verify, inspect, sign, methods, bench, perf.
 
 Argument parsing only: each command's arguments go to its module in `exporter.commands`. Those modules, and
 `options` (which reads the methods' parameters), import torch and onnx: they are imported when a command runs or
@@ -51,9 +51,22 @@ def _build(args, console: Console) -> int:
 
     spec = spec_from_args(args)
     command = "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv)
-    bundle = build(spec, args.out, command, console)
+    bundle = build(spec, args.out, command, console, args.sign)
     _passed(args, bundle)
     return 0
+
+
+def _add_trust(p, verify: bool = False) -> None:
+    """--trusted-key and --trust-plugins (verify: also --require-signature): see exporter/bundle/trust.py."""
+    p.add_argument("--trusted-key", type=Path, action="append", default=[], metavar="PUB",
+                   help="a public key (PEM) you trust: check the bundle's signature (signature.sig) with it, and load "
+                   "its plugin library only when it verifies; repeat for several signers")
+    p.add_argument("--trust-plugins", action="store_true",
+                   help="load the bundle's plugin library (native code, run on load) without a verified signature: "
+                   "only for a bundle whose origin you trust")
+    if verify:
+        p.add_argument("--require-signature", action="store_true",
+                       help="fail (exit 1) unless a --trusted-key verifies the bundle's signature")
 
 
 def _add_verify(sub) -> None:
@@ -77,6 +90,7 @@ def _add_verify(sub) -> None:
         help="also report top-1/top-5 of PyTorch and every graph on labelled images: DIR/<class>/<image> "
         "(classes in sorted order, as torchvision's ImageFolder)",
     )
+    _add_trust(p, verify=True)
     p.set_defaults(run=_verify)
 
 
@@ -84,7 +98,8 @@ def _verify(args, console: Console) -> int:
     from .commands.verify import verify  # torch, onnx (see the module docstring)
 
     verify(args.bundle, console, weights=args.weights, report_to=args.report, engine=args.engine,
-           references_only=args.references_only, data=args.data)
+           references_only=args.references_only, data=args.data, trusted_keys=args.trusted_key,
+           require_signature=args.require_signature, trust_plugins=args.trust_plugins)
     _passed(args, args.bundle)
     return 0
 
@@ -128,14 +143,37 @@ def _add_engine(sub) -> None:
     p.add_argument("--target", default=None, help="compute capability, e.g. sm86; required for tensorrt-rtx, "
                    "for tensorrt it must be the GPU present (default: that GPU)")
     p.add_argument("--force", action="store_true", help="rebuild even when the cache has this engine")
+    _add_trust(p)
     p.set_defaults(run=_engine)
 
 
 def _engine(args, console: Console) -> int:
     from .commands.engine import engine  # onnx (see the module docstring)
 
-    result = engine(args.bundle, args.graph, args.runtime, args.target, args.force, console)
+    result = engine(args.bundle, args.graph, args.runtime, args.target, args.force, console, args.trusted_key,
+                    args.trust_plugins)
     _passed(args, result.folder)
+    return 0
+
+
+def _add_sign(sub) -> None:
+    p = sub.add_parser(
+        "sign",
+        help="sign a bundle with a private key, so a receiver can check who built it (verify --trusted-key)",
+        description="Sign the manifest and every file it hashes (everything but engines/ and bench/) with an "
+        "elliptic-curve private key (PEM; OpenSSF model-signing) into BUNDLE/signature.sig. The bundle's files must "
+        "match its manifest. A receiver checks it with `verify BUNDLE --trusted-key PUB`.",
+    )
+    p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
+    p.add_argument("--key", type=Path, required=True, help="the private key (PEM, P-256/384/521, no passphrase)")
+    p.set_defaults(run=_sign)
+
+
+def _sign(args, console: Console) -> int:
+    from .commands.sign import sign
+
+    sign(args.bundle, args.key, console)
+    _passed(args, args.bundle)
     return 0
 
 
@@ -187,6 +225,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every runtime (default %(default)s)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default %(default)s)")
     p.add_argument("--iterations", type=int, default=5, help="batches per candidate per round (default %(default)s)")
+    _add_trust(p)
     g = p.add_argument_group("without bundles: export and time methods")
     g.add_argument(
         "--models",
@@ -213,7 +252,8 @@ def _bench(args, console: Console) -> int:
                 f"bench takes bundles or {', '.join(given)}, not both: a bundle's model and method were fixed by its build.",
                 f"Drop {', '.join(given)} to time the bundles, or drop the bundles to export and time methods.",
             )
-        folders = bench_bundles(args.bundles, batches, args.threads, args.rounds, args.iterations, console)
+        folders = bench_bundles(args.bundles, batches, args.threads, args.rounds, args.iterations, console,
+                                args.trusted_key, args.trust_plugins)
         _passed(args, ", ".join(map(str, folders)))
         return 0
     if batches is not None and len(batches) > 1:
@@ -280,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
     _add_engine(sub)
     _add_verify(sub)
     _add_inspect(sub)
+    _add_sign(sub)
     _add_methods(sub)
     _add_bench(sub)
     _add_perf(sub)

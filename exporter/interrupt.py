@@ -3,13 +3,17 @@
 
 SIGTERM (what `kill`, `timeout` and job schedulers send) is turned into a KeyboardInterrupt subclass,
 so every `finally`/`except BaseException` that cleans up after Ctrl-C (the staging directory, the debug
-graphs) cleans up after it too. SIGKILL cannot be caught: its leftovers are swept by the next build
-(bundle.sweep_stale).
+graphs) cleans up after it too. Native code that calls back into Python would swallow the exception: around it,
+`held` records the signal and delivers it again when the native call returns. SIGKILL cannot be caught: its
+leftovers are swept by the next run (bundle.sweep_stale, folders named with `owner`).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import signal
+import socket
 import threading
 from typing import Iterator
 
@@ -39,6 +43,36 @@ def terminate_as_interrupt(signals: tuple[int, ...] = (signal.SIGTERM, signal.SI
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def held(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[list[int]]:
+    """Within the block, `signals` are recorded (in the yielded list) instead of handled, and delivered again
+    on leaving it, to the handlers that were there before (so Ctrl-C and SIGTERM still end the run, as
+    Terminated or KeyboardInterrupt).
+
+    For native code that calls back into Python (TensorRT's logger and progress monitor): a handler that raises
+    inside such a callback has its exception swallowed by the bindings, and the run would go on as if nothing
+    had happened. The block can poll the list to stop the native work early (a progress monitor that cancels).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signals}
+    try:
+        yield pending
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # the previous handler runs now, outside the native code
+
+
+def owner() -> str:
+    """`<pid>@<host hash>`: who is working in a temporary or hidden directory, so that a later run on the same
+    host can tell the leftovers of a killed process (SIGKILL, power loss) from those of one still running."""
+    return f"{os.getpid()}@{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}"
 
 
 def exit_code(e: KeyboardInterrupt) -> int:

@@ -86,7 +86,7 @@ def add_method_params(parser) -> None:
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
-    """The build command's flags: the spec's fields, and --out."""
+    """The build command's flags: the spec's fields, --out and --sign."""
     d = BuildSpec()
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d.model, help=f"timm model name or litv2_small/medium/base (default {d.model})")
@@ -115,6 +115,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    "are compiled for (default: 80, 86, 87, 89, 90, 100, 120: Ampere, Jetson Orin, Ada, Hopper, Blackwell)")
     g.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, 17..20 (default %(default)s; TensorRT 10.3 parses <= 20)")
     g.add_argument("--out", type=Path, default=Path("artifacts"), help="directory for bundles (default %(default)s)")
+    g.add_argument("--sign", type=Path, default=None, metavar="KEY",
+                   help="sign the bundle at the end with this private key (PEM, elliptic curve), as `sign` does")
 
 
 def given_params(args) -> dict[str, str]:

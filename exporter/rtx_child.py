@@ -13,6 +13,7 @@ Used by `exporter.engine.network.build_in_child`: the TensorRT-RTX check's plugi
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import json
@@ -26,8 +27,11 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ExporterError
+from .interrupt import owner
 
 LINK = "libtensorrt_rtx.so"
+TEMP_PREFIX = "exporter-rtx-"  # + `interrupt.owner()`: a killed parent's folder is swept by the next run (sweep_stale)
+_PARENT = "EXPORTER_RTX_PARENT"  # the parent's pid, for the child to end with it
 _ANSWER = "RTXCHILD "
 _ERROR = "RTXCHILD-ERROR "
 PLUGIN_MESSAGE = ("[E] [exporter", "[F] [exporter")  # the plugin library's errors when TensorRT gives it no logger
@@ -84,12 +88,13 @@ def run(function: str, request: dict, what: str, timeout_s: Optional[float] = No
     if libs is None or not (libs / f"{LINK}.1").is_file():
         raise ExporterError(f"The tensorrt_rtx wheel has no tensorrt_rtx_libs/{LINK}.1 for {what} to link to.",
                             "Reinstall it: pip install --force-reinstall tensorrt-rtx-cu13.")
-    with tempfile.TemporaryDirectory(prefix="exporter-rtx-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{owner()}-") as folder:
         (Path(folder) / LINK).symlink_to(libs / f"{LINK}.1")
         child_env = {**os.environ, **(env or {})}
         child_env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (folder, child_env.get("LD_LIBRARY_PATH", "")) if p)
         package_root = str(Path(__file__).resolve().parents[1])  # this checkout's exporter, not another install
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH", "")) if p)
+        child_env[_PARENT] = str(os.getpid())
         try:
             done = subprocess.run([sys.executable, "-m", "exporter.rtx_child", function, json.dumps(request)], env=child_env,
                                   capture_output=True, text=True, timeout=timeout_s)
@@ -105,8 +110,21 @@ def run(function: str, request: dict, what: str, timeout_s: Optional[float] = No
     return Child(json.loads(answers[-1][len(_ANSWER):]), None, done.returncode, done.stderr)
 
 
+def _end_with_parent() -> None:
+    """Have the kernel kill this child when its parent dies (a SIGKILLed `verify` must not leave a TensorRT-RTX
+    build running); Linux's PR_SET_PDEATHSIG, where there is none the parent's interrupt still ends it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.environ.get(_PARENT) and os.getppid() != int(os.environ[_PARENT]):  # the parent died before the prctl
+        os._exit(128 + signal.SIGKILL)
+
+
 def _main(argv: list[str]) -> int:
     """The child: call the function on the request, print its answer (or its ExporterError) as one line."""
+    _end_with_parent()
     module, name = argv[0].split(":")
     function = getattr(importlib.import_module(module), name)
     try:

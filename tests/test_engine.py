@@ -459,7 +459,7 @@ def test_plugin_bundle_built_without_the_toolchain_names_why_it_has_no_library(t
 def test_rtx_plugin_engine_is_built_reused_and_forced(plugin_bundle, in_child, tmp_path, capsys, monkeypatch):
     b = tmp_path / "b"
     shutil.copytree(plugin_bundle, b)
-    assert engine(b, "--graph", "plugins") == 0
+    assert engine(b, "--graph", "plugins", "--trust-plugins") == 0
     folder = b / "engines" / "sm86-tensorrt-rtx"
     entry = _plugin_entry(b)
     check = artifacts.read_json(b / artifacts.REPORT_JSON)["tensorrt_rtx"]["model.plugins.onnx"]  # the build's own check
@@ -470,9 +470,9 @@ def test_rtx_plugin_engine_is_built_reused_and_forced(plugin_bundle, in_child, t
     assert entry["build_seconds"] > 0 and sorted(p.name for p in folder.iterdir()) == ["engine.json", "model.plugins.engine"]
     mtime = (folder / "model.plugins.engine").stat().st_mtime_ns
     capsys.readouterr()
-    assert engine(b, "--graph", "plugins") == 0
+    assert engine(b, "--graph", "plugins", "--trust-plugins") == 0
     assert "cache hit" in capsys.readouterr().err and (folder / "model.plugins.engine").stat().st_mtime_ns == mtime
-    assert engine(b, "--graph", "plugins", "--force") == 0
+    assert engine(b, "--graph", "plugins", "--force", "--trust-plugins") == 0
     assert "cache miss (--force), built in" in " ".join(capsys.readouterr().err.split())
     assert _plugin_entry(b)["sha256"] == entry["sha256"]
     monkeypatch.setattr(targets, "gpu_present", lambda: None)
@@ -491,13 +491,13 @@ def test_rtx_plugin_engine_in_a_child_is_the_in_process_one(plugin_bundle, in_ch
     link = tmp_path / "link"
     link.mkdir()
     (link / rtx_child.LINK).symlink_to(rtx_child.wheel_libs() / f"{rtx_child.LINK}.1")
-    argv = ["engine", str(here), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"]
+    argv = ["engine", str(here), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86", "--trust-plugins"]
     script = ("import sys; from exporter import rtx_child; from exporter.cli import main; "
               f"assert rtx_child.link_resolvable(); sys.exit(main({argv!r}))")
     env = {**os.environ, "LD_LIBRARY_PATH": str(link), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert engine(child, "--graph", "plugins") == 0
+    assert engine(child, "--graph", "plugins", "--trust-plugins") == 0
     a, b = _plugin_entry(child), _plugin_entry(here)
     differ = {k for k in a if a[k] != b[k]}
     assert differ <= {"build_seconds", "built_at"} and set(a) == set(b)
@@ -520,7 +520,7 @@ def test_rtx_plugin_engine_failures_in_the_child_are_one_sentence(plugin_bundle,
     [a for a in node.attribute if a.name == "fuse"][0].i = 2  # the plugin's creator refuses it
     onnx.save(model, str(bad / "model.plugins.onnx"))
     _rehash(bad, "model.plugins.onnx")  # as if built so: `engine` refuses files that differ from the manifest first
-    argv = ["engine", str(bad), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"]
+    argv = ["engine", str(bad), "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86", "--trust-plugins"]
     _fails(capsys, argv, "ONNX parser rejected model.plugins.onnx", f"'{node.name}' (TopKPrune)",
            "attribute 'fuse' = 2 must be 0 or 1", "Rebuild the bundle")
     (bad / artifacts.PLUGIN_LIBRARY).write_bytes(b"not a library")
@@ -791,7 +791,7 @@ def test_tensorrt_build_path_with_a_recording_stand_in(bundle, tmp_path, monkeyp
     manifest["io"]["model.plugins.onnx"] = manifest["io"]["model.fp16.onnx"]
     (copy_ / artifacts.MANIFEST).write_text(json.dumps(manifest))
     fake.calls.clear()
-    assert main(["engine", str(copy_), "--graph", "plugins"]) == 0
+    assert main(["engine", str(copy_), "--graph", "plugins", "--trust-plugins"]) == 0
     names = [c[0] for c in fake.calls]
     assert names.index("get_plugin_registry.load_library") < names.index("parser.parse_from_file")
     assert Path(fake.calls[names.index("get_plugin_registry.load_library")][1][0]) == copy_ / artifacts.PLUGIN_LIBRARY

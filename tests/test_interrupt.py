@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Interruption (issue 13 §3): SIGTERM cleans up like Ctrl-C; a killed build's leftovers are swept by the
 next one; two processes finishing the same spec at once both succeed and leave one intact bundle."""
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter import bundle as artifacts
+from exporter import interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +68,7 @@ def test_sigkill_leftovers_are_swept_by_the_next_build(dirs, monkeypatch):
     proc.communicate()
     leftovers = hidden(out) + debug_dirs(tmp)
     assert leftovers  # SIGKILL cannot be caught
-    owner = artifacts.files._owner()
+    owner = interrupt.owner()
     alive = out / f".other-run.{owner}.abcd1234.partial"  # a build still running: not swept
     elsewhere = out / f".other-run.{leftovers[0].name.split('.')[-3].split('@')[0]}@00000000.abcd1234.partial"  # another host's
     alive.mkdir()
@@ -137,3 +139,124 @@ def test_the_loser_of_a_finishing_race_succeeds_quietly(tmp_path, monkeypatch):
         (tmp / "model.onnx").write_bytes(b"graph")
         (tmp / "manifest.json").write_text('{"exporter_version": "0", "git_commit": "c"}')
     assert [p.name for p in out.iterdir()] == ["run"] and (out / "run" / "model.onnx").read_bytes() == b"graph"
+
+
+# Issue 22 hole 5: a signal during the TensorRT-RTX stage arrived inside TensorRT's logger callback, whose bindings
+# swallowed the exception: the run went on, exited 0 and published the bundle. HOLD runs the exporter with its
+# TensorRT logger held inside its first callback (a file says so) until the test has sent the signal.
+HOLD = textwrap.dedent("""
+    import os, runpy, sys, time
+    from pathlib import Path
+    from exporter.engine import network
+    ready, sent = Path(os.environ["HOLD_READY"]), Path(os.environ["HOLD_SENT"])
+    made = network.error_logger
+
+    def holding_logger(trt):
+        logger = made(trt)
+        log = type(logger).log
+
+        def hold(self, severity, msg):
+            if not ready.exists():
+                ready.touch()
+                deadline = time.monotonic() + 120
+                while not sent.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.2)  # the signal is delivered inside this callback
+            log(self, severity, msg)
+
+        type(logger).log = hold
+        return logger
+
+    network.error_logger = holding_logger
+    sys.argv = ["exporter", *sys.argv[1:]]
+    runpy.run_module("exporter", run_name="__main__")
+""")
+
+
+@pytest.fixture(scope="module")
+def rtx_bundle(tmp_path_factory):
+    pytest.importorskip("tensorrt_rtx")
+    from exporter.cli import main
+
+    out = tmp_path_factory.mktemp("rtx")
+    assert main(["build", "--model", "test_vit", "--weights", "random", "--batch", "2", "--out", str(out)]) == 0
+    (bundle,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    return bundle
+
+
+@pytest.mark.parametrize("command,sig", [("build", signal.SIGTERM), ("build", signal.SIGINT), ("verify", signal.SIGTERM)])
+def test_a_signal_during_the_tensorrt_rtx_stage_ends_the_run(dirs, rtx_bundle, command, sig):
+    out, tmp = dirs
+    ready, sent = tmp / "ready", tmp / "sent"
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "HOLD_READY": str(ready), "HOLD_SENT": str(sent)}
+    args = (["build", "--model", "test_vit", "--weights", "random", "--batch", "2", "--out", str(out)] if command == "build"
+            else ["verify", str(rtx_bundle), "--report", str(tmp / "verify.json")])
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(ready.exists, proc)
+    proc.send_signal(sig)
+    sent.touch()
+    stdout, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + sig, (stdout, err)
+    assert "interrupted" in err and "Traceback" not in err and "PASSED" not in stdout
+    assert not (tmp / "verify.json").exists()
+    assert (list(out.iterdir()) if out.exists() else []) == [] and debug_dirs(tmp) == []
+    assert [p for p in tmp.iterdir() if p.name.startswith("exporter-rtx-")] == []
+
+
+def test_a_killed_runs_rtx_folders_are_swept(tmp_path, monkeypatch):
+    """SIGKILL leaves the child's folder (named with the parent's pid); the next run removes it, not a live one's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = interrupt.owner().split("@")[1]
+    gone = tmp_path / f"exporter-rtx-{dead.pid}@{host}-abcd1234"
+    live = tmp_path / f"exporter-rtx-{interrupt.owner()}-abcd1234"
+    old = tmp_path / "exporter-rtx-abcd1234"  # an older exporter's (no pid): swept once a day old
+    for d in (gone, live, old):
+        d.mkdir()
+    os.utime(old, (time.time() - 2 * artifacts.files.LEGACY_AGE_S,) * 2)
+    assert set(artifacts.sweep_stale()) == {gone, old} and live.exists()
+
+
+def hold_in_child(request: dict) -> dict:
+    """Run by `rtx_child` in the child process: say who it is, then wait to be killed."""
+    Path(request["ready"]).write_text(str(os.getpid()))
+    time.sleep(300)
+    return {}
+
+
+KILLED_PARENT = textwrap.dedent("""
+    import sys
+    from exporter import rtx_child
+    rtx_child.run("test_interrupt:hold_in_child", {"ready": sys.argv[1]}, "the test's child")
+""")
+
+
+def test_a_sigkilled_parents_rtx_child_dies_and_its_folder_is_swept(tmp_path, monkeypatch):
+    pytest.importorskip("tensorrt_rtx")
+    ready = tmp_path / "ready"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(ready)], env=env)
+    wait_for(lambda: ready.exists() and ready.read_text(), parent, timeout=120)
+    child = int(ready.read_text())
+    folders = [p for p in tmp_path.iterdir() if p.name.startswith("exporter-rtx-")]
+    parent.kill()
+    parent.wait()
+
+    def running() -> bool:
+        with contextlib.suppress(OSError):
+            return b"rtx_child" in Path(f"/proc/{child}/cmdline").read_bytes()
+        return False
+
+    deadline = time.monotonic() + 30
+    try:
+        while running():
+            assert time.monotonic() < deadline, "the RTX child outlived its SIGKILLed parent"
+            time.sleep(0.1)
+    finally:
+        if running():
+            os.kill(child, signal.SIGKILL)  # a failed test leaves no orphan
+    assert len(folders) == 1 and folders[0].exists()  # SIGKILL cannot be caught: the next run sweeps it
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert artifacts.sweep_stale() == folders and not folders[0].exists()

@@ -6,7 +6,9 @@
 - `manifest`: manifest.json read and written, its files and its consistency checked, the recorded spec and I/O;
 - `references`: references.npz, PyTorch's answers on the held-out inputs;
 - `engines`: the engines index (engines/<target>-<runtime>/engine.json) and the graph content engines are keyed by;
-- `results`: the build's report files and bench's timings.
+- `results`: the build's report files and bench's timings;
+- `signature`: signature.sig made and checked (`sign`, `verify --trusted-key`);
+- `trust`: whether this run may load the bundle's plugin library (native code).
 
 Commands ask this package; none knows a file name of its own.
 """
@@ -54,6 +56,7 @@ from .layout import (
     REPORT_MD,
     REPRODUCE,
     RUNTIMES,
+    SIGNATURE,
     TIMING_CACHE,
     TRTEXEC_DIR,
     UNHASHED_SUBTREES,

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import tempfile
 import time
@@ -22,7 +21,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional, TypeVar
 
 from ..errors import ExporterError
-from .layout import MANIFEST, REPORT_JSON, REPORT_MD, UNHASHED_SUBTREES
+from ..interrupt import owner
+from ..rtx_child import TEMP_PREFIX as RTX_PREFIX
+from .layout import MANIFEST, REPORT_JSON, REPORT_MD, SIGNATURE, UNHASHED_SUBTREES
 
 DAMAGED = "Copy the bundle again from where it was built, or rebuild it with `python -m exporter build`."
 
@@ -49,14 +50,9 @@ def check_writable(out: Path) -> None:
 # the same host can tell the leftovers of a killed one (SIGKILL, power loss) from those of a build still
 # running: `.<run>.<pid>@<host>.<random>.partial`. Another host's (or container's) are left alone.
 _HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{8})\.[a-z0-9_]+\.(?P<kind>partial|old)$")
-_LEGACY = re.compile(r"^\..+\.[a-z0-9_]+\.(partial|old)$")  # written before the pid was recorded
+_LEGACY = re.compile(rf"^(\..+\.[a-z0-9_]+\.(partial|old)|{RTX_PREFIX}[a-z0-9_]+)$")  # written before the pid was recorded
 DEBUG_PREFIX = "exporter-debug-"
 LEGACY_AGE_S = 24 * 3600
-
-
-def _owner() -> str:
-    """`<pid>@<host hash>`: who is working in a hidden directory."""
-    return f"{os.getpid()}@{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}"
 
 
 @contextlib.contextmanager
@@ -68,7 +64,7 @@ def staging(out: Path, name: str) -> Iterator[Path]:
     """
     check_writable(out)
     sweep_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{_owner()}.", suffix=".partial", dir=out))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{owner()}.", suffix=".partial", dir=out))
     try:
         yield tmp
         publish_modes(tmp)
@@ -95,7 +91,7 @@ def _install(tmp: Path, final: Path, attempts: int = 5) -> None:
         if same_bundle(tmp, final):  # another process just built this spec with this code: keep its copy
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner()}.", suffix=".old", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner()}.", suffix=".old", dir=final.parent))
         with contextlib.suppress(FileNotFoundError):  # another process may have moved it first
             os.replace(final, old / final.name)
         shutil.rmtree(old, ignore_errors=True)
@@ -117,13 +113,14 @@ def same_bundle(a: Path, b: Path) -> bool:
         return False
 
 
-def sweep_stale(out: Path) -> list[Path]:
-    """Remove hidden work directories under `out`, and debug directories in the temp folder, whose process is gone."""
+def sweep_stale(out: Optional[Path] = None) -> list[Path]:
+    """Remove hidden work directories under `out`, and debug and TensorRT-RTX child directories in the temp folder,
+    whose process is gone (None: only the temp folder's)."""
     removed = []
-    candidates = [(p, _HIDDEN.match(p.name)) for p in _listdir(out)]
-    debug = re.compile(rf"^{DEBUG_PREFIX}(?P<pid>\d+)@(?P<host>[0-9a-f]{{8}})-")
-    candidates += [(p, debug.match(p.name)) for p in _listdir(Path(tempfile.gettempdir()))]
-    host = _owner().split("@")[1]
+    candidates = [(p, _HIDDEN.match(p.name)) for p in (_listdir(out) if out is not None else [])]
+    temp = re.compile(rf"^(?:{DEBUG_PREFIX}|{RTX_PREFIX})(?P<pid>\d+)@(?P<host>[0-9a-f]{{8}})-")
+    candidates += [(p, temp.match(p.name)) for p in _listdir(Path(tempfile.gettempdir()))]
+    host = owner().split("@")[1]
     for path, match in candidates:
         if not path.is_dir() or path.is_symlink():
             continue
@@ -166,7 +163,7 @@ def _alive(pid: int) -> bool:
 @contextlib.contextmanager
 def debug_dir() -> Iterator[Path]:
     """A temp folder for debug graphs, named with our pid so a later build can sweep it if we are killed."""
-    with tempfile.TemporaryDirectory(prefix=f"{DEBUG_PREFIX}{_owner()}-") as d:
+    with tempfile.TemporaryDirectory(prefix=f"{DEBUG_PREFIX}{owner()}-") as d:
         yield Path(d)
 
 
@@ -370,7 +367,7 @@ def sha256(path: Path, root: Optional[Path] = None, kind: str = "data") -> str:
     return h.hexdigest()
 
 
-def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+def file_hashes(bundle: Path, exclude: tuple[str, ...] = (MANIFEST, SIGNATURE)) -> dict[str, str]:
     """sha256 of every file under `bundle` (subfolders and hidden files included) but the paths in `exclude`."""
     return {
         name: sha256(p)

@@ -3,6 +3,7 @@
 
     artifacts/<run>/
       manifest.json                      the build's record and the sha256 of every file below but engines/, bench/
+      signature.sig                      `sign`'s signature of the manifest and every hashed file (optional)
       report.json, report.md             the build's report
       model.onnx, model.fp16.onnx        standard-op graphs (fp16 with --precision fp16)
       model.plugins.onnx, model.plugins.fp16.onnx, plugins/libexporter_plugins.so     with --plugins
@@ -29,6 +30,7 @@ REFERENCES = "references.npz"
 REPRODUCE = "reproduce.sh"
 BUILD_ENGINE = "build_engine.sh"
 PLUGIN_LIBRARY = "plugins/libexporter_plugins.so"  # with --plugins
+SIGNATURE = "signature.sig"  # written by `sign` (or `build --sign`) after the manifest, so outside its hashes
 
 FP32 = "model.onnx"
 FP16 = "model.fp16.onnx"

@@ -25,7 +25,7 @@ from ..options import spec_of_command
 from ..spec import BuildSpec
 from .engines import load_graph
 from .files import DAMAGED, file_hashes, read_inside, sha256, write_json
-from .layout import GRAPHS, MANIFEST, UNHASHED_SUBTREES, planned
+from .layout import GRAPHS, MANIFEST, SIGNATURE, UNHASHED_SUBTREES, planned
 
 # field -> type: what verification reads from the manifest
 REQUIRED = {
@@ -131,16 +131,16 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
 
 
 def bundle_files(bundle: Path) -> set[str]:
-    """Every entry under `bundle` but its directories, the manifest and what is added on a target after the
-    build (engines, with manifests of their own, and bench timings: `UNHASHED_SUBTREES`), as
-    relative POSIX paths."""
+    """Every entry under `bundle` but its directories, the manifest, its signature (which covers the manifest) and
+    what is added on a target after the build (engines, with manifests of their own, and bench timings:
+    `UNHASHED_SUBTREES`), as relative POSIX paths."""
     try:
         entries = list(bundle.rglob("*"))
     except OSError as e:
         raise unreadable(bundle, e) from None
     names = {p.relative_to(bundle).as_posix() for p in entries if (p.is_symlink() or not p.is_dir())
              and p.relative_to(bundle).parts[0] not in UNHASHED_SUBTREES}
-    return names - {MANIFEST}
+    return names - {MANIFEST, SIGNATURE}
 
 
 def file_problems(bundle: Path, manifest: dict) -> list[str]:

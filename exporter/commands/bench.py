@@ -4,21 +4,25 @@ without, every method of every --models model exported here and timed side by si
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import onnxruntime
 from rich.console import Console
 
 from ..bench import bundles, results, throughput
 from ..bundle import bench_folder
+from ..bundle.trust import vouch
 from ..console import inert
 from ..errors import ExporterError
 from ..models import create_model, input_size
 
 
 def bench_bundles(paths: list[Path], batches: Optional[list[int]], threads: int, rounds: int, iterations: int,
-                  console: Console) -> list[Path]:
-    """Time the bundles, print the table; the bench folders written."""
+                  console: Console, trusted_keys: Sequence[Path] = (), trust_plugins: bool = False) -> list[Path]:
+    """Time the bundles, print the table; the bench folders written. Engines of plugin graphs run (loading the
+    bundle's plugin library) only for bundles signed by one of `trusted_keys`, or with `trust_plugins`."""
+    for p in paths:
+        vouch(p, trusted_keys, trust_plugins)
     data = bundles.run(paths, batches, threads, rounds, iterations,
                        log=lambda line: console.print(inert(line), markup=False))
     print(inert(results.markdown(data), lines=True))

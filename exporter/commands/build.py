@@ -15,8 +15,9 @@ import torch
 from rich.console import Console
 
 from .. import __version__, ops
-from ..bundle import (BUILD_ENGINE, FP16, REFERENCES, REPRODUCE, check_space, checkpoint_record, debug_dir, graph_io,
-                      keep_failed, planned, staging, write_manifest, write_reports)
+from ..bundle import (BUILD_ENGINE, FP16, REFERENCES, REPRODUCE, SIGNATURE, check_space, checkpoint_record, debug_dir,
+                      graph_io, keep_failed, planned, staging, write_manifest, write_reports)
+from ..bundle.signature import load_private_key, sign
 from ..console import make as make_console
 from ..engine import scripts
 from ..errors import BuildFailed, ExporterError
@@ -33,10 +34,13 @@ from ..verify import references
 from ..verify.evaluate import evaluate
 
 
-def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] = None) -> Path:
+def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] = None, sign_key: Optional[Path] = None) -> Path:
     """Build `spec` into `out`/<run name> (`command`: the command line, recorded); the bundle's path, or
-    BuildFailed with the failed build kept beside it for inspection."""
+    BuildFailed with the failed build kept beside it for inspection. With `sign_key` (a private key), the bundle is
+    signed last, before it is published."""
     console = console or make_console()
+    if sign_key is not None:
+        load_private_key(sign_key)  # a wrong key fails now, not after the build
     spec = resolve(spec)
     stage = Stages(console)
     with staging(out, spec.run_name) as tmp, debug_dir() as debug:
@@ -84,6 +88,9 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             "io": io,
             **checkpoint_record(spec),
         })
+        if sign_key is not None:
+            with stage(f"sign the bundle ({SIGNATURE})"):
+                console.print(f"signed with key {sign(tmp, sign_key)}", markup=False)
     return out / spec.run_name
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from rich.console import Console
 
 from .. import __version__
 from ..bundle import (checkpoint, consistency_problems, debug_dir, file_problems, is_inside, planned, read_bench,
-                      read_manifest, version_warning, write_json, write_text)
+                      read_manifest, sweep_stale, version_warning, write_json, write_text)
+from ..bundle.signature import Signature, check
+from ..bundle.trust import decide
 from ..console import escape, inert, make as make_console
 from ..errors import BuildFailed, ExporterError
 from ..export.graphs import export_graph
@@ -27,19 +29,24 @@ from ..verify.report import Report, report_problems
 
 
 def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Path] = None, report_to: Optional[Path] = None,
-           engine: Optional[str] = None, references_only: bool = False, data: Optional[Path] = None) -> Report:
+           engine: Optional[str] = None, references_only: bool = False, data: Optional[Path] = None,
+           trusted_keys: Sequence[Path] = (), require_signature: bool = False, trust_plugins: bool = False) -> Report:
     """Files and the manifest's consistency first, then graphs, parity, TensorRT-RTX, the stored references and the
     engines that can run here. The report goes to `report_to` (.json, else markdown) or stdout; `weights` is the
     bundle's checkpoint at a new location. With `references_only`, only the files and the runtimes on the
     stored PyTorch references (no model, weights or network needed). `data`, a folder of labelled images,
-    adds top-1/top-5 of PyTorch and every graph to the report."""
+    adds top-1/top-5 of PyTorch and every graph to the report. The signature is checked first (`check_signature`);
+    the bundle's plugin library is loaded only when it verified with one of `trusted_keys`, or with `trust_plugins`."""
     console = console or make_console()
     if data is not None:  # a wrong folder fails before minutes of verification
         accuracy.check(bundle, data)
     manifest, spec = read_manifest(bundle)
     check_report_path(report_to, bundle)
-    preflight_required(bundle, engine)  # `--engine` that cannot run here: refused before any work
+    sweep_stale()  # a killed run's TensorRT-RTX and debug folders
     stage = Stages(console)
+    signature = check_signature(bundle, trusted_keys, require_signature, stage)
+    decide(bundle, signature, trust_plugins)
+    preflight_required(bundle, engine)  # `--engine` that cannot run here: refused before any work
     with stage("check files and manifest") as found:
         problems = file_problems(bundle, manifest) or (consistency_problems(bundle, manifest, spec)
                                                        + report_problems(bundle, manifest))
@@ -64,10 +71,31 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     if data is not None:
         report.accuracy = accuracy.measure(bundle, data, console)
     report.throughput = read_bench(bundle)
+    report.signature = signature.said
     write_report(report, report_to)
     if not report.passed:
         raise BuildFailed("\n".join(report.failures()), bundle)
     return report
+
+
+def check_signature(bundle: Path, trusted_keys: Sequence[Path], require_signature: bool, stage: Stages) -> Signature:
+    """The signature against the trusted keys: FAILED (exit 1) when it does not verify with them, or when
+    `require_signature` and none verified it; unsigned or unchecked is said, not passed."""
+    if require_signature and not trusted_keys:
+        raise ExporterError("--require-signature needs the key to check the signature with.",
+                            "Pass --trusted-key PUB (the signer's public key; repeat it for several signers).")
+    with stage("check the signature") as found:
+        signature = check(bundle, trusted_keys)
+        found.problems = int(signature.status == "bad")
+        if signature.status in ("unsigned", "unchecked"):
+            found.skipped = signature.said
+    if signature.verified:
+        stage.console.print(escape(signature.said))
+    refused = signature.status == "bad" or (require_signature and not signature.verified)
+    if refused:
+        why = " (--require-signature)" if signature.status != "bad" else ""
+        raise BuildFailed(f"the bundle's signature{why}: {signature.said}", bundle)
+    return signature
 
 
 def check_report_path(path: Optional[Path], bundle: Path) -> None:

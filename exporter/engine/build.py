@@ -26,6 +26,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from .. import rtx_child
 from ..bundle import (ENGINES_DIR, PLUGIN_LIBRARY, TIMING_CACHE, default_graph, graph_path, graph_sha256, has_plugins,
                       inside, precision_of, read_folder, read_intact, recorded_input, sha256, write_entry)
+from ..bundle.trust import library as trusted_library
 from ..console import make as make_console
 from ..errors import ExporterError
 from ..spec import BatchRange
@@ -96,6 +97,7 @@ def plan(bundle: Path, graph: Optional[str], runtime: str, target: Optional[str]
                                 "Rebuild the bundle with `python -m exporter build ... --plugins` where cmake, nvcc and "
                                 "TensorRT's headers are found (TRT_INCLUDE_DIR; see exporter/plugins/README.md), or pass "
                                 f"--graph {standard} for the standard graph.")
+        plugin = trusted_library(bundle)  # native code from the bundle: only when this run trusts it
     trt = targets.import_runtime(runtime)
     version = trt.__version__
     if runtime == TENSORRT_RTX:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .. import rtx_child
+from .. import interrupt, rtx_child
 from ..bundle import read_inside, write_bytes
 
 
@@ -119,7 +119,13 @@ RTX_TIMING_CACHE = "not used (timing-cache operations are no-ops in TensorRT-RTX
 
 def build(trt, request: Request) -> Facts:
     """Parse, configure and build `request` with `trt` (tensorrt or tensorrt_rtx) in this process; raises
-    BuildFailure."""
+    BuildFailure. Ctrl-C and SIGTERM during it cancel the build and end the run (`interrupt.held`): raised inside
+    TensorRT's callbacks, their exception would be swallowed and the run would go on."""
+    with interrupt.held() as pending:
+        return _build(trt, request, pending)
+
+
+def _build(trt, request: Request, pending: list[int]) -> Facts:
     start = time.perf_counter()
     logger = error_logger(trt)
     facts = Facts(trt.__version__, log_errors=logger.errors)  # the logger's list: it grows as the build goes on
@@ -138,6 +144,9 @@ def build(trt, request: Request) -> Facts:
     _describe(trt, network, facts)
 
     config = builder.create_builder_config()
+    monitor = _cancel_on_signal(trt, pending) if hasattr(trt, "IProgressMonitor") else None  # kept alive while building
+    if monitor is not None:  # TensorRT 10+, TensorRT-RTX: a pending signal cancels the build
+        config.progress_monitor = monitor
     _set_profile(builder, config, network, request, facts)
     timing_cache = request.timing_cache
     if request.compute_capability:  # TensorRT-RTX: no GPU here to build for
@@ -247,6 +256,25 @@ def _plugin_name(trt, layer) -> str:
 
 def _parse_error(error) -> ParseError:
     return ParseError(error.node_name(), error.node_operator(), error.desc(), str(error.code()).split(".")[-1])
+
+
+def _cancel_on_signal(trt, pending: list[int]):
+    """A progress monitor that tells TensorRT to stop building once a signal is pending."""
+
+    class Cancel(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            pass
+
+        def step_complete(self, phase_name, step):
+            return not pending
+
+        def phase_finish(self, phase_name):
+            pass
+
+    return Cancel()
 
 
 def error_logger(trt):

@@ -23,7 +23,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..bundle import PLUGIN_LIBRARY, engines_dir, read_inside
+from ..bundle import engines_dir, read_inside
+from ..bundle.trust import library as trusted_library
 from ..engine import preflight, targets
 from ..engine.network import error_logger
 from ..errors import ExporterError
@@ -56,6 +57,8 @@ def check_runnable(bundle: Path, folder: str, entry: dict, here: dict[str, prefl
     if entry["runtime"] not in here:
         here[entry["runtime"]] = preflight.present(entry["runtime"])
     preflight.check(bundle, folder, entry, here[entry["runtime"]])
+    if entry.get("plugin_library"):
+        trusted_library(bundle)  # an engine with plugin layers loads the bundle's library: only when trusted
     problem = cannot_run(entry)
     if problem:
         raise problem
@@ -68,7 +71,7 @@ def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Runner]:
     logger = error_logger(trt)
     runtime = trt.Runtime(logger)
     if entry.get("plugin_library"):
-        runtime.get_plugin_registry().load_library(str(bundle / PLUGIN_LIBRARY))
+        runtime.get_plugin_registry().load_library(str(trusted_library(bundle)))
     plan = read_inside(engines_dir(bundle) / folder / entry["engine"], bundle, "plan")
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:

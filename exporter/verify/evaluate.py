@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from ..bundle import FP16, PLUGIN_LIBRARY, REFERENCES, Graph, has_references, read_references
+from ..bundle.trust import ENABLE, library as trusted_library, untrusted
 from ..checks import graph as graph_check
 from ..checks import parity
 from ..checks.compare import compare_graphs, verify_batches
@@ -44,10 +45,15 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     with stage("verify against PyTorch") as found:
         comparisons = compare_graphs(model, bundle, graphs, spec.batch, size)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
-    library = bundle / PLUGIN_LIBRARY
-    with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if library.is_file() else "")) as found:
-        rtx = {g.file: _rtx(bundle / g.file, spec, size, g.lowering, library) for g in graphs}
+    loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
+    with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if loaded else "")) as found:
+        rtx = {g.file: _rtx(bundle, g, spec, size) for g in graphs}
         found.problems = sum(r.status == "failed" for r in rtx.values())
+        if all(r.status == "skipped" for r in rtx.values()):
+            found.skipped = next(iter(rtx.values())).reason
+    for graph, r in rtx.items():
+        if r.status == "skipped" and not found.skipped:
+            stage.console.print(f"[yellow]skipped[/yellow] the TensorRT-RTX check of {graph}: {escape(r.reason)}")
     stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines)
     report = Report(
         run_name=spec.run_name,
@@ -104,12 +110,17 @@ def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines) -> tup
     return stored, engines
 
 
-def _rtx(graph: Path, spec: BuildSpec, size, lowering: str, library: Path) -> RtxCheck:
-    """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded."""
-    if lowering == "plugin" and not library.is_file():
+def _rtx(bundle: Path, g: Graph, spec: BuildSpec, size) -> RtxCheck:
+    """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded, when this run
+    trusts it (`bundle.trust`), else skipped: the library's code would run on load."""
+    if g.lowering != "plugin":
+        return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size))
+    if not (bundle / PLUGIN_LIBRARY).is_file():
         return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
-    plugins = {"plugin_library": library} if lowering == "plugin" else {}
-    return rtx_check(graph, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **plugins)
+    if (reason := untrusted(bundle)) is not None:
+        return RtxCheck("skipped", f"{reason}; to run this check: {ENABLE[0].lower() + ENABLE[1:]}")
+    return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size),
+                     plugin_library=trusted_library(bundle))
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> Flops:

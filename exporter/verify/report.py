@@ -45,6 +45,7 @@ class Report:
     engines: list[EngineRow] = field(default_factory=list)
     accuracy: Optional[Accuracy] = None  # verify --data
     throughput: Optional[dict] = None  # bench/bench.json as `bench` wrote it, when it timed the bundle (verify)
+    signature: Optional[str] = None  # verify: who signed the bundle, checked with the trusted keys, or "unsigned"
 
     @property
     def passed(self) -> bool:
@@ -86,6 +87,7 @@ class Report:
             "engines": [e.to_dict() for e in self.engines],
             **({"accuracy": self.accuracy.to_dict()} if self.accuracy else {}),
             **({"throughput": self.throughput} if self.throughput else {}),
+            **({"signature": self.signature} if self.signature else {}),
         }
 
     @classmethod
@@ -106,6 +108,7 @@ class Report:
             engines=[EngineRow.from_dict(e) for e in d.get("engines", [])],
             accuracy=Accuracy.from_dict(d["accuracy"]) if d.get("accuracy") else None,
             throughput=d.get("throughput"),
+            signature=d.get("signature"),
         )
 
     @classmethod

@@ -29,6 +29,7 @@ def render(report) -> str:  # a verify.report.Report (which imports this module 
         "",
         _verdict(report),
         "",
+        *([f"Signature: {report.signature}", ""] if report.signature else []),
         "## What was built",
         "",
         f"Token schedule (tokens leaving each block): {report.schedule or 'dense'}  ",
