@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import struct
 import zlib
 
@@ -82,7 +81,7 @@ def test_engine_refuses_links_planted_where_it_writes(bundle, sentinel, capsys, 
     folder.mkdir(parents=True)
     (folder / name).symlink_to(sentinel)
     said = run(capsys, 2, "engine", bundle, *rtx())
-    assert f"links or special files where the tools write engines and timings" in said
+    assert "links or special files where the tools write engines and timings" in said
     assert f"engines/sm86-tensorrt-rtx/{name}" in said
 
 
@@ -115,7 +114,7 @@ def test_a_linked_engines_or_bench_folder_is_reported_and_refused(bundle, tmp_pa
     elsewhere.mkdir()
     (bundle / sub).symlink_to(elsewhere, target_is_directory=True)
     said = run(capsys, 1, "verify", bundle, "--references-only")
-    assert f"links or special files where the tools write engines and timings" in said and sub in said
+    assert "links or special files where the tools write engines and timings" in said and sub in said
     if sub == "engines":
         said = run(capsys, 2, "engine", bundle, *rtx())
     else:

@@ -230,15 +230,9 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset != spec.opset:
             problems.append(f"{g} is opset {opset}, the spec says {spec.opset}")
-<<<<<<< HEAD
-        if manifest["io"].get(g) not in (None, graph_io(bundle / g)):
-            problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {graph_io(bundle / g)}")
-    if (manifest.get("fp16") is not None) != (spec.precision != "fp32"):
-=======
         if manifest["io"].get(g) not in (None, io_of(model)):
             problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {io_of(model)}")
-    if (manifest.get("fp16") is not None) != (spec.precision == "fp16"):
->>>>>>> safeio
+    if (manifest.get("fp16") is not None) != (spec.precision != "fp32"):
         problems.append(f"fp16 facts {'present' if manifest.get('fp16') else 'absent'} in a {spec.precision} build")
     if spec.weights not in NAMED_WEIGHTS and not isinstance(manifest.get("weights_sha256"), str):
         problems.append("the checkpoint's sha256 (weights_sha256) is not recorded")

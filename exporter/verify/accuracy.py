@@ -9,8 +9,6 @@ Field names follow timm's validate.py (top1, top1_err, top5, top5_err, in percen
 """
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,14 +18,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-<<<<<<< HEAD
 from ..bundle import precision_of, read_manifest, recorded_classes
 from ..console import make as make_console
-=======
-from ..bundle import read_manifest, recorded_classes
-from ..console import inert, make as make_console
-from ..errors import ExporterError
->>>>>>> safeio
 from ..models import input_size
 from ..runtime import onnx_runner
 from ..spec import PRECISIONS, BuildSpec
@@ -70,92 +62,6 @@ class Accuracy:
         return cls(**{**d, "results": [Score(**r) for r in d["results"]]})
 
 
-<<<<<<< HEAD
-=======
-LAYOUT = "one sub-folder per class holding its images (ImageNet layout: DIR/<class>/<image>)"
-
-
-def open_folder(data: Path, classes: int):
-    """`data` as a torchvision ImageFolder, checked against the model's class count before any work is done."""
-    from torchvision.datasets import ImageFolder  # torchvision's datasets: only for verify --data
-
-    fix = f"Give --data a folder with {LAYOUT}, e.g. `python -m exporter.fixtures.digits export-split DIR`."
-    if not data.is_dir():
-        raise ExporterError(f"--data {data} is not a directory.", fix)
-    class Folder(ImageFolder):
-        make_dataset = staticmethod(_samples)
-
-    try:
-        dataset = Folder(str(data), loader=_image)
-    except FileNotFoundError as e:
-        if any(p.is_dir() for p in data.iterdir()):  # torchvision names the class folders that hold no image
-            raise ExporterError(f"--data {data}: {e}", fix) from None
-        loose = sum(1 for p in data.iterdir() if p.is_file())
-        raise ExporterError(
-            f"--data {data} has no class sub-folders with images ({loose} files lie directly in it).", fix
-        ) from None
-    if len(dataset.classes) != classes:
-        raise ExporterError(
-            f"--data {data} has {len(dataset.classes)} class folders but the model predicts {classes} classes.",
-            f"Give one sub-folder per class, all {classes} of them, named so that their sorted order is the model's "
-            "class order (as torchvision's ImageFolder maps them).",
-        )
-    for path, _ in dataset.samples:  # each decoded once here: a file that is no image fails now, not minutes into the run
-        _image(path, decode=False)
-    return dataset
-
-
-def _samples(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
-             allow_empty: bool = False) -> list[tuple[str, int]]:
-    """ImageFolder's (path, class) list, but links to directories are not followed (`7/up -> ..` would loop and
-    count every image many times) and a file reached twice (a link to a file) is counted once; what was left out
-    is said on stderr."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
-    samples, seen, found, links, twice = [], set(), set(), [], 0
-    for name in sorted(class_to_idx):
-        for root, dirs, files in sorted(os.walk(os.path.join(directory, name))):  # os.walk follows no link
-            links += [os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d))]
-            for file in sorted(files):
-                path = os.path.join(root, file)
-                if not has_file_allowed_extension(path, extensions or IMG_EXTENSIONS):
-                    continue
-                real = os.path.realpath(path)
-                if real in seen:
-                    twice += 1
-                    continue
-                seen.add(real)
-                found.add(name)
-                samples.append((path, class_to_idx[name]))
-    if empty := sorted(set(class_to_idx) - found):
-        raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}.")
-    if links or twice:
-        left = [f"{len(links)} link{'s' if len(links) != 1 else ''} to folders not followed ({', '.join(links[:3])}"
-                f"{', ...' if len(links) > 3 else ''})"] if links else []
-        left += [f"{twice} file{'s' if twice != 1 else ''} reached twice through links counted once"] if twice else []
-        print(inert(f"--data {directory}: {'; '.join(left)}."), file=sys.stderr)
-    return samples
-
-
-def _image(path: str, decode: bool = True):
-    """The image at `path` as RGB (torchvision's loader), or an ExporterError naming the file PIL cannot read: not
-    an image, truncated (decoded whole, so up front too), or a decompression bomb (more pixels than PIL's
-    MAX_IMAGE_PIXELS)."""
-    try:
-        with Image.open(path) as image:
-            if not decode:
-                image.load()  # every pixel: a truncated file fails here, before the run
-                return None
-            return image.convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise ExporterError(f"--data: {path} is too large to decode safely ({e}).",
-                            "Remove that file, or resize it below PIL's MAX_IMAGE_PIXELS.") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError, truncated files, unreadable files
-        raise ExporterError(f"--data: {path} is not an image PIL can read ({e}).",
-                            "Remove or replace that file; every file with an image extension under --data is read.") from None
-
-
->>>>>>> safeio
 def check(bundle: Path, data: Path):
     """The bundle's manifest and its dataset, or the error a user can fix (before verification starts)."""
     manifest, _ = read_manifest(bundle)
