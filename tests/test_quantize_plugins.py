@@ -7,9 +7,10 @@ import json
 import onnx
 import pytest
 
-from exporter.bundle import read_manifest
+from exporter.bundle import consistency_problems, read_manifest
 from exporter.engine.scripts import parse_build_engine
 from exporter.fixtures import digits
+from exporter.spec import BuildSpec
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def bundle(tmp_path_factory):
 
 def test_plugin_graph_is_quantized_and_judged(bundle):
     manifest, _ = read_manifest(bundle)  # hashes checked
+    assert consistency_problems(bundle, manifest, BuildSpec.from_dict(manifest["spec"])) == []  # what `verify` checks
     assert {"model.int8.onnx", "model.plugins.onnx", "model.plugins.int8.onnx", "calibration.json"} <= set(manifest["files"])
     record = json.loads((bundle / "calibration.json").read_text())
     plugins = record["plugins"]
