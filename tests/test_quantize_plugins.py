@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from exporter.bundle import consistency_problems, read_manifest
-from exporter.engine.scripts import parse_build_engine
+from exporter.engine.scripts import flag_problems, parse_build_engine
 from exporter.fixtures import digits
 from exporter.spec import BuildSpec
 
@@ -68,3 +68,4 @@ def test_checks_and_engine_lines(bundle):
     for major in ("10", "11"):
         line = arms[major, "plugins-int8", "build"]
         assert "--onnx=model.plugins.int8.onnx" in line and "--dynamicPlugins=plugins/libexporter_plugins.so" in line
+        assert flag_problems(line, major) == []
