@@ -16,9 +16,9 @@ TopK/ArgMax/ArgMin is a choice, and
 - plugin nodes (another domain than ONNX's) are never quantized, and in a plugin graph a plugin that chooses
   (its contract declares an int64 output: kept indices, merge sources) is a choice like a TopK: its inputs but the
   tokens it moves (contract input 0) are scores, its int64 outputs choices.
-Only the remaining MatMul/Gemm nodes, the heavy products of attention and MLP, get 8-bit inputs, and a kept node never
-reads a rounded value: where it shares a tensor with a quantized product, it reads the tensor, not its Q/DQ
-(`_unround`), so a plugin's inputs are the fp32 tensors its contract declares.
+Only the remaining MatMul/Gemm nodes, the heavy products of attention and MLP, get 8-bit inputs; onnxruntime's quantizer
+rewires only those to a tensor's Q/DQ, so a kept node, a plugin among them, reads the fp32 tensor its contract
+declares (tests/test_quantize.py and test_quantize_plugins.py check that no DequantizeLinear feeds one).
 """
 from __future__ import annotations
 
@@ -149,7 +149,6 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
                                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
             )
         quantized = onnx.load(str(out))
-        _unround(quantized, excluded)
         if precision == "fp8":
             with _quiet():
                 amax = ({k: max(abs(lo), abs(hi)) for k, (lo, hi) in ranges.items()} if ranges
@@ -167,21 +166,6 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         "high_precision": kept,
         "activation_scales": activation_scales(onnx.load(str(dst), load_external_data=False)),
     }
-
-
-def _unround(model: onnx.ModelProto, kept: set[str]) -> None:
-    """Point every kept node (score, token op, plugin) that reads an activation's DequantizeLinear output back at the
-    activation itself: onnxruntime's quantizer hands one shared Q/DQ pair to all consumers of a tensor, a plugin or a
-    score among them (a ToMe metric that is also a product's input), and those must read it unrounded."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.name not in kept:
-            continue
-        for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[i] = q.input[0]
 
 
 def _ranges(model: Path, open_session: Callable, batches: list[np.ndarray], tmp: Path) -> dict[str, tuple[float, float]]:
