@@ -68,6 +68,12 @@ def test_latency_cost_is_differentiable_in_the_rates(dense):
     later = polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 34)
     later += 10 * (polynomial(table.attention_fit, 34) + polynomial(table.mlp_fit, 34))
     assert float(expected) == pytest.approx(0.2 + first + later, rel=1e-6)
+    # a reducing block costs the measured reduction on top of its halves; the fixed part replaces the outside graph's
+    table.reduction_ms, table.fixed_ms = 0.15, 1.0
+    cost, constant = latency_cost(table)
+    assert constant == 1.0 and float(cost(65, 60, 50)) == pytest.approx(float(cost(65, 65, 50)))
+    assert float(cost(65, 60, 50)) == pytest.approx(0.15 + polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 50))
+    assert float(cost(65, 65, 65)) == pytest.approx(polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 65))
     expected.backward()
     for rate in (*model.prune, *model.merge):
         assert rate.logits.grad is not None and rate.logits.grad.abs().sum() > 0
@@ -81,6 +87,8 @@ def test_measured_table_is_filled(dense):
     assert table.grid == [2, 34, 65] and len(table.attention_ms) == len(table.mlp_ms) == 3
     assert table.outside_ms > 0 and table.overhead_ms > 0 and table.machine["threads"] == 1
     assert len(table.attention_fit) == len(table.mlp_fit) == 3 and min(table.attention_fit + table.mlp_fit) >= 0
+    assert table.dense_ms > 0 and table.reducing_ms > 0 and table.reduction_ms >= 0
+    assert table.fixed_ms >= table.outside_ms
 
 
 @pytest.fixture

@@ -8,13 +8,14 @@ halves' matrix products are linear (projections, MLP) and quadratic (QK^T, AV) i
 count's; non-negative coefficients make the fit non-decreasing for n >= 0 (fewer tokens never cost more, so the
 search never learns to keep tokens for speed) and smooth, with a gradient everywhere, where the measured medians are
 noisy and a few cache steps would make an interpolation jagged. A block then costs attention(entering tokens) +
-MLP(leaving tokens), the same `BlockCost(n_in, keep, out)` the FLOPs cost is, so one search loop serves both.
+MLP(leaving tokens), plus the measured cost of a reduction in a block that reduces (a step, as the FLOPs cost's
+class-attention row), the same `BlockCost(n_in, keep, out)` the FLOPs cost is, so one search loop serves both.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -65,6 +66,10 @@ class LatencyTable:
     rounds: int
     iterations: int
     machine: dict = field(default_factory=dict)
+    reduction_ms: float = 0.0  # what one block's token reduction costs beyond its halves (ranking, gather, merge)
+    dense_ms: float = 0.0  # the whole exported models it was measured on: dense, and removing a token per block
+    reducing_ms: float = 0.0
+    fixed_ms: Optional[float] = None  # the cost outside the blocks the search uses (`outside_ms` when None)
     attention_fit: list[float] = field(default_factory=list)  # [c0, c1, c2], filled by `fitted`
     mlp_fit: list[float] = field(default_factory=list)
 
@@ -80,11 +85,11 @@ class LatencyTable:
 def latency_cost(table: LatencyTable) -> tuple[BlockCost, float]:
     """(block cost in ms, the constant outside the blocks): attention at the entering tokens, the MLP at the
     leaving ones (a block's reduction runs between them)."""
-    attention, mlp = table.attention_fit, table.mlp_fit
+    attention, mlp, reduction = table.attention_fit, table.mlp_fit, table.reduction_ms
     if not attention or not mlp:
         raise ValueError("latency_cost needs a fitted table (LatencyTable.fitted())")
 
     def fn(n_in, keep, out):
-        return polynomial(attention, n_in) + polynomial(mlp, out)
+        return polynomial(attention, n_in) + polynomial(mlp, out) + reduction * (out < n_in)
 
-    return BlockCost(fn, "ms"), table.outside_ms
+    return BlockCost(fn, "ms"), table.outside_ms if table.fixed_ms is None else table.fixed_ms
