@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 
 from . import __version__
-from .console import escape, make as make_console
+from .console import escape, inert, make as make_console
 from .errors import BuildFailed, ExporterError, mismatched_torchvision, out_of_memory
 from .interrupt import exit_code, interrupted_message, terminate_as_interrupt
 
@@ -122,7 +122,7 @@ def _inspect(args, console: Console) -> int:
 
     info = describe(args.bundle)
     if args.json:
-        args.stdout.print_json(json.dumps(info))
+        args.stdout.print_json(json.dumps(info), ensure_ascii=True)  # control characters as \u001b: inert
     else:
         render(info, args.stdout)
     return 0
@@ -403,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BuildFailed as e:
         if args.debug:
             raise
-        args.stdout.print(str(e), markup=False)
+        args.stdout.print(inert(str(e), lines=True), markup=False)
         args.stdout.print(f"[bold red]FAILED[/bold red] | {escape(str(e.where))} | {time.perf_counter() - start:.1f}s")
         return EXIT_FAILED
     except Exception as e:  # the user's mistakes, and a batch too large for this machine's memory

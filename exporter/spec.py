@@ -14,6 +14,9 @@ QUANTIZED = ("int8", "fp8")  # 8-bit graphs, calibrated on images (--calib)
 CALIB_SAMPLES = 256
 
 
+MAX_IMG_SIZE = 4096  # pixels a side: 65536 tokens at patch 16, whose attention alone needs tens of GB per image
+
+
 @dataclass(frozen=True)
 class BatchRange:
     """Batch sizes an artifact accepts: fixed (min == max) or a dynamic axis with an optimum."""
@@ -93,6 +96,13 @@ class BuildSpec:
                                 f"Pass --calib-samples 1 or more (default {CALIB_SAMPLES}).")
         if self.io_fp16 and self.precision != "fp16":
             raise ExporterError("--io-fp16 only applies to fp16 builds.", "Add --precision fp16 or drop --io-fp16.")
+        if not 0 <= self.seed < 2**64:
+            raise ExporterError(f"--seed {self.seed} is outside 0..2^64-1, the seeds torch's generator takes.",
+                                "Pass --seed a whole number from 0 to 18446744073709551615.")
+        if self.img_size is not None and not 1 <= self.img_size <= MAX_IMG_SIZE:
+            raise ExporterError(f"--img-size {self.img_size} is outside 1..{MAX_IMG_SIZE}.",
+                                f"Pass an --img-size up to {MAX_IMG_SIZE} (a multiple of the model's patch size), "
+                                "or omit it for the model's own.")
         if not 17 <= self.opset <= 20:
             raise ExporterError(
                 f"Opset {self.opset} is outside the supported 17..20.",

@@ -24,8 +24,9 @@ def single_thread():
 
 # Modules that build bundles, engines or the plugin library, or compile every kernel variant: `-m "not slow"`
 # leaves them out (the fast subset of the README). The rest hold the ops, methods, graphs and checks themselves.
-SLOW = {"test_accuracy", "test_quantize", "test_bench", "test_build", "test_bundle", "test_cubin_targets", "test_engine", "test_errors",
-        "test_hilo_op", "test_inspect", "test_interrupt", "test_kernel_cache", "test_kernels", "test_kernels_aot",
+SLOW = {"test_accuracy", "test_bench", "test_build", "test_bundle", "test_cubin_targets", "test_engine", "test_errors",
+        "test_hilo_op", "test_hostile", "test_inspect", "test_interrupt", "test_kernel_cache", "test_kernels",
+        "test_kernels_aot", "test_quantize",
         "test_litv2", "test_method_builds", "test_perf", "test_plugins", "test_signing"}
 
 

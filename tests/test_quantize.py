@@ -59,7 +59,7 @@ def test_tensorrt_rtx_builds_the_int8_graph(bundle):
     assert rtx["compute_capability"] == "SM86" and rtx["layer_dtypes"].get("INT8", 0) > 0
     arms = parse_build_engine((bundle / "build_engine.sh").read_text())
     for major in ("10", "11"):
-        assert f"--onnx=model.int8.onnx" in arms[major, "int8", "build"]
+        assert "--onnx=model.int8.onnx" in arms[major, "int8", "build"]
     assert "--stronglyTyped" in arms["10", "int8", "build"]
 
 

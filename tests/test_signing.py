@@ -73,7 +73,7 @@ def test_build_sign_and_verify_with_the_trusted_key(signed, keys, capsys, tmp_pa
     report = tmp_path / "verify.json"
     code, text = verify(capsys, signed, "--trusted-key", keys["alice"][1], "--require-signature", "--report", report)
     assert code == 0, text
-    assert f"signed by key sha256:" in text and str(keys["alice"][1]) in text
+    assert "signed by key sha256:" in text and str(keys["alice"][1]) in text
     assert json.loads(report.read_text())["signature"].startswith("signed by key sha256:")
 
 
@@ -269,3 +269,16 @@ def test_build_plugins_checks_the_library_it_compiled(tmp_path, monkeypatch, cap
     main(["build", "--model", "test_vit", "--weights", "random", "--method", "tome", "--r", "2", "--plugins",
           "--batch", "2", "--out", str(tmp_path / "out")])  # fails: the stand-in has no plugins
     assert mark.exists()
+
+
+def test_the_files_a_signature_mismatch_names_are_read_whatever_the_digests_quoting():
+    """model-signing says which files differ inside the repr of a list of sentences holding the digests' reprs: a
+    digest with both quote characters in it changes how that sentence is quoted, and the names must still come out."""
+    from exporter.bundle.signature import _reason
+
+    changed = "Hash mismatch for 'reproduce.sh': Expected '%r', Actual '%r'" % (b"a'\"b", b"c")
+    added = "Extra files found in model 'run': rogue.onnx, x.sh"
+    removed = "Missing files in model 'run': report.md"
+    assert _reason(ValueError(f"Signature mismatch: {[changed, added, removed]}")) == (
+        "changed since signing: reproduce.sh; added since signing: rogue.onnx, x.sh; removed since signing: report.md")
+    assert _reason(ValueError("Key mismatch: the signature was made by another key")) == "signed by another key"

@@ -12,15 +12,24 @@
 
 Commands ask this package; none knows a file name of its own.
 """
-from .engines import ENTRY_FIELDS, all_entries, engines_dir, graph_files, graph_sha256, read_folder, write_entry
+from .engines import (ENTRY_FIELDS, all_entries, engines_dir, graph_files, graph_sha256, load_graph, read_folder,
+                      write_entry)
 from .files import (
+    DAMAGED,
     DEBUG_PREFIX,
+    LIMITS,
+    check_space,
     check_writable,
     debug_dir,
     file_hashes,
     from_record,
+    inside,
+    is_inside,
     keep_failed,
+    no_space,
+    open_inside,
     publish_modes,
+    read_inside,
     read_json,
     same_bundle,
     sha256,
@@ -50,6 +59,7 @@ from .layout import (
     REPORT_JSON,
     REPORT_MD,
     REPRODUCE,
+    RUNTIMES,
     SIGNATURE,
     TIMING_CACHE,
     TRTEXEC_DIR,
@@ -63,7 +73,6 @@ from .layout import (
     precision_of,
 )
 from .manifest import (
-    DAMAGED,
     NAMED_WEIGHTS,
     REQUIRED,
     bundle_files,

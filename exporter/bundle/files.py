@@ -13,16 +13,19 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, TypeVar
+from typing import Any, BinaryIO, Iterator, Optional, TypeVar
 
 from ..errors import ExporterError
 from ..interrupt import owner
 from ..rtx_child import TEMP_PREFIX as RTX_PREFIX
 from .layout import MANIFEST, REPORT_JSON, REPORT_MD, SIGNATURE, UNHASHED_SUBTREES
+
+DAMAGED = "Copy the bundle again from where it was built, or rebuild it with `python -m exporter build`."
 
 
 def check_writable(out: Path) -> None:
@@ -66,8 +69,12 @@ def staging(out: Path, name: str) -> Iterator[Path]:
         yield tmp
         publish_modes(tmp)
         _install(tmp, out / name)
-    except BaseException:
+    except BaseException as e:
+        full = (isinstance(e, DiskFull) and e.folder != out) or (isinstance(e, OSError) and _full_disk(e, out))
+        written = _size(tmp)  # before the partial files go
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:  # named by the folder the user gave, not the hidden one
+            raise no_space(out, written=written) from None
         raise
     shutil.rmtree(out / f"{name}.failed", ignore_errors=True)  # an earlier failure of this spec is now stale
 
@@ -102,7 +109,7 @@ def same_bundle(a: Path, b: Path) -> bool:
         if (ma.get("exporter_version"), ma.get("git_commit")) != (mb.get("exporter_version"), mb.get("git_commit")):
             return False
         return file_hashes(a, exclude=record) == file_hashes(b, exclude=record)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, ExporterError):  # a damaged bundle in place is not this one
         return False
 
 
@@ -166,8 +173,7 @@ def publish_modes(root: Path) -> None:
     mkdtemp makes 0700 directories and some writers 0600 files; a bundle gets 0777 & ~umask for its
     directories (and executable files, such as a plugin library) and 0666 & ~umask for the other files.
     """
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     for path in [root, *root.rglob("*")]:
         if path.is_symlink():
             continue
@@ -184,20 +190,117 @@ def keep_failed(tmp: Path, out: Path, name: str) -> Path:
     return failed
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, root: Optional[Path] = None) -> None:
     """Atomic, stable JSON (sorted keys), so re-running a stage never leaves half a file."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", root)
 
 
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
+def write_text(path: Path, text: str, root: Optional[Path] = None) -> None:
+    write_bytes(path, text.encode(), root)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """`data` into a hidden file beside `path`, renamed over it: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def write_bytes(path: Path, data: bytes, root: Optional[Path] = None) -> None:
+    """THE writer of every file the tools put into a bundle (or beside it): `data` into a temp file created
+    exclusively (O_EXCL, never through a link planted under its name) in the real directory of `path`, then
+    renamed over `path` (a link at `path` is replaced, not followed): a reader sees the old file or the new one.
+    With `root` (the bundle), every folder from `root` to `path` must be a real directory inside it (a folder
+    linked elsewhere would send the file out of the bundle). A full disk is a sentence naming the folder."""
+    folder = path.parent
+    if root is not None:
+        inside(root, folder.relative_to(root).parts)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)  # O_CREAT|O_EXCL|O_NOFOLLOW
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as any file the user creates (mkstemp makes it 0600)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(folder, len(data)) from None
+        raise
+
+
+class DiskFull(ExporterError):
+    """A write refused for lack of space in `folder` (`no_space`)."""
+
+    folder: Path
+
+
+def no_space(folder: Path, needed: Optional[int] = None, written: Optional[int] = None) -> DiskFull:
+    """The sentence for a full disk while writing into `folder`: where, the space free, and what was to be written
+    (`needed`, one file) or had been written when it filled (`written`, a bundle, which needs more than that)."""
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "no space left"
+    if needed is not None:
+        free += f", at least {needed / 1e6:.1f} MB needed"
+    if written:
+        free += f"; the build had written {written / 1e6:.1f} MB when it ran out, and needs more than that"
+    error = DiskFull(f"The disk holding {folder} has no room for this ({free}): nothing was kept.",
+                     "Free space there, or pass --out a folder on a disk with room for the bundle.")
+    error.folder = folder
+    return error
+
+
+def check_space(folder: Path, needed: int) -> None:
+    """Refuse a write of about `needed` bytes into `folder` up front when its disk has less free."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed:
+        raise no_space(folder, needed)
+
+
+def _full_disk(e: OSError, folder: Path) -> bool:
+    """ENOSPC (or a quota), or a writer that lost the errno: numpy's tofile (the ONNX exporter's weights) says only
+    'problem writing element' when its fwrite fails, and has removed its partial file by the time this is asked."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and "problem writing" in str(e))
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def inside(root: Path, parts: tuple[str, ...] = (), create: bool = False) -> Path:
+    """`root`/`parts` as a real directory inside `root` (engines/<target>-<runtime>/, bench/): each folder on the way
+    is checked not to be a link (or anything but a directory), and made when missing with `create`. A link there
+    would send what the tools write out of the bundle, so it is refused, not followed."""
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            if not create:
+                continue
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()
+            mode = os.lstat(path).st_mode
+        if not stat.S_ISDIR(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+            raise ExporterError(f"{path} is {what}: the tools write only into real folders of the bundle {root}.",
+                                f"Remove {path} (engines and timings are rebuilt by `python -m exporter engine` and "
+                                "`bench`), or copy the bundle again from where it was built.")
+    if path.exists() and not is_inside(path, root):
+        raise ExporterError(f"{path} lies outside the bundle {root} once its links are resolved.",
+                            "Copy the bundle again from where it was built (cp -r without links).")
+    return path
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """`path` is `root` or lies under it once every link is resolved."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
 T = TypeVar("T")
@@ -211,13 +314,54 @@ def from_record(cls: type[T], record: dict) -> T:
     return cls(**{k: v for k, v in record.items() if k in names})
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+# The most the tools read of one file of each kind: a bundle from elsewhere must not make them read until memory runs
+# out (a link to /dev/zero is refused anyway; a huge regular file is refused by its size, before it is read).
+# Hashing streams, so its bound ("data", weights and checkpoints) only stops a file that never ends.
+LIMITS = {"json": 64 << 20, "graph": 2 << 30, "references": 2 << 30, "plan": 8 << 30, "cache": 1 << 30, "data": 1 << 40}
 
 
-def sha256(path: Path) -> str:
+def open_inside(path: Path, root: Optional[Path] = None, kind: str = "json") -> BinaryIO:
+    """`path` opened for reading if it is a regular file (not a link, FIFO or device) inside `root` (default: its own
+    folder) of at most LIMITS[kind] bytes; else an ExporterError saying which. A FIFO is opened without blocking, so
+    it is refused instead of waited on."""
+    root = path.parent if root is None else root
+    if not is_inside(path.parent, root):
+        raise _refused(path, root, "it lies outside the bundle once its folders' links are resolved")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _refused(path, root, "it is a symbolic link") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > LIMITS[kind]:
+        os.close(fd)
+        why = (f"it is {info.st_size / 1e6:.0f} MB, more than a {kind} file of a bundle may be "
+               f"({LIMITS[kind] / 1e6:.0f} MB)") if stat.S_ISREG(info.st_mode) else "it is not a regular file"
+        raise _refused(path, root, why)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _refused(path: Path, root: Path, why: str) -> ExporterError:
+    return ExporterError(f"Refused to read {path}: {why}.", DAMAGED)
+
+
+def read_inside(path: Path, root: Optional[Path] = None, kind: str = "json") -> bytes:
+    """The bytes of `path`, read through `open_inside` (a regular file inside `root`, its size bounded)."""
+    with open_inside(path, root, kind) as f:
+        return f.read()
+
+
+def read_json(path: Path, root: Optional[Path] = None) -> Any:
+    """JSON read through `open_inside`; ValueError when it is not JSON (callers word that for their file)."""
+    return json.loads(read_inside(path, root, "json"))
+
+
+def sha256(path: Path, root: Optional[Path] = None, kind: str = "data") -> str:
+    """sha256 of a regular file (never a FIFO, device or link: `open_inside`)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_inside(path, root, kind) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

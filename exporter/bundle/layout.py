@@ -47,6 +47,7 @@ ENGINES_DIR = "engines"
 ENGINE_JSON = "engine.json"  # in each engines/<target>-<runtime>/
 TIMING_CACHE = "timing.cache"  # TensorRT's, in its engines/<target>-tensorrt/
 TRTEXEC_DIR = f"{ENGINES_DIR}/trtexec"
+RUNTIMES = ("tensorrt", "tensorrt-rtx")  # the runtimes an engine folder is built for
 BENCH_DIR = "bench"
 BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 # Subtrees outside the portable file hashes, written after the bundle on one machine: engines/<target>-<runtime>/

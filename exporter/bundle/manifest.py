@@ -13,6 +13,8 @@ never changes the bundle):
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,10 +23,10 @@ import onnx
 from ..errors import ExporterError
 from ..options import resolve, spec_of_command
 from ..spec import BuildSpec
-from .files import file_hashes, sha256, write_json
-from .layout import MANIFEST, SIGNATURE, UNHASHED_SUBTREES, planned
+from .engines import load_graph
+from .files import DAMAGED, file_hashes, read_inside, sha256, write_json
+from .layout import GRAPHS, MANIFEST, SIGNATURE, UNHASHED_SUBTREES, planned
 
-DAMAGED = "Copy the bundle again from where it was built, or rebuild it with `python -m exporter build`."
 # field -> type: what verification reads from the manifest
 REQUIRED = {
     "run_name": str,
@@ -37,6 +39,50 @@ REQUIRED = {
     "git_commit": str,
 }
 NAMED_WEIGHTS = ("pretrained", "random")
+# field -> (type, what it is): the optional fields that commands print or compute with (None: not recorded)
+OPTIONAL = {
+    "schedule": (list, "a list of token counts"),
+    "method_params": (dict, "a table of parameters"),
+    "flops": (dict, "a table of GMACs"),
+    "fp16": (dict, "a table of fp16 facts"),
+    "plugin_library": (dict, "a table describing the library's build"),
+    "weights_path": (str, "a path"),
+    "weights_sha256": (str, "a sha256"),
+}
+MAX_DIM = 2**31 - 1  # no runtime takes a larger dimension (TensorRT's are int32)
+
+
+def field_problems(manifest: dict) -> list[str]:
+    """Fields of the wrong type or beyond what a build writes, each as a phrase: the optional fields, the file
+    list (names inside the bundle), and the graphs' recorded inputs/outputs (names, dtypes, bounded dimensions)."""
+    problems = [f"{k} is {type(manifest[k]).__name__} {manifest[k]!r:.40}, not {what}"
+                for k, (kind, what) in OPTIONAL.items() if manifest.get(k) is not None and not isinstance(manifest[k], kind)]
+    if isinstance(manifest.get("schedule"), list) and not all(type(t) is int for t in manifest["schedule"]):
+        problems.append("schedule holds something other than token counts")
+    if isinstance(manifest.get("flops"), dict) and not all(isinstance(v, (int, float)) for v in manifest["flops"].values()):
+        problems.append("flops holds something other than numbers")
+    outside = [n for n in manifest["files"] if Path(n).is_absolute() or ".." in Path(n).parts or not isinstance(manifest["files"][n], str)]
+    if outside:
+        problems.append(f"files lists names outside the bundle: {', '.join(map(repr, outside[:3]))}")
+    for graph, io in manifest["io"].items():
+        if graph not in GRAPHS.values():
+            problems.append(f"io describes {graph!r}, which is not one of a bundle's graphs")
+        elif (why := _io_problem(io)) is not None:
+            problems.append(f"the io of {graph} {why}")
+    return problems
+
+
+def _io_problem(io: Any) -> Optional[str]:
+    if not isinstance(io, dict) or not all(isinstance(io.get(k), list) and io[k] for k in ("inputs", "outputs")):
+        return "lacks its inputs or outputs"
+    for value in io["inputs"] + io["outputs"]:
+        if not (isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("dtype"), str)
+                and isinstance(value.get("shape"), list)):
+            return "holds a value without a name, dtype and shape"
+        for d in value["shape"]:
+            if not (isinstance(d, str) or (type(d) is int and 0 <= d <= MAX_DIM)):
+                return f"gives {value['name']!r} the dimension {d!r:.40} (at most {MAX_DIM}, or a name such as 'batch')"
+    return None
 
 
 def unreadable(path: Path, e: OSError) -> ExporterError:
@@ -55,7 +101,7 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
             "Pass a directory made by `python -m exporter build`, e.g. artifacts/<run>.",
         )
     try:
-        text = path.read_text()
+        text = read_inside(path, bundle, "json")
     except OSError as e:
         raise unreadable(path, e) from None
     try:
@@ -71,6 +117,8 @@ def read_manifest(bundle: Path) -> tuple[dict, BuildSpec]:
     if missing:
         fields = ", ".join(missing)
         raise ExporterError(f"{path} lacks {fields} (or holds the wrong type): the bundle is damaged.", DAMAGED)
+    if wrong := field_problems(manifest):
+        raise ExporterError(f"{path} holds what no build writes ({'; '.join(wrong)}): the bundle is damaged.", DAMAGED)
     try:
         spec = BuildSpec.from_dict(manifest["spec"])
     except KeyError as e:
@@ -113,7 +161,27 @@ def file_problems(bundle: Path, manifest: dict) -> list[str]:
             raise unreadable(path, e) from None
     if changed:
         problems.append(f"modified since the build (sha256 differs): {', '.join(changed)}")
-    return problems
+    return problems + unhashed_problems(bundle)
+
+
+def unhashed_problems(bundle: Path) -> list[str]:
+    """engines/ and bench/ lie outside the hashes, but not outside the bundle: a link among them (or a FIFO, a
+    device) is reported, since the tools would write or read through it."""
+    odd = []
+    for sub in UNHASHED_SUBTREES:
+        top = bundle / sub
+        if top.is_symlink() or (top.exists() and not (top.is_dir() or top.is_file())):  # a file: in the way, not a hazard
+            odd.append(sub)
+            continue
+        for folder, dirs, files in os.walk(top):  # never follows a link to a directory
+            for name in dirs + files:
+                mode = os.lstat(Path(folder) / name).st_mode
+                if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                    odd.append((Path(folder) / name).relative_to(bundle).as_posix())
+    if not odd:
+        return []
+    return [f"links or special files where the tools write engines and timings (refused by engine and bench, which "
+            f"would write through them): {', '.join(sorted(odd))}"]
 
 
 def _with_defaults(spec: BuildSpec) -> BuildSpec:
@@ -131,6 +199,8 @@ def read_intact(bundle: Path) -> tuple[dict, BuildSpec]:
     manifest, spec = read_manifest(bundle)
     if problems := file_problems(bundle, manifest):
         raise ExporterError(f"{bundle} does not match its manifest ({'; '.join(problems)}).", DAMAGED)
+    for graph in set(manifest["io"]) & set(manifest["files"]):  # weights kept outside: refused before a runtime opens them
+        load_graph(bundle / graph, bundle)
     return manifest, spec
 
 
@@ -156,12 +226,12 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
         if g not in files:
             problems.append(f"{g} is missing, but a {spec.precision} build writes it")
             continue
-        model = onnx.load(str(bundle / g), load_external_data=False)
+        model = load_graph(bundle / g, bundle)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset != spec.opset:
             problems.append(f"{g} is opset {opset}, the spec says {spec.opset}")
-        if manifest["io"].get(g) not in (None, graph_io(bundle / g)):
-            problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {graph_io(bundle / g)}")
+        if manifest["io"].get(g) not in (None, io_of(model)):
+            problems.append(f"the io recorded for {g} differs from the graph's inputs/outputs {io_of(model)}")
     if (manifest.get("fp16") is not None) != (spec.precision != "fp32"):
         problems.append(f"fp16 facts {'present' if manifest.get('fp16') else 'absent'} in a {spec.precision} build")
     if spec.weights not in NAMED_WEIGHTS and not isinstance(manifest.get("weights_sha256"), str):
@@ -185,7 +255,7 @@ def checkpoint(spec: BuildSpec, manifest: dict, moved: Optional[Path]) -> Option
             "Pass its new location: python -m exporter verify BUNDLE --weights PATH.",
         )
     try:
-        digest = sha256(path)
+        digest = sha256(path.resolve())  # the user's file, which may be a link (a hub cache's are)
     except OSError as e:
         raise unreadable(path, e) from None
     if digest != manifest["weights_sha256"]:
@@ -219,7 +289,7 @@ def checkpoint_record(spec: BuildSpec) -> dict:
 def graph_io(path: Path) -> dict[str, list[dict]]:
     """A graph's inputs and outputs as the manifest records them: name, numpy dtype, shape (a named dimension
     stays a name, e.g. 'batch')."""
-    return io_of(onnx.load(str(path), load_external_data=False))
+    return io_of(load_graph(path))
 
 
 def io_of(model: onnx.ModelProto) -> dict[str, list[dict]]:

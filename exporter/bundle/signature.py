@@ -14,9 +14,9 @@ engine.json with the plan's sha256, keyed by the graph's hash, which the signatu
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -140,19 +140,29 @@ def _fingerprint(public_key) -> str:
     return f"sha256:{hashlib.sha256(pem).hexdigest()[:16]}"
 
 
+QUOTED_END = "': "  # ends the model's quoted name in model-signing's sentences on added and removed files
+
+
 def _reason(e: Exception) -> str:
-    """model-signing's error in one line: the key that does not match, or the files that differ (its message
-    for those holds the digests' reprs; the file names are what a reader needs)."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    """model-signing's error in one line: the key that does not match, or the files that differ. Its message for
+    those is "Signature mismatch: " and the repr of a list of sentences holding the digests' reprs, whose quoting
+    depends on the digests' bytes, so the list is read back as Python literals rather than matched as text."""
+    text = str(e)
     if text.startswith("Key mismatch"):
         return "signed by another key"
-    if not text.startswith("Signature mismatch"):
-        return text[:400]
-    changed = re.findall(r"Hash mismatch for '([^']+)'", text)
+    prefix = "Signature mismatch: "
+    try:
+        diffs = ast.literal_eval(text[len(prefix):]) if text.startswith(prefix) else None
+    except (ValueError, SyntaxError):
+        diffs = None
+    if not isinstance(diffs, list) or not all(isinstance(d, str) for d in diffs):
+        return " ".join(text.split())[:400] or type(e).__name__
+    changed = [d[len("Hash mismatch for '"):d.index("': Expected")] for d in diffs
+               if d.startswith("Hash mismatch for '") and "': Expected" in d]
     parts = [f"changed since signing: {', '.join(changed)}"] if changed else []
-    parts += [f"{'added' if kind == 'Extra' else 'removed'} since signing: {names}"
-              for kind, names in re.findall(r"(Extra|Missing) files (?:found )?in model '[^']*': ([^\"\]]+)", text)]
-    return "; ".join(parts)[:400] or text[:400]
+    for kind, said in (("added", "Extra files found in model "), ("removed", "Missing files in model ")):
+        parts += [f"{kind} since signing: {d.split(QUOTED_END, 1)[1]}" for d in diffs if d.startswith(said) and QUOTED_END in d]
+    return "; ".join(parts)[:400] or " ".join(text.split())[:400]
 
 
 def _model_signing():

@@ -12,6 +12,7 @@ from rich.console import Console
 from ..bench import bundles, results, throughput
 from ..bundle import bench_folder
 from ..bundle.trust import vouch
+from ..console import inert
 from ..errors import ExporterError
 from ..models import create_model, input_size
 
@@ -22,8 +23,9 @@ def bench_bundles(paths: list[Path], batches: Optional[list[int]], threads: int,
     bundle's plugin library) only for bundles signed by one of `trusted_keys`, or with `trust_plugins`."""
     for p in paths:
         vouch(p, trusted_keys, trust_plugins)
-    data = bundles.run(paths, batches, threads, rounds, iterations, log=console.print)
-    print(results.markdown(data))
+    data = bundles.run(paths, batches, threads, rounds, iterations,
+                       log=lambda line: console.print(inert(line), markup=False))
+    print(inert(results.markdown(data), lines=True))
     return [bench_folder(p) for p in paths]
 
 

@@ -15,8 +15,8 @@ import torch
 from rich.console import Console
 
 from .. import __version__, ops
-from ..bundle import (BUILD_ENGINE, CALIBRATION, FP16, REFERENCES, REPRODUCE, SIGNATURE, checkpoint_record, debug_dir,
-                      graph_io, keep_failed, planned, staging, write_json, write_manifest, write_reports)
+from ..bundle import (BUILD_ENGINE, CALIBRATION, FP16, REFERENCES, REPRODUCE, SIGNATURE, check_space, checkpoint_record,
+                      debug_dir, graph_io, keep_failed, planned, staging, write_json, write_manifest, write_reports)
 from ..bundle.signature import load_private_key, sign
 from ..console import make as make_console
 from ..engine import scripts
@@ -53,6 +53,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             size = input_size(dense)
             token_ops = _token_ops(spec, model, size) if spec.plugins else ()
             calibration = open_calibration(spec, dense, size, dense.num_classes) if spec.precision in QUANTIZED else None
+        check_space(out, disk_needed(spec, model, size))  # a full disk is refused here, not after the export
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
         fp16_facts = library_status = quantized = None
@@ -110,6 +111,18 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             with stage(f"sign the bundle ({SIGNATURE})"):
                 console.print(f"signed with key {sign(tmp, sign_key)}", markup=False)
     return out / spec.run_name
+
+
+BYTES_PER_WEIGHT = {"fp16": 2, "int8": 1, "fp8": 1}  # fp32 otherwise
+
+
+def disk_needed(spec: BuildSpec, model: torch.nn.Module, size: tuple[int, int]) -> int:
+    """A lower bound on the bytes a bundle of `spec` takes: each graph's weights (4 bytes, 2 in the fp16 graphs, 1 in the 8-bit ones;
+    the plugin graphs again), and the stored references' inputs (compressed fp16: over a byte per value, 1.4
+    measured on test_vit)."""
+    weights = sum(p.numel() for p in model.parameters())
+    graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
+    return sum(weights * BYTES_PER_WEIGHT.get(g.precision, 4) for g in graphs) + references.FP16_HELD * 3 * size[0] * size[1]
 
 
 def _token_ops(spec: BuildSpec, model: torch.nn.Module, size) -> list[str]:

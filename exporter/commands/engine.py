@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..bundle import sweep_stale
 from ..bundle.trust import vouch
+from ..console import inert
 from ..engine.build import EngineResult, build_engine
 
 
@@ -22,5 +23,5 @@ def engine(bundle: Path, graph: Optional[str], runtime: str, target: Optional[st
     result = build_engine(bundle, graph, runtime, target, force, console)
     e = result.entry
     state = "cache hit" if result.cache_hit else f"cache miss ({result.why}), built in {e['build_seconds']:.1f}s"
-    console.print(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})", markup=False)
+    console.print(inert(f"{state}: {result.folder / e['engine']} ({e['bytes'] / 1e6:.1f} MB, key {e['key'][:12]})"), markup=False)
     return result

@@ -16,8 +16,9 @@ from typing import Any
 
 import onnx
 
-from ..bundle import PLUGIN_LIBRARY, all_entries, file_problems, graph_files, io_of, read_manifest
+from ..bundle import PLUGIN_LIBRARY, all_entries, file_problems, graph_files, io_of, load_graph, read_manifest
 from ..checks.graph import attributes
+from ..console import inert
 from ..errors import ExporterError
 from ..ops import contracts
 from ..verify.report import Report
@@ -56,21 +57,24 @@ def describe(bundle: Path) -> dict[str, Any]:
         "files": {"listed": len(manifest["files"]), "problems": file_problems(bundle, manifest)},
         "plugin_library": {"file": PLUGIN_LIBRARY, "present": library.is_file(),
                            "build": manifest.get("plugin_library")},
-        "graphs": [graph(bundle / name) for name in sorted(manifest["io"], key=lambda g: ("plugins" in g, "fp16" in g))],
+        "graphs": [graph(bundle, name) for name in sorted(manifest["io"], key=lambda g: ("plugins" in g, "fp16" in g))],
         "engines": engines,
     }
 
 
-def graph(path: Path) -> dict[str, Any]:
+def graph(bundle: Path, name: str) -> dict[str, Any]:
     """One ONNX graph: size on disk (with its weight files), opset, I/O, operator counts and plugin nodes."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # a missing file, or protobuf's DecodeError for a truncated or foreign one
-        return {"file": path.name, "problem": f"cannot be read as ONNX ({type(e).__name__}: {e})"}
+    path = bundle / name
+    try:  # never a file outside the bundle, a FIFO or a device, nor weights kept outside (the bounded reader)
+        model = load_graph(path, bundle)
+    except ExporterError as e:
+        return {"file": name, "problem": e.problem.removeprefix(f"{path} ")}
+    except OSError as e:
+        return {"file": name, "problem": f"cannot be read ({e.strerror or e})"}
     ops = Counter(n.op_type for n in model.graph.node)
     return {
-        "file": path.name,
-        "bytes": sum(f.stat().st_size for f in graph_files(path, model) if f.is_file()),
+        "file": name,
+        "bytes": sum(f.stat().st_size for f in graph_files(path, model, bundle) if f.is_file()),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         **io_of(model),
         "nodes": len(model.graph.node),
@@ -150,4 +154,4 @@ def render(info: dict[str, Any], console) -> None:
         lines += [f"engine engines/{e['folder']}/{e['engine']}: from {e['graph']}, {e['runtime']} {e['runtime_version']} "
                   f"for {e['target']}, {(e['bytes'] or 0) / 1e6:.1f} MB, built {e['built_at']}"]
     for line in lines:
-        console.print(line, markup=False)
+        console.print(inert(line), markup=False)  # a bundle's text, shown and not obeyed by the terminal

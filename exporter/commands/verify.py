@@ -11,11 +11,11 @@ from typing import Optional, Sequence
 from rich.console import Console
 
 from .. import __version__
-from ..bundle import (checkpoint, consistency_problems, debug_dir, file_problems, planned, read_bench, read_manifest,
-                      sweep_stale, version_warning, write_json, write_text)
+from ..bundle import (checkpoint, consistency_problems, debug_dir, file_problems, is_inside, planned, read_bench,
+                      read_manifest, sweep_stale, version_warning, write_json, write_text)
 from ..bundle.signature import Signature, check
 from ..bundle.trust import decide
-from ..console import escape, make as make_console
+from ..console import escape, inert, make as make_console
 from ..errors import BuildFailed, ExporterError
 from ..export.graphs import export_graph
 from ..models import input_size
@@ -41,7 +41,7 @@ def verify(bundle: Path, console: Optional[Console] = None, weights: Optional[Pa
     if data is not None:  # a wrong folder fails before minutes of verification
         accuracy.check(bundle, data)
     manifest, spec = read_manifest(bundle)
-    check_report_path(report_to)
+    check_report_path(report_to, bundle)
     sweep_stale()  # a killed run's TensorRT-RTX and debug folders
     stage = Stages(console)
     signature = check_signature(bundle, trusted_keys, require_signature, stage)
@@ -98,8 +98,14 @@ def check_signature(bundle: Path, trusted_keys: Sequence[Path], require_signatur
     return signature
 
 
-def check_report_path(path: Optional[Path]) -> None:
-    """Fail before any work if `--report PATH` cannot be written."""
+def check_report_path(path: Optional[Path], bundle: Path) -> None:
+    """Fail before any work if `--report PATH` cannot be written, or would be written into the bundle (verify never
+    changes a bundle: a file added to it fails its next verify)."""
+    if path is not None and is_inside(path.parent, bundle):
+        beside = bundle.parent / f"{bundle.name}.verify{path.suffix or '.md'}"
+        raise ExporterError(f"--report {path} lies inside the bundle {bundle}: verify does not change a bundle, and a "
+                            "report written into it would fail the next verify.",
+                            f"Write it outside the bundle, e.g. --report {beside}.")
     if path is not None and (path.is_dir() or not path.parent.is_dir()):
         raise ExporterError(
             f"--report {path} is {'a directory' if path.is_dir() else 'in a directory that does not exist'}.",
@@ -110,7 +116,7 @@ def check_report_path(path: Optional[Path]) -> None:
 def write_report(report: Report, path: Optional[Path]) -> None:
     """verify's report: to `path` (JSON for .json, else markdown), or to stdout; never into the bundle."""
     if path is None:
-        sys.stdout.write(report.markdown())
+        sys.stdout.write(inert(report.markdown(), lines=True))
         return
     try:
         if path.suffix == ".json":

@@ -15,7 +15,6 @@ for the compute capability passed with --target.
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .. import rtx_child
-from ..bundle import (PLUGIN_LIBRARY, TIMING_CACHE, default_graph, engines_dir, graph_path, graph_sha256, has_plugins,
-                      precision_of, read_folder, read_intact, recorded_input, sha256, write_entry)
+from ..bundle import (ENGINES_DIR, PLUGIN_LIBRARY, TIMING_CACHE, default_graph, graph_path, graph_sha256, has_plugins,
+                      inside, precision_of, read_folder, read_intact, recorded_input, sha256, write_entry)
 from ..bundle.trust import library as trusted_library
 from ..console import make as make_console
 from ..errors import ExporterError
@@ -128,7 +127,7 @@ def build_engine(bundle: Path, graph: Optional[str] = None, runtime: str = TENSO
                  force: bool = False, console: Optional[Console] = None) -> EngineResult:
     console = console or make_console()
     p, trt = plan(bundle, graph, runtime, target)
-    folder = engines_dir(bundle) / targets.folder(p.target, p.runtime)
+    folder = inside(bundle, (ENGINES_DIR, targets.folder(p.target, p.runtime)), create=True)  # never a link elsewhere
     with cache.locked(folder, console):
         return _build_or_reuse(p, trt, folder, force, console)
 
@@ -142,16 +141,11 @@ def _build_or_reuse(p: Plan, trt, folder: Path, force: bool, console: Console) -
         hit = cache.lookup(folder, p.graph.name, wanted)
         if hit:
             return EngineResult(folder, hit, True)
-    why = _why_miss(read_folder(folder)["entries"].get(p.graph.name), fields, force)
-    tmp = folder / f".{engine_name}.tmp"
-    try:
-        # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
-            bar.add_task(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} (one-time, may take minutes)")
-            facts = _build(trt, p, folder / TIMING_CACHE, tmp)
-        os.replace(tmp, folder / engine_name)
-    finally:
-        tmp.unlink(missing_ok=True)
+    why = _why_miss(read_folder(folder, p.bundle)["entries"].get(p.graph.name), fields, force)
+    # a spinner with an elapsed clock: TensorRT reports no useful progress for most of a build
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        bar.add_task(f"build {LABEL[p.runtime]} {p.version} engine for {p.target} from {p.graph.name} (one-time, may take minutes)")
+        facts = _build(trt, p, folder / TIMING_CACHE, folder / engine_name)  # written whole by the bundle's writer
     entry = {
         "engine": engine_name,
         "graph": p.graph.name,
@@ -168,11 +162,11 @@ def _build_or_reuse(p: Plan, trt, folder: Path, force: bool, console: Console) -
         "plugin_library": PLUGIN_LIBRARY if p.plugin else None,
         "build_seconds": facts.build_seconds,
         "bytes": (folder / engine_name).stat().st_size,
-        "sha256": sha256(folder / engine_name),
+        "sha256": sha256(folder / engine_name, p.bundle),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": f"{platform.machine()} {platform.node()}",
     }
-    write_entry(folder, p.graph.name, entry)
+    write_entry(folder, p.graph.name, entry, p.bundle)
     return EngineResult(folder, entry, False, why)
 
 

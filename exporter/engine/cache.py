@@ -51,6 +51,6 @@ def lookup(folder: Path, graph: str, wanted_key: str) -> Optional[dict]:
     if not entry or entry.get("key") != wanted_key:
         return None
     plan = folder / entry["engine"]
-    if not plan.is_file() or sha256(plan) != entry.get("sha256"):
+    if plan.is_symlink() or not plan.is_file() or sha256(plan) != entry.get("sha256"):
         return None
     return entry

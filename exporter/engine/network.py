@@ -24,13 +24,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .. import interrupt, rtx_child
+from ..bundle import read_inside, write_bytes
 
 
 class Stage:
@@ -160,10 +160,10 @@ def _build(trt, request: Request, pending: list[int]) -> Facts:
     if plan is None:
         raise BuildFailure(Stage.BUILD, facts)
     if timing_cache is not None:
-        _write_atomically(timing_cache, config.get_timing_cache().serialize())
+        write_bytes(timing_cache, config.get_timing_cache().serialize())
     facts.plan_bytes = memoryview(plan).nbytes
     if request.out is not None:
-        request.out.write_bytes(plan)
+        write_bytes(request.out, plan)  # the one writer: a link planted at the plan's name is replaced, not followed
     return facts
 
 
@@ -239,19 +239,13 @@ def _set_profile(builder, config, network, request: Request, facts: Facts) -> No
 
 def use_timing_cache(config, path: Path) -> str:
     """Load the timing cache at `path` into `config` (a fresh one when absent or unfit); what happened."""
-    old = path.read_bytes() if path.is_file() else b""
+    old = read_inside(path, kind="cache") if path.exists() or path.is_symlink() else b""
     tcache = config.create_timing_cache(old)
     if old and tcache is not None and config.set_timing_cache(tcache, False):
         return "reused"
     tcache = config.create_timing_cache(b"")
     config.set_timing_cache(tcache, False)
     return "replaced (the stored one did not fit this TensorRT or GPU)" if old else "new"
-
-
-def _write_atomically(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _plugin_name(trt, layer) -> str:

@@ -15,11 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
+from ..bundle import RUNTIMES
 from ..errors import ExporterError
 
-TENSORRT = "tensorrt"
-TENSORRT_RTX = "tensorrt-rtx"
-RUNTIMES = (TENSORRT, TENSORRT_RTX)
+TENSORRT, TENSORRT_RTX = RUNTIMES
 
 # what `import` loads, what to install, for the messages
 MODULES = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt_rtx"}

@@ -74,6 +74,25 @@ def check_img_size(model: nn.Module, name: str) -> None:
         )
 
 
+def check_fits(model: nn.Module, name: str, batch: int) -> None:
+    """Refuse, before any export, a model whose attention cannot fit this machine's memory at `batch` images: one
+    block's attention scores and their softmax, batch x heads x tokens^2 in fp32 (a lower bound: the runtimes hold
+    more). A ViT at a huge --img-size would otherwise run one attention op for many minutes, or until killed."""
+    tokens = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+    if not isinstance(tokens, int):  # LITv2: windowed attention, no global token count
+        return
+    tokens += getattr(model, "num_prefix_tokens", 0)
+    heads = max((m.num_heads for m in model.modules() if isinstance(getattr(m, "num_heads", None), int)), default=1)
+    needed = 2 * batch * heads * tokens**2 * 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory // 2:
+        h, w = input_size(model)
+        raise ExporterError(
+            f"{name} at {h}x{w} has {tokens} tokens: its attention alone needs {needed / 2**30:.1f} GiB at batch {batch}, "
+            f"more than half of this machine's {memory / 2**30:.0f} GiB.",
+            "Use a smaller --img-size or --batch (the attention grows with the square of the tokens).")
+
+
 def input_size(model: nn.Module) -> tuple[int, int]:
     """(H, W) the model was built for."""
     if hasattr(model, "patch_embed") and getattr(model.patch_embed, "img_size", None) is not None:

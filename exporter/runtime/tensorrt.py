@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..bundle import engines_dir
+from ..bundle import engines_dir, read_inside
 from ..bundle.trust import library as trusted_library
 from ..engine import preflight, targets
 from ..engine.network import error_logger
@@ -72,7 +72,7 @@ def runner(bundle: Path, folder: str, entry: dict) -> Iterator[Runner]:
     runtime = trt.Runtime(logger)
     if entry.get("plugin_library"):
         runtime.get_plugin_registry().load_library(str(trusted_library(bundle)))
-    plan = (engines_dir(bundle) / folder / entry["engine"]).read_bytes()
+    plan = read_inside(engines_dir(bundle) / folder / entry["engine"], bundle, "plan")
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise ExporterError(f"{targets.LABEL[entry['runtime']]} could not deserialize {entry['engine']}: "

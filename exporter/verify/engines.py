@@ -17,6 +17,7 @@ from ..checks.parity import StoredComparison
 from ..engine import preflight, targets
 from ..errors import ExporterError
 from ..runtime import engine_runner
+from ..runtime import tensorrt as trt_runtime
 from ..runtime.tensorrt import check_runnable
 from . import references
 
