@@ -9,12 +9,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from exporter.cli import main
 from exporter.fixtures import digits
 from exporter.methods.diffrate_search import SearchViT
-from exporter.methods.latency_cost import LatencyTable, latency_cost, monotone_fit, polynomial
+from exporter.methods.latency_cost import (
+    LatencyTable,
+    latency_cost,
+    monotone_fit,
+    polynomial,
+)
 from exporter.models import create_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -65,7 +65,7 @@ class _Outside(nn.Module):
 
 def grid(tokens: int, points: int = 9) -> list[int]:
     """`points` token counts from 2 (the class token and one patch) to `tokens`, evenly spaced."""
-    return sorted({int(round(n)) for n in np.linspace(2, tokens, points)})
+    return sorted({round(float(n)) for n in np.linspace(2, tokens, points)})
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
