@@ -83,6 +83,7 @@ def test_latency_cost_is_differentiable_in_the_rates(dense):
         assert rate.logits.grad is not None and rate.logits.grad.abs().sum() > 0
 
 
+@pytest.mark.slow  # exports and times 10 graphs in spawned processes, as test_bench
 def test_measured_table_is_filled(dense):
     """The graphs export and run (one round of one call each): the table's shape, not its numbers."""
     from exporter.bench.block_latency import measure
