@@ -311,7 +311,7 @@ def _perf(args, console: Console) -> int:
 def _add_search(sub) -> None:
     p = sub.add_parser(
         "search",
-        help="learn a DiffRate schedule (per-block prune and merge counts) for a model and a FLOPs budget",
+        help="learn a DiffRate schedule (per-block prune and merge counts) for a model and a FLOPs or latency budget",
         description="DiffRate's differentiable search with the model frozen: only the per-block rates train, on "
         "labelled images, against the dense model plus a penalty on the cost's distance to the target. Writes a "
         "schedule file for `build --method diffrate --schedule FILE`, and compares it with a uniform schedule of "
@@ -325,7 +325,15 @@ def _add_search(sub) -> None:
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="search images, DIR/<class>/<image>")
     p.add_argument("--eval-data", type=Path, default=None, metavar="DIR", help="held-out images for the comparison")
     p.add_argument("--images", type=int, default=1000, help="search on at most this many images (default %(default)s)")
-    p.add_argument("--target-flops", type=float, required=True, metavar="GMACS", help="the budget in GMACs (papers' GFLOPs)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--target-flops", type=float, metavar="GMACS", help="the budget in GMACs (papers' GFLOPs)")
+    budget.add_argument("--target-latency-ms", type=float, metavar="MS",
+                        help="the budget in ms per batch on --runtime: one block is measured per token count and fitted")
+    p.add_argument("--runtime", choices=["onnxruntime"], default="onnxruntime",
+                   help="where --target-latency-ms is measured (CPU; default %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the latency budget (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of the latency measurement, as bench's "
+                   "(default %(default)s)")
     p.add_argument("--epochs", type=int, default=6, help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=0.1, help="the rates' peak learning rate (default %(default)s; "

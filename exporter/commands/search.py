@@ -2,7 +2,9 @@
 """`python -m exporter search --method diffrate`: learn DiffRate's per-block counts for a frozen model and a budget
 (`exporter.methods.diffrate_search`), write the schedule file (`exporter.methods.schedule`), and compare it with a
 uniform schedule of the same cost and the published DeiT-S schedule scaled to the model, on the search images and
-on held-out ones: real (counted) GMACs and top-1 of each.
+on held-out ones: real (counted) GMACs and top-1 of each. The cost is counted GMACs (`--target-flops`), or latency
+(`--target-latency-ms`): one block measured per token count on the runtime (`bench.block_latency`) and fitted
+(`methods.latency_cost`), the table stored in the schedule file.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..methods import schedule as schedule_file
 from ..methods.base import check_vit
 from ..methods.diffrate import published
 from ..methods.diffrate_search import SearchViT, Settings, flops_cost, search, uniform
+from ..methods.latency_cost import latency_cost
 from ..methods.flops import count_gmacs
 from ..models import create_model, input_size
 
@@ -46,6 +49,7 @@ class Row:
     merge_kept: list[int]
     tokens: list[int]
     gmacs: float
+    cost: float  # in the budget's unit (GMACs counted, or the fitted latency in ms)
     top1: float
     held_out: Optional[float]
 
@@ -93,12 +97,24 @@ def run(args, console: Console, out: Console) -> Path:
     if args.method != "diffrate":
         raise ExporterError(f"search --method {args.method}: only DiffRate learns its schedule.",
                             "Pass --method diffrate (the other methods take their rates as parameters).")
-    for name in ("epochs", "batch_size", "granularity"):
+    for name in ("epochs", "batch_size", "granularity", "batch", "threads"):
         if getattr(args, name) < 1:
             raise ExporterError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1.", "Pass a positive number.")
     dense = create_model(args.model, args.weights, args.seed, args.img_size)
     check_vit(dense)
-    cost, constant = flops_cost(dense)
+    latency = None
+    if args.target_latency_ms is not None:
+        from ..bench.block_latency import measure
+
+        console.print(f"measuring one block of {args.model} per token count on {args.runtime}, batch {args.batch}, "
+                      f"{args.threads} threads")
+        latency = measure(dense, args.batch, args.threads, log=lambda _: None)
+        cost, constant = latency_cost(latency)
+        target, flag = args.target_latency_ms, "--target-latency-ms"
+    else:
+        cost, constant = flops_cost(dense)
+        target, flag = args.target_flops, "--target-flops"
+    unit = cost.unit
     model = SearchViT(dense, cost, constant, args.granularity)
     tokens, depth = model.tokens, len(dense.blocks)
 
@@ -110,21 +126,20 @@ def run(args, console: Console, out: Console) -> Path:
         for p, out_n in zip(prune[1:], leaving[1:]):
             total += cost(n, min(n, p), out_n)
             n = out_n
-        return total
+        return float(total)
 
     dense_cost = schedule_cost([tokens] * depth, [tokens] * depth)
     smallest = schedule_cost([tokens] + [args.granularity + 1] * (depth - 1), [tokens] + [args.granularity + 1] * (depth - 1))
-    target = args.target_flops
     if not smallest < target < dense_cost:
         raise ExporterError(
-            f"--target-flops {target} lies outside what DiffRate can reach on {args.model}: "
-            f"{smallest:.4f} GMACs (every block after the first keeping {args.granularity + 1} tokens) to "
+            f"{flag} {target} lies outside what DiffRate can reach on {args.model}: "
+            f"{smallest:.4f} {unit} (every block after the first keeping {args.granularity + 1} tokens) to "
             f"{dense_cost:.4f} (dense).",
-            f"Pass a budget between {smallest:.4f} and {dense_cost:.4f} GMACs.",
+            f"Pass a budget between {smallest:.4f} and {dense_cost:.4f} {unit}.",
         )
     data = load_images(args.data, dense, args.images, args.seed)
     held_out = load_images(args.eval_data, dense, None, args.seed) if args.eval_data else None
-    settings = Settings(target, "GMACs", args.epochs, args.batch_size, args.lr, args.min_lr, args.penalty,
+    settings = Settings(target, unit, args.epochs, args.batch_size, args.lr, args.min_lr, args.penalty,
                         args.granularity, args.seed)
     columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"),
                TimeElapsedColumn())
@@ -133,25 +148,29 @@ def run(args, console: Console, out: Console) -> Path:
 
         def report(p) -> None:
             progress.update(task, total=p.steps, completed=p.step,
-                            line=f"loss {p.loss:.3f}  cost {p.cost:.4f} GMACs  top-1 {100 * p.top1:.1f}%")
+                            line=f"loss {p.loss:.3f}  cost {p.cost:.4f} {unit}  top-1 {100 * p.top1:.1f}%")
 
         prune, merge, _ = search(model, data.x, data.y, settings, args.checkpoint, report)
 
-    rows = [_row("searched", dense, prune, merge, data, held_out)]
-    rows.append(_row("uniform, same cost", dense, *uniform(tokens, depth, schedule_cost, target), data, held_out))
+    def row(name: str, prune, merge) -> Row:
+        return _row(name, dense, prune, merge, schedule_cost(prune, merge), data, held_out)
+
+    rows = [row("searched", prune, merge), row("uniform, same cost", *uniform(tokens, depth, schedule_cost, target))]
     scaled = scaled_published(tokens, depth, schedule_cost, target)
     if scaled is not None:
-        rows.append(_row(scaled[0], dense, scaled[1], scaled[2], data, held_out))
+        rows.append(row(*scaled))
     dense_row = Row("dense", [tokens] * depth, [tokens] * depth, [tokens] * depth, count_gmacs(dense, input_size(dense)),
-                    top1(dense, data), top1(dense, held_out) if held_out else None)
+                    dense_cost, top1(dense, data), top1(dense, held_out) if held_out else None)
     searched = rows[0]
-    path = args.out or Path("schedules") / f"{args.model}-diffrate-{target:g}gmacs.json"
+    path = args.out or Path("schedules") / f"{args.model}-diffrate-{target:g}{unit.lower()}.json"
     record = {
         "model": schedule_file.model_name(dense), "img_size": list(input_size(dense)), "tokens": tokens, "depth": depth,
         "weights": args.weights, "weights_sha256": schedule_file.weights_sha256(dense),
-        "budget": {"unit": "GMACs", "target": target},
+        "budget": {"unit": unit, "target": target},
         "prune_kept": prune, "merge_kept": merge, "tokens_after": searched.tokens,
         "gmacs": searched.gmacs, "dense_gmacs": dense_row.gmacs,
+        **({} if latency is None else {"latency_ms": searched.cost, "dense_latency_ms": dense_cost,
+                                       "latency": latency.record()}),
         "accuracy": {"data": data.data, "images": len(data.y), "top1": searched.top1, "dense_top1": dense_row.top1},
         "held_out": None if held_out is None else {
             "data": held_out.data, "images": len(held_out.y), "top1": searched.held_out, "dense_top1": dense_row.held_out},
@@ -160,20 +179,22 @@ def run(args, console: Console, out: Console) -> Path:
         "command": "python -m exporter " + " ".join(shlex.quote(a) for a in args.argv),
     }
     schedule_file.write(path, record)
-    out.print(_table(dense_row, rows, target, held_out is not None))
+    out.print(_table(dense_row, rows, target, unit, held_out is not None))
     return path
 
 
-def _row(name: str, dense, prune, merge, data: Images, held_out: Optional[Images]) -> Row:
+def _row(name: str, dense, prune, merge, cost: float, data: Images, held_out: Optional[Images]) -> Row:
     reduced = apply_method(dense, "diffrate", prune_kept=prune, merge_kept=merge)
-    return Row(name, list(prune), list(merge), list(reduced.schedule), count_gmacs(reduced, input_size(dense)),
+    return Row(name, list(prune), list(merge), list(reduced.schedule), count_gmacs(reduced, input_size(dense)), cost,
                top1(reduced, data), top1(reduced, held_out) if held_out else None)
 
 
-def _table(dense: Row, rows: list[Row], target: float, held: bool) -> Table:
-    table = Table("schedule", "tokens leaving each block", "GMACs", "vs target", "top-1 search data",
-                  *(["top-1 held out"] if held else []), title=f"DiffRate schedules at {target:g} GMACs")
+def _table(dense: Row, rows: list[Row], target: float, unit: str, held: bool) -> Table:
+    fitted = unit != "GMACs"
+    table = Table("schedule", "tokens leaving each block", "GMACs", *([f"fitted {unit}"] if fitted else []),
+                  "vs target", "top-1 search data", *(["top-1 held out"] if held else []),
+                  title=f"DiffRate schedules at {target:g} {unit}")
     for r in [dense, *rows]:
-        table.add_row(r.name, " ".join(map(str, r.tokens)), f"{r.gmacs:.4f}", f"{100 * (r.gmacs / target - 1):+.1f}%",
-                      f"{r.top1:.2f}", *([f"{r.held_out:.2f}"] if held else []))
+        table.add_row(r.name, " ".join(map(str, r.tokens)), f"{r.gmacs:.4f}", *([f"{r.cost:.3f}"] if fitted else []),
+                      f"{100 * (r.cost / target - 1):+.1f}%", f"{r.top1:.2f}", *([f"{r.held_out:.2f}"] if held else []))
     return table

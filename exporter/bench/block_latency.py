@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One block's latency per token count on onnxruntime CPU, for DiffRate's latency-targeted search
+(`methods.latency_cost` fits it, `search --target-latency-ms` uses it).
+
+Every graph is a static ONNX graph of the model's own blocks (their weights, batch `batch`): the attention halves of
+all blocks in a row, and the MLP halves, at each token count of the grid (all blocks, not one block called again and
+again: one block's weights stay in the cache, the model's do not), divided by the depth; a graph that only slices
+(the per-call overhead, subtracted); the part outside the blocks (patch and position embedding, final norm, head);
+and the token reduction's own cost (ranking, gathering, merging): the exported DiffRate model removing two tokens per
+block, against the exported dense model, less what the fits give for the tokens it removed. The part outside the
+blocks is the dense model's measured latency less its blocks' fitted latency (at least the outside graph's). The block graphs take the same
+[batch, tokens, width] input and slice the first n tokens, so one `timing.Runtime` process holds them all and
+`timing.interleaved` times them in turn, round by round, as `bench` times bundles; each value is the median over
+every call of every round.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..export.onnx_export import export_onnx
+from ..methods import apply_method
+from ..methods.base import attn_residual, mlp_residual
+from ..methods.latency_cost import LatencyTable, latency_cost
+from . import machine
+from .timing import Runtime, interleaved
+
+
+class _Halves(nn.Module):
+    """The attention halves or the MLP halves of `blocks`, one after the other, on the first `tokens` tokens; with
+    `half` None, the slice alone (the call's overhead)."""
+
+    def __init__(self, blocks: nn.Module, half, tokens: int):
+        super().__init__()
+        self.blocks, self.half, self.tokens = blocks, half, tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, : self.tokens]
+        for block in self.blocks if self.half else ():
+            if self.half == "attention":
+                x = x + attn_residual(block, block.attn(block.norm1(x)))
+            else:
+                x = x + mlp_residual(block, x)
+        return x
+
+
+class _Outside(nn.Module):
+    """Everything of the dense model but its blocks."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+        return vit.forward_head(vit.norm(x))
+
+
+def grid(tokens: int, points: int = 9) -> list[int]:
+    """`points` token counts from 2 (the class token and one patch) to `tokens`, evenly spaced."""
+    return sorted({round(float(n)) for n in np.linspace(2, tokens, points)})
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    torch.onnx.export(module.eval(), (example,), str(path), input_names=["x"], output_names=["y"], opset_version=18,
+                      dynamo=False)
+    return path
+
+
+def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iterations: int = 20,
+            points: int = 9, log: Callable[[str], None] = print) -> LatencyTable:
+    """The fitted `LatencyTable` of `vit` (a timm ViT; its first block stands for every block) on onnxruntime."""
+    vit = vit.eval()
+    tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+    width, depth = vit.embed_dim, len(vit.blocks)
+    counts = grid(tokens, points)
+    # every block after the first prunes one token and merges one
+    reducing = apply_method(vit, "diffrate", prune_kept=[tokens] + [tokens - 2 * i + 1 for i in range(1, depth)],
+                            merge_kept=[tokens] + [tokens - 2 * i for i in range(1, depth)])
+    x = np.random.default_rng(0).standard_normal((batch, tokens, width), dtype=np.float32)
+    images = np.random.default_rng(0).standard_normal((batch, 3, *vit.patch_embed.img_size), dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="block-latency-") as tmp, torch.no_grad():
+        folder = Path(tmp)
+        log(f"exporting {2 * len(counts) + 4} graphs")
+        example = torch.from_numpy(x)
+        paths = {(half, n): _export(_Halves(vit.blocks, half, n), example, folder / f"{half}-{n}.onnx")
+                 for half in ("attention", "mlp") for n in counts}
+        paths["overhead", counts[0]] = _export(_Halves(vit.blocks, None, counts[0]), example, folder / "overhead.onnx")
+        size = tuple(vit.patch_embed.img_size)
+        whole = {"outside": _export(_Outside(vit), torch.from_numpy(images), folder / "outside.onnx"),
+                 "dense": export_onnx(vit, folder / "dense.onnx", size, (batch,) * 3),
+                 "reducing": export_onnx(reducing, folder / "reducing.onnx", size, (batch,) * 3)}
+        with Runtime("ort", paths, x, threads) as blocks, Runtime("ort", whole, images, threads) as models:
+            timers = {key: (lambda n, key=key: blocks.latencies(key, n)) for key in paths}
+            timers.update({key: (lambda n, key=key: models.latencies(key, n)) for key in whole})
+            times = interleaved(timers, rounds, iterations, log)
+    median = {key: statistics.median(ms for r in rounds_ for ms in r) for key, rounds_ in times.items()}
+    overhead = median["overhead", counts[0]]
+    table = LatencyTable(
+        runtime="onnxruntime", batch=batch, threads=threads, grid=counts,
+        attention_ms=[(median["attention", n] - overhead) / depth for n in counts],
+        mlp_ms=[(median["mlp", n] - overhead) / depth for n in counts],
+        outside_ms=median["outside"], overhead_ms=overhead, rounds=rounds, iterations=iterations,
+        machine=machine.describe(threads),
+    ).fitted()
+    cost, _ = latency_cost(table)
+    leaving = list(reducing.schedule)
+    fitted_gain = sum(float(cost(tokens, tokens, tokens) - cost(n, n, out)) for n, out in zip([tokens] + leaving, leaving))
+    table.dense_ms, table.reducing_ms = median["dense"], median["reducing"]
+    table.reduction_ms = max(0.0, (median["reducing"] - median["dense"] + fitted_gain) / (depth - 1))
+    # the whole dense graph costs more than its parts timed apart (measured +10% to +40% on vit_digits): the
+    # difference is counted as fixed, so the fitted dense model is the measured one
+    table.fixed_ms = max(table.outside_ms, median["dense"] - (float(cost(tokens, tokens, tokens)) * depth))
+    return table
+
