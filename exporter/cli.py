@@ -138,7 +138,7 @@ def _add_engine(sub) -> None:
         "--target, no GPU needed.",
     )
     p.add_argument("bundle", type=Path, help="a directory written by `build`, e.g. artifacts/<run>")
-    p.add_argument("--graph", default=None, help="fp16 | fp32 | plugins | plugins-fp16 (default: fp16 when the bundle has it, else fp32)")
+    p.add_argument("--graph", default=None, help="fp16 | fp32 | plugins | plugins-fp16 | int8 | fp8 | plugins-int8 | plugins-fp8 (default: fp16 when the bundle has it, else fp32)")
     p.add_argument("--runtime", default="tensorrt", help="tensorrt (on the target GPU) | tensorrt-rtx (default %(default)s)")
     p.add_argument("--target", default=None, help="compute capability, e.g. sm86; required for tensorrt-rtx, "
                    "for tensorrt it must be the GPU present (default: that GPU)")

@@ -62,6 +62,24 @@ def test_plugin_nodes_stay_high_precision():
     assert high_precision_nodes(model)["plugins"] == ["plugin"]
 
 
+def test_a_choosing_plugin_is_a_choice():
+    """The block with its TopK and one-hot product replaced by the TopKPrune plugin node (as `--plugins` exports it):
+    the class-attention score feeding the plugin is its score region (so Q·Kᵀ of the class row stays fp32), the
+    tokens it moves are not, and what reads its int64 kept indices is a token op."""
+    model = _block()
+    nodes = [n for n in model.graph.node if n.name not in
+             {"choose", "idx_unsqueeze", "onehot", "onehot_float", "gather_as_product"}]
+    nodes += [helper.make_node("TopKPrune", ["y", "score"], ["kept", "idx"], domain="exporter", name="prune", k=4, fuse=0),
+              helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT, name="idx_float")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = high_precision_nodes(model)
+    assert set(kept["scores"]) == {"cls_slice", "cls_row", "cls_softmax", "score_squeeze", "k_t"}
+    assert kept["token_ops"] == ["idx_float"] and kept["plugins"] == ["prune"]
+    matmuls = {n.name for n in nodes if n.op_type == "MatMul"}
+    assert matmuls - set(kept["scores"]) == {"q_proj", "k_proj", "attn_qk", "attn_pv", "out_proj"}
+
+
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(precision="int8"), "no --calib was given"),
     (dict(precision="fp16", calib="dir"), "--calib calibrates an int8 or fp8 graph"),

@@ -54,6 +54,7 @@ from .layout import (
     PLUGIN_LIBRARY,
     PLUGINS,
     PLUGINS_FP16,
+    PLUGINS_QUANTIZED,
     QUANTIZED_GRAPHS,
     REFERENCES,
     REPORT_JSON,

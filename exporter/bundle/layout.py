@@ -8,6 +8,7 @@
       model.onnx, model.fp16.onnx        standard-op graphs (fp16 with --precision fp16, int8 or fp8)
       model.int8.onnx | model.fp8.onnx   with --precision int8|fp8: explicit Q/DQ graph; calibration.json beside it
       model.plugins.onnx, model.plugins.fp16.onnx, plugins/libexporter_plugins.so     with --plugins
+      model.plugins.int8.onnx | model.plugins.fp8.onnx   with --plugins --precision int8|fp8: the plugin graph's Q/DQ twin
       references.npz                     PyTorch's answers on the held-out inputs
       reproduce.sh, build_engine.sh      the build's command; trtexec without the exporter
       engines/<target>-<runtime>/        engine.json, the plans, timing.cache (added on a target)
@@ -40,8 +41,10 @@ PLUGINS_FP16 = "model.plugins.fp16.onnx"
 INT8 = "model.int8.onnx"  # with --precision int8: Q/DQ graph, calibrated
 FP8 = "model.fp8.onnx"  # with --precision fp8
 QUANTIZED_GRAPHS = {"int8": INT8, "fp8": FP8}
+PLUGINS_QUANTIZED = {"int8": "model.plugins.int8.onnx", "fp8": "model.plugins.fp8.onnx"}  # with --plugins
 CALIBRATION = "calibration.json"  # int8/fp8: how the 8-bit graph was calibrated, its scales, what stayed high precision
-GRAPHS = {"fp32": FP32, "fp16": FP16, "plugins": PLUGINS, "plugins-fp16": PLUGINS_FP16, **QUANTIZED_GRAPHS}  # --graph -> file
+GRAPHS = {"fp32": FP32, "fp16": FP16, "plugins": PLUGINS, "plugins-fp16": PLUGINS_FP16, **QUANTIZED_GRAPHS,
+          **{f"plugins-{p}": f for p, f in PLUGINS_QUANTIZED.items()}}  # --graph -> file
 
 ENGINES_DIR = "engines"
 ENGINE_JSON = "engine.json"  # in each engines/<target>-<runtime>/
@@ -66,7 +69,8 @@ class Graph:
 
 
 def planned(precision: str, io_fp16: bool, plugins: bool = False) -> list[Graph]:
-    """The graphs of a bundle: standard ops always; with `plugins`, the plugin-node twin of each."""
+    """The graphs of a bundle: standard ops always; with `plugins`, the plugin-node twin of each (an 8-bit graph's
+    after the fp32 graph it is quantized from)."""
     graphs = [Graph(FP32, "fp32")]
     if precision != "fp32":  # an 8-bit graph is judged next to the fp16 one
         graphs.append(Graph(FP16, "fp16", io_fp16))
@@ -76,6 +80,8 @@ def planned(precision: str, io_fp16: bool, plugins: bool = False) -> list[Graph]
         graphs.append(Graph(PLUGINS, "fp32", lowering="plugin"))
         if precision == "fp16":
             graphs.append(Graph(PLUGINS_FP16, "fp16", io_fp16, lowering="plugin"))
+        if precision in PLUGINS_QUANTIZED:
+            graphs.append(Graph(PLUGINS_QUANTIZED[precision], precision, lowering="plugin"))
     return graphs
 
 
@@ -91,7 +97,7 @@ def precision_of(graph: Path | str) -> str:
 
 def has_plugins(graph: Path | str) -> bool:
     """A plugin graph: its engine needs the bundle's plugin library."""
-    return Path(graph).name in (PLUGINS, PLUGINS_FP16)
+    return Path(graph).name in (PLUGINS, PLUGINS_FP16, *PLUGINS_QUANTIZED.values())
 
 
 def default_graph(bundle: Path) -> str:
@@ -115,6 +121,8 @@ def graph_path(bundle: Path, choice: Optional[str]) -> Path:
             "plugins-fp16": "rebuild it with `python -m exporter build ... --plugins --precision fp16`, or pass --graph fp16",
             "int8": "rebuild it with `python -m exporter build ... --precision int8 --calib DIR`, or pass --graph fp16",
             "fp8": "rebuild it with `python -m exporter build ... --precision fp8 --calib DIR`, or pass --graph fp16",
+            "plugins-int8": "rebuild it with `python -m exporter build ... --plugins --precision int8 --calib DIR`, or pass --graph int8",
+            "plugins-fp8": "rebuild it with `python -m exporter build ... --plugins --precision fp8 --calib DIR`, or pass --graph fp8",
         }[choice]
         raise ExporterError(f"{bundle} has no {path.name} (the --graph {choice} graph).", how[0].upper() + how[1:] + ".")
     return path

@@ -27,6 +27,7 @@ from ..export.onnx_export import OUTPUT_NAME, keep_outputs
 from ..export.quantize import quantize
 from ..models import input_size
 from ..options import resolve
+from ..runtime import op_reference
 from ..spec import QUANTIZED, BuildSpec
 from ..stages.calibration import batches, open_calibration
 from ..stages.facts import git_commit, tool_versions
@@ -59,8 +60,10 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         fp16_facts = library_status = quantized = None
         for g in graphs:
             if g.precision in QUANTIZED:
-                with stage(f"quantize to {g.precision} (calibrated on {spec.calib_samples} images of --calib)"):
-                    quantized = _quantize(graphs[0], g, tmp, debug, calibration, spec)
+                source = next(s for s in graphs if s.precision == "fp32" and s.lowering == g.lowering)
+                with stage(f"quantize {source.file} to {g.precision} (calibrated on {spec.calib_samples} images of --calib)"):
+                    record = _quantize(source, g, tmp, debug, calibration, spec)
+                quantized = record if quantized is None else {**quantized, "plugins": _plugin_record(g, record)}
                 continue
             with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
                 facts = export_graph(model, g, tmp, debug, **kwargs)
@@ -77,9 +80,11 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
             scripts.write(tmp, spec, command, io, git_commit())
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         if quantized is not None:
-            g = next(g for g in graphs if g.precision in QUANTIZED)
-            with stage(f"judge {g.file} on {len(calibration.held_out)} held-out images") as found:
-                quantized["judged"] = judge(model, tmp / g.file, g.debug, tmp / FP16, calibration, spec.batch.max, spec.weights)
+            g, *more = [g for g in graphs if g.precision in QUANTIZED]  # the standard graph, then the plugin graph's
+            names = " and ".join(x.file for x in (g, *more))
+            with stage(f"judge {names} on {len(calibration.held_out)} held-out images") as found:
+                quantized["judged"] = judge(model, tmp / g.file, g.debug, tmp / FP16, calibration, spec.batch.max,
+                                            spec.weights, more=[(tmp / x.file, x.debug) for x in more])
                 found.problems = len(quantized["judged"].get("failures", []))
             write_json(tmp / CALIBRATION, quantized)
             report.quantized = quantized["judged"]
@@ -145,11 +150,17 @@ def _quantize(fp32, graph, bundle: Path, debug: Path, calibration, spec: BuildSp
     source = fp32.debug or bundle / fp32.file
     images, _ = calibration.tensors(calibration.calibrate)
     target = debug / graph.file if fp32.debug else bundle / graph.file
-    record = quantize(source, target, graph.precision, batches(images, spec.batch.max))
+    plugins = op_reference.session if graph.lowering == "plugin" else None  # plugin nodes run the reference ops
+    record = quantize(source, target, graph.precision, batches(images, spec.batch.max), open_session=plugins)
     if fp32.debug:
         graph.debug = target
         keep_outputs(target, bundle / graph.file, [OUTPUT_NAME])
     return {**record, "images": {**calibration.record(), "seed": spec.seed}}
+
+
+def _plugin_record(graph, record: dict) -> dict:
+    """The plugin graph's part of calibration.json: its own Q/DQ placement and scales (same images, same method)."""
+    return {"file": graph.file, **{k: record[k] for k in ("quantized_nodes", "high_precision", "activation_scales")}}
 
 
 def _summary(quantized: dict) -> dict:
@@ -159,4 +170,7 @@ def _summary(quantized: dict) -> dict:
             "calibrated_on": len(quantized["images"]["calibrated_on"]), "quantized_nodes": len(quantized["quantized_nodes"]),
             "high_precision_nodes": {k: len(v) for k, v in quantized["high_precision"].items()},
             "accuracy": judged.get("accuracy"), "token_choice_agreement": judged.get("token_choice_agreement"),
-            "judged": judged["judged"]}
+            "judged": judged["judged"],
+            **({"plugins": {"file": quantized["plugins"]["file"], "quantized_nodes": len(quantized["plugins"]["quantized_nodes"]),
+                            "high_precision_nodes": {k: len(v) for k, v in quantized["plugins"]["high_precision"].items()}}}
+               if "plugins" in quantized else {})}

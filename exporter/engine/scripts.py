@@ -30,7 +30,7 @@ TRTEXEC_FLAGS = Path(__file__).with_name("data") / "trtexec_flags.json"
 MAJORS = ("10", "11")
 # Which trtexec versions of the table each script arm must satisfy.
 TABLE_VERSIONS = {"10": ("10.3", "10.13"), "11": ("11.1",)}
-_ARM = re.compile(r"^\s*(\d+):(\w+):(\w+)\)\s*(.*?)\s*;;\s*$")
+_ARM = re.compile(r"^\s*(\d+):([\w-]+):(\w+)\)\s*(.*?)\s*;;\s*$")
 
 
 def trtexec_flags() -> dict:

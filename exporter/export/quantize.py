@@ -13,8 +13,12 @@ TopK/ArgMax/ArgMin is a choice, and
   similarities, Evo-ViT's global attention, whatever a method scores with;
 - the *token ops' movement* is everything computed from the choices (and scores) alone (one-hot scatter matrices,
   fusion weights, merged sizes), and any MatMul that takes such a tensor (a gather or merge written as a product);
-- plugin nodes (another domain than ONNX's) are never quantized.
-Only the remaining MatMul/Gemm nodes, the heavy products of attention and MLP, get 8-bit inputs.
+- plugin nodes (another domain than ONNX's) are never quantized, and in a plugin graph a plugin that chooses
+  (its contract declares an int64 output: kept indices, merge sources) is a choice like a TopK: its inputs but the
+  tokens it moves (contract input 0) are scores, its int64 outputs choices.
+Only the remaining MatMul/Gemm nodes, the heavy products of attention and MLP, get 8-bit inputs; onnxruntime's quantizer
+rewires only those to a tensor's Q/DQ, so a kept node, a plugin among them, reads the fp32 tensor its contract
+declares (tests/test_quantize.py and test_quantize_plugins.py check that no DequantizeLinear feeds one).
 """
 from __future__ import annotations
 
@@ -24,12 +28,14 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..errors import ExporterError
+from ..ops.contracts import DOMAIN, by_plugin
 from .fold import fold_constants
 from .fp16 import SELECTORS
 from .onnx_export import INPUT_NAME, save
@@ -49,15 +55,19 @@ def high_precision_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
     constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     producer = {o: n for n in graph.node for o in n.output}
     selectors = [n for n in graph.node if n.op_type in SELECTORS]
+    deciders = [(n, c) for n in graph.node if n.domain == DOMAIN and (c := by_plugin(n.op_type)) is not None
+                and any(t.dtype == "int64" for t in c.outputs)]
 
     scores: set[str] = set()
-    stack = [n.input[0] for n in selectors]
+    stack = [n.input[0] for n in selectors] + [i for n, _ in deciders for i in n.input[1:] if i]
     while stack:
         node = producer.get(stack.pop())
         if node is None or node.name in scores:
             continue
         if node.op_type in WEIGHTED_OPS and any(i in constants for i in node.input):
             continue  # a shared projection: the region's input, computed by the block like every other token
+        if node.domain == DOMAIN:
+            continue  # an earlier token op's output (tokens, sizes): moved, not scored
         scores.add(node.name)
         stack.extend(node.input)
 
@@ -66,10 +76,11 @@ def high_precision_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
     # score reads) is also the block's own data, and a gather of tokens carries features on, not a choice
     region = {o for n in graph.node if n.name in scores for o in n.output}
     chosen = {o for n in selectors for o in n.output}
+    chosen |= {o for n, c in deciders for o, t in zip(n.output, c.outputs) if t.dtype == "int64"}
     decided = region | chosen
     token_ops: set[str] = set()
     for node in graph.node:  # graph order is topological: one pass propagates
-        if node.op_type in SELECTORS:
+        if node.op_type in SELECTORS or node.domain == DOMAIN:
             continue
         inputs = [i for i in node.input if i and i not in constants]
         if inputs and all(i in chosen for i in inputs):
@@ -86,9 +97,12 @@ def high_precision_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
             for kind, names in (("scores", scores | {n.name for n in selectors}), ("token_ops", token_ops), ("plugins", plugins))}
 
 
-def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]) -> dict:
+def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray],
+             open_session: Optional[Callable] = None) -> dict:
     """Write the `precision` (int8|fp8) Q/DQ graph of fp32 graph `src` to `dst` (+ `dst.data`), calibrated on
-    `batches` (arrays for the graph's input); returns the calibration record (method, scales, what stayed fp32)."""
+    `batches` (arrays for the graph's input); returns the calibration record (method, scales, what stayed fp32).
+    `open_session` (path -> onnxruntime session): how to run a plugin graph, whose plugin nodes onnxruntime's own
+    calibrator cannot run; its ranges are measured with it (`_ranges`) and handed to the quantizer as its cache."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -113,13 +127,17 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         excluded = {n for names in kept.values() for n in names}
         chosen = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in excluded]
         out = Path(tmp) / dst.name
+        ranges = None
+        if open_session is not None:
+            ranges = _ranges(folded, open_session, batches, Path(tmp))
+            cache = _range_cache(ranges, Path(tmp), quantize_static, precision)
         with _quiet():
             quantize_static(
                 str(folded), str(out), Reader(batches), quant_format=QuantFormat.QDQ,
                 activation_type=kind, weight_type=kind, per_channel=precision == "int8",
                 op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=chosen,
                 calibrate_method=CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution,
-                use_external_data_format=True,
+                use_external_data_format=True, **({"calibration_cache_path": cache} if ranges else {}),
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                "QuantizeBias": False,  # TensorRT dequantizes 8-bit types only, not int32 biases
                                # inputs only: a GEMM's output stays fp32 (onnxruntime's default also rounds it to
@@ -133,7 +151,9 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         quantized = onnx.load(str(out))
         if precision == "fp8":
             with _quiet():
-                _max_scales(quantized, _amax(folded, Reader(batches), Path(tmp)))
+                amax = ({k: max(abs(lo), abs(hi)) for k, (lo, hi) in ranges.items()} if ranges
+                        else _amax(folded, Reader(batches), Path(tmp)))
+                _max_scales(quantized, amax)
         dst.parent.mkdir(parents=True, exist_ok=True)
         save(quantized, dst)
     return {
@@ -146,6 +166,51 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         "high_precision": kept,
         "activation_scales": activation_scales(onnx.load(str(dst), load_external_data=False)),
     }
+
+
+def _ranges(model: Path, open_session: Callable, batches: list[np.ndarray], tmp: Path) -> dict[str, tuple[float, float]]:
+    """(lowest, highest) of every MatMul/Gemm activation input and output on `batches` (onnxruntime's MinMax), the
+    graph run by `open_session` with those tensors as extra outputs."""
+    graph = onnx.load(str(model))
+    constants = {t.name for t in graph.graph.initializer}
+    names = list(dict.fromkeys(t for n in graph.graph.node if n.op_type in QUANTIZED_OPS
+                               for t in (*n.input, *n.output) if t and t not in constants))
+    outputs = {o.name for o in graph.graph.output}
+    graph.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in outputs)
+    augmented = tmp / "ranges.onnx"
+    save(graph, augmented)
+    session = open_session(augmented)
+    order = [o.name for o in session.get_outputs()]
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+    for chunk in batches:
+        for name, value in zip(order, session.run(None, {INPUT_NAME: chunk})):
+            if name in names:
+                low[name] = min(low.get(name, np.inf), float(value.min()))
+                high[name] = max(high.get(name, -np.inf), float(value.max()))
+    return {name: (low[name], high[name]) for name in names}
+
+
+def _range_cache(ranges: dict[str, tuple[float, float]], tmp: Path, quantize_static, precision: str) -> Path:
+    """`ranges` as onnxruntime's calibration cache (`quantize_static(calibration_cache_path=...)`), for the method
+    `quantize` calibrates `precision` with (fp8's Distribution scales are replaced by amax / 448 anyway)."""
+    import inspect
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise ExporterError("This onnxruntime cannot quantize a plugin graph: its quantize_static takes no "
+                            "calibration_cache_path (the plugin nodes' ranges are measured outside it).",
+                            "Upgrade onnxruntime (pip install -U onnxruntime), or build without --plugins.")
+    method = CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution
+    # Distribution (fp8) reads a spread: amax stands in, as `_max_scales` then sets every activation's scale from amax
+    spread = {} if method == CalibrationMethod.MinMax else {"avg": np.float32(0)}
+    data = {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi), **spread,
+                          **({"std": np.float32(max(abs(lo), abs(hi)))} if spread else {}))
+            for k, (lo, hi) in ranges.items()}
+    cache = tmp / "ranges.json"
+    save_tensors_data(TensorsData(method, data), cache)
+    return cache
 
 
 def _amax(model: Path, reader, tmp: Path) -> dict[str, float]:

@@ -26,7 +26,7 @@ def session(model: Path | str | bytes, threads: Optional[int] = None, providers:
 
     options = options or session_options(threads)
     model = model if isinstance(model, bytes) else str(model)
-    if not isinstance(model, bytes) and _float8(model):
+    if _float8(model):
         # onnxruntime's CPU fusions rewrite DequantizeLinear -> MatMul into QLinearMatMul, which has no float8
         # kernel; unfused, float8 Q/DQ run as written: values rounded to fp8, products in fp32 (what TensorRT's
         # fp8 GEMMs compute, up to their accumulation order)
@@ -46,9 +46,10 @@ def feed(sess, x: np.ndarray) -> dict[str, np.ndarray]:
     return {inp.name: x.astype(dtype, copy=False)}
 
 
-def _float8(path: str) -> bool:
-    """Whether the graph at `path` quantizes to float8 (its Q/DQ zero points are float8 constants)."""
+def _float8(model: str | bytes) -> bool:
+    """Whether the graph (at a path, or serialized: a plugin graph's copy for `op_reference`) quantizes to float8
+    (its Q/DQ zero points are float8 constants)."""
     import onnx
 
-    model = onnx.load(path, load_external_data=False)
+    model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
     return any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)

@@ -128,15 +128,15 @@ def _rtx(bundle: Path, g: Graph, spec: BuildSpec, size) -> RtxCheck:
     """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded, when this run
     trusts it (`bundle.trust`), else skipped: the library's code would run on load. An fp8 graph is built for SM89
     (Ada, the first RTX architecture with fp8 tensor cores), every other one for the default SM86."""
+    target = {"compute_capability": "SM89"} if g.precision == "fp8" else {}
     if g.lowering != "plugin":
-        target = {"compute_capability": "SM89"} if g.precision == "fp8" else {}
         return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **target)
     if not (bundle / PLUGIN_LIBRARY).is_file():
         return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
     if (reason := untrusted(bundle)) is not None:
         return RtxCheck("skipped", f"{reason}; to run this check: {ENABLE[0].lower() + ENABLE[1:]}")
     return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size),
-                     plugin_library=trusted_library(bundle))
+                     plugin_library=trusted_library(bundle), **target)
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> Flops:

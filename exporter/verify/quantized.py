@@ -11,7 +11,7 @@ no accuracy to keep, and the record says so instead of passing or failing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,27 +24,33 @@ MAX_TOP1_DROP = 1.0  # percentage points
 
 
 def judge(model: torch.nn.Module, graph: Path, debug: Optional[Path], fp16: Optional[Path], calibration: Calibration,
-          batch: int, weights: str) -> dict:
+          batch: int, weights: str, more: Sequence[tuple[Path, Optional[Path]]] = ()) -> dict:
     """Top-1/top-5 of PyTorch fp32, the fp16 graph and the 8-bit `graph` on the held-out images, the 8-bit graph's
-    top-1 agreement with PyTorch and its token-choice agreement per reduction (from its `debug` twin)."""
+    top-1 agreement with PyTorch and its token-choice agreement per reduction (from its `debug` twin). `more`: other
+    8-bit graphs (the plugin graph's, with its debug twin) held to the same gate on the same images; their token-choice
+    agreement is `token_choice_agreement_of[name]`."""
     if weights == "random":
         return {"judged": False, "reason": "random weights: accuracy cannot be judged (build with trained weights)"}
     x, y = calibration.tensors(calibration.held_out)
     with torch.no_grad():
         traced = [Traced(model)(torch.from_numpy(chunk)) for chunk in batches(x, batch)]
     reference = np.concatenate([t[0].float().numpy() for t in traced])[:len(y)]
-    quantized = _run(debug or graph, x, batch)
-    rows = {"pytorch fp32": _scores(reference, y, reference), graph.name: _scores(quantized[0], y, reference)}
+    kept = [np.concatenate([t[i + 1].numpy() for t in traced])[:len(y)] for i in range(len(traced[0]) - 1)]
+    rows = {"pytorch fp32": _scores(reference, y, reference)}
+    agreement, failures = {}, []
+    for path, twin in [(graph, debug), *more]:
+        outputs = _run(twin or path, x, batch)
+        rows[path.name] = _scores(outputs[0], y, reference)
+        agreement[path.name] = [round(_shared(ours, theirs), 4) for ours, theirs in zip(outputs[1:], kept)] if twin else []
+        drop = rows["pytorch fp32"]["top1"] - rows[path.name]["top1"]
+        failures += [] if drop <= MAX_TOP1_DROP else [
+            f"{path.name}: top-1 {rows[path.name]['top1']:.2f}% on {len(y)} held-out images is {drop:.2f} points below "
+            f"PyTorch fp32's {rows['pytorch fp32']['top1']:.2f}% (allowed: {MAX_TOP1_DROP:g})"]
     if fp16 is not None:
         rows[fp16.name] = _scores(_run(fp16, x, batch)[0], y, reference)
-    kept = [np.concatenate([t[i + 1].numpy() for t in traced])[:len(y)] for i in range(len(traced[0]) - 1)]
-    agreement = [round(_shared(ours, theirs), 4) for ours, theirs in zip(quantized[1:], kept)] if debug else []
-    drop = rows["pytorch fp32"]["top1"] - rows[graph.name]["top1"]
-    failures = [] if drop <= MAX_TOP1_DROP else [
-        f"{graph.name}: top-1 {rows[graph.name]['top1']:.2f}% on {len(y)} held-out images is {drop:.2f} points below "
-        f"PyTorch fp32's {rows['pytorch fp32']['top1']:.2f}% (allowed: {MAX_TOP1_DROP:g})"]
     return {"judged": True, "images": int(len(y)), "threshold": f"top-1 within {MAX_TOP1_DROP:g} point of PyTorch fp32",
-            "accuracy": rows, "token_choice_agreement": agreement, "failures": failures}
+            "accuracy": rows, "token_choice_agreement": agreement.pop(graph.name),
+            **({"token_choice_agreement_of": agreement} if agreement else {}), "failures": failures}
 
 
 def _run(path: Path, x: np.ndarray, batch: int) -> list[np.ndarray]:

@@ -106,6 +106,10 @@ def _quantized(judged: dict) -> list[str]:
     if judged["token_choice_agreement"]:
         shares = ", ".join(f"{100 * a:.1f}%" for a in judged["token_choice_agreement"])
         lines += ["", f"Tokens kept as PyTorch fp32 keeps them, per reduction: {shares}."]
+    for name, agreement in judged.get("token_choice_agreement_of", {}).items():  # the plugin graph's
+        if agreement:
+            shares = ", ".join(f"{100 * a:.1f}%" for a in agreement)
+            lines += ["", f"{name}: tokens kept as PyTorch fp32 keeps them, per reduction: {shares}."]
     return lines
 
 
