@@ -563,7 +563,9 @@ def test_bad_input_exits_2(bundle, tmp_path, capsys, monkeypatch):
     _fails(capsys, ["engine", str(tmp_path), "--runtime", "tensorrt-rtx", "--target", "sm86"], "is not a bundle")
     _fails(capsys, ["engine", b, "--graph", "plugins", "--runtime", "tensorrt-rtx", "--target", "sm86"],
            "has no model.plugins.onnx", "--plugins")
-    _fails(capsys, ["engine", b, "--graph", "int8", "--runtime", "tensorrt-rtx", "--target", "sm86"], "is not one of fp32")
+    _fails(capsys, ["engine", b, "--graph", "int8", "--runtime", "tensorrt-rtx", "--target", "sm86"],
+           "has no model.int8.onnx", "--precision int8 --calib DIR")
+    _fails(capsys, ["engine", b, "--graph", "int4", "--runtime", "tensorrt-rtx", "--target", "sm86"], "is not one of fp32")
     _fails(capsys, ["engine", b, "--runtime", "tensorrt-rtx", "--target", "ampere"], "not a compute capability", "--target sm86")
     _fails(capsys, ["engine", b, "--runtime", "onnxruntime"], "--runtime 'onnxruntime' is not one of")
     _fails(capsys, ["verify", b, "--engine", "sm75"], "has no engine for 'sm75'", "python -m exporter engine")
