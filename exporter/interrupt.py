@@ -59,6 +59,9 @@ def held(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHU
         yield []
         return
     pending: list[int] = []
+    # a signal this process ignores stays ignored (a background job started by a shell without job control
+    # ignores SIGINT, `nohup` SIGHUP): holding it would cancel a build nobody asked to stop
+    signals = tuple(s for s in signals if signal.getsignal(s) is not signal.SIG_IGN)
     previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signals}
     try:
         yield pending

@@ -145,7 +145,7 @@ def test_the_loser_of_a_finishing_race_succeeds_quietly(tmp_path, monkeypatch):
 # swallowed the exception: the run went on, exited 0 and published the bundle. HOLD runs the exporter with its
 # TensorRT logger held inside its first callback (a file says so) until the test has sent the signal.
 HOLD = textwrap.dedent("""
-    import os, runpy, sys, time
+    import os, runpy, signal, sys, time
     from pathlib import Path
     from exporter.engine import network
     ready, sent = Path(os.environ["HOLD_READY"]), Path(os.environ["HOLD_SENT"])
@@ -168,6 +168,9 @@ HOLD = textwrap.dedent("""
         return logger
 
     network.error_logger = holding_logger
+    # Ctrl-C's handler, as an interactive shell starts a command with: a test run in the background by a shell
+    # without job control would hand this child SIGINT ignored, and an ignored signal must not stop the run
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = ["exporter", *sys.argv[1:]]
     runpy.run_module("exporter", run_name="__main__")
 """)
@@ -260,3 +263,18 @@ def test_a_sigkilled_parents_rtx_child_dies_and_its_folder_is_swept(tmp_path, mo
     assert len(folders) == 1 and folders[0].exists()  # SIGKILL cannot be caught: the next run sweeps it
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert artifacts.sweep_stale() == folders and not folders[0].exists()
+
+
+def test_a_signal_the_process_ignores_is_not_held():
+    """A run started with SIGINT ignored (a background job of a shell without job control) keeps ignoring it while
+    a TensorRT build is held: the build is not cancelled, and nothing is raised on the way out."""
+    from exporter import interrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt.held() as pending:
+            signal.raise_signal(signal.SIGINT)
+            assert pending == []
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
