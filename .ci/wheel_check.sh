@@ -58,5 +58,17 @@ tome="$(ls -d artifacts/vit_digits-tome-fp16-*)"
 test -f "$tome/plugins/libexporter_plugins.so"
 python -m exporter.fixtures.digits export-split digits
 python -m exporter verify "$tome" --data digits
-python -m exporter engine "$tome" --runtime tensorrt-rtx --target sm86 --graph plugins-fp16
+
+step "sign, then verify and build the plugin engine trusting the signer's key (the library loads only then)"
+python - <<'KEYS'  # a P-256 key pair, as `openssl ecparam -name prime256v1 -genkey` makes (docs/signing.md)
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization as s
+from cryptography.hazmat.primitives.asymmetric import ec
+key = ec.generate_private_key(ec.SECP256R1())
+Path("key.pem").write_bytes(key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))
+Path("key.pub").write_bytes(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+KEYS
+python -m exporter sign "$tome" --key key.pem
+python -m exporter verify "$tome" --trusted-key key.pub --require-signature
+python -m exporter engine "$tome" --runtime tensorrt-rtx --target sm86 --graph plugins-fp16 --trusted-key key.pub
 echo "wheel check passed"
