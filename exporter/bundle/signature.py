@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import ExporterError
+from .files import read_json
 from .layout import SIGNATURE, UNHASHED_SUBTREES
 
 UNSIGNED_PATHS = (*UNHASHED_SUBTREES, SIGNATURE)  # what the signature leaves out, relative to the bundle
@@ -82,8 +82,8 @@ def check(bundle: Path, trusted_keys: Sequence[Path] = ()) -> Signature:
 def signer_hint(path: Path) -> Optional[str]:
     """The fingerprint of the key signature.sig names (unverified: what the signer wrote), or None."""
     try:
-        hint = json.loads(path.read_text())["verificationMaterial"]["publicKey"]["hint"]
-    except (OSError, ValueError, KeyError, TypeError):
+        hint = read_json(path)["verificationMaterial"]["publicKey"]["hint"]
+    except (OSError, ValueError, KeyError, TypeError, ExporterError):  # ExporterError: refused (oversized, not a file)
         return None
     return f"sha256:{hint[:16]}" if isinstance(hint, str) and hint else None
 
