@@ -103,7 +103,7 @@ def measure(bundle: Path, data: Path, console: Optional[Console] = None, threads
     y = np.concatenate(labels)
     outputs = {name: np.concatenate(chunks) for name, chunks in logits.items()}
     reference = outputs["pytorch"].argmax(1)
-    results = [_scores(name, out, y, reference) for name, out in outputs.items()]
+    results = [score(name, out, y, reference) for name, out in outputs.items()]
     return Accuracy(str(data), int(len(y)), len(dataset.classes), batch, results)
 
 
@@ -126,7 +126,8 @@ def _onnx(runner, batch: int):
     return run
 
 
-def _scores(name: str, logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> Score:
+def score(name: str, logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> Score:
+    """Top-1/top-5 of `logits` against `labels`, and how many top-1s equal `reference` (PyTorch's top-1 classes)."""
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1)[:, :k]
     correct1 = int((top[:, 0] == labels).sum())

@@ -19,6 +19,7 @@ import torch
 from ..methods.base import Traced
 from ..runtime import onnx_runner
 from ..stages.calibration import Calibration, batches
+from .accuracy import score
 
 MAX_TOP1_DROP = 1.0  # percentage points
 
@@ -60,11 +61,10 @@ def _run(path: Path, x: np.ndarray, batch: int) -> list[np.ndarray]:
 
 
 def _scores(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict:
-    top = np.argsort(-logits, axis=1)[:, :min(5, logits.shape[1])]
+    """`accuracy.score` as the calibration record words it: percentages, agreement with PyTorch fp32's top-1."""
     n = len(labels)
-    return {"top1": round(100 * float((top[:, 0] == labels).mean()), 3),
-            "top5": round(100 * float((top == labels[:, None]).any(axis=1).mean()), 3),
-            "same_top1_as_pytorch": round(100 * float((top[:, 0] == reference.argmax(1)).mean()), 3), "n": n}
+    s = score("", logits, labels, reference.argmax(1))
+    return {"top1": s.top1, "top5": s.top5, "same_top1_as_pytorch": round(100 * s.top1_agreement / n, 3), "n": n}
 
 
 def _shared(ours: np.ndarray, theirs: np.ndarray) -> float:
