@@ -117,7 +117,9 @@ def test_search_command_writes_a_schedule_build_and_methods_read(folders, tmp_pa
     argv = ["search", "--model", digits.MODEL, "--data", str(folders / "train"), "--eval-data", str(folders / "test"),
             "--images", "64", "--epochs", "1", "--batch-size", "32", "--target-flops", "0.03", "--out", str(schedule)]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # piped (not a terminal): the progress is plain lines, the last one with every number
+    assert "search step 2/2  loss " in err and " GMACs  top-1 " in err
     for row in ("searched", "uniform, same cost", "GFLOPs, scaled", "dense"):
         assert row in out
     record = json.loads(schedule.read_text())
