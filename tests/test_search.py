@@ -83,6 +83,19 @@ def test_uniform_schedule_meets_the_cost(dense):
     assert counted(prune, merge) == pytest.approx(target, rel=0.02)
 
 
+def test_search_starts_at_the_uniform_schedule_of_its_target(dense):
+    cost, constant = flops_cost(dense)
+    model = SearchViT(dense, cost, constant, 1)
+    assert model.schedule() == ([65] + [34] * 11,) * 2  # the authors' zero logits: ceil(mean of 1..64) + class token
+    model.start_uniform(0.03)
+    start = model.schedule()
+    assert start == uniform(65, 12, model.cost_of, 0.03) and len(set(start[1])) == 12  # every block removes tokens
+    assert float(model.expected_cost()) == pytest.approx(model.cost_of(*start), rel=1e-6)
+    assert model.cost_of(*start) == pytest.approx(0.03, rel=0.02)
+    # the maximum-entropy distribution with that mean: a smooth tilt, not a point mass (gradients reach neighbours)
+    assert all(float(r.logits.softmax(-1).max()) < 0.5 for r in (*model.prune, *model.merge))
+
+
 def test_search_is_deterministic_and_resumable(dense, images, tmp_path):
     x, y = images
     settings = Settings(target=0.03, unit="GMACs", epochs=2, batch=24, seed=3)

@@ -121,16 +121,7 @@ def run(args, console: Console, out: Console) -> Path:
     model = SearchViT(dense, cost, constant, args.granularity)
     tokens, depth = model.tokens, len(dense.blocks)
 
-    def schedule_cost(prune, merge) -> float:
-        from ..methods.diffrate import plan
-
-        _, leaving = plan(tokens, prune, merge)
-        total, n = constant + cost(tokens, tokens, tokens), tokens
-        for p, out_n in zip(prune[1:], leaving[1:]):
-            total += cost(n, min(n, p), out_n)
-            n = out_n
-        return float(total)
-
+    schedule_cost = model.cost_of
     dense_cost = schedule_cost([tokens] * depth, [tokens] * depth)
     smallest = schedule_cost([tokens] + [args.granularity + 1] * (depth - 1), [tokens] + [args.granularity + 1] * (depth - 1))
     if not smallest < target < dense_cost:
@@ -143,7 +134,7 @@ def run(args, console: Console, out: Console) -> Path:
     data = load_images(args.data, dense, args.images, args.seed)
     held_out = load_images(args.eval_data, dense, None, args.seed) if args.eval_data else None
     settings = Settings(target, unit, args.epochs, args.batch_size, args.lr, args.min_lr, args.penalty,
-                        args.granularity, args.seed)
+                        args.granularity, args.seed, args.start_rates)
     with progress(console, unit) as report:
         prune, merge, _ = search(model, data.x, data.y, settings, args.checkpoint, report)
 
