@@ -138,6 +138,7 @@ def test_search_command_writes_a_schedule_build_and_methods_read(folders, tmp_pa
     record = json.loads(schedule.read_text())
     assert record["model"] == digits.MODEL and len(record["prune_kept"]) == 12 and record["budget"]["target"] == 0.03
     assert record["accuracy"]["images"] == 64 and record["held_out"]["images"] == digits.TEST_SIZE
+    assert record["settings"]["start"] == "uniform"  # --start reaches the search (and its record)
     reduced = apply_method(create_model(digits.MODEL, "pretrained"), "diffrate", schedule=str(schedule))
     assert list(reduced.schedule) == record["tokens_after"]
     assert main(["methods", "--method", "diffrate", "--schedule", str(schedule)]) == 0
