@@ -120,6 +120,9 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
                          f"{k.dtype}, v {tuple(v.shape)} {v.dtype}, bias {tuple(bias.shape)}")
     if not (q.device == k.device == v.device == bias.device):
         raise ValueError(f"q, k, v and bias must be on one device, got {q.device}, {k.device}, {v.device}, {bias.device}")
+    if not q.is_cuda and q.dtype == torch.bfloat16:
+        raise ValueError("biased_attention takes bfloat16 only on CUDA tensors: Triton's interpreter (CPU tensors) "
+                         "does not compute bfloat16 dots; pass float16 or float32")
     B, H, N, d = q.shape
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bias = bias.to(torch.float32).contiguous()

@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The biased attention kernel (`exporter.ops.kernels.biased_attention`: flash-style attention with a per-key
+additive bias, what ToMe's and DiffRate's proportional attention runs on a GPU) against
+`scaled_dot_product_attention` with the bias as a [B, 1, 1, N] mask in float64, in Triton's interpreter; and
+`ops.biased_attention`, which takes it only for CUDA tensors (the CPU and every exported graph keep the mask).
+
+Tolerance, from the dtypes: the kernel computes the products, softmax and sums in fp32, as PyTorch's fp32
+attention does in another order, so it may be as far off as that (`own`: SDPA on the fp32 values against float64);
+it rounds twice to the input dtype (probabilities before the second product, the output), each within half an
+ulp (eps / 2) of the largest |v| (eps * max|v| in all; in fp32 the first is none); and it takes its logits in base 2 through
+five fp32 roundings of its own (scale * log2(e), that times q.k, bias * log2(e), their sum, minus the row's
+maximum m), each within u32 * (|s| + |m|) of a base-2 logit s, which moves a probability by ln 2 times that,
+in its numerator and in the row's sum: 10 * ln 2 * u32 * W * max|v|, W the largest over rows of the
+probability-weighted sum of |s| + |m| (keys of zero probability move nothing).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from exporter import ops
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = [
+    # batch, heads, tokens, head dim, dtype, bias
+    (2, 2, 197, 64, "float32", "sizes"),      # DeiT-S head, ToMe's sizes after a merge
+    (2, 2, 197, 64, "float16", "sizes"),
+    (3, 1, 2, 16, "float16", "sizes"),        # the fewest tokens
+    (2, 2, 257, 32, "float32", "sizes"),      # one key past a tile: a tail of one
+    (1, 2, 577, 64, "float16", "sizes"),      # ViT-B/16 at 384 px
+    (2, 1, 101, 24, "float32", "sizes"),      # odd N, head dim not a power of two
+    (1, 1, 1025, 16, "float16", "sizes"),     # ViT-L/14 at 448 px
+    (2, 2, 197, 64, "float16", "equal"),      # every key the same bias: the softmax without it
+    (2, 1, 197, 64, "float32", "equal_large"),  # every key -1e4: logits far from 0, the same softmax
+    (2, 1, 197, 64, "float16", "negative"),   # a third of the keys at -1e4 and -1e30: weightless
+    (2, 2, 129, 32, "float32", "masked_first"),  # the first 64 keys -inf: rows start with no key at all
+    (3, 2, 70, 64, "float16", "masked_first"),
+]
+
+# Runs in a fresh interpreter with TRITON_INTERPRET=1 set before triton is imported (the interpreter needs
+# triton.language's own jit functions interpreted, whatever other tests imported in this process).
+_CHECKS = textwrap.dedent("""
+    import json, math, sys, torch
+    from exporter.ops.kernels.biased_attention import biased_attention
+    attend = torch.nn.functional.scaled_dot_product_attention
+    out = []
+    for b, h, n, d, dtype, kind in json.loads(sys.argv[1]):
+        g = torch.Generator().manual_seed(b * 10000 + n * 10 + d)
+        # strided q/k/v views of one [B, N, 3, H, d] projection, as timm's attention has them; x2: a peaked softmax
+        qkv = (torch.randn(b, n, 3, h, d, generator=g) * 2).to(getattr(torch, dtype)).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = torch.randint(1, 30, (b, n), generator=g).float().log()  # log token sizes
+        if kind == "equal":
+            bias = torch.full((b, n), 2.0)
+        elif kind == "equal_large":
+            bias = torch.full((b, n), -1.0e4)
+        elif kind == "negative":
+            bias[:, 1::3] = -1.0e4
+            bias[:, 2::6] = -1.0e30
+        elif kind == "masked_first":
+            bias[:, :64] = float("-inf")
+        got = biased_attention(q, k, v, bias)
+        exact = attend(q.double(), k.double(), v.double(), attn_mask=bias.double()[:, None, None, :])
+        own = attend(q.float(), k.float(), v.float(), attn_mask=bias[:, None, None, :])
+        logits = (q.double() @ k.double().transpose(-2, -1) * d ** -0.5 + bias.double()[:, None, None, :]) / math.log(2)
+        p = logits.softmax(-1)
+        top = logits.max(-1, keepdim=True).values.abs()
+        spread = torch.where(p > 0, p * (logits.abs() + top), 0.0).sum(-1).max().item()
+        again = biased_attention(q, k, v, bias)
+        out.append({"shape": list(got.shape) == [b, h, n, d], "dtype": got.dtype == q.dtype,
+                    "deterministic": torch.equal(got, again), "finite": bool(got.isfinite().all()),
+                    "err": (got.double() - exact).abs().max().item(), "own": (own.double() - exact).abs().max().item(),
+                    "vmax": v.abs().max().item(), "spread": spread})
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", _CHECKS, json.dumps(CASES)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=["-".join(map(str, c)) for c in CASES])
+def test_kernel_matches_attention_with_the_mask(results, case):
+    r = results[case]
+    assert r["shape"] and r["dtype"] and r["finite"] and r["deterministic"], r
+    eps = torch.finfo(getattr(torch, CASES[case][4])).eps
+    u32 = torch.finfo(torch.float32).eps / 2
+    assert r["err"] <= r["own"] + (eps + 10 * math.log(2) * u32 * r["spread"]) * r["vmax"], r
