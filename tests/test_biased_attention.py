@@ -98,3 +98,25 @@ def test_kernel_matches_attention_with_the_mask(results, case):
     eps = torch.finfo(getattr(torch, CASES[case][4])).eps
     u32 = torch.finfo(torch.float32).eps / 2
     assert r["err"] <= r["own"] + (eps + 10 * math.log(2) * u32 * r["spread"]) * r["vmax"], r
+
+
+def test_cpu_and_exported_graphs_keep_the_mask():
+    """On the CPU the attention is today's: SDPA with the bias as a [B, 1, 1, N] mask in q's dtype, exactly."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 2, 3, 17, 8, generator=g).unbind(0)
+    bias = torch.rand(2, 17, generator=g).log1p()
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None, None, :])
+    assert torch.equal(ops.biased_attention(q, k, v, bias), want)
+    assert torch.equal(ops.biased_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
+def test_custom_op_registration():
+    """torch.ops.exporter.biased_attention (the op CUDA tensors reach, for torch.compile and CUDA graphs): its shape
+    function, strides and CPU implementation agree (torch.library.opcheck), in fp32 and fp16."""
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float16):
+        qkv = torch.randn(2, 19, 3, 2, 16, generator=g).to(dtype).permute(2, 0, 3, 1, 4)
+        bias = torch.rand(2, 19, generator=g).log1p()
+        torch.library.opcheck(torch.ops.exporter.biased_attention.default, (*qkv.unbind(0), bias))
+        out = torch.ops.exporter.biased_attention(*qkv.unbind(0), bias)
+        assert out.shape == (2, 2, 19, 16) and out.dtype == dtype and out.transpose(1, 2).is_contiguous()
