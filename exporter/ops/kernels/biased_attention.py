@@ -22,6 +22,7 @@ this module imports no triton.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Optional
 
@@ -168,5 +169,30 @@ def compile_cubin(dtype: torch.dtype, head_dim: int, arch: int) -> dict:
     return {"name": md.name, "warps": md.num_warps, "shared": md.shared, "cubin": compiled.asm["cubin"]}
 
 
-__all__ = ["biased_attention", "fits", "compile_cubin", "MAX_HEAD_DIM"]
+def error_bound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(the largest |kernel - exact| this kernel may give on these inputs, exact), exact = the attention with the
+    bias as a mask in float64. What the tests (interpreter) and benchmarks/gpu_attention_bench.py (GPU) hold it to.
+
+    From the dtypes: the kernel computes products, softmax and sums in fp32, as PyTorch's fp32 attention does in
+    another order, so it may be as far off as that (`own`: SDPA on the fp32 values); it rounds twice to the input
+    dtype (probabilities before the second product, the output), each within half an ulp (eps / 2) of the largest
+    |v| (eps * max|v| in all; in fp32 the first is none); and it takes its logits in base 2 through five fp32
+    roundings of its own (scale * log2(e), that times q.k, bias * log2(e), their sum, minus the row maximum m),
+    each within u32 * (|s| + |m|) of a base-2 logit s, which moves a probability by ln 2 times that, in its
+    numerator and in the row's sum: 10 * ln 2 * u32 * W * max|v|, W the largest over rows of the
+    probability-weighted sum of |s| + |m| (keys of zero probability move nothing).
+    """
+    attend = torch.nn.functional.scaled_dot_product_attention
+    mask = bias.double()[:, None, None, :]
+    exact = attend(q.double(), k.double(), v.double(), attn_mask=mask)
+    own = (attend(q.float(), k.float(), v.float(), attn_mask=bias.float()[:, None, None, :]).double() - exact).abs().max()
+    logits = (q.double() @ k.double().transpose(-2, -1) * q.shape[-1] ** -0.5 + mask) / math.log(2)
+    p = logits.softmax(-1)
+    top = logits.max(-1, keepdim=True).values.abs()
+    spread = torch.where(p > 0, p * (logits.abs() + top), 0.0).sum(-1).max()
+    eps, u32 = torch.finfo(q.dtype).eps, torch.finfo(torch.float32).eps / 2
+    return float(own + (eps + 10 * math.log(2) * u32 * spread) * v.abs().max().double()), exact
+
+
+__all__ = ["biased_attention", "fits", "error_bound", "compile_cubin", "MAX_HEAD_DIM"]
 
