@@ -18,6 +18,9 @@ kernel: decision and movement together), or the reference maths inline (so a dec
 the reference). Where verification needs the choice (replaying another run's indices, or reading every
 choice's scores for the margins), it is made by the reference in PyTorch and applied by the reference:
 verification replays and scores on the CPU.
+
+Beside the token ops, `biased_attention` (ToMe's and DiffRate's attention with the log-size bias) takes a fused
+flash-style kernel on a GPU (`torch.ops.exporter.biased_attention`, no plugin); elsewhere it is SDPA with a mask.
 """
 from __future__ import annotations
 
