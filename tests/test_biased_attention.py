@@ -76,6 +76,7 @@ def results():
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~40 s: the interpreter runs every tile op in numpy, as tests/test_kernels.py
 @pytest.mark.parametrize("case", range(len(CASES)), ids=["-".join(map(str, c)) for c in CASES])
 def test_kernel_matches_attention_with_the_mask(results, case):
     r = results[case]
