@@ -117,3 +117,14 @@ def test_gate_fails_with_the_numbers(bundle, monkeypatch):
     assert result["accuracy"]["pytorch fp32"]["top1"] == 100.0 and result["accuracy"]["model.int8.onnx"]["top1"] == 0.0
     assert result["failures"] == ["model.int8.onnx: top-1 0.00% on 20 held-out images is 100.00 points below PyTorch "
                                   "fp32's 100.00% (allowed: 1)"]
+
+
+def test_bench_times_the_8bit_graph(bundle):
+    """`bench` times model.int8.onnx on onnxruntime CPU beside the fp32 and fp16 graphs (integer kernels: graph
+    optimisations stay on for an int8 graph, `runtime/ort.py`)."""
+    from exporter.bench.bundles import choose_targets, open_bundles
+
+    found, _ = choose_targets(open_bundles([bundle]), cuda=False)
+    graphs = {t.runtime: t.model for t in found if t.kind == "ort"}
+    assert graphs == {f"onnxruntime CPU {p}": bundle / f for p, f in
+                      (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx"))}
