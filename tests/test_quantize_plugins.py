@@ -92,4 +92,5 @@ def test_tensorrt_rtx_builds_the_int8_plugin_graph(library):
             "--trust-plugins"]
     assert main(argv) == 0
     (folder, entry), = all_entries(library)
-    assert folder == "sm86-tensorrt-rtx" and entry["graph"] == "model.plugins.int8.onnx" and entry["precision"] == "int8"
+    assert folder == "sm86-tensorrt-rtx" and entry["graph"] == "model.plugins.int8.onnx" and entry["plugin_layers"] == 12
+    assert entry["key_fields"]["precision"] == "int8" and entry["key_fields"]["plugin_sha256"]
