@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 # Every check that needs an NVIDIA GPU, as one run that fits a short loan of a GPU machine: within 6 minutes
 # on an H100/H200 including compilation. In order: the machine; the static estimates (CPU, in the background,
-# while the GPU-only tests run); the per-op benchmark beside those estimates; the end-to-end PyTorch benchmark
-# beside the estimated speedups. Each step has its own time limit (they add up to 345 s) and its output goes to
-# a file of its own and to the terminal as it comes, so a step that fails or times out leaves the others' results.
+# while the GPU-only tests run); the per-op benchmark beside those estimates; ToMe's and DiffRate's fused
+# attention beside PyTorch's (checked, then timed); the end-to-end PyTorch benchmark beside the estimated
+# speedups. Each step has its own time limit (they add up to 360 s) and its output goes to a file of its own
+# and to the terminal as it comes, so a step that fails or times out leaves the others' results.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else ./gpu-check)
 #
@@ -55,12 +56,13 @@ else
     echo "estimates: skipped (compute capability '${cc:-none}' has no published figures in exporter.ops.perf)"
 fi
 
-step tests 140 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_attend_gpu.py \
+step tests 130 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_gpu.py tests/test_attend_gpu.py \
     "tests/test_bench.py::test_pytorch_fp16_and_cuda_graphs_are_timed_on_the_gpu"
 for pid in ${estimates[@]+"${estimates[@]}"}; do wait "$pid" || echo "estimate (pid $pid) failed or timed out: see $out/estimate.*.err"; done
 step ops_bench 80 "$python" benchmarks/gpu_ops_bench.py --methods "$methods" --batch "$batches" --rounds 5 --iterations 30 \
     ${arch:+--estimates "$out"}
-step torch_bench 95 "$python" benchmarks/gpu_torch_bench.py --batch "$batches" --compile "" --rounds 3 --iterations 10
+step attention_bench 30 "$python" benchmarks/gpu_attention_bench.py --batch "$batches" --tokens 197,99
+step torch_bench 90 "$python" benchmarks/gpu_torch_bench.py --batch "$batches" --compile "" --rounds 3 --iterations 10
 if [ -n "$arch" ]; then  # the whole-forward estimates, beside torch_bench's measured speedups above
     "$python" - "$out" "${methods//,/ }" <<'EOF'
 import json, sys

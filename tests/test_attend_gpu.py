@@ -35,3 +35,38 @@ def test_cls_row_matches_the_fp32_route(with_bias):
     # what the methods choose from it: the same tokens in the same order
     assert torch.equal(row[:, :, 1:].mean(1).argsort(dim=-1, descending=True, stable=True),
                        expected[:, :, 1:].mean(1).argsort(dim=-1, descending=True, stable=True))
+
+
+def ops_called(fn) -> list[str]:
+    """The names of the aten/custom ops `fn()` dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names = []
+
+    class Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Seen():
+        fn()
+    return names
+
+
+def test_biased_attention_takes_the_fused_kernel():
+    """With a size bias, a block's attention on a GPU is the fused kernel (not SDPA with a mask), within the bound
+    the CPU tests hold it to; with fused kernels off, or tracing for plugins, it is SDPA with the mask."""
+    from exporter import ops
+    from exporter.ops.kernels.biased_attention import error_bound
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = torch.randn(4, 197, 3, 6, 64, generator=g, device="cuda").half().permute(2, 0, 3, 1, 4).unbind(0)
+    bias = torch.randint(1, 30, (4, 197), generator=g, device="cuda").float().log()
+    assert "biased_attention" in ops_called(lambda: ops.biased_attention(q, k, v, bias))
+    with torch.no_grad():
+        out = ops.biased_attention(q, k, v, bias)
+    bound, exact = error_bound(q, k, v, bias)
+    assert (out.double() - exact).abs().max().item() <= bound
+    for off in (ops.fused_kernels(False), ops.lowering("plugin")):
+        with off:
+            assert "biased_attention" not in ops_called(lambda: ops.biased_attention(q, k, v, bias))

@@ -54,3 +54,30 @@ def test_fp16_movement_kernels_load_128_bits(library):
     narrow = [f"{_label(v)}: {v.facts.global_loads(128)} LDG.128, {sum(v.facts.global_loads(b) for b in (16, 32, 64))} "
               f"narrower" for v in moving if v.facts.global_loads(128) == 0]
     assert not narrow, "\n".join(narrow)
+
+
+# ---- the biased attention kernel (ToMe's and DiffRate's attention on a GPU; JIT-compiled, not in the library) ----
+ATTENTION = [(dtype, head_dim) for dtype in ("float16", "float32") for head_dim in (32, 64, 128)] + [("bfloat16", 64)]
+
+
+def _compile_attention(dtype: str, head_dim: int, arch: int) -> dict:
+    import torch
+
+    from exporter.ops.kernels.biased_attention import compile_cubin
+
+    return compile_cubin(getattr(torch, dtype), head_dim, arch)
+
+
+def test_biased_attention_no_stack_frame_and_at_most_128_registers():
+    """The kernel as the JIT compiles it at DeiT-like shapes, for the head dims it takes (its tiles shrink past 64)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    keys = [(dtype, head_dim, arch) for arch in ARCHS for dtype, head_dim in ATTENTION]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=aot._compiled_mode) as pool:
+        compiled = [cubin.variant(c, k) for k, c in zip(keys, pool.map(_compile_attention, *zip(*keys)))]
+    bad = [f"{v.key}: {v.facts.registers} registers, {v.facts.stack} B stack" for v in compiled
+           if v.facts.stack or v.facts.local or v.facts.registers > MAX_REGISTERS]
+    assert not bad, "\n".join(bad)
+    # half precision runs its two products on the tensor cores (mma on sm_87, wgmma on sm_90)
+    assert all(v.facts.tensor_core for v in compiled if v.key[0] != "float32")

@@ -151,7 +151,8 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None
     """timm `Attention.forward`, with an optional additive per-key bias and the class-token row.
 
     The main attention stays `scaled_dot_product_attention` (exported as scale-Q/K, MatMul,
-    Softmax, MatMul, which TensorRT fuses); the class-token row is recomputed on its own in fp32
+    Softmax, MatMul, which TensorRT fuses; with a bias on a GPU, PyTorch runs `ops.biased_attention`'s
+    fused kernel instead, see there); the class-token row is recomputed on its own in fp32
     (exact: softmax is row-wise), so an fp16 graph keeps the same tokens as the fp32 one.
     `bias` is [B, N], e.g. log(token size) for proportional attention.
     """
@@ -159,8 +160,7 @@ def attend(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    mask = None if bias is None else bias[:, None, None, :].to(q.dtype)
-    out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = ops.biased_attention(q, k, v, bias)
     out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
     if attn.gate is not None:
         out = out * attn.gate(x).sigmoid()

@@ -18,6 +18,9 @@ kernel: decision and movement together), or the reference maths inline (so a dec
 the reference). Where verification needs the choice (replaying another run's indices, or reading every
 choice's scores for the margins), it is made by the reference in PyTorch and applied by the reference:
 verification replays and scores on the CPU.
+
+Beside the token ops, `biased_attention` (ToMe's and DiffRate's attention with the log-size bias) takes a fused
+flash-style kernel on a GPU (`torch.ops.exporter.biased_attention`, no plugin); elsewhere it is SDPA with a mask.
 """
 from __future__ import annotations
 
@@ -167,6 +170,30 @@ def hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: in
     return reference.hilo_attention(qkv, pad, height, width, window, heads, scale)
 
 
+def biased_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """`scaled_dot_product_attention(q, k, v)` (q/k/v [B, H, N, d], scale d ** -0.5) with `bias` [B, N] added
+    to every query row's logits after the scale: ToMe's and DiffRate's proportional attention (log token sizes).
+
+    With a bias, CUDA tensors take the fused kernel (`torch.ops.exporter.biased_attention`: flash-style, the bias
+    in fp32; PyTorch's flash backend takes no mask), unless the token ops run as standard ops
+    (`fused_kernels(False)`), a graph is being exported or traced for plugins, or the kernel does not fit (head
+    dim > 128, cross-attention). Everywhere else, and in every exported graph, it is what it always was: SDPA
+    with the bias as a [B, 1, 1, N] mask in q's dtype.
+    """
+    if bias is not None and q.is_cuda and _state["fused"] and _state["lowering"] == "decompose" and not _exporting():
+        from .kernels.biased_attention import fits
+
+        if fits(q, k, v, bias):
+            return torch.ops.exporter.biased_attention(q, k, v, bias.float())
+    mask = None if bias is None else bias[:, None, None, :].to(q.dtype)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _exporting() -> bool:
+    """A graph is being captured for export (torch.export / the dynamo ONNX exporter, or the TorchScript one)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 # ---- the custom ops ---------------------------------------------------------------------------------
 # The CPU implementation is the reference; CUDA gets the fused kernel (registered below).
 
@@ -198,6 +225,29 @@ def _diffrate_reduce(x: Tensor, size: Tensor, score: Tensor, keep: int, merge: i
 @torch.library.custom_op("exporter::hilo_attention", mutates_args=())
 def _hilo_attention(qkv: Tensor, pad: Tensor, height: int, width: int, window: int, heads: int) -> Tensor:
     return reference.hilo_attention(qkv, pad, height, width, window, heads).contiguous()
+
+
+@torch.library.custom_op("exporter::biased_attention", mutates_args=())
+def _biased_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """Not a token op (no plugin, no contract, never in an exported graph): the fused attention's op, so that
+    torch.compile and CUDA graphs capture the kernel. Its result is [B, H, N, d] over [B, N, H, d] memory, as
+    the kernel writes it (the block's projection reads that layout)."""
+    mask = bias[:, None, None, :].to(q.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@_biased_attention.register_fake
+def _biased_attention_shape(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    B, H, N, d = q.shape
+    return q.new_empty(B, N, H, d).transpose(1, 2)
+
+
+@_biased_attention.register_kernel("cuda")
+def _biased_attention_kernel(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    from .kernels.biased_attention import biased_attention as fused
+
+    return fused(q, k, v, bias)
 
 
 def _dense(outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -242,4 +292,5 @@ __all__ = [
     "OPS", "LOWERINGS", "lowering", "fused_kernels", "called", "Deferred",
     "choose_topk_prune", "apply_topk_prune", "choose_evovit_select", "apply_evovit_select", "evovit_restore",
     "choose_tome_merge", "apply_tome_merge", "choose_diffrate_reduce", "apply_diffrate_reduce", "hilo_attention",
+    "biased_attention",
 ]

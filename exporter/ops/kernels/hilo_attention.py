@@ -23,13 +23,12 @@ chosen). Importing this module imports no triton.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import torch
 
 from .config import HILO_CHUNK, HILO_ROWS, block_for, launch_options
-from .mode import interpreting as _interpreting, triton_mode
+from .mode import decorate, interpreting as _interpreting
 
 MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
 
@@ -92,29 +91,8 @@ def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
 
 
 def _jit(interpret: bool):
-    """triton.jit of the kernel, compiled or interpreted. Triton fixes its mode when first imported (its own jit
-    functions, tl.max and tl.sum, are interpreted only if TRITON_INTERPRET=1 then): the first call imports it
-    in the mode it needs, as the other kernels do (`exporter.ops.kernels`), and a call needing the other mode
-    raises (run it in a fresh process)."""
-    mode = triton_mode()
-    if mode is None:
-        with _interpreting() if interpret else contextlib.nullcontext():
-            import triton.language  # noqa: F401
-        mode = triton_mode()
-    if (mode == "interpreter") != interpret:
-        raise RuntimeError(f"hilo_attention on {'CPU' if interpret else 'CUDA'} tensors needs Triton in "
-                           f"{'interpreter' if interpret else 'compiled'} mode, but this process imported it in "
-                           f"{mode} mode: call it in a fresh process (TRITON_INTERPRET=1 for the interpreter)")
-    import triton
-    import triton.language as tl
-
-    globals()["tl"] = tl  # what the kernel's body resolves `tl` to
-    if not interpret:
-        return triton.jit(hilo_attention_kernel)
-    with _interpreting():
-        import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
-
-        return triton.jit(hilo_attention_kernel)
+    """triton.jit of the kernel, compiled or interpreted (`mode.decorate` says how the mode is chosen)."""
+    return decorate(hilo_attention_kernel, interpret, "hilo_attention")
 
 
 def jit_kernel(interpret: bool = False):

@@ -33,3 +33,29 @@ def interpreting(value: Optional[str] = "1"):
         os.environ.pop("TRITON_INTERPRET", None)
         if before is not None:
             os.environ["TRITON_INTERPRET"] = before
+
+
+def decorate(fn, interpret: bool, what: str):
+    """triton.jit of the plain function `fn` (a kernel module's, whose body resolves `tl` as a module global),
+    compiled or interpreted. Triton fixes its mode when first imported (its own jit functions, tl.max and
+    tl.sum, are interpreted only if TRITON_INTERPRET=1 then): the first call imports it in the mode it needs,
+    and a call needing the other mode raises (run it in a fresh process)."""
+    mode = triton_mode()
+    if mode is None:
+        with interpreting() if interpret else contextlib.nullcontext():
+            import triton.language  # noqa: F401
+        mode = triton_mode()
+    if (mode == "interpreter") != interpret:
+        raise RuntimeError(f"{what} on {'CPU' if interpret else 'CUDA'} tensors needs Triton in "
+                           f"{'interpreter' if interpret else 'compiled'} mode, but this process imported it in "
+                           f"{mode} mode: call it in a fresh process (TRITON_INTERPRET=1 for the interpreter)")
+    import triton
+    import triton.language as tl
+
+    fn.__globals__["tl"] = tl  # what the kernel's body resolves `tl` to
+    if not interpret:
+        return triton.jit(fn)
+    with interpreting():
+        import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
+
+        return triton.jit(fn)
