@@ -43,9 +43,9 @@ from .onnx_export import INPUT_NAME, save
 QUANTIZED_OPS = ("MatMul", "Gemm")
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")  # with a weight: the projections score regions stop at
 # int8: onnxruntime's MinMax (scale = amax / 127). fp8: onnxruntime calibrates float8 with Distribution only, whose
-# scales (from each tensor's spread) clipped the digits fixture's activations to 74% top-1; the ranges are measured in
-# one pass of our own (`_ranges`) and every activation's scale set to amax / 448 (max calibration, as TensorRT's fp8
-# recipes do; e4m3's precision is relative, so a smaller scale buys no resolution, only saturation)
+# scales (from each tensor's spread) clipped the digits fixture's activations to 74% top-1; its scales are replaced
+# with amax / 448 from a MinMax pass over the same images (max calibration, as TensorRT's fp8 recipes do: e4m3's
+# precision is relative, so a smaller scale buys no resolution, only saturation)
 CALIBRATION_METHOD = {"int8": "MinMax", "fp8": "MinMax (amax / 448)"}
 FP8_MAX = 448.0  # largest float8 e4m3fn value
 
@@ -117,7 +117,7 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
             chunk = next(self.chunks, None)
             return None if chunk is None else {INPUT_NAME: chunk}
 
-    batches = list(batches)  # read twice where the ranges are measured outside the quantizer
+    batches = list(batches)  # read twice for fp8
     with tempfile.TemporaryDirectory(prefix="exporter-quantize-") as tmp:
         folded = Path(tmp) / src.name  # weights as initializers, so every projection's weight gets its Q/DQ
         shutil.copyfile(src, folded)
@@ -129,8 +129,8 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         chosen = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in excluded]
         out = Path(tmp) / dst.name
         ranges = None
-        if open_session is not None or precision == "fp8":  # fp8: its scales are amax / 448 of these ranges anyway
-            ranges = _ranges(folded, open_session or _cpu_session, batches, Path(tmp))
+        if open_session is not None:
+            ranges = _ranges(folded, open_session, batches, Path(tmp))
             cache = _range_cache(ranges, Path(tmp), quantize_static, precision)
         with _quiet():
             quantize_static(
@@ -152,7 +152,10 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
             )
         quantized = onnx.load(str(out))
         if precision == "fp8":
-            _max_scales(quantized, {k: max(abs(lo), abs(hi)) for k, (lo, hi) in ranges.items()})
+            with _quiet():
+                amax = ({k: max(abs(lo), abs(hi)) for k, (lo, hi) in ranges.items()} if ranges
+                        else _amax(folded, Reader(batches), Path(tmp)))
+                _max_scales(quantized, amax)
         dst.parent.mkdir(parents=True, exist_ok=True)
         save(quantized, dst)
     return {
@@ -221,10 +224,9 @@ def _range_cache(ranges: dict[str, tuple[float, float]], tmp: Path, quantize_sta
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        raise ExporterError(f"This onnxruntime cannot quantize {'an fp8 graph' if precision == 'fp8' else 'a plugin graph'}: "
-                            "its quantize_static takes no calibration_cache_path (the ranges are measured outside it).",
-                            "Upgrade onnxruntime (pip install -U onnxruntime)"
-                            + (", or build without --plugins." if precision == "int8" else "."))
+        raise ExporterError("This onnxruntime cannot quantize a plugin graph: its quantize_static takes no "
+                            "calibration_cache_path (the plugin nodes' ranges are measured outside it).",
+                            "Upgrade onnxruntime (pip install -U onnxruntime), or build without --plugins.")
     method = CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution
     # Distribution (fp8) reads a spread: amax stands in, as `_max_scales` then sets every activation's scale from amax
     spread = {} if method == CalibrationMethod.MinMax else {"avg": np.float32(0)}
@@ -236,11 +238,16 @@ def _range_cache(ranges: dict[str, tuple[float, float]], tmp: Path, quantize_sta
     return cache
 
 
-def _cpu_session(path: Path):
-    """onnxruntime on the CPU, for a graph of standard ops (`_ranges`)."""
-    import onnxruntime
+def _amax(model: Path, reader, tmp: Path) -> dict[str, float]:
+    """Largest magnitude of every MatMul/Gemm input and output on the calibration images (onnxruntime's MinMax)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    calibrator = create_calibrator(model, ["MatMul", "Gemm"], augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
+                                   extra_options={"symmetric": True})
+    calibrator.collect_data(reader)
+    return {name: float(np.max(np.abs(np.asarray(data.range_value, dtype=np.float64))))
+            for name, data in calibrator.compute_data().items()}
 
 
 def _max_scales(model: onnx.ModelProto, amax: dict[str, float]) -> None:
