@@ -10,6 +10,7 @@ leftovers are swept by the next run (bundle.sweep_stale, folders named with `own
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import signal
@@ -76,6 +77,19 @@ def owner() -> str:
     """`<pid>@<host hash>`: who is working in a temporary or hidden directory, so that a later run on the same
     host can tell the leftovers of a killed process (SIGKILL, power loss) from those of one still running."""
     return f"{os.getpid()}@{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}"
+
+
+def end_with_parent(parent: int) -> None:
+    """In a child process: have the kernel kill it when its parent (pid `parent`) dies, so a SIGKILLed command
+    leaves no TensorRT-RTX build or export running. Linux's PR_SET_PDEATHSIG; where there is none, the parent's
+    interrupt still ends the child."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(128 + signal.SIGKILL)
 
 
 def exit_code(e: KeyboardInterrupt) -> int:

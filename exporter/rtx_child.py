@@ -13,7 +13,6 @@ Used by `exporter.engine.network.build_in_child`: the TensorRT-RTX check's plugi
 """
 from __future__ import annotations
 
-import ctypes
 import importlib
 import importlib.util
 import json
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ExporterError
-from .interrupt import owner
+from .interrupt import end_with_parent, owner
 
 LINK = "libtensorrt_rtx.so"
 TEMP_PREFIX = "exporter-rtx-"  # + `interrupt.owner()`: a killed parent's folder is swept by the next run (sweep_stale)
@@ -110,21 +109,10 @@ def run(function: str, request: dict, what: str, timeout_s: Optional[float] = No
     return Child(json.loads(answers[-1][len(_ANSWER):]), None, done.returncode, done.stderr)
 
 
-def _end_with_parent() -> None:
-    """Have the kernel kill this child when its parent dies (a SIGKILLed `verify` must not leave a TensorRT-RTX
-    build running); Linux's PR_SET_PDEATHSIG, where there is none the parent's interrupt still ends it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.environ.get(_PARENT) and os.getppid() != int(os.environ[_PARENT]):  # the parent died before the prctl
-        os._exit(128 + signal.SIGKILL)
-
-
 def _main(argv: list[str]) -> int:
     """The child: call the function on the request, print its answer (or its ExporterError) as one line."""
-    _end_with_parent()
+    if os.environ.get(_PARENT):
+        end_with_parent(int(os.environ[_PARENT]))
     module, name = argv[0].split(":")
     function = getattr(importlib.import_module(module), name)
     try:

@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Exported accuracy on real images: the trained digits fixture built with every method, fp32, fp16 and int8.
+"""Exported accuracy on real images: the trained digits fixture built with every method, fp32, fp16, int8 and fp8.
 
 Random weights prove parity; these tests show that each exported reduced graph classifies the 360 held-out scans
-as its PyTorch model does (top-1 within one image, fp16 within one image of fp32, int8 within one point of fp32),
-and print each method's accuracy and its drop against dense after the run. The int8 graph is calibrated on
+as its PyTorch model does (top-1 within one image, fp16 within one image of fp32, int8 and fp8 within one point of
+fp32), and print each method's accuracy and its drop against dense after the run. The int8 graph is calibrated on
 training scans (CALIB_PER_CLASS of each digit; the build judges it on those it did not calibrate on). Each bundle is
-built once per session, at one batch size.
+built once per session, at one batch size. The fp8 graph is no second build: `digits.quantized` quantizes the method's
+fp32 graph as the build does, on the images the int8 build calibrated on, and judges it on the same 360 scans.
 """
 import json
 
@@ -49,28 +50,44 @@ def bundles(tmp_path_factory, calib_dir):
 
 
 @pytest.fixture(scope="session")
-def measured(bundles, split_dir, terminal_summary):
+def fp8(tmp_path_factory, calib_dir, split_dir):
+    """method -> `digits.quantized` fp8 (and fp32) rows on the held-out split, calibrated as the int8 build was."""
+    done = {}
+
+    def get(method):
+        if method not in done:
+            done[method] = digits.quantized(method, tmp_path_factory.mktemp(f"digits-fp8-{method}"), calib_dir, split_dir,
+                                            precisions=("fp8",))
+        return done[method]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def measured(bundles, fp8, split_dir, terminal_summary):
     """method -> `accuracy.measure` result on the held-out split; adds a row to the printed table per method."""
-    results, agreements = {}, {}
+    results, agreements, fp8_rows = {}, {}, {}
 
     def get(method):
         if method not in results:
             results[method] = accuracy.measure(bundles(method), split_dir, threads=1)
             agreements[method] = json.loads((bundles(method) / "manifest.json").read_text())["quantized"]["token_choice_agreement"]
-            _summarise(terminal_summary, results, agreements)
+            fp8_rows[method] = fp8(method)["fp8"]
+            _summarise(terminal_summary, results, agreements, fp8_rows)
         return results[method]
 
     return get
 
 
-def _summarise(lines, results, agreements):
-    """The table printed after the run: top-1 per runtime, the drop against dense PyTorch, and the int8 graph's
-    token-choice agreement with PyTorch fp32 (mean and lowest over the reductions, on the build's held-out scans)."""
+def _summarise(lines, results, agreements, fp8_rows):
+    """The table printed after the run: top-1 per runtime, the drop against dense PyTorch, and the 8-bit graphs'
+    token-choice agreement with PyTorch fp32 (mean and lowest over the reductions; int8 on the build's held-out
+    scans, fp8 on the test split)."""
     dense = results["none"].score("pytorch").top1 if "none" in results else None
     lines[:] = [
-        f"vit_digits, {digits.TEST_SIZE} held-out scans, top-1 % (drop vs dense PyTorch); int8 token choices as PyTorch's",
+        f"vit_digits, {digits.TEST_SIZE} held-out scans, top-1 % (drop vs dense PyTorch); 8-bit token choices as PyTorch's",
         f"{'method':<10} {'parameters':<36} {'PyTorch':>16} {'fp32 ONNX':>10} {'fp16 ONNX':>10} {'int8 ONNX':>10} "
-        f"{'int8 tokens mean/min':>21}",
+        f"{'fp8 ONNX':>10} {'int8 tokens mean/min':>21} {'fp8 tokens mean/min':>20}",
     ]
     for method in METHODS:
         if method not in results:
@@ -83,7 +100,8 @@ def _summarise(lines, results, agreements):
         lines.append(
             f"{method:<10} {params:<36} {f'{torch_top1:.2f}{drop}':>16} "
             f"{r.score('model.onnx').top1:>10.2f} {r.score('model.fp16.onnx').top1:>10.2f} "
-            f"{r.score('model.int8.onnx').top1:>10.2f} {_agreement(agreements[method]):>21}"
+            f"{r.score('model.int8.onnx').top1:>10.2f} {fp8_rows[method]['accuracy']['top1']:>10.2f} "
+            f"{_agreement(agreements[method]):>21} {_agreement(fp8_rows[method]['token_choices']):>20}"
         )
 
 
@@ -122,6 +140,26 @@ def test_exported_accuracy_matches_pytorch(measured, method):
     if method != "none":
         dense = result.score("pytorch (dense)")
         assert dense.correct_top1 == measured("none").score("pytorch").correct_top1
+
+
+# Below the gate on these calibration images, by 4-5 of the 360 scans (docs/quantization.md): no single group of
+# products causes it (Evo-ViT with the qkv, Q.K, P.V, proj, fc1 or fc2 inputs of every block kept fp32 in turn stays
+# 0.8-1.7 points below fp32), and which 256 training scans calibrate moves DiffRate by 2 scans (-0.56 on the docs'
+# draw). strict: the day one passes, the docs' numbers are out of date.
+FP8_BELOW_GATE = {"evovit": "fp8 top-1 87.22 vs fp32 88.61 (docs/quantization.md)",
+                  "diffrate": "fp8 top-1 90.56 vs fp32 91.67 (docs/quantization.md)"}
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xfail(reason=FP8_BELOW_GATE[m], strict=True))
+                                    if m in FP8_BELOW_GATE else m for m in METHODS])
+def test_fp8_accuracy(measured, fp8, method):
+    """The fp8 graph (onnxruntime's float8 Q/DQ, values rounded to e4m3, products in fp32: what TensorRT's fp8 GEMMs
+    compute) within one point of the fp32 graph on the 360 scans, the build's gate."""
+    measured(method)  # its row in the printed table
+    rows = fp8(method)
+    fp32, fp8_row = rows["fp32"]["accuracy"], rows["fp8"]["accuracy"]
+    assert fp8_row["n"] == digits.TEST_SIZE and len(rows["fp8"]["token_choices"]) == len(rows["fp32"]["token_choices"])
+    assert fp8_row["top1"] >= fp32["top1"] - 1.0, rows
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "none"])

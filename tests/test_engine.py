@@ -72,7 +72,8 @@ def test_references_are_pytorch_on_the_stored_inputs(bundle):
     manifest = artifacts.read_json(bundle / artifacts.MANIFEST)
     assert {"references.npz", "reproduce.sh", "build_engine.sh"} <= set(manifest["files"])
     stored = Report.load(bundle / artifacts.REPORT_JSON).references
-    assert {(r.graph, r.batch) for r in stored} == {(g, b) for g in ("model.onnx", "model.fp16.onnx") for b in (1, 2, 4)}
+    # build checks them at the range's opt (its parity ran every size); verify runs min, opt and max
+    assert {(r.graph, r.batch) for r in stored} == {(g, 2) for g in ("model.onnx", "model.fp16.onnx")}
     assert all(r.passed and r.runtime == "onnxruntime (CPU)" and r.samples == 16 for r in stored)
 
 

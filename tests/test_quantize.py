@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """An int8 bundle of the digits fixture (ToMe): what it holds and records, what TensorRT-RTX makes of its Q/DQ graph,
-and that its token choices are made in fp32. One build per session (test_accuracy measures every method)."""
+and that its token choices are made in fp32; and an fp8 bundle (EViT), which TensorRT-RTX builds for SM89. One build
+of each per session (test_accuracy measures every method)."""
 import json
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -16,11 +18,21 @@ SELECTORS = ("TopK", "ArgMax", "ArgMin")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def calib(tmp_path_factory):
     calib = tmp_path_factory.mktemp("calib")
     digits.export_split(calib, "train", per_class=25)  # 250 scans: 128 calibrate, 122 judge
+    return ["--calib", str(calib), "--calib-samples", "128"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, calib):
     return digits.build(tmp_path_factory.mktemp("int8"), "tome", digits.SETTINGS["tome"][0], precision="int8",
-                        calib=["--calib", str(calib), "--calib-samples", "128"])
+                        calib=calib)
+
+
+@pytest.fixture(scope="module")
+def fp8_bundle(tmp_path_factory, calib):
+    return digits.build(tmp_path_factory.mktemp("fp8"), "evit", ["--opset", "19"], precision="fp8", calib=calib)
 
 
 def test_bundle_records_calibration(bundle):
@@ -53,14 +65,24 @@ def test_token_choices_are_made_in_fp32(bundle):
     assert quantized == set(record["quantized_nodes"]) and len(quantized) == 12 * 6 + 1  # qkv, QK, PV, proj, fc1, fc2; head
 
 
-def test_tensorrt_rtx_builds_the_int8_graph(bundle):
-    rtx = json.loads((bundle / "report.json").read_text())["tensorrt_rtx"]["model.int8.onnx"]
+@pytest.mark.parametrize("precision,target,dtype", [("int8", "SM86", "INT8"), ("fp8", "SM89", "FP8")])
+def test_tensorrt_rtx_builds_the_8bit_graph(request, precision, target, dtype):
+    """TensorRT-RTX (strongly typed, on the CPU) builds the graph for the architecture its type needs, and every Q/DQ
+    of the graph is an 8-bit layer of the engine: a QuantizeLinear a QUANTIZE layer, each DequantizeLinear's input (a
+    quantized activation or an 8-bit weight) a layer of the 8-bit type, and nothing of the other 8-bit type."""
+    bundle = request.getfixturevalue("bundle" if precision == "int8" else "fp8_bundle")
+    graph = f"model.{precision}.onnx"
+    rtx = json.loads((bundle / "report.json").read_text())["tensorrt_rtx"][graph]
     assert rtx["status"] == "passed", rtx["reason"]
-    assert rtx["compute_capability"] == "SM86" and rtx["layer_dtypes"].get("INT8", 0) > 0
+    assert rtx["compute_capability"] == target
+    ops = Counter(n.op_type for n in onnx.load(str(bundle / graph), load_external_data=False).graph.node)
+    assert ops["QuantizeLinear"] > 0 and rtx["layer_types"]["QUANTIZE"] == ops["QuantizeLinear"]
+    assert rtx["layer_types"]["DEQUANTIZE"] == rtx["layer_dtypes"][dtype] == ops["DequantizeLinear"]
+    assert not {"INT8", "FP8"} - {dtype} & set(rtx["layer_dtypes"])
     arms = parse_build_engine((bundle / "build_engine.sh").read_text())
     for major in ("10", "11"):
-        assert "--onnx=model.int8.onnx" in arms[major, "int8", "build"]
-    assert "--stronglyTyped" in arms["10", "int8", "build"]
+        assert f"--onnx={graph}" in arms[major, precision, "build"]
+    assert "--stronglyTyped" in arms["10", precision, "build"]
 
 
 def test_random_weights_cannot_be_judged():
@@ -95,3 +117,14 @@ def test_gate_fails_with_the_numbers(bundle, monkeypatch):
     assert result["accuracy"]["pytorch fp32"]["top1"] == 100.0 and result["accuracy"]["model.int8.onnx"]["top1"] == 0.0
     assert result["failures"] == ["model.int8.onnx: top-1 0.00% on 20 held-out images is 100.00 points below PyTorch "
                                   "fp32's 100.00% (allowed: 1)"]
+
+
+def test_bench_times_the_8bit_graph(bundle):
+    """`bench` times model.int8.onnx on onnxruntime CPU beside the fp32 and fp16 graphs (integer kernels: graph
+    optimisations stay on for an int8 graph, `runtime/ort.py`)."""
+    from exporter.bench.bundles import choose_targets, open_bundles
+
+    found, _ = choose_targets(open_bundles([bundle]), cuda=False)
+    graphs = {t.runtime: t.model for t in found if t.kind == "ort"}
+    assert graphs == {f"onnxruntime CPU {p}": bundle / f for p, f in
+                      (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx"))}

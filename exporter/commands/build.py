@@ -15,16 +15,15 @@ import torch
 from rich.console import Console
 
 from .. import __version__, ops
-from ..bundle import (BUILD_ENGINE, CALIBRATION, FP16, REFERENCES, REPRODUCE, SIGNATURE, check_space, checkpoint_record,
+from ..bundle import (CALIBRATION, FP16, REFERENCES, SIGNATURE, check_space, checkpoint_record,
                       debug_dir, graph_io, keep_failed, planned, staging, write_json, write_manifest, write_reports,
                       write_schedule)
 from ..bundle.signature import load_private_key, sign
 from ..console import make as make_console
 from ..engine import scripts
 from ..errors import BuildFailed, ExporterError
-from ..export.fold import fold_constants
-from ..export.graphs import export_graph
 from ..export.onnx_export import OUTPUT_NAME, keep_outputs
+from ..export.parallel import SecondProcess, export_here
 from ..export.quantize import quantize
 from ..models import input_size
 from ..options import resolve
@@ -58,28 +57,29 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         check_space(out, disk_needed(spec, model, size))  # a full disk is refused here, not after the export
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
-        fp16_facts = library_status = quantized = None
-        for g in graphs:
-            if g.precision in QUANTIZED:
+        library_status = quantized = None
+        with SecondProcess(spec, graphs, tmp, debug, kwargs) as elsewhere:  # the fp16 graphs, where it pays
+            facts = {}
+            for g in [g for g in graphs if g.precision not in QUANTIZED and g not in elsewhere.graphs]:
+                with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
+                    facts[g.file] = export_here(model, g, tmp, debug, kwargs)
+            for g in [g for g in graphs if g.precision in QUANTIZED]:
                 source = next(s for s in graphs if s.precision == "fp32" and s.lowering == g.lowering)
                 with stage(f"quantize {source.file} to {g.precision} (calibrated on {spec.calib_samples} images of --calib)"):
                     record = _quantize(source, g, tmp, debug, calibration, spec)
                 quantized = record if quantized is None else {**quantized, "plugins": _plugin_record(g, record)}
-                continue
-            with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
-                facts = export_graph(model, g, tmp, debug, **kwargs)
-                fp16_facts = facts if g.file == FP16 else fp16_facts
-                fold_constants(tmp / g.file)
+            if spec.plugins:
+                with stage("build the plugin library") as outcome:
+                    dtypes = ["fp32"] + (["fp16"] if spec.precision == "fp16" else [])  # the plugin graphs' token dtypes
+                    library_status = build_plugin_library(tmp, token_ops, dtypes, spec.archs)
+                    outcome.skipped = library_status.get("reason")
+            with stage(f"store PyTorch references ({REFERENCES})"):
+                references.store(model, size, tmp)
+            facts.update(elsewhere.finish(stage))
+        fp16_facts = facts.get(FP16)
         io = {g.file: graph_io(tmp / g.file) for g in graphs}
-        if spec.plugins:
-            with stage("build the plugin library") as outcome:
-                dtypes = ["fp32"] + (["fp16"] if spec.precision == "fp16" else [])  # the plugin graphs' token dtypes
-                library_status = build_plugin_library(tmp, token_ops, dtypes, spec.archs)
-                outcome.skipped = library_status.get("reason")
-        with stage(f"store PyTorch references ({REFERENCES}) and {REPRODUCE}, {BUILD_ENGINE}"):
-            references.store(model, size, tmp)
-            scripts.write(tmp, spec, command, io, git_commit())
-            write_schedule(tmp, spec)  # a searched schedule the spec holds, kept as its file
+        scripts.write(tmp, spec, command, io, git_commit())  # reproduce.sh and build_engine.sh, from the graphs' I/O
+        write_schedule(tmp, spec)  # a searched schedule the spec holds, kept as its file
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         if quantized is not None:
             g, *more = [g for g in graphs if g.precision in QUANTIZED]  # the standard graph, then the plugin graph's

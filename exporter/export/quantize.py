@@ -3,8 +3,8 @@
 
 onnxruntime's static quantizer writes QuantizeLinear/DequantizeLinear pairs on the inputs of each quantized
 MatMul/Gemm, never on its output or bias (QDQ format, what TensorRT 10 and 11 fuse into 8-bit GEMMs): symmetric
-activations and weights, weights per output channel for int8 (per tensor for fp8), activation scales from the
-calibration images (int8 MinMax; fp8 amax / 448, see CALIBRATION_METHOD). Why not NVIDIA Model Optimizer: docs/quantization.md (measured on the digits fixture).
+activations and weights, weights per output channel, activation scales from the calibration images (int8 MinMax;
+fp8 amax / 448, see CALIBRATION_METHOD; fp8 weights amax / 448 too, see `_fp8_weight_scales`). Why not NVIDIA Model Optimizer: docs/quantization.md (measured on the digits fixture).
 
 What stays in fp32 is derived from where a token is chosen, as for the fp16 graph (`fp16.SELECTORS`): every
 TopK/ArgMax/ArgMin is a choice, and
@@ -44,7 +44,8 @@ QUANTIZED_OPS = ("MatMul", "Gemm")
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")  # with a weight: the projections score regions stop at
 # int8: onnxruntime's MinMax (scale = amax / 127). fp8: onnxruntime calibrates float8 with Distribution only, whose
 # scales (from each tensor's spread) clipped the digits fixture's activations to 74% top-1; its scales are replaced
-# with amax / 448 from a MinMax pass over the same images (max calibration, as TensorRT's fp8 recipes do)
+# with amax / 448 from a MinMax pass over the same images (max calibration, as TensorRT's fp8 recipes do: e4m3's
+# precision is relative, so a smaller scale buys no resolution, only saturation)
 CALIBRATION_METHOD = {"int8": "MinMax", "fp8": "MinMax (amax / 448)"}
 FP8_MAX = 448.0  # largest float8 e4m3fn value
 
@@ -134,11 +135,12 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         with _quiet():
             quantize_static(
                 str(folded), str(out), Reader(batches), quant_format=QuantFormat.QDQ,
-                activation_type=kind, weight_type=kind, per_channel=precision == "int8",
+                activation_type=kind, weight_type=kind, per_channel=True,
                 op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=chosen,
                 calibrate_method=CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution,
                 use_external_data_format=True, **({"calibration_cache_path": cache} if ranges else {}),
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               **({"TensorQuantOverrides": _fp8_weight_scales(model, chosen, folded.parent)} if precision == "fp8" else {}),
                                "QuantizeBias": False,  # TensorRT dequantizes 8-bit types only, not int32 biases
                                # inputs only: a GEMM's output stays fp32 (onnxruntime's default also rounds it to
                                # 8 bits, which fed 8-bit keys into the score region)
@@ -161,11 +163,34 @@ def quantize(src: Path, dst: Path, precision: str, batches: Iterable[np.ndarray]
         "precision": precision,
         "calibration_method": CALIBRATION_METHOD[precision],
         "symmetric": True,
-        "weights": "per output channel" if precision == "int8" else "per tensor",
+        "weights": "per output channel" if precision == "int8" else "per output channel, amax / 448",
         "quantized_nodes": chosen,
         "high_precision": kept,
         "activation_scales": activation_scales(onnx.load(str(dst), load_external_data=False)),
     }
+
+
+def _fp8_weight_scales(model: onnx.ModelProto, chosen: list[str], folder: Path) -> dict[str, list[dict]]:
+    """The weight of every product in `chosen` scaled per output channel to amax / FP8_MAX, as onnxruntime
+    quantizer overrides (`TensorQuantOverrides`; `folder` holds the weights' data). onnxruntime's own float8 weight
+    scale is the tensor's std / 100 (the spread of the e4m3 values), which saturates every weight beyond about 4.5
+    standard deviations of its tensor at +-448 x scale: max scaling keeps them, as TensorRT's fp8 recipes do."""
+    weights = {t.name: t for t in model.graph.initializer}
+    zero = np.array(0, dtype=onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.FLOAT8E4M3FN))
+    overrides = {}
+    for node in model.graph.node:
+        if node.name not in chosen:
+            continue
+        for i, name in enumerate(node.input):
+            if name not in weights or name in overrides:
+                continue
+            w = numpy_helper.to_array(weights[name], base_dir=str(folder)).astype(np.float32)
+            transposed = node.op_type == "Gemm" and i == 1 and any(a.name == "transB" and a.i for a in node.attribute)
+            axis = 0 if transposed else w.ndim - 1  # the output channel: weights are [in, out], [out, in] under transB
+            amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+            overrides[name] = [{"axis": axis, "scale": np.float32(max(a, 1e-12) / FP8_MAX), "zero_point": zero}
+                               for a in amax]
+    return overrides
 
 
 def _ranges(model: Path, open_session: Callable, batches: list[np.ndarray], tmp: Path) -> dict[str, tuple[float, float]]:

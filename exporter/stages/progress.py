@@ -49,3 +49,8 @@ class Stages:
             self.console.print(f"[yellow]warning[/yellow] {escape(name)} skipped: {escape(outcome.skipped)}")
         else:
             self.console.print(f"[green]✓[/green] {escape(name)}  ({self.durations[name]:.1f}s)")
+
+    def record(self, name: str, seconds: float) -> None:
+        """A stage that ran elsewhere (another process) and took `seconds` there: printed and kept like one run here."""
+        self.durations[name] = round(seconds, 3)
+        self.console.print(f"[green]✓[/green] {escape(name)}  ({seconds:.1f}s)")

@@ -56,7 +56,10 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     for graph, r in rtx.items():
         if r.status == "skipped" and not found.skipped:
             stage.console.print(f"[yellow]skipped[/yellow] the TensorRT-RTX check of {graph}: {escape(r.reason)}")
-    stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines, open_graph)
+    # verify holds the stored references at every batch size; build, whose parity check has just run every size on
+    # the same held-out images, checks them once, at the range's opt (the references' added samples included)
+    sizes = verify_batches(spec.batch) if run_engines else [spec.batch.opt]
+    stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines, open_graph, sizes)
     report = Report(
         run_name=spec.run_name,
         spec=spec,
@@ -89,7 +92,8 @@ def on_stored_references(spec: BuildSpec, bundle: Path, graphs: list[Graph], sta
     if not has_references(bundle):
         raise ExporterError(f"{bundle} has no {REFERENCES} (built by an older exporter).",
                             "Run `python -m exporter verify` without --references-only, or rebuild the bundle.")
-    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, True, _sessions())
+    stored, engines = _stored_and_engines(spec, bundle, graphs, stage, engine, True, _sessions(),
+                                          verify_batches(spec.batch))
     return replace(Report.read(bundle), references=stored, engines=engines)
 
 
@@ -105,15 +109,15 @@ def _sessions() -> Callable[[Path], Runner]:
     return open_graph
 
 
-def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_graph) -> tuple[list[StoredComparison], list[EngineRow]]:
-    """onnxruntime on the stored PyTorch references, and (verify) every engine that can run here."""
+def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_graph, sizes: list[int]) -> tuple[list[StoredComparison], list[EngineRow]]:
+    """onnxruntime on the stored PyTorch references at batch `sizes`, and (verify) every engine that can run here."""
     refs = read_references(bundle)
     stored = []
     if refs is not None:
         with stage("onnxruntime on the stored PyTorch references"):
             for g in graphs:
-                stored += references.check(refs, open_graph(bundle / g.file), g.file, g.precision,
-                                           verify_batches(spec.batch), "onnxruntime (CPU)")
+                stored += references.check(refs, open_graph(bundle / g.file), g.file, g.precision, sizes,
+                                           "onnxruntime (CPU)")
     if not run_engines:
         return stored, engine_stage.built(bundle)
     with stage("engines on the stored PyTorch references"):

@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Exporting a bundle's fp16 graphs in a second process while this one exports the fp32 graphs and goes on.
+
+Each export is a dynamo trace of the whole model plus the onnxscript optimizer: about 20 s of single-threaded
+Python for DeiT-S, and a build exports the model twice (fp32 and fp16, see `export/fp16.py`) or four times (with
+the plugin graphs). On a machine with two or more cores, a second process (`python -m exporter.export.parallel`)
+rebuilds the same model from the spec (`stages.model.prepare`: the same weights, seed and method, so the same
+model) and exports the fp16 graphs, while this process exports the fp32 ones and does the build's next stages
+until it needs them. Each process writes its own files, so the bundle is what one process would have written
+(tests/test_build.py compares). A plain child process, not multiprocessing's spawn: spawn would run the caller's
+main script again in the child, which a script calling the CLI without a `__main__` guard cannot survive.
+
+The request and the answer cross as pickles in the build's own private debug folder (both written by this
+package, never by a bundle).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..bundle import Graph
+from ..errors import ExporterError
+from ..interrupt import end_with_parent
+from ..spec import QUANTIZED, BuildSpec
+from ..stages.model import prepare
+from ..stages.progress import Stages
+from .fold import fold_constants
+from .graphs import export_graph
+
+_REQUEST, _ANSWER, _LOG = "second-process.request.pkl", "second-process.answer.pkl", "second-process.log"
+
+
+def export_here(model: torch.nn.Module, g: Graph, bundle: Path, debug: Path, kwargs: dict) -> Optional[dict]:
+    """Export `g` into `bundle` (its debug twin into `debug`) and fold its constants; the fp16 graph's facts."""
+    facts = export_graph(model, g, bundle, debug, **kwargs)
+    fold_constants(bundle / g.file)
+    return facts
+
+
+class SecondProcess:
+    """The fp16 graphs of `graphs`, exported by a second process (none where one core or one graph makes it
+    pointless: `graphs` is then empty and `finish` returns nothing). Use as a context manager: leaving it early
+    (an error, Ctrl-C) kills the process."""
+
+    def __init__(self, spec: BuildSpec, graphs: list[Graph], bundle: Path, debug: Path, kwargs: dict):
+        exported = [g for g in graphs if g.precision not in QUANTIZED]
+        self.graphs = [g for g in exported if g.precision == "fp16"] if len(exported) > 1 and _cores() > 1 else []
+        self._debug = debug
+        self._process: Optional[subprocess.Popen] = None
+        if self.graphs:
+            (debug / _REQUEST).write_bytes(pickle.dumps((spec, self.graphs, bundle, debug, kwargs)))
+            package_root = str(Path(__file__).resolve().parents[2])  # this checkout's exporter, not another install
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+            self._launched = time.time()  # the child's whole time, its start-up included, ends at its answer's mtime
+            with open(debug / _LOG, "wb") as log:
+                self._process = subprocess.Popen([sys.executable, "-m", __name__, str(debug), str(os.getpid())],
+                                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def __enter__(self) -> "SecondProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def finish(self, stage: Stages) -> dict[str, Optional[dict]]:
+        """Wait for the process; its graphs' facts by file. Its export is printed and recorded as a stage with the
+        time it took there (alongside this process's stages since it started)."""
+        if self._process is None:
+            return {}
+        files = ", ".join(g.file for g in self.graphs)
+        with stage(f"wait for the second process exporting {files}"):
+            returncode = self._process.wait()
+        answer = self._debug / _ANSWER
+        if not answer.is_file():
+            said = (self._debug / _LOG).read_text(errors="replace").strip().splitlines()
+            raise ExporterError(f"The process exporting {files} ended (exit status {returncode}) before it finished"
+                                + (f"; its last message: {said[-1]!r}" if said else "") + ".",
+                                "Run the build again with --debug; if it repeats, the machine likely ran out of memory.")
+        kind, value = pickle.loads(answer.read_bytes())
+        if kind == "error":
+            raise ExporterError(*value)
+        stage.record(f"export {files} (second process, alongside)", answer.stat().st_mtime - self._launched)
+        made = value
+        for g, (debug_path, _) in zip(self.graphs, made):
+            g.debug = debug_path
+        return {g.file: facts for g, (_, facts) in zip(self.graphs, made)}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _main(debug: Path, parent: int) -> int:
+    """The second process: export the requested graphs, leave ("done", [(debug twin, facts)]) or ("error", (problem,
+    fix)) as the answer; anything else ends it with its traceback in the log."""
+    end_with_parent(parent)
+    spec, graphs, bundle, debug, kwargs = pickle.loads((debug / _REQUEST).read_bytes())
+    try:
+        _, model = prepare(spec)
+        facts = [export_here(model, g, bundle, debug, kwargs) for g in graphs]
+        answer = ("done", [(g.debug, f) for g, f in zip(graphs, facts)])
+    except ExporterError as e:
+        answer = ("error", (e.problem, e.fix))
+    (debug / _ANSWER).write_bytes(pickle.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(Path(sys.argv[1]), int(sys.argv[2])))
