@@ -341,6 +341,9 @@ def _add_search(sub) -> None:
     p.add_argument("--min-lr", type=float, default=0.01, help="cosine schedule floor (default %(default)s)")
     p.add_argument("--penalty", type=float, default=50.0, help="weight of (cost/target - 1)^2 (default %(default)s)")
     p.add_argument("--granularity", type=int, default=1, help="step between candidate counts (default %(default)s; the authors used 4)")
+    p.add_argument("--start", dest="start_rates", choices=("uniform", "zero"), default="uniform",
+                   help="where the rates start: centred on the uniform schedule of the target cost, or the authors' zero "
+                   "logits, half the patches in every block (default %(default)s; docs/search.md)")
     p.add_argument("--checkpoint", type=Path, default=None, help="save the rates here every epoch and resume from it")
     p.add_argument("--out", type=Path, default=None, help="the schedule file (default schedules/<model>-diffrate-<target>.json)")
     p.set_defaults(run=_search)

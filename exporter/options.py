@@ -130,15 +130,16 @@ def given_params(args) -> dict[str, str]:
     return {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
 
 
-def parsed_params(method, given: dict[str, str]) -> dict:
-    """`given` parsed by `method`'s parsers; names it does not know stay as text for its error."""
-    parsers = {p.name: p.parse for p in method.params}
+def parsed_params(method, given: dict[str, str], parsers: Optional[dict[str, Callable[[str], Any]]] = None) -> dict:
+    """`given` parsed by `method`'s parsers (or those of `parsers`, by name); names it does not know stay as text for
+    its error."""
+    parsers = {**{p.name: p.parse for p in method.params}, **(parsers or {})}
     return {k: parse_param(k, parsers[k], v) if k in parsers else v for k, v in given.items()}
 
 
-def spec_from_args(args) -> BuildSpec:
-    """The spec of parsed build flags (`add_build_arguments`)."""
-    params = parsed_params(get_method(args.method), given_params(args))
+def spec_from_args(args, parsers: Optional[dict[str, Callable[[str], Any]]] = None) -> BuildSpec:
+    """The spec of parsed build flags (`add_build_arguments`); `parsers` replace method parameters' own."""
+    params = parsed_params(get_method(args.method), given_params(args), parsers)
     return BuildSpec(
         model=args.model,
         weights=args.weights,
@@ -172,8 +173,9 @@ def resolve(spec: BuildSpec) -> BuildSpec:
     return replace(spec, method_params=get_method(spec.method).resolve(spec.method_params))
 
 
-def spec_of_command(command: str) -> Optional[BuildSpec]:
-    """The (resolved) spec a recorded `python -m exporter build ...` builds, or None if it builds none."""
+def spec_of_command(command: str, parsers: Optional[dict[str, Callable[[str], Any]]] = None) -> Optional[BuildSpec]:
+    """The (resolved) spec a recorded `python -m exporter build ...` builds, or None if it builds none. `parsers`
+    replace method parameters' own: a parameter naming a file the bundle keeps a copy of is read from the copy."""
     if not command.startswith(CLI):
         return None
     words = shlex.split(command[len(CLI):])
@@ -185,6 +187,6 @@ def spec_of_command(command: str) -> Optional[BuildSpec]:
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             args = parser.parse_args(words[1:])
-        return resolve(spec_from_args(args))
+        return resolve(spec_from_args(args, parsers))
     except (SystemExit, ValueError, ExporterError):
         return None

@@ -26,7 +26,7 @@ def single_thread():
 # leaves them out (the fast subset of the README). The rest hold the ops, methods, graphs and checks themselves.
 SLOW = {"test_accuracy", "test_bench", "test_build", "test_bundle", "test_cubin_targets", "test_engine", "test_errors",
         "test_hilo_op", "test_hostile", "test_inspect", "test_interrupt", "test_kernel_cache", "test_kernels",
-        "test_kernels_aot", "test_quantize", "test_quantize_plugins",
+        "test_kernels_aot", "test_quantize", "test_quantize_plugins", "test_search_bundle",
         "test_litv2", "test_method_builds", "test_perf", "test_plugins", "test_signing"}
 
 

@@ -83,14 +83,32 @@ def test_uniform_schedule_meets_the_cost(dense):
     assert counted(prune, merge) == pytest.approx(target, rel=0.02)
 
 
+def test_search_starts_at_the_uniform_schedule_of_its_target(dense):
+    cost, constant = flops_cost(dense)
+    model = SearchViT(dense, cost, constant, 1)
+    assert model.schedule() == ([65] + [34] * 11,) * 2  # the authors' zero logits: ceil(mean of 1..64) + class token
+    model.start_uniform(0.03)
+    start = model.schedule()
+    assert start == uniform(65, 12, model.cost_of, 0.03) and len(set(start[1])) == 12  # every block removes tokens
+    assert float(model.expected_cost()) == pytest.approx(model.cost_of(*start), rel=1e-6)
+    assert model.cost_of(*start) == pytest.approx(0.03, rel=0.02)
+    # the maximum-entropy distribution with that mean: a smooth tilt, not a point mass (gradients reach neighbours)
+    assert all(float(r.logits.softmax(-1).max()) < 0.5 for r in (*model.prune, *model.merge))
+
+
 def test_search_is_deterministic_and_resumable(dense, images, tmp_path):
     x, y = images
     settings = Settings(target=0.03, unit="GMACs", epochs=2, batch=24, seed=3)
     first = search(_searcher(dense, 0), x, y, settings)
     assert search(_searcher(dense, 0), x, y, settings) == first
     checkpoint = tmp_path / "rates.pt"
-    half = Settings(**{**settings.__dict__, "epochs": 1})
-    search(_searcher(dense, 0), x, y, half, checkpoint)
+
+    def interrupt(p):  # killed in the second epoch: the checkpoint holds the first
+        if p.step > p.steps // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search(_searcher(dense, 0), x, y, settings, checkpoint, interrupt)
     assert search(_searcher(dense, 0), x, y, settings, checkpoint) == first
     assert first[0] != [65] * 12 or first[1] != [65] * 12
 
@@ -117,12 +135,15 @@ def test_search_command_writes_a_schedule_build_and_methods_read(folders, tmp_pa
     argv = ["search", "--model", digits.MODEL, "--data", str(folders / "train"), "--eval-data", str(folders / "test"),
             "--images", "64", "--epochs", "1", "--batch-size", "32", "--target-flops", "0.03", "--out", str(schedule)]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # piped (not a terminal): the progress is plain lines, the last one with every number
+    assert "search step 2/2  loss " in err and " GMACs  top-1 " in err
     for row in ("searched", "uniform, same cost", "GFLOPs, scaled", "dense"):
         assert row in out
     record = json.loads(schedule.read_text())
     assert record["model"] == digits.MODEL and len(record["prune_kept"]) == 12 and record["budget"]["target"] == 0.03
     assert record["accuracy"]["images"] == 64 and record["held_out"]["images"] == digits.TEST_SIZE
+    assert record["settings"]["start"] == "uniform"  # --start reaches the search (and its record)
     reduced = apply_method(create_model(digits.MODEL, "pretrained"), "diffrate", schedule=str(schedule))
     assert list(reduced.schedule) == record["tokens_after"]
     assert main(["methods", "--method", "diffrate", "--schedule", str(schedule)]) == 0

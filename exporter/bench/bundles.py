@@ -6,8 +6,8 @@ Runtimes, per bundle:
 - onnxruntime on the CPU, on each of its graphs (fp32, fp16, plugin graphs). A plugin graph's plugin nodes
   run the token ops' Python reference (`runtime.op_reference`): its time says the graph runs, it is no
   deployment number, and it is marked so and never compared with the dense bundle;
-- PyTorch eager fp32 on the CPU: the model rebuilt from the bundle's spec with random weights (timing does not
-  depend on them: every token count is fixed by the spec), so no checkpoint or network is needed;
+- PyTorch eager fp32 on the CPU: the model rebuilt from the bundle's spec with random weights (`stages.model.timing_model`:
+  timing does not depend on them, every token count is the bundle's), so no checkpoint or network is needed;
 - on a CUDA GPU, PyTorch fp16, as module calls and as CUDA-graph replays;
 - every engine under engines/ that can run here (TensorRT, TensorRT-RTX); one that cannot is listed as
   skipped with the pre-flight's reason.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -35,7 +35,7 @@ from ..engine import targets
 from ..errors import ExporterError
 from ..runtime.tensorrt import check_runnable
 from ..spec import BuildSpec
-from ..stages.model import prepare
+from ..stages.model import timing_model
 from . import machine, plot, results
 from .throughput import method_label
 from .timing import KINDS, Runtime, alone_note, interleaved
@@ -141,7 +141,7 @@ def choose_targets(bundles: list[Bundle], cuda: bool) -> tuple[list[Target], lis
             plugin = g.lowering == "plugin"
             runtime = f"onnxruntime CPU {g.precision}" + (" plugin graph" if plugin else "")
             found.append(Target(b, runtime, "ort", b.path / g.file, None if plugin else runtime, plugin))
-        model = prepare(replace(b.spec, weights="random"))[1]
+        model = timing_model(b.spec)
         gpu = [("PyTorch eager CUDA fp16", "torch-cuda-fp16"), ("PyTorch CUDA graph fp16", "torch-cuda-graph-fp16")]
         for runtime, kind in [("PyTorch eager CPU fp32", "torch")] + (gpu if cuda else []):
             found.append(Target(b, runtime, kind, model, runtime))

@@ -61,6 +61,7 @@ from .layout import (
     REPORT_MD,
     REPRODUCE,
     RUNTIMES,
+    SCHEDULE,
     SIGNATURE,
     TIMING_CACHE,
     TRTEXEC_DIR,
@@ -83,6 +84,7 @@ from .manifest import (
     file_problems,
     graph_io,
     io_of,
+    kept_schedule,
     read_intact,
     read_manifest,
     recorded_classes,
@@ -90,6 +92,7 @@ from .manifest import (
     unreadable,
     version_warning,
     write_manifest,
+    write_schedule,
 )
 from .references import References, has_references, read_references, write_references
 from .results import bench_folder, read_bench, write_bench, write_reports

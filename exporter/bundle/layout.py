@@ -32,6 +32,7 @@ REFERENCES = "references.npz"
 REPRODUCE = "reproduce.sh"
 BUILD_ENGINE = "build_engine.sh"
 PLUGIN_LIBRARY = "plugins/libexporter_plugins.so"  # with --plugins
+SCHEDULE = "schedule.json"  # with diffrate --schedule FILE: the searched schedule the spec holds, for people and verify
 SIGNATURE = "signature.sig"  # written by `sign` (or `build --sign`) after the manifest, so outside its hashes
 
 FP32 = "model.onnx"

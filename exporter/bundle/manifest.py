@@ -21,11 +21,12 @@ from typing import Any, Optional
 import onnx
 
 from ..errors import ExporterError
+from ..methods import schedule as schedule_file
 from ..options import resolve, spec_of_command
 from ..spec import BuildSpec
 from .engines import load_graph
-from .files import DAMAGED, file_hashes, read_inside, sha256, write_json
-from .layout import GRAPHS, MANIFEST, SIGNATURE, UNHASHED_SUBTREES, planned
+from .files import DAMAGED, file_hashes, read_inside, read_json, sha256, write_json
+from .layout import GRAPHS, MANIFEST, SCHEDULE, SIGNATURE, UNHASHED_SUBTREES, planned
 
 # field -> type: what verification reads from the manifest
 REQUIRED = {
@@ -193,6 +194,35 @@ def _with_defaults(spec: BuildSpec) -> BuildSpec:
         return spec
 
 
+def kept_inputs(bundle: Path, spec: BuildSpec) -> dict:
+    """Parsers for the method parameters that name a file the bundle keeps a copy of (DiffRate's --schedule, whose
+    content the spec holds): the recorded command names the file where it was at build time, and the copy is what
+    that build read. A spec from before the copy holds the path itself."""
+    recorded = spec.method_params.get("schedule") if spec.method == "diffrate" else None
+    if isinstance(recorded, str):
+        return {"schedule": str}
+    return {"schedule": lambda _: kept_schedule(bundle)} if recorded is not None else {}
+
+
+def kept_schedule(bundle: Path) -> dict:
+    """The bundle's copy of its searched schedule (`SCHEDULE`), read through the bounded reader and checked."""
+    path = bundle / SCHEDULE
+    try:
+        record = read_json(path, bundle)
+    except OSError as e:
+        raise unreadable(path, e) from None
+    except ValueError:
+        raise ExporterError(f"{path} is not JSON: the bundle is damaged.", DAMAGED) from None
+    return schedule_file.checked(record, str(path))
+
+
+def write_schedule(bundle: Path, spec: BuildSpec) -> None:
+    """With a searched DiffRate schedule: its copy in the bundle (`SCHEDULE`), the record the spec holds."""
+    record = spec.method_params.get("schedule") if spec.method == "diffrate" else None
+    if isinstance(record, dict):
+        write_json(bundle / SCHEDULE, record, bundle)
+
+
 def read_intact(bundle: Path) -> tuple[dict, BuildSpec]:
     """`read_manifest`, then the files against it: for commands that use a bundle's graphs without verifying them
     again (engine, bench), so that they use the graphs that were verified."""
@@ -211,7 +241,8 @@ def consistency_problems(bundle: Path, manifest: dict, spec: BuildSpec) -> list[
         problems.append(
             f"the spec hashes to {spec.run_name}, not the recorded run_name {manifest['run_name']} (spec or run_name edited)"
         )
-    if (built := spec_of_command(manifest["command"])) is None or built.to_dict() != _with_defaults(spec).to_dict():
+    built = spec_of_command(manifest["command"], kept_inputs(bundle, spec))
+    if built is None or built.to_dict() != _with_defaults(spec).to_dict():
         problems.append(f"the recorded command does not build the recorded spec: {manifest['command']}")
     if manifest["opset"] != spec.opset:
         problems.append(f"opset {manifest['opset']} differs from the spec's opset {spec.opset}")

@@ -16,7 +16,8 @@ from rich.console import Console
 
 from .. import __version__, ops
 from ..bundle import (CALIBRATION, FP16, REFERENCES, SIGNATURE, check_space, checkpoint_record,
-                      debug_dir, graph_io, keep_failed, planned, staging, write_json, write_manifest, write_reports)
+                      debug_dir, graph_io, keep_failed, planned, staging, write_json, write_manifest, write_reports,
+                      write_schedule)
 from ..bundle.signature import load_private_key, sign
 from ..console import make as make_console
 from ..engine import scripts
@@ -78,6 +79,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         fp16_facts = facts.get(FP16)
         io = {g.file: graph_io(tmp / g.file) for g in graphs}
         scripts.write(tmp, spec, command, io, git_commit())  # reproduce.sh and build_engine.sh, from the graphs' I/O
+        write_schedule(tmp, spec)  # a searched schedule the spec holds, kept as its file
         report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
         if quantized is not None:
             g, *more = [g for g in graphs if g.precision in QUANTIZED]  # the standard graph, then the plugin graph's

@@ -8,10 +8,12 @@ on held-out ones: real (counted) GMACs and top-1 of each. The cost is counted GM
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from rich.console import Console
@@ -23,6 +25,7 @@ from ..methods import apply_method
 from ..methods import schedule as schedule_file
 from ..methods.base import check_vit
 from ..methods.diffrate import published
+from ..methods.diffrate_search import Progress as Step
 from ..methods.diffrate_search import SearchViT, Settings, flops_cost, search, uniform
 from ..methods.latency_cost import latency_cost
 from ..methods.flops import count_gmacs
@@ -118,16 +121,7 @@ def run(args, console: Console, out: Console) -> Path:
     model = SearchViT(dense, cost, constant, args.granularity)
     tokens, depth = model.tokens, len(dense.blocks)
 
-    def schedule_cost(prune, merge) -> float:
-        from ..methods.diffrate import plan
-
-        _, leaving = plan(tokens, prune, merge)
-        total, n = constant + cost(tokens, tokens, tokens), tokens
-        for p, out_n in zip(prune[1:], leaving[1:]):
-            total += cost(n, min(n, p), out_n)
-            n = out_n
-        return float(total)
-
+    schedule_cost = model.cost_of
     dense_cost = schedule_cost([tokens] * depth, [tokens] * depth)
     smallest = schedule_cost([tokens] + [args.granularity + 1] * (depth - 1), [tokens] + [args.granularity + 1] * (depth - 1))
     if not smallest < target < dense_cost:
@@ -140,16 +134,8 @@ def run(args, console: Console, out: Console) -> Path:
     data = load_images(args.data, dense, args.images, args.seed)
     held_out = load_images(args.eval_data, dense, None, args.seed) if args.eval_data else None
     settings = Settings(target, unit, args.epochs, args.batch_size, args.lr, args.min_lr, args.penalty,
-                        args.granularity, args.seed)
-    columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("search", total=None, line="")
-
-        def report(p) -> None:
-            progress.update(task, total=p.steps, completed=p.step,
-                            line=f"loss {p.loss:.3f}  cost {p.cost:.4f} {unit}  top-1 {100 * p.top1:.1f}%")
-
+                        args.granularity, args.seed, args.start_rates)
+    with progress(console, unit) as report:
         prune, merge, _ = search(model, data.x, data.y, settings, args.checkpoint, report)
 
     def row(name: str, prune, merge) -> Row:
@@ -181,6 +167,33 @@ def run(args, console: Console, out: Console) -> Path:
     schedule_file.write(path, record)
     out.print(_table(dense_row, rows, target, unit, held_out is not None))
     return path
+
+
+LINES = 20  # progress lines a search prints when its output is not a terminal (a CI log, `| tee`)
+
+
+@contextlib.contextmanager
+def progress(console: Console, unit: str) -> Iterator[Callable[[Step], None]]:
+    """The search's progress: a bar with loss, cost and top-1 on a terminal; elsewhere the same numbers as a plain line
+    every 1/LINES of the steps and at the last one (a bar redrawn in place is nothing in a log until it ends)."""
+    def numbers(p: Step) -> str:
+        return f"loss {p.loss:.3f}  cost {p.cost:.4f} {unit}  top-1 {100 * p.top1:.1f}%"
+
+    if not console.is_terminal:
+        start = time.perf_counter()
+
+        def line(p: Step) -> None:
+            if p.step % max(1, p.steps // LINES) == 0 or p.step == p.steps:
+                console.print(f"search step {p.step}/{p.steps}  {numbers(p)}  ({time.perf_counter() - start:.0f}s)",
+                              markup=False)
+
+        yield line
+        return
+    columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[line]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("search", total=None, line="")
+        yield lambda p: bar.update(task, total=p.steps, completed=p.step, line=numbers(p))
 
 
 def _row(name: str, dense, prune, merge, cost: float, data: Images, held_out: Optional[Images]) -> Row:

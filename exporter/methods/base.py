@@ -40,6 +40,9 @@ class Method:
     summary: str
     params: tuple[Param, ...]
     apply: Callable[..., nn.Module]
+    # resolved params -> the same reduction without what binds it to the model's weights (DiffRate's searched
+    # schedule -> its counts): a model rebuilt with other weights, e.g. bench's timing model, keeps every token count
+    unbind: Callable[[dict[str, Any]], dict[str, Any]] = lambda params: params
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, unknown names rejected with the list of valid ones."""
@@ -57,11 +60,11 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, params: Sequence[Param] = ()):
-    """Decorator for a method's `apply(model, **params)` function."""
+def register(name: str, summary: str, params: Sequence[Param] = (), unbind: Optional[Callable[[dict], dict]] = None):
+    """Decorator for a method's `apply(model, **params)` function (`unbind`: see `Method`)."""
 
     def wrap(fn):
-        REGISTRY[name] = Method(name, summary, tuple(params), fn)
+        REGISTRY[name] = Method(name, summary, tuple(params), fn, *([unbind] if unbind else []))
         return fn
 
     return wrap

@@ -45,7 +45,7 @@ from torch import nn
 from ..errors import ExporterError
 from .. import ops
 from ..ops.reference import gather_tokens, log_size
-from .schedule import counts_for, schedule_path
+from .schedule import counts_for, describe, pin, read
 from .base import (
     Choices,
     Param,
@@ -253,15 +253,16 @@ def _flops(text: str) -> float:
         Param("flops", _flops, None, "GFLOPs of a published schedule for the model's family (default: the README's, e.g. 2.9 for DeiT-S)"),
         Param("prune_kept", int_list, None, "tokens kept by pruning after each block, class token included"),
         Param("merge_kept", int_list, None, "tokens kept by merging after each block, class token included"),
-        Param("schedule", schedule_path, None, "a schedule file written by `search --method diffrate` for this model and weights"),
+        Param("schedule", pin, None, "a schedule file written by `search --method diffrate` for this model and weights"),
     ],
+    unbind=lambda params: _unbound(**params),
 )
 def apply(
     model: nn.Module,
     flops: Optional[float] = None,
     prune_kept: Optional[Sequence[int]] = None,
     merge_kept: Optional[Sequence[int]] = None,
-    schedule: Optional[str] = None,
+    schedule: Optional[str | dict] = None,
 ) -> DiffRateViT:
     """DiffRate with a published schedule (`flops`), explicit counts (a missing list keeps every token) or a
     searched `schedule` file."""
@@ -284,7 +285,8 @@ def apply(
     else:
         flops = DEFAULT_FLOPS[family_of(model).name] if flops is None else flops
         prune_kept, merge_kept = published_schedule(model, flops)
-    params = {"flops": flops, "prune_kept": prune_kept, "merge_kept": merge_kept, "schedule": schedule}
+    params = {"flops": flops, "prune_kept": prune_kept, "merge_kept": merge_kept,
+              "schedule": describe(schedule) if isinstance(schedule, dict) else schedule}
     reduced = DiffRateViT(model, prune_kept, merge_kept, params)
     if model.global_pool == "avg" and min(reduced.schedule) < 2:
         raise ExporterError(
@@ -293,3 +295,11 @@ def apply(
             "Keep at least 2 tokens (class token included) in every block.",
         )
     return reduced
+
+
+def _unbound(schedule: Optional[str | dict] = None, **params) -> dict:
+    """The parameters with a searched schedule (bound to the weights it was searched on) replaced by its counts."""
+    if schedule is None:
+        return {**params, "schedule": None}
+    record = read(schedule) if isinstance(schedule, str) else schedule
+    return {**params, "schedule": None, "prune_kept": record["prune_kept"], "merge_kept": record["merge_kept"]}

@@ -39,6 +39,18 @@ class Rate(nn.Module):
         self.register_buffer("candidates", torch.arange(patches, 0, -granularity, dtype=torch.float32))
         self.logits = nn.Parameter(torch.zeros(len(self.candidates)))
 
+    def start_at(self, tokens: int) -> None:
+        """Logits of the maximum-entropy distribution over the candidates whose expected kept tokens (class token
+        included) are `tokens`: logits = beta * candidate, beta by bisection (the mean grows with beta). beta = 0 is
+        the authors' zero logits, whose mean is half the patches."""
+        scaled = self.candidates / self.candidates.max()
+        goal = min(max(float(tokens) - 1, float(self.candidates.min())), float(self.candidates.max())) - 0.25  # ceil: tokens
+        low, high = -200.0, 200.0
+        for _ in range(60):
+            beta = (low + high) / 2
+            low, high = (beta, high) if float(self.candidates @ (beta * scaled).softmax(-1)) < goal else (low, beta)
+        self.logits.data = (low + high) / 2 * scaled
+
     def tokens(self) -> torch.Tensor:
         """Kept tokens, class token included: ceil(E[count]) + 1, with the expectation's gradient."""
         expected = self.candidates @ self.logits.softmax(-1)
@@ -121,6 +133,23 @@ class SearchViT(nn.Module):
             prune = [self.tokens] + [int(r.tokens()) for r in self.prune]
             merge = [self.tokens] + [int(r.tokens()) for r in self.merge]
         return prune, merge
+
+    def cost_of(self, prune: Sequence[int], merge: Sequence[int]) -> float:
+        """The cost of integer counts (one per block, class token included), as the real forward reduces."""
+        _, leaving = plan(self.tokens, prune, merge)
+        total, n = self.constant + self.cost(self.tokens, self.tokens, self.tokens), self.tokens
+        for p, out in zip(prune[1:], leaving[1:]):
+            total += self.cost(n, min(n, p), out)
+            n = out
+        return float(total)
+
+    def start_uniform(self, target: float) -> None:
+        """Every rate's distribution centred (maximum entropy, `Rate.start_at`) on the uniform schedule of cost
+        `target` (`uniform`): the search starts from a schedule that meets the budget and removes tokens in every
+        block, instead of one that removes half of them in block 1 (the authors' zero logits)."""
+        prune, merge = uniform(self.tokens, len(self.vit.blocks), self.cost_of, target)
+        for rate, count in zip((*self.prune, *self.merge), (*prune[1:], *merge[1:])):
+            rate.start_at(count)
 
     def expected_cost(self) -> torch.Tensor:
         """The cost of the current counts, differentiable in the rates (the authors' FLOPs recursion: tokens
@@ -256,6 +285,7 @@ class Settings:
     penalty: float = 50.0  # weight of (cost / target - 1)^2
     granularity: int = 1  # candidate counts step (the authors used 4 on ImageNet's 196 patches)
     seed: int = 0
+    start: str = "uniform"  # the rates' start: "uniform" (`SearchViT.start_uniform`) or "zero" (the authors' logits)
 
 
 @dataclass
@@ -282,6 +312,8 @@ def search(model: SearchViT, images: torch.Tensor, labels: torch.Tensor, setting
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         start = _resume(model, optimizer, checkpoint, settings)
+    elif settings.start == "uniform":
+        model.start_uniform(settings.target)
     with torch.no_grad():
         dense = torch.cat([model.vit(chunk) for chunk in images.split(256)])
     per_epoch = -(-len(images) // settings.batch)

@@ -7,6 +7,10 @@ random weights are all identified), budget ({unit: GMACs, target}), prune_kept a
 included, one per block), tokens_after (leaving each block), gmacs and dense_gmacs (counted), accuracy ({data,
 images, top1, dense_top1} on the search images) and held_out (the same on --eval-data), settings, seed, comparison
 (the baselines' rows) and command. A schedule is refused for any model but the one it was searched on, with other weights included.
+
+`--schedule FILE` parses to the file's record (`pin`): a build's spec holds the schedule's content, not its path, so
+its hash follows the content and the bundle needs the file no more (it keeps a copy, `bundle.layout.SCHEDULE`). A
+spec of an older bundle holds the path; `counts_for` reads either.
 """
 from __future__ import annotations
 
@@ -43,49 +47,72 @@ def write(path: Path, record: dict[str, Any]) -> None:
     path.write_text(json.dumps({"format": FORMAT, **record}, indent=2) + "\n")
 
 
+FIX = "Pass a file written by `python -m exporter search --method diffrate ... --out FILE`."
+MAX_BYTES = 16 << 20  # a schedule file is a few kB; a larger one is no schedule
+
+
 def read(path: Path | str) -> dict[str, Any]:
     """The schedule file at `path`, its required fields checked."""
     path = Path(path)
-    fix = "Pass a file written by `python -m exporter search --method diffrate ... --out FILE`."
     try:
-        record = json.loads(path.read_text())
+        with path.open("rb") as f:
+            text = f.read(MAX_BYTES + 1)
+        if len(text) > MAX_BYTES:
+            raise ExporterError(f"--schedule {path} is over {MAX_BYTES >> 20} MiB: no schedule file.", FIX)
+        record = json.loads(text)
     except FileNotFoundError:
-        raise ExporterError(f"--schedule {path} does not exist.", fix) from None
+        raise ExporterError(f"--schedule {path} does not exist.", FIX) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExporterError(f"--schedule {path} is not a schedule file ({type(e).__name__}).", fix) from None
+        raise ExporterError(f"--schedule {path} is not a schedule file ({type(e).__name__}).", FIX) from None
+    return checked(record, f"--schedule {path}")
+
+
+def checked(record: Any, where: str) -> dict[str, Any]:
+    """`record` (a parsed schedule file, or a bundle's copy) with its required fields checked; `where` names it."""
     missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
     if missing or record.get("format") != FORMAT:
-        raise ExporterError(f"--schedule {path} is not a schedule file of format {FORMAT} (missing {', '.join(missing) or 'its format'}).", fix)
+        raise ExporterError(f"{where} is not a schedule file of format {FORMAT} (missing {', '.join(missing) or 'its format'}).", FIX)
     return record
 
 
-def schedule_path(text: str) -> str:
-    """The --schedule parameter: the file must be readable as a schedule now (the model is checked on apply)."""
-    read(text)
-    return text
+def pin(text: str) -> dict[str, Any]:
+    """The --schedule parameter: the file's record, what a build's spec holds (the model is checked on apply)."""
+    return read(text)
 
 
-def counts_for(path: str, model: nn.Module) -> tuple[list[int], list[int]]:
-    """(prune_kept, merge_kept) of the schedule at `path`, refused unless it was searched on this model and these
-    weights."""
-    record = read(path)
+def counts_for(schedule: str | dict[str, Any], model: nn.Module) -> tuple[list[int], list[int]]:
+    """(prune_kept, merge_kept) of a schedule (its record, or the path of its file), refused unless it was searched
+    on this model and these weights."""
+    record = read(schedule) if isinstance(schedule, (str, Path)) else checked(schedule, "the schedule")
+    where = f"--schedule {schedule}" if isinstance(schedule, (str, Path)) else "The schedule (--schedule)"
     name, depth = model_name(model), len(model.blocks)
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens
     searched = (record["model"], record["depth"], record["tokens"])
     if searched != (name, depth, tokens):
         raise ExporterError(
-            f"--schedule {path} was searched on {record['model']} ({record['depth']} blocks, {record['tokens']} "
+            f"{where} was searched on {record['model']} ({record['depth']} blocks, {record['tokens']} "
             f"tokens), not on {name} ({depth} blocks, {tokens} tokens).",
             f"Search a schedule for this model: python -m exporter search --method diffrate --model {name} ...",
         )
     if record["weights_sha256"] != weights_sha256(model):
         raise ExporterError(
-            f"--schedule {path} was searched on other weights of {name} (weights {record.get('weights')!r}, "
+            f"{where} was searched on other weights of {name} (weights {record.get('weights')!r}, "
             f"sha256 {record['weights_sha256'][:12]}...).",
             "Build with the weights it was searched on, search again for these, or pass its counts as "
             "--prune-kept/--merge-kept to use them anyway.",
         )
     return [int(v) for v in record["prune_kept"]], [int(v) for v in record["merge_kept"]]
+
+
+def digest(record: dict[str, Any]) -> str:
+    """sha256 of the record's content (canonical JSON: sorted keys, no spaces), whatever the file's layout."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for a schedule a model was reduced with (the reduced model's parameters, the reports)."""
+    budget = record["budget"]
+    return f"searched for {budget['target']:g} {budget['unit']} (sha256 {digest(record)[:12]}...)"
 
 
 def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
