@@ -168,12 +168,12 @@ def test_out_of_memory_is_a_sentence_and_other_errors_stay_tracebacks(tmp_path, 
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
                            "to allocate 30720000000 bytes.")
 
-    monkeypatch.setattr(build_command, "export_graph", no_memory)
+    monkeypatch.setattr(build_command, "export_here", no_memory)
     out = tmp_path / "out"
     assert run(out, "--model", "test_vit", "--weights", "random") == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "error: ran out of memory ([enforce fail" in err and "fix: Use a smaller --batch" in err and no_bundle(out)
-    monkeypatch.setattr(build_command, "export_graph", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(build_command, "export_here", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         run(out, "--model", "test_vit", "--weights", "random")
 

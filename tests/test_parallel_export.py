@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The build's second export process: its errors reach the build as its own would, a crash is one sentence, and
-leaving early ends it."""
+"""The build's second export process: a crash is one sentence, leaving early ends it, and it is started only where it
+pays and the model pickles."""
 import pytest
+import torch
 
 from exporter.bundle import planned
+from exporter.console import make as make_console
 from exporter.errors import ExporterError
 from exporter.export import parallel
-from exporter.spec import BuildSpec
+from exporter.methods import apply_method
+from exporter.models import create_model
 from exporter.stages.progress import Stages
-from exporter.console import make as make_console
 
 KWARGS = dict(img_size=(224, 224), batch=(1, 2, 4), opset=18)
 
@@ -18,19 +20,15 @@ def two_cores(monkeypatch):
     monkeypatch.setattr(parallel, "_cores", lambda: 2)
 
 
-def test_an_error_in_the_second_process_is_the_builds(tmp_path):
-    spec = BuildSpec(model="no_such_vit", weights="random", precision="fp16")
-    with parallel.SecondProcess(spec, planned("fp16", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:
-        assert [g.file for g in elsewhere.graphs] == ["model.fp16.onnx"]
-        with pytest.raises(ExporterError) as e:
-            elsewhere.finish(Stages(make_console()))
-    assert "no_such_vit" in str(e.value)
+@pytest.fixture(scope="module")
+def model():
+    return apply_method(create_model("deit_tiny_patch16_224", "random"), "none")  # what a dense build exports
 
 
-def test_a_crash_of_the_second_process_is_one_sentence(tmp_path):
-    spec = BuildSpec(model="deit_tiny_patch16_224", weights="random", precision="fp16")
+def test_a_crash_of_the_second_process_is_one_sentence(model, tmp_path):
     broken = {k: v for k, v in KWARGS.items() if k != "img_size"}  # the export raises KeyError: a crash, no answer
-    with parallel.SecondProcess(spec, planned("fp16", False, False), tmp_path, tmp_path, broken) as elsewhere:
+    with parallel.SecondProcess(model, planned("fp16", False, False), tmp_path, tmp_path, broken) as elsewhere:
+        assert [g.file for g in elsewhere.graphs] == ["model.fp16.onnx"]
         with pytest.raises(ExporterError) as e:
             elsewhere.finish(Stages(make_console()))
     said = str(e.value)
@@ -38,20 +36,22 @@ def test_a_crash_of_the_second_process_is_one_sentence(tmp_path):
     assert "KeyError: 'img_size'" in said
 
 
-def test_leaving_early_ends_the_second_process(tmp_path):
-    spec = BuildSpec(model="deit_tiny_patch16_224", weights="random", precision="fp16")
+def test_leaving_early_ends_the_second_process(model, tmp_path):
     (bundle := tmp_path / "bundle").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        with parallel.SecondProcess(spec, planned("fp16", False, False), bundle, tmp_path, KWARGS) as elsewhere:
+        with parallel.SecondProcess(model, planned("fp16", False, False), bundle, tmp_path, KWARGS) as elsewhere:
             raise KeyboardInterrupt
     assert elsewhere._process.poll() is not None  # ended, and reaped
     assert not list(bundle.iterdir())  # killed before it wrote anything
 
 
-def test_no_second_process_on_one_core_or_for_one_graph(tmp_path, monkeypatch):
-    spec = BuildSpec(model="deit_tiny_patch16_224", weights="random", precision="fp32")
-    with parallel.SecondProcess(spec, planned("fp32", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:
+def test_no_second_process_on_one_core_for_one_graph_or_a_model_that_does_not_pickle(model, tmp_path, monkeypatch):
+    with parallel.SecondProcess(model, planned("fp32", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:
         assert elsewhere.graphs == [] and elsewhere.finish(Stages(make_console())) == {}
+    unpicklable = torch.nn.Sequential(model)
+    unpicklable.hook = lambda x: x
+    with parallel.SecondProcess(unpicklable, planned("fp16", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:
+        assert elsewhere.graphs == [] and not list(tmp_path.iterdir())
     monkeypatch.setattr(parallel, "_cores", lambda: 1)
-    with parallel.SecondProcess(spec, planned("fp16", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:
+    with parallel.SecondProcess(model, planned("fp16", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:
         assert elsewhere.graphs == []

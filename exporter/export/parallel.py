@@ -28,13 +28,13 @@ import torch
 from ..bundle import Graph
 from ..errors import ExporterError
 from ..interrupt import end_with_parent
-from ..spec import QUANTIZED, BuildSpec
-from ..stages.model import prepare
+from ..spec import QUANTIZED
 from ..stages.progress import Stages
 from .fold import fold_constants
 from .graphs import export_graph
 
-_REQUEST, _ANSWER, _LOG = "second-process.request.pkl", "second-process.answer.pkl", "second-process.log"
+_MODEL, _REQUEST = "second-process.model.pt", "second-process.request.pkl"
+_ANSWER, _LOG = "second-process.answer.pkl", "second-process.log"
 
 
 def export_here(model: torch.nn.Module, g: Graph, bundle: Path, debug: Path, kwargs: dict) -> Optional[dict]:
@@ -49,13 +49,15 @@ class SecondProcess:
     pointless: `graphs` is then empty and `finish` returns nothing). Use as a context manager: leaving it early
     (an error, Ctrl-C) kills the process."""
 
-    def __init__(self, spec: BuildSpec, graphs: list[Graph], bundle: Path, debug: Path, kwargs: dict):
+    def __init__(self, model: torch.nn.Module, graphs: list[Graph], bundle: Path, debug: Path, kwargs: dict):
         exported = [g for g in graphs if g.precision not in QUANTIZED]
         self.graphs = [g for g in exported if g.precision == "fp16"] if len(exported) > 1 and _cores() > 1 else []
         self._debug = debug
         self._process: Optional[subprocess.Popen] = None
+        if self.graphs and not _saved(model, debug / _MODEL):
+            self.graphs = []
         if self.graphs:
-            (debug / _REQUEST).write_bytes(pickle.dumps((spec, self.graphs, bundle, debug, kwargs)))
+            (debug / _REQUEST).write_bytes(pickle.dumps((self.graphs, bundle, debug, kwargs)))
             package_root = str(Path(__file__).resolve().parents[2])  # this checkout's exporter, not another install
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
             self._launched = time.time()  # the child's whole time, its start-up included, ends at its answer's mtime
@@ -85,11 +87,8 @@ class SecondProcess:
             raise ExporterError(f"The process exporting {files} ended (exit status {returncode}) before it finished"
                                 + (f"; its last message: {said[-1]!r}" if said else "") + ".",
                                 "Run the build again with --debug; if it repeats, the machine likely ran out of memory.")
-        kind, value = pickle.loads(answer.read_bytes())
-        if kind == "error":
-            raise ExporterError(*value)
+        made = pickle.loads(answer.read_bytes())
         stage.record(f"export {files} (second process, alongside)", answer.stat().st_mtime - self._launched)
-        made = value
         for g, (debug_path, _) in zip(self.graphs, made):
             g.debug = debug_path
         return {g.file: facts for g, (_, facts) in zip(self.graphs, made)}
@@ -99,18 +98,24 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _main(debug: Path, parent: int) -> int:
-    """The second process: export the requested graphs, leave ("done", [(debug twin, facts)]) or ("error", (problem,
-    fix)) as the answer; anything else ends it with its traceback in the log."""
-    end_with_parent(parent)
-    spec, graphs, bundle, debug, kwargs = pickle.loads((debug / _REQUEST).read_bytes())
+def _saved(model: torch.nn.Module, path: Path) -> bool:
+    """Whether `model` pickled to `path` (a module holding a lambda or a local class does not)."""
     try:
-        _, model = prepare(spec)
-        facts = [export_here(model, g, bundle, debug, kwargs) for g in graphs]
-        answer = ("done", [(g.debug, f) for g, f in zip(graphs, facts)])
-    except ExporterError as e:
-        answer = ("error", (e.problem, e.fix))
-    (debug / _ANSWER).write_bytes(pickle.dumps(answer))
+        torch.save(model, path)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _main(debug: Path, parent: int) -> int:
+    """The second process: export the requested graphs and leave [(debug twin, facts)] per graph as the answer; an
+    error ends it with its traceback in the log, which the build reports."""
+    end_with_parent(parent)
+    graphs, bundle, debug, kwargs = pickle.loads((debug / _REQUEST).read_bytes())
+    model = torch.load(debug / _MODEL, weights_only=False)  # written by the build itself, above
+    facts = [export_here(model, g, bundle, debug, kwargs) for g in graphs]
+    (debug / _ANSWER).write_bytes(pickle.dumps([(g.debug, f) for g, f in zip(graphs, facts)]))
     return 0
 
 
