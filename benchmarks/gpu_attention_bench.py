@@ -23,7 +23,7 @@ import sys
 import torch
 
 from exporter import ops
-from exporter.bench.cuda import graphed
+from exporter.bench.cuda import graphed, timed
 from exporter.ops.kernels.biased_attention import error_bound
 
 
@@ -57,17 +57,6 @@ def check(batch: int, tokens: int, heads: int, head_dim: int) -> list[str]:
                 failures.append(f"{dtype} {kind}: error {err:.3g} (bound {bound:.3g}), deterministic {same}, "
                                 f"taken by ops.biased_attention {used}")
     return failures
-
-
-def timed(replay, iterations: int) -> float:
-    """Microseconds per replay over `iterations` back-to-back replays (CUDA events)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iterations):
-        replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1000 / iterations
 
 
 def main() -> int:

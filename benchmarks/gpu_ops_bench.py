@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from exporter import ops  # noqa: E402
-from exporter.bench.cuda import graphed  # noqa: E402
+from exporter.bench.cuda import graphed, timed  # noqa: E402
 from exporter.ops import reference  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -66,17 +66,6 @@ def mismatch(ref_out, fused_out, dtype) -> str:
         elif not torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol):
             return f"output {n}: max |difference| {(a.float() - b.float()).abs().max().item():.3g}"
     return ""
-
-
-def timed(replay, iterations: int) -> float:
-    """Microseconds per replay over `iterations` back-to-back replays (CUDA events)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iterations):
-        replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1000 / iterations
 
 
 def estimates(folder, method: str, batch: int) -> list:

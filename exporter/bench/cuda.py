@@ -31,3 +31,14 @@ def synced(fn: Callable[[], object]) -> Callable[[], None]:
         torch.cuda.synchronize()
 
     return call
+
+
+def timed(replay, iterations: int) -> float:
+    """Microseconds per replay over `iterations` back-to-back replays (CUDA events)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iterations):
+        replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1000 / iterations
