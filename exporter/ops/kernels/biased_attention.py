@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from .config import block_for
-from .mode import decorate, interpreting as _interpreting
+from .mode import cached, interpreting as _interpreting
 
 MAX_HEAD_DIM = 128  # a [BLOCK_M, 256] fp32 accumulator would not fit a program's registers
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -37,7 +37,6 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # with no stack frame at head dim 64 (tests/test_cubin_targets.py): 64 x 64 fp16 tiles need 180 on sm_87
 TILES = {torch.float16: (64, 32, 4), torch.bfloat16: (64, 32, 4), torch.float32: (64, 32, 8)}
 
-_kernels: dict[str, object] = {}
 _lock = threading.RLock()
 
 
@@ -45,7 +44,7 @@ def biased_attention_kernel(q, k, v, bias, out, scale, N, HEADS, HD,
                             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sbb, sob, son, soh,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Output rows program_id(0) * BLOCK_M ... of head program_id(1) % HEADS of image program_id(1) // HEADS.
-    A plain function that `_jit` decorates once triton is imported in the process's mode (the annotations
+    A plain function that `jit_kernel` decorates once triton is imported in the process's mode (the annotations
     are strings, and `tl` a module global set then)."""
     LOG2E: tl.constexpr = 1.4426950408889634
     head = tl.program_id(1) % HEADS
@@ -82,17 +81,7 @@ def biased_attention_kernel(q, k, v, bias, out, scale, N, HEADS, HD,
     tl.store(dst, o.to(out.dtype.element_ty), mask=live[:, None] & dm[None, :])
 
 
-def _jit(interpret: bool):
-    return decorate(biased_attention_kernel, interpret, "biased_attention")
-
-
-def jit_kernel(interpret: bool = False):
-    """The Triton kernel: JIT-compiled (CUDA tensors, `compile_cubin`) or interpreted (CPU tensors)."""
-    key = "interpreter" if interpret else "jit"
-    with _lock:
-        if key not in _kernels:
-            _kernels[key] = _jit(interpret)
-        return _kernels[key]
+jit_kernel = cached(biased_attention_kernel, "biased_attention")
 
 
 def meta(dtype: torch.dtype, head_dim: int) -> dict[str, int]:

@@ -18,7 +18,7 @@ to the token dtype for the second dot, as the reference's half-precision softmax
 
 The kernel's non-constexpr parameters, in order, are the launch ABI an AOT launcher passes
 (`jit_kernel()` returns the JIT function for the generator; blocks and warps are in `config.py`). CPU
-tensors run the same kernel in Triton's interpreter (see `_jit` for how the process's Triton mode is
+tensors run the same kernel in Triton's interpreter (see `mode.decorate` for how the process's Triton mode is
 chosen). Importing this module imports no triton.
 """
 from __future__ import annotations
@@ -28,11 +28,10 @@ import threading
 import torch
 
 from .config import HILO_CHUNK, HILO_ROWS, block_for, launch_options
-from .mode import decorate, interpreting as _interpreting
+from .mode import cached, interpreting as _interpreting
 
 MAX_WINDOW_TOKENS = 256  # s*s above this would not fit a program's registers (s <= 16)
 
-_kernels: dict[str, object] = {}
 _lock = threading.RLock()
 
 
@@ -42,7 +41,7 @@ def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
     program_id(1) % HEADS of image program_id(1) // HEADS: the output rows of their real tokens.
     The head dim is taken BLOCK_D channels at a time (any HD): the scores accumulate over q/k chunks, then
     each output chunk is its own dot with the v chunk, so no [BLOCK_M, HD] tile is ever live.
-    A plain function that `_jit` decorates once triton is imported in the process's mode (the annotations
+    A plain function that `jit_kernel` decorates once triton is imported in the process's mode (the annotations
     are strings, and `tl` a module global set then)."""
     pid = tl.program_id(0)
     head = tl.program_id(1) % HEADS
@@ -90,18 +89,7 @@ def hilo_attention_kernel(qkv, pad, out, H, W, S, HEADS, HD, WINDOWS,
         tl.store(dst + d[None, :], o.to(out.dtype.element_ty), mask=real[:, None] & dm[None, :])
 
 
-def _jit(interpret: bool):
-    """triton.jit of the kernel, compiled or interpreted (`mode.decorate` says how the mode is chosen)."""
-    return decorate(hilo_attention_kernel, interpret, "hilo_attention")
-
-
-def jit_kernel(interpret: bool = False):
-    """The Triton kernel: JIT-compiled (for CUDA and the AOT generator) or interpreted (CPU tensors)."""
-    key = "interpreter" if interpret else "jit"
-    with _lock:
-        if key not in _kernels:
-            _kernels[key] = _jit(interpret)
-        return _kernels[key]
+jit_kernel = cached(hilo_attention_kernel, "hilo_attention")
 
 
 def rows(window: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from typing import Optional
 
 
@@ -59,3 +60,19 @@ def decorate(fn, interpret: bool, what: str):
         import triton.experimental.gluon  # noqa: F401  (else imported by the interpreter while tl is patched)
 
         return triton.jit(fn)
+
+
+def cached(fn, what: str):
+    """The kernel's `jit_kernel(interpret=False)`: `decorate(fn, interpret, what)` made once per mode and kept, for
+    the kernel modules that launch one plain function (hilo_attention, biased_attention)."""
+    made: dict[bool, object] = {}
+    lock = threading.Lock()
+
+    def jit_kernel(interpret: bool = False):
+        """The Triton kernel: JIT-compiled (CUDA tensors, cubins) or interpreted (CPU tensors)."""
+        with lock:
+            if interpret not in made:
+                made[interpret] = decorate(fn, interpret, what)
+            return made[interpret]
+
+    return jit_kernel
