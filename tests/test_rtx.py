@@ -17,7 +17,7 @@ from exporter.export.fp16 import export_fp16
 from exporter.export.onnx_export import export_onnx
 from exporter.engine import rtx_check as rtx
 from exporter.spec import BatchRange, BuildSpec
-from exporter.verify.rtx_checks import RtxChecks
+from exporter.verify.rtx_checks import rtx_checks
 
 
 def relu_graph(path):
@@ -139,14 +139,21 @@ def _rtx_children() -> list[int]:
     return found
 
 
-def test_leaving_the_checks_early_stops_their_children(small_graph, tmp_path):
-    """An error or Ctrl-C in a build leaves no TensorRT-RTX child running: `RtxChecks` kills them on the way out."""
-    for path in small_graph[0], small_graph[0].with_name("model.onnx.data"):
-        if path.exists():
-            (tmp_path / path.name).write_bytes(path.read_bytes())
-    with pytest.raises(KeyboardInterrupt), RtxChecks(tmp_path, BuildSpec(model="small", batch=BatchRange(1, 2, 4)),
-                                                      (32, 32)) as checks:
-        checks.start(Graph("model.onnx", "fp32"))
-        assert len(_rtx_children()) == 1
+def test_an_interrupt_while_waiting_stops_every_check(small_graph, tmp_path, monkeypatch):
+    """Ctrl-C (or an error) while the checks run leaves no TensorRT-RTX child behind."""
+    for path in small_graph:
+        for f in path, path.with_name(path.name + ".data"):
+            if f.exists():
+                (tmp_path / f.name).write_bytes(f.read_bytes())
+    seen = []
+
+    def interrupted(self):
+        seen.append(len(_rtx_children()))
         raise KeyboardInterrupt
-    assert _rtx_children() == []  # killed, not left building
+
+    monkeypatch.setattr(rtx.PendingCheck, "result", interrupted)
+    graphs = [Graph("model.onnx", "fp32"), Graph("model.fp16.onnx", "fp16")]
+    with pytest.raises(KeyboardInterrupt):
+        rtx_checks(tmp_path, BuildSpec(model="small", batch=BatchRange(1, 2, 4)), (32, 32), graphs)
+    assert seen == [2]  # both were running side by side
+    assert _rtx_children() == []  # and are stopped, not left building

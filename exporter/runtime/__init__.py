@@ -28,7 +28,8 @@ def onnx_runner(path: Path | str, threads: Optional[int] = None, scores: bool = 
     from . import op_reference, ort  # onnxruntime: seconds to load, and torch_runner's callers need it not
 
     plugins = op_reference.has_plugins(onnx.load(str(path), load_external_data=False))
-    session = (op_reference.session if plugins else ort.session)(path, threads)
+    # a check, not a benchmark: its workers sleep between kernels, leaving the cores to the build's other processes
+    session = (op_reference.session if plugins else ort.session)(path, options=ort.session_options(threads, spinning=False))
     if not (plugins and scores):
         return lambda x: ort.run(session, x)
 

@@ -8,8 +8,10 @@ from typing import Optional
 import numpy as np
 
 
-def session_options(threads: Optional[int] = None):
-    """Quiet options with explicit threads (intra-op `threads`, one inter-op), all graph optimisations on."""
+def session_options(threads: Optional[int] = None, spinning: bool = True):
+    """Quiet options with explicit threads (intra-op `threads`, one inter-op), all graph optimisations on. Without
+    `spinning`, idle workers sleep instead of spinning for the next kernel: what a check wants while other processes
+    (the build's second export, TensorRT-RTX checks) need the cores; a benchmark keeps onnxruntime's default."""
     import onnxruntime as ort  # seconds to load: only when a graph runs
 
     options = ort.SessionOptions()
@@ -17,6 +19,8 @@ def session_options(threads: Optional[int] = None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -27,20 +27,14 @@ from . import engines as engine_stage
 from . import references
 from .engines import EngineRow
 from .report import Flops, Report
-from .rtx_checks import RtxChecks
+from .rtx_checks import rtx_checks
 
 
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None,
-             engine: Optional[str] = None, run_engines: bool = False, rtx: Optional[RtxChecks] = None) -> Report:
+             engine: Optional[str] = None, run_engines: bool = False) -> Report:
     """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
-    engines; returns the report (writes nothing). `rtx`: the TensorRT-RTX checks the caller started as it wrote
-    the graphs (default: all started here, to run alongside the graph checks and parity)."""
+    engines; returns the report (writes nothing)."""
     size = input_size(dense)
-    if rtx is None:
-        with RtxChecks(bundle, spec, size) as started:
-            return evaluate(spec, dense, model, bundle, graphs, stage, fp16_facts, engine, run_engines, started)
-    for g in graphs:
-        rtx.start(g)
     open_graph = _sessions()
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
         problems = {g.file: graph_check.check_graph(bundle / g.file).problems for g in graphs}
@@ -53,20 +47,19 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     with stage("verify against PyTorch") as found:
         comparisons = compare_graphs(model, bundle, exact, spec.batch, size, open_graph=open_graph)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
-    # verify holds the stored references at every batch size; build, whose parity check has just run every size on
-    # the same held-out images, checks them once, at the range's opt (the references' added samples included)
-    sizes = verify_batches(spec.batch) if run_engines else [spec.batch.opt]
-    stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines, open_graph, sizes)
     loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
-    # the checks ran in child processes alongside the stages above: this stage's time is the wait for them
-    with stage("TensorRT-RTX parse + build (child processes, alongside" + ("; plugin library loaded)" if loaded else ")")) as found:
-        checked = rtx.results(graphs)
+    with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if loaded else "")) as found:
+        checked = rtx_checks(bundle, spec, size, graphs)
         found.problems = sum(r.status == "failed" for r in checked.values())
         if all(r.status == "skipped" for r in checked.values()):
             found.skipped = next(iter(checked.values())).reason
     for graph, r in checked.items():
         if r.status == "skipped" and not found.skipped:
             stage.console.print(f"[yellow]skipped[/yellow] the TensorRT-RTX check of {graph}: {escape(r.reason)}")
+    # verify holds the stored references at every batch size; build, whose parity check has just run every size on
+    # the same held-out images, checks them once, at the range's opt (the references' added samples included)
+    sizes = verify_batches(spec.batch) if run_engines else [spec.batch.opt]
+    stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines, open_graph, sizes)
     report = Report(
         run_name=spec.run_name,
         spec=spec,
