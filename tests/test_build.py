@@ -43,7 +43,7 @@ def test_bundle_contents(fp16_bundle):
         assert manifest["tools"][tool] == metadata.version(tool), tool
     assert manifest["opset"] == 18
     assert 1.2 < manifest["flops"]["dense_gmacs"] < 1.3  # DeiT-Ti: 1.3 GMACs published
-    exported = {"export fp32 ONNX", "export model.fp16.onnx (second process, alongside)"}  # 2 cores here
+    exported = {"export fp16 ONNX", "export model.onnx (second process, alongside)"}  # 2 cores here
     assert set(manifest["stages_seconds"]) >= exported | {"verify against PyTorch"}
     io = manifest["io"]["model.fp16.onnx"]
     assert io["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 224, 224]}]
@@ -79,7 +79,7 @@ def test_unseen_batch_size_matches_pytorch(fp16_bundle, graph, atol):
 
 
 def test_same_spec_gives_identical_onnx(fp16_bundle, tmp_path, monkeypatch):
-    """Also: the fp16 graph exported by the build's second process is the one a single process exports."""
+    """Also: the fp32 graph exported by the build's second process is the one a single process exports."""
     from exporter.export import parallel
 
     monkeypatch.setattr(parallel, "_cores", lambda: 1)

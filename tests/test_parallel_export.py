@@ -28,11 +28,11 @@ def model():
 def test_a_crash_of_the_second_process_is_one_sentence(model, tmp_path):
     broken = {k: v for k, v in KWARGS.items() if k != "img_size"}  # the export raises KeyError: a crash, no answer
     with parallel.SecondProcess(model, planned("fp16", False, False), tmp_path, tmp_path, broken) as elsewhere:
-        assert [g.file for g in elsewhere.graphs] == ["model.fp16.onnx"]
+        assert [g.file for g in elsewhere.graphs] == ["model.onnx"]
         with pytest.raises(ExporterError) as e:
             elsewhere.finish(Stages(make_console()))
     said = str(e.value)
-    assert "The process exporting model.fp16.onnx ended (exit status 1) before it finished" in said
+    assert "The process exporting model.onnx ended (exit status 1) before it finished" in said
     assert "KeyError: 'img_size'" in said
 
 
@@ -48,6 +48,9 @@ def test_leaving_early_ends_the_second_process(model, tmp_path):
 def test_no_second_process_on_one_core_for_one_graph_or_a_model_that_does_not_pickle(model, tmp_path, monkeypatch):
     with parallel.SecondProcess(model, planned("fp32", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:
         assert elsewhere.graphs == [] and elsewhere.finish(Stages(make_console())) == {}
+    # nor for an 8-bit build: its 8-bit graphs are quantized here from the fp32 ones, which must be here first
+    with parallel.SecondProcess(model, planned("int8", False, True), tmp_path, tmp_path, KWARGS) as elsewhere:
+        assert elsewhere.graphs == []
     unpicklable = torch.nn.Sequential(model)
     unpicklable.hook = lambda x: x
     with parallel.SecondProcess(unpicklable, planned("fp16", False, False), tmp_path, tmp_path, KWARGS) as elsewhere:

@@ -58,7 +58,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
         library_status = quantized = None
-        with SecondProcess(model, graphs, tmp, debug, kwargs) as elsewhere:  # the fp16 graphs, where it pays
+        with SecondProcess(model, graphs, tmp, debug, kwargs) as elsewhere:  # the fp32 graphs, where it pays
             facts = {}
             for g in [g for g in graphs if g.precision not in QUANTIZED and g not in elsewhere.graphs]:
                 with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):

@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Exporting a bundle's fp16 graphs in a second process while this one exports the fp32 graphs and goes on.
+"""Exporting a bundle's fp32 graphs in a second process while this one exports the fp16 graphs and goes on.
 
 Each export is a dynamo trace of the whole model plus the onnxscript optimizer: about 20 s of single-threaded
 Python for DeiT-S, and a build exports the model twice (fp32 and fp16, see `export/fp16.py`) or four times (with
 the plugin graphs). On a machine with two or more cores, a second process (`python -m exporter.export.parallel`)
-rebuilds the same model from the spec (`stages.model.prepare`: the same weights, seed and method, so the same
-model) and exports the fp16 graphs, while this process exports the fp32 ones and does the build's next stages
-until it needs them. Each process writes its own files, so the bundle is what one process would have written
+loads the very model this build made and exports the fp32 graphs, while this process exports the fp16 ones and
+does the build's next stages until it needs them. The second process takes the fp32 graphs because it starts
+about 8 s behind (its launch and imports) and they are the quicker exports (DeiT-S ToMe: 20 s against 24 s, the
+fp16 debug graph also outputting every choice's scores). A build with an 8-bit graph quantizes it here from the
+fp32 graph and has no fp16 graph: it exports in this process alone. Each process writes its own files, so the bundle is what one process would have written
 (tests/test_build.py compares). A plain child process, not multiprocessing's spawn: spawn would run the caller's
 main script again in the child, which a script calling the CLI without a `__main__` guard cannot survive.
 
@@ -45,13 +47,14 @@ def export_here(model: torch.nn.Module, g: Graph, bundle: Path, debug: Path, kwa
 
 
 class SecondProcess:
-    """The fp16 graphs of `graphs`, exported by a second process (none where one core or one graph makes it
-    pointless: `graphs` is then empty and `finish` returns nothing). Use as a context manager: leaving it early
+    """The fp32 graphs of `graphs`, exported by a second process (none where one core, one graph or an 8-bit graph
+    makes it pointless or impossible: `graphs` is then empty and `finish` returns nothing). Use as a context manager: leaving it early
     (an error, Ctrl-C) kills the process."""
 
     def __init__(self, model: torch.nn.Module, graphs: list[Graph], bundle: Path, debug: Path, kwargs: dict):
         exported = [g for g in graphs if g.precision not in QUANTIZED]
-        self.graphs = [g for g in exported if g.precision == "fp16"] if len(exported) > 1 and _cores() > 1 else []
+        alone = len(exported) < 2 or _cores() < 2 or len(exported) < len(graphs)  # an 8-bit graph needs the fp32 here
+        self.graphs = [] if alone else [g for g in exported if g.precision == "fp32"]
         self._debug = debug
         self._process: Optional[subprocess.Popen] = None
         if self.graphs and not _saved(model, debug / _MODEL):
@@ -74,8 +77,8 @@ class SecondProcess:
             self._process.wait()
 
     def finish(self, stage: Stages) -> dict[str, Optional[dict]]:
-        """Wait for the process; its graphs' facts by file. Its export is printed and recorded as a stage with the
-        time it took there (alongside this process's stages since it started)."""
+        """Wait for the process; its graphs' facts by file (None for fp32 graphs). Its export is printed and recorded
+        as a stage with the time it took there (alongside this process's stages since it started)."""
         if self._process is None:
             return {}
         files = ", ".join(g.file for g in self.graphs)
