@@ -118,7 +118,8 @@ def test_latency_cost_is_differentiable_in_the_rates(dense):
     halves = polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 50)
     assert constant == 1.0 and float(cost(65, 60, 50)) == pytest.approx(float(cost(65, 65, 50)))
     assert float(cost(65, 60, 50)) == pytest.approx(0.15 + 1.3 * halves)
-    assert float(cost(65, 65, 65)) == pytest.approx(1.3 * (polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 65)))
+    dense_halves = polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 65)
+    assert float(cost(65, 65, 65)) == pytest.approx(1.3 * dense_halves)
     # the model's cost is the calibration's: constant + scale x halves + reduction x reducing blocks
     leaving = [65, 60, 50, 50]
     halves_sum, reductions = blocks_ms(table, 65, leaving)
@@ -143,7 +144,8 @@ def test_a_table_from_an_older_schedule_file_loads_as_searched():
     table = LatencyTable(**json.loads(json.dumps(record)))
     cost, constant = latency_cost(table)
     assert table.scale == 1.0 and table.halving_ms is None and constant == 3.0
-    assert float(cost(65, 65, 60)) == pytest.approx(0.1 + polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 60))
+    halves = polynomial(table.attention_fit, 65) + polynomial(table.mlp_fit, 60)
+    assert float(cost(65, 65, 60)) == pytest.approx(0.1 + halves)
 
 
 @pytest.mark.slow  # exports and times 10 graphs in spawned processes, as test_bench

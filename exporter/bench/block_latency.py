@@ -8,10 +8,10 @@ again: one block's weights stay in the cache, the model's do not), divided by th
 (the per-call overhead, subtracted); the part outside the blocks (patch and position embedding, final norm, head);
 and three whole exported models that calibrate the halves' sum (`latency_cost.whole_fit`: a constant, a scale on the
 halves and the reduction's own cost): the dense model, a DiffRate model removing two tokens per block, and one
-removing tokens evenly down to 2 (`halving`, about half the blocks' work, where latency budgets lie). The block graphs take the same
-[batch, tokens, width] input and slice the first n tokens, so one `timing.Runtime` process holds them all and
-`timing.interleaved` times them in turn, round by round, as `bench` times bundles; each value is the median over
-every call of every round.
+removing tokens evenly down to 2 (`halving`, about half the blocks' work, where latency budgets lie). The block
+graphs take the same [batch, tokens, width] input and slice the first n tokens, so one `timing.Runtime` process holds
+them all and `timing.interleaved` times them in turn, round by round, as `bench` times bundles; each value is the
+median over every call of every round.
 """
 from __future__ import annotations
 
@@ -95,9 +95,10 @@ def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iteration
     width, depth = vit.embed_dim, len(vit.blocks)
     counts = grid(tokens, points)
     # every block after the first prunes one token and merges one; and the blocks' tokens halved on average
-    reduced = {"reducing": apply_method(vit, "diffrate", prune_kept=[tokens] + [tokens - 2 * i + 1 for i in range(1, depth)],
-                                        merge_kept=[tokens] + [tokens - 2 * i for i in range(1, depth)]),
-               "halving": apply_method(vit, "diffrate", **dict(zip(("prune_kept", "merge_kept"), halving(tokens, depth))))}
+    two = ([tokens] + [tokens - 2 * i + 1 for i in range(1, depth)],
+           [tokens] + [tokens - 2 * i for i in range(1, depth)])
+    reduced = {name: apply_method(vit, "diffrate", prune_kept=prune, merge_kept=merge)
+               for name, (prune, merge) in {"reducing": two, "halving": halving(tokens, depth)}.items()}
     x = np.random.default_rng(0).standard_normal((batch, tokens, width), dtype=np.float32)
     images = np.random.default_rng(0).standard_normal((batch, 3, *vit.patch_embed.img_size), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="block-latency-") as tmp, torch.no_grad():
@@ -110,7 +111,8 @@ def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iteration
         size = tuple(vit.patch_embed.img_size)
         whole = {"outside": _export(_Outside(vit), torch.from_numpy(images), folder / "outside.onnx"),
                  "dense": export_onnx(vit, folder / "dense.onnx", size, (batch,) * 3),
-                 **{name: export_onnx(model, folder / f"{name}.onnx", size, (batch,) * 3) for name, model in reduced.items()}}
+                 **{name: export_onnx(model, folder / f"{name}.onnx", size, (batch,) * 3)
+                    for name, model in reduced.items()}}
         with Runtime("ort", paths, x, threads) as blocks, Runtime("ort", whole, images, threads) as models:
             timers = {key: (lambda n, key=key: blocks.latencies(key, n)) for key in paths}
             timers.update({key: (lambda n, key=key: models.latencies(key, n)) for key in whole})

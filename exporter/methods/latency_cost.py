@@ -52,7 +52,8 @@ def monotone_fit(tokens: Sequence[float], ms: Sequence[float]) -> list[float]:
     return [float(c) for c in nonnegative_lstsq(np.stack([np.ones_like(n), n, n * n], axis=1), y)]
 
 
-def whole_fit(blocks_ms: Sequence[float], reductions: Sequence[int], whole_ms: Sequence[float]) -> tuple[float, float, float]:
+def whole_fit(blocks_ms: Sequence[float], reductions: Sequence[int],
+              whole_ms: Sequence[float]) -> tuple[float, float, float]:
     """(constant, scale, reduction), all >= 0, minimising sum (constant + scale x blocks + reduction x reductions -
     whole)^2 over whole models: `blocks_ms` the sum of each model's fitted halves, `reductions` how many of its blocks
     reduce, `whole_ms` its measured latency.
@@ -66,7 +67,8 @@ def whole_fit(blocks_ms: Sequence[float], reductions: Sequence[int], whole_ms: S
     independent, so three models solve it exactly, more by least squares. Non-negative because a negative constant or
     reduction cost is noise, and a negative scale would make keeping tokens pay; a zero scale (latency not falling
     with tokens) leaves the search nothing to learn, and the caller refuses it."""
-    basis = np.stack([np.ones(len(blocks_ms)), np.asarray(blocks_ms, np.float64), np.asarray(reductions, np.float64)], 1)
+    basis = np.stack([np.ones(len(blocks_ms)), np.asarray(blocks_ms, np.float64),
+                      np.asarray(reductions, np.float64)], 1)
     if len(whole_ms) != len(basis) or np.linalg.matrix_rank(basis) < 3:
         raise ValueError("whole_fit needs whole models whose (1, blocks_ms, reductions) rows span all three unknowns, "
                          f"got {basis.tolist()} for {list(whole_ms)}")
