@@ -64,7 +64,9 @@ def whole_fit(blocks_ms: Sequence[float], reductions: Sequence[int],
     told apart by a dense model (no reduction), a model removing two tokens per block (every block but the first
     reduces, the blocks' work barely less: the reduction) and one removing tokens down to 2 (the same reductions, half
     the blocks' work: the scale, and with the dense model the constant): the three rows (1, blocks, reductions) are
-    independent, so three models solve it exactly, more by least squares. Non-negative because a negative constant or
+    independent, so three models solve it exactly, more by least squares. For a schedule that reduces in every block
+    after the first, as the search's do at most budgets, the fit then interpolates between the two reduced models
+    measured whole, in the blocks' work: the halving model brackets the budgets that matter. Non-negative because a negative constant or
     reduction cost is noise, and a negative scale would make keeping tokens pay; a zero scale (latency not falling
     with tokens) leaves the search nothing to learn, and the caller refuses it."""
     basis = np.stack([np.ones(len(blocks_ms)), np.asarray(blocks_ms, np.float64),
