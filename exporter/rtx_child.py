@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -79,34 +80,78 @@ def link_resolvable() -> bool:
 def run(function: str, request: dict, what: str, timeout_s: Optional[float] = None,
         env: Optional[dict[str, str]] = None) -> Child:
     """Call `function` ("package.module:name", taking the JSON-able `request`, returning a JSON-able dict) in a child
-    process that can open `libtensorrt_rtx.so`. `what` names the work for the errors, e.g. "the TensorRT-RTX check".
+    process that can open `libtensorrt_rtx.so`, and wait for it. `what` names the work for the errors, e.g. "the
+    TensorRT-RTX check".
 
     Raises ExporterError when the wheel has no .so.1 to link to, or the child runs over `timeout_s`.
     """
+    return start(function, request, what, timeout_s, env).wait()
+
+
+def start(function: str, request: dict, what: str, timeout_s: Optional[float] = None,
+          env: Optional[dict[str, str]] = None) -> "Running":
+    """`run`'s child, started and left running while the caller goes on: `Running.wait` for what it left."""
     libs = wheel_libs()
     if libs is None or not (libs / f"{LINK}.1").is_file():
         raise ExporterError(f"The tensorrt_rtx wheel has no tensorrt_rtx_libs/{LINK}.1 for {what} to link to.",
                             "Reinstall it: pip install --force-reinstall tensorrt-rtx-cu13.")
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{owner()}-") as folder:
-        (Path(folder) / LINK).symlink_to(libs / f"{LINK}.1")
-        child_env = {**os.environ, **(env or {})}
-        child_env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (folder, child_env.get("LD_LIBRARY_PATH", "")) if p)
-        package_root = str(Path(__file__).resolve().parents[1])  # this checkout's exporter, not another install
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH", "")) if p)
-        child_env[_PARENT] = str(os.getpid())
+    folder = tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{owner()}-")
+    (Path(folder.name) / LINK).symlink_to(libs / f"{LINK}.1")
+    child_env = {**os.environ, **(env or {})}
+    child_env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (folder.name, child_env.get("LD_LIBRARY_PATH", "")) if p)
+    package_root = str(Path(__file__).resolve().parents[1])  # this checkout's exporter, not another install
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH", "")) if p)
+    child_env[_PARENT] = str(os.getpid())
+    # its output goes to files, not pipes: a child left running fills no pipe buffer while nobody reads it
+    out, err = (open(Path(folder.name) / name, "w+", encoding="utf-8", errors="replace") for name in ("stdout", "stderr"))
+    process = subprocess.Popen([sys.executable, "-m", "exporter.rtx_child", function, json.dumps(request)],
+                               env=child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    return Running(process, folder, out, err, what, timeout_s)
+
+
+class Running:
+    """A child `start`ed: `wait` for what it left (once), or `kill` it; its temporary folder goes with either."""
+
+    def __init__(self, process: subprocess.Popen, folder: tempfile.TemporaryDirectory, out, err, what: str,
+                 timeout_s: Optional[float]):
+        self.process, self._folder, self._out, self._err = process, folder, out, err
+        self._what, self._timeout_s = what, timeout_s
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def wait(self) -> Child:
+        """What the child left; ExporterError when it ran over its time (it is killed)."""
         try:
-            done = subprocess.run([sys.executable, "-m", "exporter.rtx_child", function, json.dumps(request)], env=child_env,
-                                  capture_output=True, text=True, timeout=timeout_s)
+            self.process.wait(None if self._deadline is None else max(0.0, self._deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            raise ExporterError(f"{what[0].upper() + what[1:]} took over {timeout_s:.0f} s and was stopped.",
+            self.kill()
+            raise ExporterError(f"{self._what[0].upper() + self._what[1:]} took over {self._timeout_s:.0f} s and was "
+                                "stopped.",
                                 "Check the graph with `python -m exporter verify`, or build on a faster machine.") from None
-    answers = [line for line in done.stdout.splitlines() if line.startswith((_ANSWER, _ERROR))]
-    if not answers:
-        return Child(None, None, done.returncode, done.stderr)
-    if answers[-1].startswith(_ERROR):
-        error = json.loads(answers[-1][len(_ERROR):])
-        return Child(None, ExporterError(error["problem"], error["fix"]), done.returncode, done.stderr)
-    return Child(json.loads(answers[-1][len(_ANSWER):]), None, done.returncode, done.stderr)
+        stdout, stderr = (self._read(f) for f in (self._out, self._err))
+        self._folder.cleanup()
+        answers = [line for line in stdout.splitlines() if line.startswith((_ANSWER, _ERROR))]
+        if not answers:
+            return Child(None, None, self.process.returncode, stderr)
+        if answers[-1].startswith(_ERROR):
+            error = json.loads(answers[-1][len(_ERROR):])
+            return Child(None, ExporterError(error["problem"], error["fix"]), self.process.returncode, stderr)
+        return Child(json.loads(answers[-1][len(_ANSWER):]), None, self.process.returncode, stderr)
+
+    def kill(self) -> None:
+        """Stop the child if it still runs, and remove its folder."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for f in (self._out, self._err):
+            f.close()
+        self._folder.cleanup()
+
+    @staticmethod
+    def _read(f) -> str:
+        f.seek(0)
+        text = f.read()
+        f.close()
+        return text
 
 
 def _main(argv: list[str]) -> int:

@@ -529,7 +529,7 @@ def test_rtx_plugin_engine_failures_in_the_child_are_one_sentence(plugin_bundle,
     _fails(capsys, argv, "could not load the plugin library plugins/libexporter_plugins.so")
     # a child that dies (TensorRT-RTX aborting) leaves one sentence and no plan behind
     died = rtx_child.Child(None, None, -6, "[E] [exporter plugins] TopKPrune: oops\nterminate called without an active exception\n")
-    monkeypatch.setattr(rtx_child, "run", lambda *args, **kwargs: died)
+    monkeypatch.setattr(rtx_child, "start", lambda *args, **kwargs: types.SimpleNamespace(wait=lambda: died))
     _fails(capsys, argv, "The process building model.plugins.onnx with TensorRT-RTX", "was killed by SIGABRT",
            "'terminate called without an active exception'", "the plugin library logged: [exporter plugins] TopKPrune: oops")
     assert [p.name for p in (bad / "engines" / "sm86-tensorrt-rtx").iterdir()] == []

@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """TensorRT-RTX parse-and-build check: small graphs, DeiT-Tiny fp32 and fp16, a broken graph, a missing package."""
+import contextlib
+import os
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -8,10 +11,13 @@ import timm
 from onnx import TensorProto, helper
 from timm.models.vision_transformer import VisionTransformer
 
+from exporter.bundle import Graph
 from exporter.errors import ExporterError
 from exporter.export.fp16 import export_fp16
 from exporter.export.onnx_export import export_onnx
 from exporter.engine import rtx_check as rtx
+from exporter.spec import BatchRange, BuildSpec
+from exporter.verify.rtx_checks import RtxChecks
 
 
 def relu_graph(path):
@@ -109,3 +115,38 @@ def test_usage_mistakes_raise(tmp_path):
         rtx.rtx_check(tmp_path / "absent.onnx")
     with pytest.raises(ExporterError, match="min <= opt <= max"):
         rtx.rtx_check(relu_graph(tmp_path / "relu.onnx"), batch=(8, 2, 1), input_shape_tail=(4,))
+
+
+def test_a_check_started_alongside_finds_what_the_check_here_finds(small_graph):
+    """The build's checks run in child processes while it goes on (`start_rtx_check`): the same record as in-process."""
+    here = rtx.rtx_check(small_graph[1], batch=(1, 2, 4), input_shape_tail=(3, 32, 32))
+    pending = rtx.start_rtx_check(small_graph[1], batch=(1, 2, 4), input_shape_tail=(3, 32, 32))
+    alongside = pending.result()
+    assert alongside.status == "passed", alongside
+    assert (alongside.num_layers, alongside.layer_types, alongside.layer_dtypes, alongside.outputs) == \
+        (here.num_layers, here.layer_types, here.layer_dtypes, here.outputs)
+    assert pending.result() is alongside  # waited for once
+
+
+def _rtx_children() -> list[int]:
+    """This process's children running `exporter.rtx_child`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and b"exporter.rtx_child" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_leaving_the_checks_early_stops_their_children(small_graph, tmp_path):
+    """An error or Ctrl-C in a build leaves no TensorRT-RTX child running: `RtxChecks` kills them on the way out."""
+    for path in small_graph[0], small_graph[0].with_name("model.onnx.data"):
+        if path.exists():
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(KeyboardInterrupt), RtxChecks(tmp_path, BuildSpec(model="small", batch=BatchRange(1, 2, 4)),
+                                                      (32, 32)) as checks:
+        checks.start(Graph("model.onnx", "fp32"))
+        assert len(_rtx_children()) == 1
+        raise KeyboardInterrupt
+    assert _rtx_children() == []  # killed, not left building

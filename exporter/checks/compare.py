@@ -25,6 +25,7 @@ from ..runtime import Runner, onnx_runner, torch_runner
 from ..spec import BatchRange
 from .inputs import batches, held_out
 from . import margins
+from .half import fp32_products
 from .parity import Comparison, compare
 
 
@@ -99,7 +100,8 @@ def _rounding(model: torch.nn.Module, x: torch.Tensor, kept: list[np.ndarray], d
               half_model: Optional[torch.nn.Module] = None) -> margins.Rounding:
     """PyTorch fp32's choices with the fp16 error of their scores: its half model (`half_model`, default: made here)
     replays fp32's choices (`kept`), so both score the same tokens."""
-    _, half = _scored(copy.deepcopy(model).half() if half_model is None else half_model, x.half(), kept)
+    with fp32_products():  # PyTorch half's arithmetic at fp32 speed
+        _, half = _scored(copy.deepcopy(model).half() if half_model is None else half_model, x.half(), kept)
     return margins.Rounding.measure(decisions, half, estimated=True)
 
 

@@ -17,7 +17,8 @@ partner; DiffRate's kept tokens, its unmerged head and each merged token's desti
   measured against PyTorch fp32 replaying its choices, from the scores its debug run outputs (the
   debug export's extra outputs; for plugin nodes, the reference running them in onnxruntime). Where
   they are not observable (a target's engine, for the stored references), PyTorch's half model
-  replaying fp32's choices estimates it: one half-precision run's rounding standing for another's.
+  replaying fp32's choices estimates it: one half-precision run's rounding standing for another's (its
+  products at fp32 speed, `checks.half`).
   On DeiT-S DiffRate, onnxruntime's own error was 0.14-2.7x that estimate (5th-95th percentile over
   every choice of the held-out samples; at most 5.9x).
 

@@ -37,6 +37,7 @@ from ..stages.progress import Stages
 from ..verify import references
 from ..verify.evaluate import evaluate
 from ..verify.quantized import judge
+from ..verify.rtx_checks import RtxChecks
 
 
 def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] = None, sign_key: Optional[Path] = None) -> Path:
@@ -58,29 +59,33 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
         library_status = quantized = None
-        with SecondProcess(model, graphs, tmp, debug, kwargs) as elsewhere:  # the fp16 graphs, where it pays
+        with SecondProcess(model, graphs, tmp, debug, kwargs) as elsewhere, RtxChecks(tmp, spec, size) as rtx:
             facts = {}
             for g in [g for g in graphs if g.precision not in QUANTIZED and g not in elsewhere.graphs]:
                 with stage(f"export {g.precision} ONNX" + (" (token ops as plugin nodes)" if g.lowering == "plugin" else "")):
                     facts[g.file] = export_here(model, g, tmp, debug, kwargs)
+                rtx.start(g)  # its TensorRT-RTX check runs alongside the next stages
             for g in [g for g in graphs if g.precision in QUANTIZED]:
                 source = next(s for s in graphs if s.precision == "fp32" and s.lowering == g.lowering)
                 with stage(f"quantize {source.file} to {g.precision} (calibrated on {spec.calib_samples} images of --calib)"):
                     record = _quantize(source, g, tmp, debug, calibration, spec)
                 quantized = record if quantized is None else {**quantized, "plugins": _plugin_record(g, record)}
+                rtx.start(g)
             if spec.plugins:
                 with stage("build the plugin library") as outcome:
                     dtypes = ["fp32"] + (["fp16"] if spec.precision == "fp16" else [])  # the plugin graphs' token dtypes
                     library_status = build_plugin_library(tmp, token_ops, dtypes, spec.archs)
                     outcome.skipped = library_status.get("reason")
+                for g in [g for g in graphs if g not in elsewhere.graphs]:
+                    rtx.start(g)  # the plugin graphs written so far, now that their library is here
             with stage(f"store PyTorch references ({REFERENCES})"):
                 references.store(model, size, tmp)
             facts.update(elsewhere.finish(stage))
-        fp16_facts = facts.get(FP16)
-        io = {g.file: graph_io(tmp / g.file) for g in graphs}
-        scripts.write(tmp, spec, command, io, git_commit())  # reproduce.sh and build_engine.sh, from the graphs' I/O
-        write_schedule(tmp, spec)  # a searched schedule the spec holds, kept as its file
-        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
+            fp16_facts = facts.get(FP16)
+            io = {g.file: graph_io(tmp / g.file) for g in graphs}
+            scripts.write(tmp, spec, command, io, git_commit())  # reproduce.sh and build_engine.sh, from the graphs' I/O
+            write_schedule(tmp, spec)  # a searched schedule the spec holds, kept as its file
+            report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts, rtx=rtx)
         if quantized is not None:
             g, *more = [g for g in graphs if g.precision in QUANTIZED]  # the standard graph, then the plugin graph's
             names = " and ".join(x.file for x in (g, *more))

@@ -171,9 +171,18 @@ def build_in_child(trt, request: Request, what: str, timeout_s: Optional[float] 
     """`build` in a child process that can open libtensorrt_rtx.so (`exporter.rtx_child`); raises the same
     BuildFailure, or one at Stage.PROCESS when the child ends without an answer. `what` names the work for the
     ExporterErrors of `rtx_child.run` (no library to link to, over `timeout_s`), which pass through."""
+    return child_facts(trt, start_in_child(trt, request, what, timeout_s).wait())
+
+
+def start_in_child(trt, request: Request, what: str, timeout_s: Optional[float] = None) -> rtx_child.Running:
+    """`build_in_child`'s child, left running: `child_facts(trt, running.wait())` is its outcome."""
     # libexporter_plugins.so names every call it gets on stderr
-    child = rtx_child.run(f"{__name__}:_child", {"runtime": trt.__name__, "request": request.to_json()}, what,
-                          timeout_s, {"EXPORTER_PLUGINS_TRACE": "1"})
+    return rtx_child.start(f"{__name__}:_child", {"runtime": trt.__name__, "request": request.to_json()}, what,
+                           timeout_s, {"EXPORTER_PLUGINS_TRACE": "1"})
+
+
+def child_facts(trt, child: rtx_child.Child) -> Facts:
+    """The facts of the build a child of `start_in_child` made; raises its BuildFailure (or its ExporterError)."""
     if child.error is not None:
         raise child.error
     calls = dict(collections.Counter(

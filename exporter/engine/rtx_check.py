@@ -25,8 +25,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
+from .. import rtx_child
 from ..bundle import from_record
 from ..errors import ExporterError
 from . import network
@@ -78,6 +79,38 @@ def rtx_check(
     build then run in a subprocess, see the module docstring). `compute_capability`: the engine's target, a
     `tensorrt_rtx.ComputeCapability` name.
     """
+    return start_rtx_check(onnx_path, input_name, batch, input_shape_tail, plugin_library, compute_capability,
+                           alongside=False).result()
+
+
+class PendingCheck:
+    """An `rtx_check` under way (`start_rtx_check`): `result` waits for its outcome, `kill` stops its child."""
+
+    def __init__(self, outcome: Callable[[], RtxCheck], running: Optional[rtx_child.Running] = None):
+        self._outcome, self._running, self._result = outcome, running, None
+
+    def result(self) -> RtxCheck:
+        if self._result is None:
+            self._result = self._outcome()
+        return self._result
+
+    def kill(self) -> None:
+        if self._running is not None:
+            self._running.kill()
+
+
+def start_rtx_check(
+    onnx_path: Path | str,
+    input_name: str = "input",
+    batch: tuple[int, int, int] = (1, 1, 1),
+    input_shape_tail: Sequence[int] = (3, 224, 224),
+    plugin_library: Optional[Path] = None,
+    compute_capability: str = DEFAULT_COMPUTE_CAPABILITY,
+    alongside: bool = True,
+) -> PendingCheck:
+    """`rtx_check`, started: with `alongside` its parse and build run in a child process while the caller goes on
+    (a DeiT-S graph takes about 6 s of one core), else in `result()` (in this process, or in a child for a plugin
+    library). Bad arguments raise ExporterError now."""
     if not Path(onnx_path).is_file():
         raise ExporterError(f"ONNX graph '{onnx_path}' does not exist", "pass the path of an exported .onnx file")
     if not 1 <= batch[0] <= batch[1] <= batch[2]:
@@ -86,7 +119,7 @@ def rtx_check(
     try:
         trt = importlib.import_module("tensorrt_rtx")
     except ImportError:
-        return RtxCheck("skipped", MISSING)
+        return PendingCheck(lambda: RtxCheck("skipped", MISSING))
     if not hasattr(trt, "ComputeCapability") or not hasattr(trt.ComputeCapability, compute_capability):
         offered = [n for n in dir(getattr(trt, "ComputeCapability", None)) if n.startswith("SM")]
         raise ExporterError(f"TensorRT-RTX {trt.__version__} cannot target compute capability '{compute_capability}'",
@@ -96,17 +129,26 @@ def rtx_check(
                             "build it with exporter.ops.library.build_library (needs cmake, CUDA and TensorRT headers)")
     request = Request(Path(onnx_path), input_name, tuple(input_shape_tail), tuple(batch),
                       Path(plugin_library) if plugin_library is not None else None, compute_capability)
-    what = f"the TensorRT-RTX check with {request.plugin_library.name}" if request.plugin_library else ""
+    what = "the TensorRT-RTX check" + (f" with {request.plugin_library.name}" if request.plugin_library else "")
+    if request.plugin_library is None and not alongside:
+        return PendingCheck(lambda: _outcome(lambda: network.build(trt, request), request, what))
     try:
-        if request.plugin_library is None:
-            facts = network.build(trt, request)
-        else:
-            facts = network.build_in_child(trt, request, what, _CHILD_TIMEOUT_S)
-    except ExporterError as e:  # the child could not be started, or ran over its time
-        return RtxCheck("failed", e.problem, compute_capability=compute_capability)
+        running = network.start_in_child(trt, request, what, _CHILD_TIMEOUT_S)
+    except ExporterError as e:  # the child could not be started
+        return PendingCheck(lambda: RtxCheck("failed", e.problem, compute_capability=compute_capability))
+    return PendingCheck(lambda: _outcome(lambda: network.child_facts(trt, running.wait()), request, what), running)
+
+
+def _outcome(build: Callable[[], Facts], request: Request, what: str) -> RtxCheck:
+    """The check's record of `build()`: passed with its facts, or failed with the reason."""
+    capability = request.compute_capability
+    try:
+        facts = build()
+    except ExporterError as e:  # the child ran over its time
+        return RtxCheck("failed", e.problem, compute_capability=capability)
     except BuildFailure as failure:
-        return _record("failed", failure.facts, compute_capability, _reason(failure, request, what), _parse_errors(failure))
-    return _record("passed", facts, compute_capability)
+        return _record("failed", failure.facts, capability, _reason(failure, request, what), _parse_errors(failure))
+    return _record("passed", facts, capability)
 
 
 _CHILD_TIMEOUT_S = 900

@@ -11,13 +11,12 @@ from typing import Callable, Optional
 import torch
 
 from ..bundle import FP16, PLUGIN_LIBRARY, REFERENCES, Graph, has_references, read_references
-from ..bundle.trust import ENABLE, library as trusted_library, untrusted
+from ..bundle.trust import untrusted
 from ..checks import graph as graph_check
 from ..checks import parity
 from ..checks.compare import compare_graphs, verify_batches
 from ..checks.parity import StoredComparison
 from ..console import escape
-from ..engine.rtx_check import RtxCheck, rtx_check
 from ..errors import ExporterError
 from ..methods.flops import count_gmacs
 from ..models import input_size
@@ -28,13 +27,20 @@ from . import engines as engine_stage
 from . import references
 from .engines import EngineRow
 from .report import Flops, Report
+from .rtx_checks import RtxChecks
 
 
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None,
-             engine: Optional[str] = None, run_engines: bool = False) -> Report:
+             engine: Optional[str] = None, run_engines: bool = False, rtx: Optional[RtxChecks] = None) -> Report:
     """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
-    engines; returns the report (writes nothing)."""
+    engines; returns the report (writes nothing). `rtx`: the TensorRT-RTX checks the caller started as it wrote
+    the graphs (default: all started here, to run alongside the graph checks and parity)."""
     size = input_size(dense)
+    if rtx is None:
+        with RtxChecks(bundle, spec, size) as started:
+            return evaluate(spec, dense, model, bundle, graphs, stage, fp16_facts, engine, run_engines, started)
+    for g in graphs:
+        rtx.start(g)
     open_graph = _sessions()
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
         problems = {g.file: graph_check.check_graph(bundle / g.file).problems for g in graphs}
@@ -47,19 +53,20 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     with stage("verify against PyTorch") as found:
         comparisons = compare_graphs(model, bundle, exact, spec.batch, size, open_graph=open_graph)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
-    loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
-    with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if loaded else "")) as found:
-        rtx = {g.file: _rtx(bundle, g, spec, size) for g in graphs}
-        found.problems = sum(r.status == "failed" for r in rtx.values())
-        if all(r.status == "skipped" for r in rtx.values()):
-            found.skipped = next(iter(rtx.values())).reason
-    for graph, r in rtx.items():
-        if r.status == "skipped" and not found.skipped:
-            stage.console.print(f"[yellow]skipped[/yellow] the TensorRT-RTX check of {graph}: {escape(r.reason)}")
     # verify holds the stored references at every batch size; build, whose parity check has just run every size on
     # the same held-out images, checks them once, at the range's opt (the references' added samples included)
     sizes = verify_batches(spec.batch) if run_engines else [spec.batch.opt]
     stored, engines = _stored_and_engines(spec, bundle, exact, stage, engine, run_engines, open_graph, sizes)
+    loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
+    # the checks ran in child processes alongside the stages above: this stage's time is the wait for them
+    with stage("TensorRT-RTX parse + build (child processes, alongside" + ("; plugin library loaded)" if loaded else ")")) as found:
+        checked = rtx.results(graphs)
+        found.problems = sum(r.status == "failed" for r in checked.values())
+        if all(r.status == "skipped" for r in checked.values()):
+            found.skipped = next(iter(checked.values())).reason
+    for graph, r in checked.items():
+        if r.status == "skipped" and not found.skipped:
+            stage.console.print(f"[yellow]skipped[/yellow] the TensorRT-RTX check of {graph}: {escape(r.reason)}")
     report = Report(
         run_name=spec.run_name,
         spec=spec,
@@ -76,7 +83,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         ),
         comparisons=comparisons,
         lint=problems,
-        tensorrt_rtx=rtx,
+        tensorrt_rtx=checked,
         notes=list(getattr(model, "notes", [])),
         references=stored,
         engines=engines,
@@ -126,21 +133,6 @@ def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_g
         if e.status == "skipped":
             stage.console.print(f"[yellow]skipped[/yellow] engines/{e.folder}/{e.engine}: {escape(e.reason)}")
     return stored, engines
-
-
-def _rtx(bundle: Path, g: Graph, spec: BuildSpec, size) -> RtxCheck:
-    """TensorRT-RTX parse + build of one graph; a plugin graph with the bundle's plugin library loaded, when this run
-    trusts it (`bundle.trust`), else skipped: the library's code would run on load. An fp8 graph is built for SM89
-    (Ada, the first RTX architecture with fp8 tensor cores), every other one for the default SM86."""
-    target = {"compute_capability": "SM89"} if g.precision == "fp8" else {}
-    if g.lowering != "plugin":
-        return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size), **target)
-    if not (bundle / PLUGIN_LIBRARY).is_file():
-        return RtxCheck("skipped", f"no plugin library in the bundle ({PLUGIN_LIBRARY}): cmake, nvcc or TensorRT headers were missing at build time")
-    if (reason := untrusted(bundle)) is not None:
-        return RtxCheck("skipped", f"{reason}; to run this check: {ENABLE[0].lower() + ENABLE[1:]}")
-    return rtx_check(bundle / g.file, batch=spec.batch.as_tuple(), input_shape_tail=(3, *size),
-                     plugin_library=trusted_library(bundle), **target)
 
 
 def _flops(dense: torch.nn.Module, model: torch.nn.Module, size) -> Flops:
