@@ -13,7 +13,8 @@
 3. `bench` of both at batch 8, onnxruntime CPU with the same threads, interleaved round by round;
 4. prints the target, the fitted latency of the searched schedule, the measured one (bench's p50) and its error in
    percent (issue 24 asks for 10%), and the same for the dense model (measured at search time against bench), whose
-   difference says how much the machine itself moved between the search's measurement and bench.
+   difference says how much the machine itself moved between the search's measurement and bench, and the
+   calibration of the halves on the whole models (`latency_cost.whole_fit`).
 
 Each step runs in a fresh process, as a user would run it. Absolute latencies are only meaningful on a quiet machine:
 the script prints the load average before and after. Bundles and the schedule go to `--out` (default: a temporary
@@ -106,6 +107,10 @@ def main() -> None:
         print(f"measured (bench p50)   {measured:8.2f} ms  ({100 * (measured / target - 1):+.1f}% of the target)")
         print(f"dense: at search time  {dense_at_search:8.2f} ms, in bench {dense_measured:.2f} ms "
               f"({100 * (dense_measured / dense_at_search - 1):+.1f}%: how much the machine moved)")
+        table = record["latency"]
+        print(f"calibration: {table['fixed_ms']:.2f} ms + {table['scale']:.3f} x halves + {table['reduction_ms']:.3f} "
+              f"ms per reducing block (whole models measured: dense {table['dense_ms']:.2f}, reducing "
+              f"{table['reducing_ms']:.2f}, halving {table['halving_ms']:.2f} ms)")
         print(f"schedule: tokens leaving each block {' '.join(map(str, record['tokens_after']))}; "
               f"held-out top-1 {record['held_out']['top1']:.2f}% (dense {record['held_out']['dense_top1']:.2f}%)")
 

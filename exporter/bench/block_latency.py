@@ -6,12 +6,12 @@ Every graph is a static ONNX graph of the model's own blocks (their weights, bat
 all blocks in a row, and the MLP halves, at each token count of the grid (all blocks, not one block called again and
 again: one block's weights stay in the cache, the model's do not), divided by the depth; a graph that only slices
 (the per-call overhead, subtracted); the part outside the blocks (patch and position embedding, final norm, head);
-and the token reduction's own cost (ranking, gathering, merging): the exported DiffRate model removing two tokens per
-block, against the exported dense model, less what the fits give for the tokens it removed. The part outside the
-blocks is the dense model's measured latency less its blocks' fitted latency (at least the outside graph's). The block graphs take the same
-[batch, tokens, width] input and slice the first n tokens, so one `timing.Runtime` process holds them all and
-`timing.interleaved` times them in turn, round by round, as `bench` times bundles; each value is the median over
-every call of every round.
+and three whole exported models that calibrate the halves' sum (`latency_cost.whole_fit`: a constant, a scale on the
+halves and the reduction's own cost): the dense model, a DiffRate model removing two tokens per block, and one
+removing tokens evenly down to 2 (`halving`, about half the blocks' work, where latency budgets lie). The block
+graphs take the same [batch, tokens, width] input and slice the first n tokens, so one `timing.Runtime` process holds
+them all and `timing.interleaved` times them in turn, round by round, as `bench` times bundles; each value is the
+median over every call of every round.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from torch import nn
 from ..export.onnx_export import export_onnx
 from ..methods import apply_method
 from ..methods.base import attn_residual, mlp_residual
-from ..methods.latency_cost import LatencyTable, latency_cost
+from ..methods.latency_cost import LatencyTable, blocks_ms, whole_fit
 from . import machine
 from .timing import Runtime, interleaved
 
@@ -68,6 +68,19 @@ def grid(tokens: int, points: int = 9) -> list[int]:
     return sorted({round(float(n)) for n in np.linspace(2, tokens, points)})
 
 
+def halving(tokens: int, depth: int) -> tuple[list[int], list[int]]:
+    """DiffRate counts (prune_kept, merge_kept) removing tokens evenly after the first block, down to 2 leaving the
+    last, half of each block's removed tokens pruned and half merged: blocks that keep about half the tokens on
+    average, like the schedules a latency budget gives."""
+    prune, merge, n = [tokens], [tokens], tokens
+    for i in range(1, depth):
+        out = tokens - round(i * (tokens - 2) / (depth - 1))
+        prune.append(n - (n - out) // 2)
+        merge.append(out)
+        n = out
+    return prune, merge
+
+
 def _export(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     torch.onnx.export(module.eval(), (example,), str(path), input_names=["x"], output_names=["y"], opset_version=18,
                       dynamo=False)
@@ -81,14 +94,16 @@ def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iteration
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
     width, depth = vit.embed_dim, len(vit.blocks)
     counts = grid(tokens, points)
-    # every block after the first prunes one token and merges one
-    reducing = apply_method(vit, "diffrate", prune_kept=[tokens] + [tokens - 2 * i + 1 for i in range(1, depth)],
-                            merge_kept=[tokens] + [tokens - 2 * i for i in range(1, depth)])
+    # every block after the first prunes one token and merges one; and the blocks' tokens halved on average
+    two = ([tokens] + [tokens - 2 * i + 1 for i in range(1, depth)],
+           [tokens] + [tokens - 2 * i for i in range(1, depth)])
+    reduced = {name: apply_method(vit, "diffrate", prune_kept=prune, merge_kept=merge)
+               for name, (prune, merge) in {"reducing": two, "halving": halving(tokens, depth)}.items()}
     x = np.random.default_rng(0).standard_normal((batch, tokens, width), dtype=np.float32)
     images = np.random.default_rng(0).standard_normal((batch, 3, *vit.patch_embed.img_size), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="block-latency-") as tmp, torch.no_grad():
         folder = Path(tmp)
-        log(f"exporting {2 * len(counts) + 4} graphs")
+        log(f"exporting {2 * len(counts) + 5} graphs")
         example = torch.from_numpy(x)
         paths = {(half, n): _export(_Halves(vit.blocks, half, n), example, folder / f"{half}-{n}.onnx")
                  for half in ("attention", "mlp") for n in counts}
@@ -96,7 +111,8 @@ def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iteration
         size = tuple(vit.patch_embed.img_size)
         whole = {"outside": _export(_Outside(vit), torch.from_numpy(images), folder / "outside.onnx"),
                  "dense": export_onnx(vit, folder / "dense.onnx", size, (batch,) * 3),
-                 "reducing": export_onnx(reducing, folder / "reducing.onnx", size, (batch,) * 3)}
+                 **{name: export_onnx(model, folder / f"{name}.onnx", size, (batch,) * 3)
+                    for name, model in reduced.items()}}
         with Runtime("ort", paths, x, threads) as blocks, Runtime("ort", whole, images, threads) as models:
             timers = {key: (lambda n, key=key: blocks.latencies(key, n)) for key in paths}
             timers.update({key: (lambda n, key=key: models.latencies(key, n)) for key in whole})
@@ -110,13 +126,9 @@ def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iteration
         outside_ms=median["outside"], overhead_ms=overhead, rounds=rounds, iterations=iterations,
         machine=machine.describe(threads),
     ).fitted()
-    cost, _ = latency_cost(table)
-    leaving = list(reducing.schedule)
-    fitted_gain = sum(float(cost(tokens, tokens, tokens) - cost(n, n, out)) for n, out in zip([tokens] + leaving, leaving))
-    table.dense_ms, table.reducing_ms = median["dense"], median["reducing"]
-    table.reduction_ms = max(0.0, (median["reducing"] - median["dense"] + fitted_gain) / (depth - 1))
-    # the whole dense graph costs more than its parts timed apart (measured +10% to +40% on vit_digits): the
-    # difference is counted as fixed, so the fitted dense model is the measured one
-    table.fixed_ms = max(table.outside_ms, median["dense"] - (float(cost(tokens, tokens, tokens)) * depth))
+    table.dense_ms, table.reducing_ms, table.halving_ms = median["dense"], median["reducing"], median["halving"]
+    parts = [blocks_ms(table, tokens, [tokens] * depth)] + [blocks_ms(table, tokens, reduced[name].schedule)
+                                                            for name in ("reducing", "halving")]
+    whole = [median[name] for name in ("dense", "reducing", "halving")]
+    table.fixed_ms, table.scale, table.reduction_ms = whole_fit(*zip(*parts), whole)
     return table
-

@@ -112,6 +112,12 @@ def run(args, console: Console, out: Console) -> Path:
         console.print(f"measuring one block of {args.model} per token count on {args.runtime}, batch {args.batch}, "
                       f"{args.threads} threads")
         latency = measure(dense, args.batch, args.threads, log=lambda _: None)
+        if latency.scale <= 0:
+            raise ExporterError(
+                f"{args.model} measured {latency.dense_ms:.2f} ms dense and {latency.halving_ms:.2f} ms with about "
+                f"half its tokens on {args.runtime} (batch {args.batch}, {args.threads} threads): its latency does not "
+                "fall with its tokens on this machine now, so a latency budget has nothing to search.",
+                "Measure on a quieter machine, or search a FLOPs budget (--target-flops).")
         cost, constant = latency_cost(latency)
         target, flag = args.target_latency_ms, "--target-latency-ms"
     else:
