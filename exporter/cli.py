@@ -329,8 +329,9 @@ def _add_search(sub) -> None:
     budget.add_argument("--target-flops", type=float, metavar="GMACS", help="the budget in GMACs (papers' GFLOPs)")
     budget.add_argument("--target-latency-ms", type=float, metavar="MS",
                         help="the budget in ms per batch on --runtime: one block is measured per token count and fitted")
-    p.add_argument("--runtime", choices=["onnxruntime"], default="onnxruntime",
-                   help="where --target-latency-ms is measured (CPU; default %(default)s)")
+    p.add_argument("--runtime", choices=["onnxruntime", "pytorch", "pytorch-cuda-graph"], default="onnxruntime",
+                   help="where --target-latency-ms is measured: onnxruntime or pytorch (eager) on the CPU, pytorch-cuda-graph "
+                   "(fp16 CUDA graph replays) on the GPU (default %(default)s)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the latency budget (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of the latency measurement, as bench's "
                    "(default %(default)s)")

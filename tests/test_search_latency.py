@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from exporter.cli import main
 from exporter.fixtures import digits
@@ -148,12 +149,14 @@ def test_a_table_from_an_older_schedule_file_loads_as_searched():
     assert float(cost(65, 65, 60)) == pytest.approx(0.1 + halves)
 
 
-@pytest.mark.slow  # exports and times 10 graphs in spawned processes, as test_bench
-def test_measured_table_is_filled(dense):
+@pytest.mark.slow  # exports and times 11 graphs (or modules) in spawned processes, as test_bench
+@pytest.mark.parametrize("runtime", ["onnxruntime", "pytorch"])
+def test_measured_table_is_filled(dense, runtime):
     """The graphs export and run (one round of one call each): the table's shape, not its numbers."""
     from exporter.bench.block_latency import measure
 
-    table = measure(dense, batch=2, threads=1, rounds=1, iterations=1, points=3, log=lambda _: None)
+    table = measure(dense, batch=2, threads=1, rounds=1, iterations=1, points=3, log=lambda _: None, runtime=runtime)
+    assert table.runtime == runtime
     assert table.grid == [2, 34, 65] and len(table.attention_ms) == len(table.mlp_ms) == 3
     assert table.outside_ms > 0 and table.overhead_ms > 0 and table.machine["threads"] == 1
     assert len(table.attention_fit) == len(table.mlp_fit) == 3 and min(table.attention_fit + table.mlp_fit) >= 0
@@ -169,8 +172,8 @@ def fake_measure(monkeypatch):
     table = _table(0.1 + 0.004 * n + 5e-5 * n * n, 0.02 + 0.007 * n)
     calls = []
 
-    def measure(vit, batch, threads, **kwargs):
-        calls.append((batch, threads))
+    def measure(vit, batch, threads, runtime="onnxruntime", **kwargs):
+        calls.append((batch, threads) if runtime == "onnxruntime" else (batch, threads, runtime))
         return table
 
     monkeypatch.setattr("exporter.bench.block_latency.measure", measure)
@@ -228,6 +231,18 @@ def test_latency_not_falling_with_tokens_is_refused(train, tmp_path, capsys, mon
     assert main(argv) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "does not fall with its tokens" in err and "--target-flops" in err and "Traceback" not in err
+
+
+def test_search_passes_the_runtime_and_refuses_a_gpu_runtime_without_a_gpu(train, tmp_path, capsys, fake_measure):
+    argv = ["search", "--model", digits.MODEL, "--data", str(train), "--images", "32", "--epochs", "1",
+            "--batch-size", "32", "--target-latency-ms", "8", "--batch", "8", "--out", str(tmp_path / "s.json")]
+    assert main(argv + ["--runtime", "pytorch"]) == 0
+    assert fake_measure == [(8, 2, "pytorch")]
+    if not torch.cuda.is_available():
+        assert main(argv + ["--runtime", "pytorch-cuda-graph"]) == 2
+        err = capsys.readouterr().err
+        assert "--runtime pytorch-cuda-graph measures the latency on a CUDA GPU" in err and "Traceback" not in err
+        assert fake_measure == [(8, 2, "pytorch")]  # refused before measuring
 
 
 def test_one_budget_only(train, capsys):

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""One block's latency per token count on onnxruntime CPU, for DiffRate's latency-targeted search
+"""One block's latency per token count on a runtime, for DiffRate's latency-targeted search
 (`methods.latency_cost` fits it, `search --target-latency-ms` uses it).
 
-Every graph is a static ONNX graph of the model's own blocks (their weights, batch `batch`): the attention halves of
+The runtimes (`RUNTIMES`): onnxruntime CPU, timing static fp32 ONNX graphs of the modules below; PyTorch eager on the
+CPU; and on a GPU, the modules in fp16 replayed as CUDA graphs (what `bench` times as PyTorch's CUDA-graph rows). Every
+module is the model's own blocks (their weights, batch `batch`): the attention halves of
 all blocks in a row, and the MLP halves, at each token count of the grid (all blocks, not one block called again and
 again: one block's weights stay in the cache, the model's do not), divided by the depth; a graph that only slices
 (the per-call overhead, subtracted); the part outside the blocks (patch and position embedding, final norm, head);
@@ -87,9 +89,18 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return path
 
 
+RUNTIMES = {  # search --runtime -> the timing harness's kind (`bench.timing.Runtime`), as bench times bundles
+    "onnxruntime": "ort",  # static fp32 ONNX graphs, onnxruntime CPU
+    "pytorch": "torch",  # the modules themselves, eager on the CPU
+    "pytorch-cuda-graph": "torch-cuda-graph-fp16",  # the modules in fp16 on the GPU, replays of a CUDA graph per call
+}
+
+
 def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iterations: int = 20,
-            points: int = 9, log: Callable[[str], None] = print) -> LatencyTable:
-    """The fitted `LatencyTable` of `vit` (a timm ViT; its first block stands for every block) on onnxruntime."""
+            points: int = 9, log: Callable[[str], None] = print, runtime: str = "onnxruntime") -> LatencyTable:
+    """The fitted `LatencyTable` of `vit` (a timm ViT; its first block stands for every block) on `runtime` (one of
+    RUNTIMES: onnxruntime times exported graphs of the same modules the PyTorch runtimes time as they are)."""
+    kind = RUNTIMES[runtime]
     vit = vit.eval()
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
     width, depth = vit.embed_dim, len(vit.blocks)
@@ -101,26 +112,26 @@ def measure(vit: nn.Module, batch: int, threads: int, rounds: int = 5, iteration
                for name, (prune, merge) in {"reducing": two, "halving": halving(tokens, depth)}.items()}
     x = np.random.default_rng(0).standard_normal((batch, tokens, width), dtype=np.float32)
     images = np.random.default_rng(0).standard_normal((batch, 3, *vit.patch_embed.img_size), dtype=np.float32)
+    halves = {(half, n): _Halves(vit.blocks, half, n) for half in ("attention", "mlp") for n in counts}
+    halves["overhead", counts[0]] = _Halves(vit.blocks, None, counts[0])
+    whole = {"outside": _Outside(vit), "dense": vit, **reduced}
     with tempfile.TemporaryDirectory(prefix="block-latency-") as tmp, torch.no_grad():
-        folder = Path(tmp)
-        log(f"exporting {2 * len(counts) + 5} graphs")
-        example = torch.from_numpy(x)
-        paths = {(half, n): _export(_Halves(vit.blocks, half, n), example, folder / f"{half}-{n}.onnx")
-                 for half in ("attention", "mlp") for n in counts}
-        paths["overhead", counts[0]] = _export(_Halves(vit.blocks, None, counts[0]), example, folder / "overhead.onnx")
-        size = tuple(vit.patch_embed.img_size)
-        whole = {"outside": _export(_Outside(vit), torch.from_numpy(images), folder / "outside.onnx"),
-                 "dense": export_onnx(vit, folder / "dense.onnx", size, (batch,) * 3),
-                 **{name: export_onnx(model, folder / f"{name}.onnx", size, (batch,) * 3)
-                    for name, model in reduced.items()}}
-        with Runtime("ort", paths, x, threads) as blocks, Runtime("ort", whole, images, threads) as models:
-            timers = {key: (lambda n, key=key: blocks.latencies(key, n)) for key in paths}
+        if kind == "ort":
+            folder = Path(tmp)
+            log(f"exporting {len(halves) + len(whole)} graphs")
+            example = torch.from_numpy(x)
+            halves = {key: _export(m, example, folder / f"{key[0]}-{key[1]}.onnx") for key, m in halves.items()}
+            size = tuple(vit.patch_embed.img_size)
+            whole = {"outside": _export(whole.pop("outside"), torch.from_numpy(images), folder / "outside.onnx"),
+                     **{name: export_onnx(m, folder / f"{name}.onnx", size, (batch,) * 3) for name, m in whole.items()}}
+        with Runtime(kind, halves, x, threads) as blocks, Runtime(kind, whole, images, threads) as models:
+            timers = {key: (lambda n, key=key: blocks.latencies(key, n)) for key in halves}
             timers.update({key: (lambda n, key=key: models.latencies(key, n)) for key in whole})
             times = interleaved(timers, rounds, iterations, log)
     median = {key: statistics.median(ms for r in rounds_ for ms in r) for key, rounds_ in times.items()}
     overhead = median["overhead", counts[0]]
     table = LatencyTable(
-        runtime="onnxruntime", batch=batch, threads=threads, grid=counts,
+        runtime=runtime, batch=batch, threads=threads, grid=counts,
         attention_ms=[(median["attention", n] - overhead) / depth for n in counts],
         mlp_ms=[(median["mlp", n] - overhead) / depth for n in counts],
         outside_ms=median["outside"], overhead_ms=overhead, rounds=rounds, iterations=iterations,

@@ -109,9 +109,13 @@ def run(args, console: Console, out: Console) -> Path:
     if args.target_latency_ms is not None:
         from ..bench.block_latency import measure
 
+        if args.runtime == "pytorch-cuda-graph" and not torch.cuda.is_available():
+            raise ExporterError("--runtime pytorch-cuda-graph measures the latency on a CUDA GPU, and this machine has none "
+                                "that PyTorch can use.",
+                                "Run the search on the GPU machine, or measure on the CPU: --runtime onnxruntime or pytorch.")
         console.print(f"measuring one block of {args.model} per token count on {args.runtime}, batch {args.batch}, "
                       f"{args.threads} threads")
-        latency = measure(dense, args.batch, args.threads, log=lambda _: None)
+        latency = measure(dense, args.batch, args.threads, log=lambda _: None, runtime=args.runtime)
         if latency.scale <= 0:
             raise ExporterError(
                 f"{args.model} measured {latency.dense_ms:.2f} ms dense and {latency.halving_ms:.2f} ms with about "
