@@ -142,9 +142,37 @@ def test_the_loser_of_a_finishing_race_succeeds_quietly(tmp_path, monkeypatch):
 
 
 # Issue 22 hole 5: a signal during the TensorRT-RTX stage arrived inside TensorRT's logger callback, whose bindings
-# swallowed the exception: the run went on, exited 0 and published the bundle. HOLD runs the exporter with its
-# TensorRT logger held inside its first callback (a file says so) until the test has sent the signal.
+# swallowed the exception: the run went on, exited 0 and published the bundle. The checks now run in child processes
+# (`verify.rtx_checks`); HOLD runs the exporter held where it waits for them, every child running (a file says so),
+# until the test has sent the signal: the run must end, its children stopped and their folders gone.
 HOLD = textwrap.dedent("""
+    import os, runpy, signal, sys, time
+    from pathlib import Path
+    from exporter.engine import rtx_check
+    ready, sent = Path(os.environ["HOLD_READY"]), Path(os.environ["HOLD_SENT"])
+    result = rtx_check.PendingCheck.result
+
+    def holding_result(self):
+        if not ready.exists():
+            ready.touch()
+            deadline = time.monotonic() + 120
+            while not sent.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)  # the signal is delivered here, the TensorRT-RTX children running
+        return result(self)
+
+    rtx_check.PendingCheck.result = holding_result
+    # Ctrl-C's handler, as an interactive shell starts a command with: a test run in the background by a shell
+    # without job control would hand this child SIGINT ignored, and an ignored signal must not stop the run
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.argv = ["exporter", *sys.argv[1:]]
+    runpy.run_module("exporter", run_name="__main__")
+""")
+
+
+# `engine` builds in this process (TensorRT, or TensorRT-RTX for a standard graph): held inside TensorRT's logger
+# callback, as hole 5 was found
+HOLD_LOGGER = textwrap.dedent("""
     import os, runpy, signal, sys, time
     from pathlib import Path
     from exporter.engine import network
@@ -175,7 +203,6 @@ HOLD = textwrap.dedent("""
     runpy.run_module("exporter", run_name="__main__")
 """)
 
-
 @pytest.fixture(scope="module")
 def rtx_bundle(tmp_path_factory):
     pytest.importorskip("tensorrt_rtx")
@@ -187,15 +214,18 @@ def rtx_bundle(tmp_path_factory):
     return bundle
 
 
-@pytest.mark.parametrize("command,sig", [("build", signal.SIGTERM), ("build", signal.SIGINT), ("verify", signal.SIGTERM)])
+@pytest.mark.parametrize("command,sig", [("build", signal.SIGTERM), ("build", signal.SIGINT), ("verify", signal.SIGTERM),
+                                         ("engine", signal.SIGTERM)])
 def test_a_signal_during_the_tensorrt_rtx_stage_ends_the_run(dirs, rtx_bundle, command, sig):
     out, tmp = dirs
     ready, sent = tmp / "ready", tmp / "sent"
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "HOLD_READY": str(ready), "HOLD_SENT": str(sent)}
-    args = (["build", "--model", "test_vit", "--weights", "random", "--batch", "2", "--out", str(out)] if command == "build"
-            else ["verify", str(rtx_bundle), "--report", str(tmp / "verify.json")])
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = {"build": ["build", "--model", "test_vit", "--weights", "random", "--batch", "2", "--out", str(out)],
+            "verify": ["verify", str(rtx_bundle), "--report", str(tmp / "verify.json")],
+            "engine": ["engine", str(rtx_bundle), "--runtime", "tensorrt-rtx", "--target", "sm86"]}[command]
+    hold = HOLD_LOGGER if command == "engine" else HOLD
+    proc = subprocess.Popen([sys.executable, "-c", hold, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(ready.exists, proc)
     proc.send_signal(sig)
     sent.touch()
@@ -205,6 +235,7 @@ def test_a_signal_during_the_tensorrt_rtx_stage_ends_the_run(dirs, rtx_bundle, c
     assert not (tmp / "verify.json").exists()
     assert (list(out.iterdir()) if out.exists() else []) == [] and debug_dirs(tmp) == []
     assert [p for p in tmp.iterdir() if p.name.startswith("exporter-rtx-")] == []
+    assert not list(rtx_bundle.rglob("*.engine"))  # engine: no plan written
 
 
 def test_a_killed_runs_rtx_folders_are_swept(tmp_path, monkeypatch):
