@@ -85,7 +85,8 @@ def run(function: str, request: dict, what: str, timeout_s: Optional[float] = No
 
     Raises ExporterError when the wheel has no .so.1 to link to, or the child runs over `timeout_s`.
     """
-    return start(function, request, what, timeout_s, env).wait()
+    with start(function, request, what, timeout_s, env) as running:
+        return running.wait()
 
 
 def start(function: str, request: dict, what: str, timeout_s: Optional[float] = None,
@@ -110,13 +111,20 @@ def start(function: str, request: dict, what: str, timeout_s: Optional[float] = 
 
 
 class Running:
-    """A child `start`ed: `wait` for what it left (once), or `kill` it; its temporary folder goes with either."""
+    """A child `start`ed: `wait` for what it left (once), or `kill` it; its temporary folder goes with either. As a
+    context manager, leaving it (an error, Ctrl-C while waiting) kills a child still running."""
 
     def __init__(self, process: subprocess.Popen, folder: tempfile.TemporaryDirectory, out, err, what: str,
                  timeout_s: Optional[float]):
         self.process, self._folder, self._out, self._err = process, folder, out, err
         self._what, self._timeout_s = what, timeout_s
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def __enter__(self) -> "Running":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
 
     def wait(self) -> Child:
         """What the child left; ExporterError when it ran over its time (it is killed)."""

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Engines: TensorRT-RTX built for real on the CPU (SM86), the content cache, pre-flight refusals with
 fabricated manifests, bad input (exit 2), stored references, reproduce.sh and build_engine.sh parsed back."""
+import contextlib
 import copy
 import json
 import os
@@ -529,7 +530,7 @@ def test_rtx_plugin_engine_failures_in_the_child_are_one_sentence(plugin_bundle,
     _fails(capsys, argv, "could not load the plugin library plugins/libexporter_plugins.so")
     # a child that dies (TensorRT-RTX aborting) leaves one sentence and no plan behind
     died = rtx_child.Child(None, None, -6, "[E] [exporter plugins] TopKPrune: oops\nterminate called without an active exception\n")
-    monkeypatch.setattr(rtx_child, "start", lambda *args, **kwargs: types.SimpleNamespace(wait=lambda: died))
+    monkeypatch.setattr(rtx_child, "start", lambda *args, **kwargs: contextlib.nullcontext(types.SimpleNamespace(wait=lambda: died)))
     _fails(capsys, argv, "The process building model.plugins.onnx with TensorRT-RTX", "was killed by SIGABRT",
            "'terminate called without an active exception'", "the plugin library logged: [exporter plugins] TopKPrune: oops")
     assert [p.name for p in (bad / "engines" / "sm86-tensorrt-rtx").iterdir()] == []

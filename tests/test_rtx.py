@@ -157,3 +157,23 @@ def test_an_interrupt_while_waiting_stops_every_check(small_graph, tmp_path, mon
         rtx_checks(tmp_path, BuildSpec(model="small", batch=BatchRange(1, 2, 4)), (32, 32), graphs)
     assert seen == [2]  # both were running side by side
     assert _rtx_children() == []  # and are stopped, not left building
+
+
+def test_an_interrupt_while_a_child_runs_stops_it(monkeypatch):
+    """`rtx_child.run` (the `engine` command's plugin builds) waited on by Ctrl-C: the child is killed, not left."""
+    import signal
+
+    from exporter import rtx_child
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.alarm(3)  # the child is sleeping by then
+        with pytest.raises(KeyboardInterrupt):
+            rtx_child.run("time:sleep", 120, "a nap")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _rtx_children() == []

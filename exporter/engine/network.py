@@ -171,7 +171,8 @@ def build_in_child(trt, request: Request, what: str, timeout_s: Optional[float] 
     """`build` in a child process that can open libtensorrt_rtx.so (`exporter.rtx_child`); raises the same
     BuildFailure, or one at Stage.PROCESS when the child ends without an answer. `what` names the work for the
     ExporterErrors of `rtx_child.run` (no library to link to, over `timeout_s`), which pass through."""
-    return child_facts(trt, start_in_child(trt, request, what, timeout_s).wait())
+    with start_in_child(trt, request, what, timeout_s) as running:  # Ctrl-C while waiting stops the child
+        return child_facts(trt, running.wait())
 
 
 def start_in_child(trt, request: Request, what: str, timeout_s: Optional[float] = None) -> rtx_child.Running:

@@ -79,8 +79,12 @@ def rtx_check(
     build then run in a subprocess, see the module docstring). `compute_capability`: the engine's target, a
     `tensorrt_rtx.ComputeCapability` name.
     """
-    return start_rtx_check(onnx_path, input_name, batch, input_shape_tail, plugin_library, compute_capability,
-                           alongside=False).result()
+    pending = start_rtx_check(onnx_path, input_name, batch, input_shape_tail, plugin_library, compute_capability,
+                              alongside=False)
+    try:
+        return pending.result()
+    finally:
+        pending.kill()  # a plugin graph's child, when Ctrl-C stopped the wait
 
 
 class PendingCheck:
