@@ -129,3 +129,37 @@ def test_fp16_flip_is_judged_by_the_graphs_own_score_error(method, monkeypatch):
     exact = case.check(tipped, scored_by=case.model)
     assert not exact.passed and [(c["sample"], c["near_tie"], c["error"]) for c in exact.cuts] == [(case.near, False, 0.0)]
     assert any("those scores (0): not a near-tie" in f for f in exact.failures)
+
+
+@pytest.mark.parametrize("cut_from_twins", [True, False])
+def test_a_graph_cut_from_its_twin_runs_once(cut_from_twins, monkeypatch):
+    """In a build, the deliverable graph was cut from its debug twin: the twin's logits stand for it at the range's
+    other sizes (rows say so) and the graph itself runs at opt, where a graph that computes something else fails.
+    verify, whose graph may come from elsewhere, runs the graph at every size."""
+    torch.manual_seed(0)
+    model = apply_method(timm.create_model("test_vit").eval(), "tome", **METHODS["tome"])
+    ran: list[tuple[str, int]] = []
+
+    def runner(path, threads=None, scores=False):
+        run = torch_runner(model)
+        broken = path.name == "broken.onnx"
+
+        def graph(batch):
+            ran.append((path.name, batch.shape[0]))
+            logits, *chosen = run(batch)
+            return [logits + broken] if path.name != "model.debug.onnx" else [logits, *chosen]
+        return graph
+
+    monkeypatch.setattr(compare, "onnx_runner", runner)
+    graphs = [Graph(name, "fp32", debug=Path("model.debug.onnx")) for name in ("model.onnx", "broken.onnx")]
+    results = compare.compare_graphs(model, Path("bundle"), graphs, BatchRange(1, 2, 4), (160, 160),
+                                     cut_from_twins=cut_from_twins)
+    by_twin = {(r.graph, r.batch) for r in results if r.ran == compare.TWIN}
+    deliverable_sizes = {(name, size) for name, size in ran if name != "model.debug.onnx"}
+    if cut_from_twins:
+        assert by_twin == {(g.file, b) for g in graphs for b in (1, 4)}
+        assert deliverable_sizes == {("model.onnx", 2), ("broken.onnx", 2)}
+    else:
+        assert not by_twin and deliverable_sizes == {(g.file, b) for g in graphs for b in (1, 2, 4)}
+    failed = {(r.graph, r.batch) for r in results if not r.passed}
+    assert failed == ({("broken.onnx", 2)} if cut_from_twins else {("broken.onnx", b) for b in (1, 2, 4)})

@@ -30,6 +30,7 @@ from .parity import Comparison, compare
 
 
 TORCH_BATCH = 8  # PyTorch's result does not depend on the batch, beyond rounding
+TWIN = "its debug twin"  # what ran for a graph's row where the twin stood for it (Comparison.ran)
 
 
 def verify_batches(batch: BatchRange) -> list[int]:
@@ -46,9 +47,15 @@ def compare_graphs(
     img_size: tuple[int, int],
     threads: Optional[int] = None,
     open_graph: Optional[Callable[[Path], Runner]] = None,
+    cut_from_twins: bool = False,
 ) -> list[Comparison]:
     """Every graph against PyTorch on the held-out inputs, at each of `verify_batches(batch)`; `open_graph` opens a
-    bundle graph (default: a new onnxruntime session with `threads`), so a caller can reuse its sessions."""
+    bundle graph (default: a new onnxruntime session with `threads`), so a caller can reuse its sessions.
+
+    `cut_from_twins`: each graph with a debug twin was cut from it in this run (`build`; not so in `verify`, whose
+    bundle may come from elsewhere), so the graph's nodes are the twin's, less those that only feed the kept-token
+    outputs. The graph itself then runs at the range's opt batch, and at the other sizes the twin's logits, which it
+    outputs anyway, stand for it (the row says so): the same nodes, run once instead of twice."""
     x, _ = held_out(model, img_size)
     n = x.shape[0]
     (ref, *ref_idx), decisions = _scored(model, x)
@@ -66,13 +73,14 @@ def compare_graphs(
         graph = open_graph(bundle / g.file) if open_graph else onnx_runner(bundle / g.file, threads)
         debug = onnx_runner(g.debug, threads, scores=g.precision == "fp16") if g.debug else None
         for bs in verify_batches(batch):
-            (out,) = _outputs(graph, x, bs)
             flips = ties = None
             cuts: list = []
             reference = ref
-            if debug is not None:
-                _, *traced = _outputs(debug, x, bs)
-                ort_idx, ort_scores = traced[:len(ref_idx)], traced[len(ref_idx):]
+            twin = _outputs(debug, x, bs) if debug is not None else None
+            by_twin = cut_from_twins and twin is not None and bs != batch.opt
+            (out,) = twin[:1] if by_twin else _outputs(graph, x, bs)
+            if twin is not None:
+                ort_idx, ort_scores = twin[1:1 + len(ref_idx)], twin[1 + len(ref_idx):]
                 flips = ties = _flipped(n, ref_idx, ort_idx)
                 if flips.any():  # PyTorch with onnxruntime's choices: what the graph should have computed
                     (replayed, *_), chosen = replayed_by_torch(ort_idx)
@@ -85,7 +93,8 @@ def compare_graphs(
                         cuts = errors.first_cuts(chosen, flips)
                         ties = flips & ~np.isin(np.arange(n), [c.sample for c in cuts if not c.near_tie])
                     reference = np.where(ties[:, None], replayed, ref)
-            results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties, cuts))
+            results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties, cuts,
+                                   ran=TWIN if by_twin else ""))
     return results
 
 

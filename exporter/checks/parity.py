@@ -78,10 +78,16 @@ class Comparison:
     cuts: list[dict] = field(default_factory=list)  # fp16 flips: where each first differs, its margin and error
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the check passed but proved little
+    ran: str = ""  # what ran, where not `graph` itself: its debug twin, from which the build cut it (checks.compare)
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    @property
+    def named(self) -> str:
+        """The graph's name, with what ran for it where that was not the graph itself."""
+        return f"{self.graph} ({self.ran})" if self.ran else self.graph
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -109,11 +115,12 @@ def compare(
     flipped: Optional[np.ndarray] = None,
     replayed: Optional[np.ndarray] = None,
     cuts: Sequence[Cut] = (),
+    ran: str = "",
 ) -> Comparison:
     """Compare [samples, classes] logits; `flipped` marks samples whose kept-token sets differ from
     PyTorch's, `replayed` the flipped samples whose reference is PyTorch replaying the candidate's
     token choices (taken for ties), `cuts` where flipped samples first differ (fp16): each that is
-    no near-tie fails the check."""
+    no near-tie fails the check; `ran`: what ran, where not `graph` itself (Comparison.ran)."""
     ref = reference.astype(np.float64)
     n = ref.shape[0]
     flips = np.zeros(n, dtype=bool) if flipped is None else flipped.astype(bool)
@@ -134,6 +141,7 @@ def compare(
         token_flips=None if flipped is None else int(flips.sum()),
         replayed_flips=None if flipped is None else int(ties.sum()),
         cuts=[{**asdict(c), "near_tie": c.near_tie} for c in cuts],
+        ran=ran,
     )
     if not np.isfinite(candidate).all():
         result.failures.append("output contains NaN or Inf")

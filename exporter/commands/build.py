@@ -80,7 +80,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         io = {g.file: graph_io(tmp / g.file) for g in graphs}
         scripts.write(tmp, spec, command, io, git_commit())  # reproduce.sh and build_engine.sh, from the graphs' I/O
         write_schedule(tmp, spec)  # a searched schedule the spec holds, kept as its file
-        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts)
+        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts, cut_from_twins=True)
         if quantized is not None:
             g, *more = [g for g in graphs if g.precision in QUANTIZED]  # the standard graph, then the plugin graph's
             names = " and ".join(x.file for x in (g, *more))

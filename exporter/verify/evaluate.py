@@ -31,9 +31,10 @@ from .rtx_checks import rtx_checks
 
 
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None,
-             engine: Optional[str] = None, run_engines: bool = False) -> Report:
+             engine: Optional[str] = None, run_engines: bool = False, cut_from_twins: bool = False) -> Report:
     """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
-    engines; returns the report (writes nothing)."""
+    engines; returns the report (writes nothing). `cut_from_twins`: the graphs were cut from their debug twins in
+    this run (build; see `checks.compare.compare_graphs`)."""
     size = input_size(dense)
     open_graph = _sessions()
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
@@ -45,7 +46,8 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
         found.problems = sum(map(len, problems.values()))
     exact = [g for g in graphs if g.precision not in QUANTIZED]  # 8-bit graphs are judged on data (verify.quantized)
     with stage("verify against PyTorch") as found:
-        comparisons = compare_graphs(model, bundle, exact, spec.batch, size, open_graph=open_graph)
+        comparisons = compare_graphs(model, bundle, exact, spec.batch, size, open_graph=open_graph,
+                                     cut_from_twins=cut_from_twins)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if loaded else "")) as found:

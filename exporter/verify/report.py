@@ -54,7 +54,7 @@ class Report:
 
     def failures(self) -> list[str]:
         """Every failed check, one line each, naming the graph (and batch, runtime) it failed on."""
-        lines = [f"{c.graph} at batch {c.batch}: {f}" for c in self.comparisons for f in c.failures]
+        lines = [f"{c.named} at batch {c.batch}: {f}" for c in self.comparisons for f in c.failures]
         lines += [f"{graph}: {p}" for graph, problems in self.lint.items() for p in problems]
         lines += [f"{graph}: TensorRT-RTX {r.reason}" for graph, r in self.tensorrt_rtx.items() if r.status == "failed"]
         lines += [f"{c.graph} ({c.runtime}) on the stored references at batch {c.batch}: {f}"
@@ -69,7 +69,7 @@ class Report:
     def warnings(self) -> list[str]:
         """Checks that passed without proving much, one line each (graph, batch: why)."""
         rows = [*self.comparisons, *self.references, *(c for e in self.engines for c in e.comparisons)]
-        return [f"{c.graph} at batch {c.batch}" + (f" ({c.runtime})" if getattr(c, "runtime", "") else "") + f": {w}"
+        return [f"{c.named} at batch {c.batch}" + (f" ({c.runtime})" if getattr(c, "runtime", "") else "") + f": {w}"
                 for c in rows for w in c.warnings]
 
     def to_dict(self) -> dict:

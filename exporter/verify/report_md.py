@@ -8,6 +8,7 @@ and what was skipped and why.
 from __future__ import annotations
 
 from ..bench import machine, results
+from ..checks.compare import TWIN
 from ..checks.parity import NEAR_TIE, Comparison, StoredComparison
 from ..spec import BuildSpec
 from .accuracy import table
@@ -58,6 +59,9 @@ def render(report) -> str:  # a verify.report.Report (which imports this module 
         *ROW_HEAD,
         *(_row(c) for c in report.comparisons),
         "",
+        *([f"Rows marked ({TWIN}) ran the export this build cut the graph from: the same nodes, also outputting the "
+           "kept-token indices (which these rows compare anyway); the graph itself ran at the range's opt batch.", ""]
+          if any(c.ran == TWIN for c in report.comparisons) else []),
         "Thresholds: " + report.thresholds,
         "",
         "### Every runtime on the PyTorch references stored in the bundle (references.npz)",
@@ -174,7 +178,7 @@ def _row(c: Comparison) -> str:
     decisive = f"{c.decisive_top1_agreement:.1%}" if c.decisive else "—"
     extra = f" {c.left_out} |" if isinstance(c, StoredComparison) else ""
     return (
-        f"| {c.graph} | {c.batch} | {c.samples} | {c.max_abs:.3g} | {c.max_rel:.3g} | "
+        f"| {c.named} | {c.batch} | {c.samples} | {c.max_abs:.3g} | {c.max_rel:.3g} | "
         f"{c.min_cosine:.6f} | {c.top1_agreement:.1%} | {c.decisive} ({decisive}) | {flips} |{extra} {result} |"
     )
 
