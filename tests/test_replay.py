@@ -163,3 +163,48 @@ def test_a_graph_cut_from_its_twin_runs_once(cut_from_twins, monkeypatch):
         assert not by_twin and deliverable_sizes == {(g.file, b) for g in graphs for b in (1, 2, 4)}
     failed = {(r.graph, r.batch) for r in results if not r.passed}
     assert failed == ({("broken.onnx", 2)} if cut_from_twins else {("broken.onnx", b) for b in (1, 2, 4)})
+
+
+def test_the_references_and_the_parity_check_share_pytorchs_runs(monkeypatch, tmp_path):
+    """A build's stored references and its parity check hold the model to the same held-out images (fp16 values, as
+    references.npz stores them), and PyTorch runs on them once for both."""
+    from exporter.verify import references
+
+    torch.manual_seed(0)
+    model = apply_method(timm.create_model("test_vit").eval(), "tome", **METHODS["tome"])
+    x, _ = held_out(model, (160, 160))
+    assert torch.equal(x.half().float(), x)
+    runs: list[int] = []
+    scored = compare._scored
+
+    def counted(m, inputs, replay=None):
+        if m is model and replay is None:
+            runs.append(inputs.shape[0])
+        return scored(m, inputs, replay)
+
+    monkeypatch.setattr(compare, "_scored", counted)
+    answers = compare.TorchAnswers(model)
+    refs = references.store(model, (160, 160), tmp_path, answers)
+    assert np.array_equal(refs.inputs[: len(x)], x.half().numpy())
+    stored = list(runs)
+    deliverable = torch_runner(model)
+    monkeypatch.setattr(compare, "onnx_runner", lambda path, threads=None, scores=False: lambda x: deliverable(x)[:1])
+    (result,) = compare.compare_graphs(model, tmp_path, [Graph("model.onnx", "fp32")], BatchRange(2, 2, 2), (160, 160),
+                                       answers=answers)
+    assert result.passed and runs == stored and stored[0] == len(x)
+
+
+def test_a_graph_runs_once_on_a_batch(monkeypatch):
+    """verify's sessions: a graph opened once, and run once on a batch however many checks run that batch."""
+    from exporter.verify import evaluate
+
+    ran: list[str] = []
+    monkeypatch.setattr(evaluate, "onnx_runner", lambda path: lambda x: ran.append(path.name) or [x.sum(axis=1)])
+    open_graph = evaluate._sessions()
+    a, b = np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    first = open_graph(Path("model.onnx"))(a)
+    assert open_graph(Path("model.onnx")) is open_graph(Path("model.onnx"))
+    assert open_graph(Path("model.onnx"))(a.copy()) is first and ran == ["model.onnx"]
+    open_graph(Path("model.onnx"))(b)
+    open_graph(Path("model.fp16.onnx"))(a)
+    assert ran == ["model.onnx", "model.onnx", "model.fp16.onnx"]

@@ -14,6 +14,7 @@ outputs (a plugin graph's come from the reference running its nodes; see checks.
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -48,6 +49,7 @@ def compare_graphs(
     threads: Optional[int] = None,
     open_graph: Optional[Callable[[Path], Runner]] = None,
     cut_from_twins: bool = False,
+    answers: Optional["TorchAnswers"] = None,
 ) -> list[Comparison]:
     """Every graph against PyTorch on the held-out inputs, at each of `verify_batches(batch)`; `open_graph` opens a
     bundle graph (default: a new onnxruntime session with `threads`), so a caller can reuse its sessions.
@@ -55,10 +57,11 @@ def compare_graphs(
     `cut_from_twins`: each graph with a debug twin was cut from it in this run (`build`; not so in `verify`, whose
     bundle may come from elsewhere), so the graph's nodes are the twin's, less those that only feed the kept-token
     outputs. The graph itself then runs at the range's opt batch, and at the other sizes the twin's logits, which it
-    outputs anyway, stand for it (the row says so): the same nodes, run once instead of twice."""
+    outputs anyway, stand for it (the row says so): the same nodes, run once instead of twice. `answers`: PyTorch's
+    answers where other checks ask for them too (the build's stored references, on the same held-out images)."""
     x, _ = held_out(model, img_size)
     n = x.shape[0]
-    (ref, *ref_idx), decisions = _scored(model, x)
+    (ref, *ref_idx), decisions = (answers or TorchAnswers(model))(x)
     estimate: Optional[margins.Rounding] = None  # the half model's, made only for a graph whose scores cannot be seen
     replays: dict = {}  # PyTorch replaying onnxruntime's choices, run once for every graph and batch size making them
 
@@ -96,6 +99,22 @@ def compare_graphs(
             results.append(compare(reference, out.astype(np.float32), g.file, g.precision, bs, flips, ties, cuts,
                                    ran=TWIN if by_twin else ""))
     return results
+
+
+class TorchAnswers:
+    """PyTorch's outputs and token choices (`_scored`) on a set of inputs, each set run once however many checks
+    ask: a build's stored references and its parity check hold the model to the same held-out images. The arrays
+    are shared between the askers: read them, never write them."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self._known: dict = {}
+
+    def __call__(self, x: torch.Tensor):
+        key = (tuple(x.shape), hashlib.blake2b(x.numpy().tobytes(), digest_size=16).digest())
+        if key not in self._known:
+            self._known[key] = _scored(self.model, x)
+        return self._known[key]
 
 
 def _scored(model: torch.nn.Module, x: torch.Tensor, replay: Optional[list[np.ndarray]] = None):

@@ -45,8 +45,10 @@ def random_images(n: int, size: tuple[int, int], seed: int = RANDOM_SEED) -> tor
 
 
 def held_out(model: torch.nn.Module, size: tuple[int, int], n_random: int = 8) -> tuple[torch.Tensor, list[str]]:
-    """All verification samples and a label per sample ('photo:astronaut', 'random:3')."""
-    x = torch.cat([photos(model, size), random_images(n_random, size)])
+    """All verification samples and a label per sample ('photo:astronaut', 'random:3'). Their values are fp16's (in
+    fp32): the stored references keep the inputs in fp16, so a build's parity check and its references run the
+    same images."""
+    x = torch.cat([photos(model, size), random_images(n_random, size)]).half().float()
     labels = [f"photo:{p}" for p in PHOTOS] + [f"random:{i}" for i in range(n_random)]
     return x, labels
 

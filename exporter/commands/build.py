@@ -19,6 +19,7 @@ from ..bundle import (CALIBRATION, FP16, REFERENCES, SIGNATURE, check_space, che
                       debug_dir, graph_io, keep_failed, planned, staging, write_json, write_manifest, write_reports,
                       write_schedule)
 from ..bundle.signature import load_private_key, sign
+from ..checks.compare import TorchAnswers
 from ..console import make as make_console
 from ..engine import scripts
 from ..errors import BuildFailed, ExporterError
@@ -58,6 +59,7 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
         kwargs = dict(img_size=size, batch=spec.batch.as_tuple(), opset=spec.opset)
         graphs = planned(spec.precision, spec.io_fp16, spec.plugins)
         library_status = quantized = None
+        answers = TorchAnswers(model)  # PyTorch on the held-out images, for the references and the parity check
         with SecondProcess(model, graphs, tmp, debug, kwargs) as elsewhere:  # the fp32 graphs, where it pays
             facts = {}
             for g in [g for g in graphs if g.precision not in QUANTIZED and g not in elsewhere.graphs]:
@@ -74,13 +76,13 @@ def build(spec: BuildSpec, out: Path, command: str, console: Optional[Console] =
                     library_status = build_plugin_library(tmp, token_ops, dtypes, spec.archs)
                     outcome.skipped = library_status.get("reason")
             with stage(f"store PyTorch references ({REFERENCES})"):
-                references.store(model, size, tmp)
+                references.store(model, size, tmp, answers)
             facts.update(elsewhere.finish(stage))
         fp16_facts = facts.get(FP16)
         io = {g.file: graph_io(tmp / g.file) for g in graphs}
         scripts.write(tmp, spec, command, io, git_commit())  # reproduce.sh and build_engine.sh, from the graphs' I/O
         write_schedule(tmp, spec)  # a searched schedule the spec holds, kept as its file
-        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts, cut_from_twins=True)
+        report = evaluate(spec, dense, model, tmp, graphs, stage, fp16_facts, cut_from_twins=True, answers=answers)
         if quantized is not None:
             g, *more = [g for g in graphs if g.precision in QUANTIZED]  # the standard graph, then the plugin graph's
             names = " and ".join(x.file for x in (g, *more))

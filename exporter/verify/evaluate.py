@@ -4,17 +4,19 @@ TensorRT-RTX parse and build, onnxruntime on the stored PyTorch references and (
 run here. The result is the `Report`; nothing is written."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..bundle import FP16, PLUGIN_LIBRARY, REFERENCES, Graph, has_references, read_references
 from ..bundle.trust import untrusted
 from ..checks import graph as graph_check
 from ..checks import parity
-from ..checks.compare import compare_graphs, verify_batches
+from ..checks.compare import TorchAnswers, compare_graphs, verify_batches
 from ..checks.parity import StoredComparison
 from ..console import escape
 from ..errors import ExporterError
@@ -31,10 +33,11 @@ from .rtx_checks import rtx_checks
 
 
 def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], stage: Stages, fp16_facts=None,
-             engine: Optional[str] = None, run_engines: bool = False, cut_from_twins: bool = False) -> Report:
+             engine: Optional[str] = None, run_engines: bool = False, cut_from_twins: bool = False,
+             answers: Optional[TorchAnswers] = None) -> Report:
     """Graph checks, parity against PyTorch, the TensorRT-RTX build, the stored references and (verify) the
-    engines; returns the report (writes nothing). `cut_from_twins`: the graphs were cut from their debug twins in
-    this run (build; see `checks.compare.compare_graphs`)."""
+    engines; returns the report (writes nothing). Build's: `cut_from_twins`, the graphs were cut from their debug
+    twins in this run, and `answers`, PyTorch's answers it stored as references (see `checks.compare.compare_graphs`)."""
     size = input_size(dense)
     open_graph = _sessions()
     with stage("check graphs (onnx.checker, static shapes, TensorRT 10.3 ops)") as found:
@@ -47,7 +50,7 @@ def evaluate(spec: BuildSpec, dense, model, bundle: Path, graphs: list[Graph], s
     exact = [g for g in graphs if g.precision not in QUANTIZED]  # 8-bit graphs are judged on data (verify.quantized)
     with stage("verify against PyTorch") as found:
         comparisons = compare_graphs(model, bundle, exact, spec.batch, size, open_graph=open_graph,
-                                     cut_from_twins=cut_from_twins)
+                                     cut_from_twins=cut_from_twins, answers=answers)
         found.problems = sum(len(c.failures) or not c.passed for c in comparisons)
     loaded = (bundle / PLUGIN_LIBRARY).is_file() and untrusted(bundle) is None
     with stage("TensorRT-RTX parse + build" + (" (plugin library loaded)" if loaded else "")) as found:
@@ -100,15 +103,30 @@ def on_stored_references(spec: BuildSpec, bundle: Path, graphs: list[Graph], sta
 
 
 def _sessions() -> Callable[[Path], Runner]:
-    """Opens a graph in onnxruntime once, however many checks run it (a session on DeiT-S takes seconds)."""
+    """Opens a graph in onnxruntime once, however many checks run it (a session on DeiT-S takes seconds), and runs it
+    on a batch once, however many checks run that batch: the stored references begin with parity's held-out images."""
     opened: dict[Path, Runner] = {}
 
     def open_graph(path: Path) -> Runner:
         if path not in opened:
-            opened[path] = onnx_runner(path)
+            opened[path] = _once_per_batch(onnx_runner(path))
         return opened[path]
 
     return open_graph
+
+
+def _once_per_batch(run: Runner) -> Runner:
+    """`run`, with its outputs on every batch it ran kept and handed out again for the same batch (the arrays are
+    shared: read them, never write them)."""
+    done: dict = {}
+
+    def runner(x: np.ndarray) -> list[np.ndarray]:
+        key = (x.shape, x.dtype.str, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+        if key not in done:
+            done[key] = run(x)
+        return done[key]
+
+    return runner
 
 
 def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_graph, sizes: list[int]) -> tuple[list[StoredComparison], list[EngineRow]]:

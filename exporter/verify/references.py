@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..bundle import References, write_references
-from ..checks.compare import _rounding, _scored
+from ..checks.compare import TorchAnswers, _rounding
 from ..checks.inputs import PHOTOS, RANDOM_SEED, batches, held_out, random_images
 from ..checks.parity import NEAR_TIE, Comparison, StoredComparison, compare, failing
 from ..runtime import Runner
@@ -40,19 +40,21 @@ MAX_SAMPLES = 48  # a cap on the file: DeiT-S inputs are ~300 KB each in fp16
 TOP_UP = 8  # extra random images per round when too many samples are fp16-sensitive
 
 
-def store(model: torch.nn.Module, size: tuple[int, int], bundle: Path) -> References:
-    """Run PyTorch on the held-out inputs (rounded to fp16) and write them into `bundle` (references.npz).
+def store(model: torch.nn.Module, size: tuple[int, int], bundle: Path, answers: Optional[TorchAnswers] = None) -> References:
+    """Run PyTorch on the held-out inputs (fp16 values) and write them into `bundle` (references.npz); `answers`:
+    PyTorch's answers, where the build's parity check asks for the same.
 
     A target cannot observe its engine's token choices, so its fp16 check holds only the samples with no
     choice within fp16 rounding; where the held-out inputs leave fewer than FP16_HELD of those (DiffRate
     has choices near the cut on most inputs), more seeded random images are added, up to MAX_SAMPLES."""
     x, labels = held_out(model, size)
     half = functools.cache(lambda: copy.deepcopy(model).half())  # one copy for every round's fp16 error estimate
-    logits, kept, closeness = _answers(model, half, x)
+    answers = answers or TorchAnswers(model)
+    logits, kept, closeness = _answers(answers, half, x)
     while closeness is not None and len(labels) < MAX_SAMPLES and (closeness > NEAR_TIE).sum() < FP16_HELD:
         first = len(labels) - len(PHOTOS)
         extra = random_images(TOP_UP, size, seed=RANDOM_SEED + first)
-        more_logits, more_kept, more_closeness = _answers(model, half, extra)
+        more_logits, more_kept, more_closeness = _answers(answers, half, extra)
         x, labels = torch.cat([x, extra]), labels + [f"random:{first + i}" for i in range(TOP_UP)]
         logits = np.concatenate([logits, more_logits])
         kept = [np.concatenate(pair) for pair in zip(kept, more_kept)]
@@ -63,12 +65,12 @@ def store(model: torch.nn.Module, size: tuple[int, int], bundle: Path) -> Refere
     return refs
 
 
-def _answers(model: torch.nn.Module, half: Callable[[], torch.nn.Module], x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], Optional[np.ndarray]]:
+def _answers(answers: TorchAnswers, half: Callable[[], torch.nn.Module], x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], Optional[np.ndarray]]:
     """PyTorch fp32's logits and kept indices on `x` rounded to fp16, and how close each sample's token
     choices are to fp16 rounding (None for a dense model; `half()`: the model in half precision)."""
     xs = x.half().float()
-    (logits, *kept), decisions = _scored(model, xs)
-    closeness = _rounding(model, xs, kept, decisions, half()).closeness().astype(np.float32) if kept else None
+    (logits, *kept), decisions = answers(xs)
+    closeness = _rounding(answers.model, xs, kept, decisions, half()).closeness().astype(np.float32) if kept else None
     return logits.astype(np.float32), [k.astype(np.int16) for k in kept], closeness
 
 
