@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-import sys
-
+"""`python -m exporter`: the command line (`cli.main`)."""
 from .cli import main
+from .interrupt import leave
 
-sys.exit(main())
+leave(main())

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import hashlib
 import os
 import signal
 import socket
+import sys
 import threading
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 
 class Terminated(KeyboardInterrupt):
@@ -100,3 +102,12 @@ def interrupted_message(e: KeyboardInterrupt) -> str:
     name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
     how = "Ctrl-C" if name == "SIGINT" else name
     return f"interrupted ({how}): temporary files removed, nothing was written."
+
+
+def leave(code: int) -> NoReturn:
+    """End this process with exit status `code`, its objects left out of the interpreter's last garbage collection
+    (`gc.freeze`). Walking everything torch, onnx and onnxscript allocated took 2.7 s of one core after a DeiT-S build
+    had printed its result, and about 1.5 s at the end of a second export process, taken from the build's next
+    stages; a finished process needs nothing from it (atexit handlers still run, and its files are closed)."""
+    gc.freeze()
+    sys.exit(code)

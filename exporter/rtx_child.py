@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ExporterError
-from .interrupt import end_with_parent, owner
+from .interrupt import end_with_parent, leave, owner
 
 LINK = "libtensorrt_rtx.so"
 TEMP_PREFIX = "exporter-rtx-"  # + `interrupt.owner()`: a killed parent's folder is swept by the next run (sweep_stale)
@@ -178,4 +178,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    leave(_main(sys.argv[1:]))

@@ -105,6 +105,17 @@ def test_version_imports_no_torch():
     assert done.stdout.splitlines()[-1] == "[]", done.stdout
 
 
+def test_python_m_exporter_exits_with_the_commands_status():
+    """`python -m exporter` ends through `interrupt.leave` (its objects frozen out of the last garbage collection):
+    the command's exit status and everything it printed still come out."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=ROOT)
+
+    version, unknown = run("--version"), run("methods", "--model", "no_such_model")
+    assert (version.returncode, version.stdout) == (0, f"exporter {__import__('exporter').__version__}\n")
+    assert unknown.returncode == 2 and "Unknown model 'no_such_model'" in unknown.stderr + unknown.stdout
+
+
 def test_methods_table_gives_each_method_the_parameters_it_has(capsys, monkeypatch):
     """Without --method, every method takes the given parameters it has (none is dropped for another's), and a bad
     value shows in its own row."""

@@ -29,7 +29,7 @@ import torch
 
 from ..bundle import Graph
 from ..errors import ExporterError
-from ..interrupt import end_with_parent
+from ..interrupt import end_with_parent, leave
 from ..spec import QUANTIZED
 from ..stages.progress import Stages
 from .fold import fold_constants
@@ -123,4 +123,4 @@ def _main(debug: Path, parent: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(Path(sys.argv[1]), int(sys.argv[2])))
+    leave(_main(Path(sys.argv[1]), int(sys.argv[2])))
