@@ -14,7 +14,6 @@ outputs (a plugin graph's come from the reference running its nodes; see checks.
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,7 +23,7 @@ import torch
 from ..export.graphs import Graph
 from ..runtime import Runner, onnx_runner, torch_runner
 from ..spec import BatchRange
-from .inputs import batches, held_out
+from .inputs import batches, held_out, once_per_input
 from . import margins
 from .half import fp32_products
 from .parity import Comparison, compare
@@ -103,18 +102,15 @@ def compare_graphs(
 
 class TorchAnswers:
     """PyTorch's outputs and token choices (`_scored`) on a set of inputs, each set run once however many checks
-    ask: a build's stored references and its parity check hold the model to the same held-out images. The arrays
-    are shared between the askers: read them, never write them."""
+    ask (`inputs.once_per_input`): a build's stored references and its parity check hold the model to the same
+    held-out images."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self._known: dict = {}
+        self._scored = once_per_input(lambda x: _scored(model, x))
 
     def __call__(self, x: torch.Tensor):
-        key = (tuple(x.shape), hashlib.blake2b(x.numpy().tobytes(), digest_size=16).digest())
-        if key not in self._known:
-            self._known[key] = _scored(self.model, x)
-        return self._known[key]
+        return self._scored(x)
 
 
 def _scored(model: torch.nn.Module, x: torch.Tensor, replay: Optional[list[np.ndarray]] = None):

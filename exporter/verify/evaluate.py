@@ -4,12 +4,10 @@ TensorRT-RTX parse and build, onnxruntime on the stored PyTorch references and (
 run here. The result is the `Report`; nothing is written."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from ..bundle import FP16, PLUGIN_LIBRARY, REFERENCES, Graph, has_references, read_references
@@ -17,6 +15,7 @@ from ..bundle.trust import untrusted
 from ..checks import graph as graph_check
 from ..checks import parity
 from ..checks.compare import TorchAnswers, compare_graphs, verify_batches
+from ..checks.inputs import once_per_input
 from ..checks.parity import StoredComparison
 from ..console import escape
 from ..errors import ExporterError
@@ -109,24 +108,10 @@ def _sessions() -> Callable[[Path], Runner]:
 
     def open_graph(path: Path) -> Runner:
         if path not in opened:
-            opened[path] = _once_per_batch(onnx_runner(path))
+            opened[path] = once_per_input(onnx_runner(path))
         return opened[path]
 
     return open_graph
-
-
-def _once_per_batch(run: Runner) -> Runner:
-    """`run`, with its outputs on every batch it ran kept and handed out again for the same batch (the arrays are
-    shared: read them, never write them)."""
-    done: dict = {}
-
-    def runner(x: np.ndarray) -> list[np.ndarray]:
-        key = (x.shape, x.dtype.str, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
-        if key not in done:
-            done[key] = run(x)
-        return done[key]
-
-    return runner
 
 
 def _stored_and_engines(spec, bundle, graphs, stage, engine, run_engines, open_graph, sizes: list[int]) -> tuple[list[StoredComparison], list[EngineRow]]:
