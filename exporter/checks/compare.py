@@ -62,13 +62,8 @@ def compare_graphs(
     n = x.shape[0]
     (ref, *ref_idx), decisions = (answers or TorchAnswers(model))(x)
     estimate: Optional[margins.Rounding] = None  # the half model's, made only for a graph whose scores cannot be seen
-    replays: dict = {}  # PyTorch replaying onnxruntime's choices, run once for every graph and batch size making them
-
-    def replayed_by_torch(chosen: list[np.ndarray]):
-        key = tuple((a.dtype.str, a.shape, a.tobytes()) for a in chosen)
-        if key not in replays:
-            replays[key] = _scored(model, x, chosen)
-        return replays[key]
+    # PyTorch replaying onnxruntime's choices, run once for every graph and batch size making them
+    replayed_by_torch = once_per_input(lambda chosen: _scored(model, x, chosen))
 
     results = []
     for g in graphs:

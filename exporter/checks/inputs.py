@@ -65,16 +65,23 @@ def batches(x: torch.Tensor, batch: int) -> list[torch.Tensor]:
 
 
 def once_per_input(compute: Callable[[Any], T]) -> Callable[[Any], T]:
-    """`compute` of one input (a numpy array or a CPU tensor), run once for inputs of the same shape, dtype and
-    values however often it is asked: a build's checks run PyTorch and each graph on the same images. The results
-    are shared between the askers: read them, never write them."""
+    """`compute` of one input (a numpy array, a CPU tensor, or a list of them), run once for inputs of the same
+    shapes, dtypes and values however often it is asked: a build's checks run PyTorch and each graph on the same
+    images, and several graphs make the same token choices. The results are shared between the askers: read them,
+    never write them."""
     done: dict = {}
 
     def once(x):
-        values = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        key = (values.shape, values.dtype.str, hashlib.blake2b(values.tobytes(), digest_size=16).digest())
+        key = _content_key(x)
         if key not in done:
             done[key] = compute(x)
         return done[key]
 
     return once
+
+
+def _content_key(x) -> tuple:
+    if isinstance(x, (list, tuple)):
+        return tuple(_content_key(v) for v in x)
+    values = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return values.shape, values.dtype.str, hashlib.blake2b(values.tobytes(), digest_size=16).digest()
